@@ -1,0 +1,51 @@
+# Every target installs what it needs. `make test` is the one command CI runs (.ci/run).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export MPLCONFIGDIR := $(CURDIR)/.venv/.mpl
+export ANSIBLE_HOME := $(CURDIR)/.venv/.ansible
+export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.venv/.ansible/tmp
+
+# Debian packages the lab needs on the machine that builds it (see notes/lab.md).
+LAB_APT := debootstrap systemd-container dpkg-dev iproute2 curl openssh-client python3-venv \
+           nftables openssl
+
+.PHONY: setup lab-deps test test-unit test-lab lint bench plan clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Installs the lab's host packages when we are root and they are missing; otherwise says why not.
+lab-deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "lab-deps: not root, lab tests will be skipped"; exit 0; fi; \
+	missing=""; for p in $(LAB_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "lab-deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+test: setup lab-deps
+	$(BIN)/pytest -q tests/unit tests/lab
+
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
+
+test-lab: setup lab-deps
+	$(BIN)/pytest -q tests/lab
+
+lint: setup
+	$(BIN)/ruff check src tests stacks policies inventories deploys
+	$(BIN)/mypy
+
+bench: setup lab-deps
+	$(BIN)/pytest -q tests/bench -p no:cacheprovider
+
+plan: setup
+	$(BIN)/embassy plan --stack rehearsal --out out/plan-rehearsal.json
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""`embassy …`: the command-line interface. Each command is a thin layer over a library module."""
+
+from __future__ import annotations
+
+import sys
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from embassy import model
+from embassy.errors import EXIT_USAGE, UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Build, feed, prove and restore data embassies.")
+console = Console(stderr=True)
+
+StackOpt = Annotated[str, typer.Option("--stack", "-s", help="stack name: reads Pulumi.<stack>.yaml")]
+
+
+@app.callback()
+def _root() -> None:
+    """Build, feed, prove and restore data embassies."""
+
+
+def load(stack: str) -> model.Deployment:
+    """The validated model of a stack, or exit 2 with every error and its hint."""
+    try:
+        return model.load_stack(stack)
+    except model.ConfigInvalid as exc:
+        for issue in exc.issues:
+            print(issue.render(), file=sys.stderr)
+        print(f"{exc.source}: {len(exc.issues)} error(s)", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def user_error(exc: UserError) -> typer.Exit:
+    print(exc.render(), file=sys.stderr)
+    return typer.Exit(exc.code)
+
+
+@app.command()
+def validate(stack: StackOpt) -> None:
+    """Load and check the stack config: exit 0 valid, 2 invalid (each error names its key path)."""
+    dep = load(stack)
+    console.print(f"stack '{dep.stack}' is valid: {len(dep.embassies)} embassies, "
+                  f"{len(dep.registers)} registers, home state {dep.state.name} ({dep.state.code})")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m embassy`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
