@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-
 from typing import Annotated
 
 import typer
@@ -46,6 +45,13 @@ def validate(stack: StackOpt) -> None:
     dep = load(stack)
     console.print(f"stack '{dep.stack}' is valid: {len(dep.embassies)} embassies, "
                   f"{len(dep.registers)} registers, home state {dep.state.name} ({dep.state.code})")
+
+
+# Each area registers its commands on `app` from its own module (one owner per module).
+from embassy.commands import compliance as _compliance  # noqa: E402,F401  check, review
+from embassy.commands import lab as _lab  # noqa: E402,F401  lab up|down|status
+from embassy.commands import operations as _operations  # noqa: E402,F401  harden, deploy
+from embassy.commands import plan as _plan  # noqa: E402,F401  plan
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m embassy`

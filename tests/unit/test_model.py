@@ -44,7 +44,7 @@ def test_rehearsal_has_the_documented_shape() -> None:
     assert [e.mode for e in dep.embassies].count(model.Mode.COLD) == 1
     assert {(r.name, r.kind) for r in dep.registers} == {
         ("population", "postgres"), ("land-register", "postgres"), ("court-files", "files")}
-    assert [r.name for r in dep.registers_in_restore_order()][0] == "population"
+    assert next(r.name for r in dep.registers_in_restore_order()) == "population"
 
 
 def test_production_reaches_outside_europe() -> None:
