@@ -1,0 +1,1 @@
+"""The local target: network namespaces, systemd-nspawn hosts, SeaweedFS vaults, a package mirror."""
