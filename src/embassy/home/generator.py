@@ -131,7 +131,7 @@ def _population(spec: Spec, n: int, out: _TableWriter) -> None:
         out.write("persons", pid, code, first, last, sex, birth, citizenship,
                   "vene" if russian else "eesti", status, registered)
         moved = min(birth + dt.timedelta(days=rnd.randint(0, 365 * 18)), REFERENCE_DATE)
-        spans = [(moved, None)]
+        spans: list[tuple[dt.date, dt.date | None]] = [(moved, None)]
         if rnd.random() < 0.35:  # a previous address, ended when the current one began
             changed = _date_between(rnd, moved, REFERENCE_DATE)
             spans = [(moved, changed), (changed, None)]
