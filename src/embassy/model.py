@@ -130,6 +130,9 @@ class Principals(_Strict):
 
     key_admins: tuple[str, ...] = ()
     break_glass: tuple[str, ...] = ()
+    # Who may assume the agent (write) and restore (read) roles; empty: the key administrators.
+    agents: tuple[str, ...] = ()
+    restorers: tuple[str, ...] = ()
 
 
 class Deployment(_Strict):

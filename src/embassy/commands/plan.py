@@ -1,7 +1,33 @@
-"""`embassy` commands of this area (registered on embassy.cli.app)."""
+"""`embassy plan`: run stacks/ under Pulumi's mocks and write the desired-state plan JSON."""
 
 from __future__ import annotations
 
-from embassy.cli import app
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
 
-__all__ = ["app"]
+import typer
+
+from embassy import model
+from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.errors import UserError
+
+__all__ = ["app", "plan"]
+
+
+@app.command()
+def plan(stack: StackOpt,
+         out: Annotated[Path, typer.Option("--out", "-o", help="where to write the plan JSON")] = Path("plan.json")) -> None:
+    """Run the Pulumi program under mocks and write the plan: every resource, its inputs and provider region."""
+    from embassy.plan import compute_plan, write_plan
+
+    dep = load(stack)  # exit 2 with every config error before anything runs
+    try:
+        with console.status(f"planning stack '{stack}' under Pulumi mocks ({len(dep.embassies)} embassies)"):
+            result = compute_plan(model.project_root(), stack)
+    except UserError as exc:
+        raise user_error(exc) from None
+    write_plan(result, out)
+    kinds = Counter(r["type"] for r in result["resources"] if r["custom"])
+    console.print(f"plan of stack '{stack}': {sum(kinds.values())} resources in {len(dep.embassies)} embassies "
+                  f"({', '.join(e.region for e in dep.embassies)}) written to {out}", soft_wrap=True)

@@ -1,0 +1,103 @@
+"""The enclave hosts: private, IMDSv2-only, encrypted, reached through SSM, Nitro Enclaves where possible."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from embassy.infra.site import Site, policy_json
+
+DEBIAN_OWNER = "136693071363"  # the Debian cloud team's AWS account
+# Families documented as Nitro Enclaves capable (x86, Intel/AMD) that we accept; sizes from xlarge up
+# (an enclave needs >= 4 vCPUs on the parent). Anything else gets enclaves off, not a failed launch.
+NITRO_ENCLAVE_FAMILIES = frozenset({"m5", "m5a", "m5n", "m6i", "m6a", "m7i", "c5", "c5a", "c6i", "c6a", "c7i",
+                                    "r5", "r5a", "r6i", "r6a", "r7i"})
+_SIZE = re.compile(r"^(\d*)xlarge$")
+
+
+def nitro_enclaves_capable(instance_type: str) -> bool:
+    """True for the families above at sizes xlarge, 2xlarge, … (not metal, not below xlarge)."""
+    family, _, size = instance_type.partition(".")
+    return family in NITRO_ENCLAVE_FAMILIES and _SIZE.match(size) is not None
+
+
+def architecture(instance_type: str) -> str:
+    """Graviton families carry a 'g' after the generation digit (m6g, c7gn); the rest are x86_64."""
+    family = instance_type.partition(".")[0]
+    return "arm64" if re.match(r"^[a-z]+\d+g", family) else "amd64"
+
+
+@dataclass(frozen=True)
+class EnclaveArgs:
+    site: Site
+    subnets: Sequence[aws.ec2.Subnet]
+    vpc_id: pulumi.Input[str]
+    vpc_cidr: str
+    key_arn: pulumi.Input[str]
+
+
+class Enclave(pulumi.ComponentResource):
+    """`host_count` instances spread over the private subnets."""
+
+    hosts: list[aws.ec2.Instance]
+
+    def __init__(self, name: str, args: EnclaveArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("data-embassy:infra:Enclave", name, None, opts)
+        site, emb = args.site, args.site.embassy
+        child = pulumi.ResourceOptions(parent=self)
+
+        role = aws.iam.Role(site.child("host"), description=f"enclave hosts of embassy {site.name}: SSM only", opts=child,
+                            assume_role_policy=policy_json({"Version": "2012-10-17", "Statement": [{
+                                "Effect": "Allow", "Action": "sts:AssumeRole",
+                                "Principal": {"Service": site.service_principal("ec2")}}]}))
+        aws.iam.RolePolicyAttachment(site.child("host-ssm"), role=role.name, opts=child,
+                                     policy_arn=f"arn:{site.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore")
+        profile = aws.iam.InstanceProfile(site.child("host"), role=role.name, opts=child)
+
+        ingress = [aws.ec2.SecurityGroupIngressArgs(
+            protocol="tcp", from_port=22, to_port=22, description="SSH from the home state's admin network",
+            cidr_blocks=[cidr] if ipaddress.ip_network(cidr).version == 4 else None,
+            ipv6_cidr_blocks=[cidr] if ipaddress.ip_network(cidr).version == 6 else None)
+            for cidr in emb.admin_cidrs]
+        group = aws.ec2.SecurityGroup(
+            site.child("hosts"), vpc_id=args.vpc_id, description="enclave hosts: SSH only from admin CIDRs; HTTPS to the VPC",
+            ingress=ingress,
+            egress=[aws.ec2.SecurityGroupEgressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.vpc_cidr],
+                                                    description="HTTPS to the VPC endpoints")],
+            opts=child)
+
+        arch = architecture(emb.instance_type)
+        ami = aws.ec2.get_ami_output(owners=[DEBIAN_OWNER], most_recent=True, opts=site.invoke_opts(), filters=[
+            aws.ec2.GetAmiFilterArgs(name="name", values=[f"debian-12-{arch}-*"]),
+            aws.ec2.GetAmiFilterArgs(name="architecture", values=["arm64" if arch == "arm64" else "x86_64"]),
+            aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"])])
+
+        self.hosts = []
+        for index in range(emb.host_count):
+            subnet = args.subnets[index % len(args.subnets)]
+            self.hosts.append(aws.ec2.Instance(
+                site.child(f"host-{index + 1}"),
+                ami=ami.id,
+                instance_type=emb.instance_type,
+                subnet_id=subnet.id,
+                vpc_security_group_ids=[group.id],
+                iam_instance_profile=profile.name,
+                associate_public_ip_address=False,
+                ebs_optimized=True,
+                monitoring=True,
+                metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                    http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1,
+                    instance_metadata_tags="disabled"),
+                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                    encrypted=True, kms_key_id=args.key_arn, volume_size=emb.volume_size_gb, volume_type="gp3",
+                    delete_on_termination=True),
+                enclave_options=aws.ec2.InstanceEnclaveOptionsArgs(enabled=nitro_enclaves_capable(emb.instance_type)),
+                tags={"Name": f"{site.stack}-{site.name}-{index + 1}"},
+                opts=child))
+        self.register_outputs({"instance_ids": [h.id for h in self.hosts],
+                               "private_ips": [h.private_ip for h in self.hosts]})
