@@ -1,0 +1,226 @@
+"""The resource set a control looks at: resources, their providers, and which embassy each belongs to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from embassy.compliance.props import UNKNOWN, is_unknown
+from embassy.model import Deployment
+
+TAG_NAMESPACE = "data-embassy:"
+
+
+def _tag_key(key: Any) -> str:
+    return str(key).lower().removeprefix(TAG_NAMESPACE)
+
+
+def _default_tags(value: Any) -> dict[str, str]:
+    """A provider's defaultTags.tags; providers receive their inputs JSON-encoded, so it may be a string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+    if isinstance(value, Mapping) and isinstance(value.get("tags"), Mapping):
+        return {_tag_key(k): str(v) for k, v in value["tags"].items()}
+    return {}
+
+
+def provider_urn(reference: str | None) -> str | None:
+    """A provider reference is `<provider urn>::<provider id>`; keep the URN."""
+    if not reference:
+        return None
+    if reference.count("::") > 3:
+        return reference.rsplit("::", 1)[0]
+    return reference
+
+
+def urn_name(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def urn_type(urn: str) -> str:
+    parts = urn.split("::")
+    return parts[2].rsplit("$", 1)[-1] if len(parts) >= 4 else ""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource as the engine sees it: camelCase inputs, references by URN."""
+
+    urn: str
+    type: str
+    inputs: Mapping[str, Any]
+    name: str = ""
+    parent: str | None = None
+    provider: str | None = None  # provider URN (the `::id` suffix dropped)
+    dependencies: tuple[str, ...] = ()
+    protect: bool | None = None  # protect or retainOnDelete, when the record says
+    provider_region: str | None = None  # the plan records its provider's region beside the reference
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Resource:
+        """From a plan, export, preview-step or engine-event record (all share these keys)."""
+        urn = str(rec.get("urn", ""))
+        inputs = rec.get("inputs")
+        if not isinstance(inputs, Mapping):
+            inputs = {}
+        flags = [rec.get(k) for k in ("protect", "retainOnDelete") if isinstance(rec.get(k), bool)]
+        protect = any(flags) if flags else None
+        prov = rec.get("provider")
+        prov_region = None
+        if isinstance(prov, Mapping):  # the plan's {"urn", "region"}
+            prov_region = prov.get("region") if isinstance(prov.get("region"), str) else None
+            prov = prov.get("urn")
+        return cls(
+            urn=urn,
+            type=str(rec.get("type") or urn_type(urn)),
+            inputs={k: v for k, v in inputs.items() if k != "__defaults"},
+            name=str(rec.get("name") or urn_name(urn)),
+            parent=rec.get("parent") or None,
+            provider=provider_urn(prov if isinstance(prov, str) and prov else None),
+            dependencies=tuple(rec.get("dependencies") or ()),
+            protect=protect,
+            provider_region=prov_region,
+        )
+
+    @property
+    def is_provider(self) -> bool:
+        return self.type.startswith("pulumi:providers:")
+
+
+@dataclass
+class Context:
+    """Everything a check may consult besides the resource itself."""
+
+    resources: dict[str, Resource] = field(default_factory=dict)
+    model: Deployment | None = None
+    complete: bool = True  # False in a CrossGuard resource policy: only the resource and its provider are known
+
+    @classmethod
+    def of(cls, resources: Iterable[Resource], deployment: Deployment | None = None,
+           complete: bool = True) -> Context:
+        return cls({r.urn: r for r in resources}, deployment, complete)
+
+    def by_type(self, *types: str) -> list[Resource]:
+        return [r for r in self.resources.values() if r.type in types]
+
+    def provider_of(self, res: Resource) -> Resource | None:
+        return self.resources.get(res.provider) if res.provider else None
+
+    def region_of(self, res: Resource) -> str | None:
+        """The region a resource lives in: its own `region` input (pulumi-aws 7) or its provider's."""
+        own = res.inputs.get("region")
+        if own:
+            return UNKNOWN if is_unknown(own) else str(own)
+        prov = res if res.is_provider else self.provider_of(res)
+        if prov is not None and prov.inputs.get("region"):
+            value = prov.inputs["region"]
+            return UNKNOWN if is_unknown(value) else str(value)
+        return res.provider_region
+
+    def tags_of(self, res: Resource) -> dict[str, str]:
+        """The resource's tags merged over its provider's defaultTags (what AWS ends up with).
+
+        Keys are lowercased and lose the `data-embassy:` namespace: `data-embassy:nation` reads as `nation`.
+        """
+        tags: dict[str, str] = {}
+        prov = res if res.is_provider else self.provider_of(res)
+        if prov is not None:
+            tags.update(_default_tags(prov.inputs.get("defaultTags")))
+        src = res.inputs.get("tags") if not res.is_provider else None
+        if isinstance(src, Mapping):
+            tags.update({_tag_key(k): str(v) for k, v in src.items()})
+        return tags
+
+    def stack_role_names(self) -> set[str]:
+        """Physical names of the IAM roles this stack creates (as the policies attached to them name them)."""
+        names = set()
+        for r in self.resources.values():
+            if r.type == "aws:iam/role:Role" and isinstance(r.inputs.get("name"), str):
+                names.add(r.inputs["name"])
+            elif r.type.startswith("aws:iam/") and isinstance(r.inputs.get("role"), str):
+                names.add(r.inputs["role"])
+        return names
+
+    def _ancestors(self, res: Resource) -> list[Resource | str]:
+        chain: list[Resource | str] = []
+        parent = res.parent
+        seen = set()
+        while parent and parent not in seen:
+            seen.add(parent)
+            rec = self.resources.get(parent)
+            chain.append(rec if rec is not None else parent)
+            parent = rec.parent if rec is not None else None
+        return chain
+
+    def embassy_of(self, res: Resource) -> str | None:
+        """Which embassy a resource belongs to: its tags, an `Embassy` component ancestor, or its provider's name."""
+        tags = self.tags_of(res)
+        if tags.get("embassy"):
+            return tags["embassy"]
+        names = {e.name for e in self.model.embassies} if self.model else set()
+        for anc in self._ancestors(res):
+            urn = anc.urn if isinstance(anc, Resource) else anc
+            if urn_type(urn).lower().endswith(":embassy"):
+                return urn_name(urn)
+        prov = res if res.is_provider else self.provider_of(res)
+        candidates = [prov.name] if prov is not None else []
+        if res.provider and prov is None:
+            candidates.append(urn_name(res.provider))
+        candidates.append(res.name)
+        for cand in candidates:
+            for name in sorted(names, key=len, reverse=True):
+                if cand == name or cand.startswith(f"{name}-") or cand.endswith(f"-{name}") or f"-{name}-" in cand:
+                    return name
+        return None
+
+    def nation_of(self, res: Resource) -> str | None:
+        """The host nation of the resource's embassy: from the model, else from its `nation` tag."""
+        emb = self.embassy_of(res)
+        if emb and self.model:
+            try:
+                return self.model.embassy(emb).nation
+            except KeyError:
+                pass
+        nation = self.tags_of(res).get("nation")
+        return nation.upper() if nation else None
+
+    def retention_days_of(self, res: Resource) -> int | None:
+        emb = self.embassy_of(res)
+        if emb and self.model:
+            try:
+                return self.model.embassy(emb).retention_days
+            except KeyError:
+                return None
+        return None
+
+    def referrers(self, target: Resource, *types: str, prop: str = "bucket") -> list[Resource]:
+        """Resources of `types` that point at `target`: by dependency, or by naming it in `prop`."""
+        idents = {target.urn, target.name}
+        for key in ("bucket", "id", "arn", "name"):
+            value = target.inputs.get(key)
+            if isinstance(value, str) and value:
+                idents.add(value)
+        found = []
+        for r in self.by_type(*types):
+            value = r.inputs.get(prop)
+            if target.urn in r.dependencies or (isinstance(value, str) and value in idents):
+                found.append(r)
+        return found
+
+    @cached_property
+    def home_accounts(self) -> frozenset[str]:
+        """AWS accounts of the home state: those of the model's key admins and break-glass principals."""
+        accounts = set()
+        if self.model:
+            p = self.model.principals
+            for arn in (*p.key_admins, *p.break_glass, *getattr(p, "agents", ()), *getattr(p, "restorers", ())):
+                parts = arn.split(":")
+                if len(parts) > 4 and parts[4]:
+                    accounts.add(parts[4])
+        return frozenset(accounts)

@@ -1,0 +1,97 @@
+"""Run the catalog's checks over a resource set; read plans."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from embassy import model
+from embassy.compliance.catalog import Control, Scope, controls
+from embassy.compliance.checks import CHECKS
+from embassy.compliance.context import Context, Resource
+from embassy.compliance.props import Unknown
+from embassy.errors import UserError
+
+
+@dataclass(frozen=True)
+class Finding:
+    control: str
+    severity: str
+    mandatory: bool
+    urn: str
+    message: str
+    type: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unknown_message(control: Control, exc: Unknown) -> str:
+    return (f"{exc.path} is unknown at preview; mandatory control {control.id} needs it known "
+            "(set it from configuration, not from another resource's output)")
+
+
+def run_check(control: Control, res: Resource, ctx: Context) -> list[Finding]:
+    """The findings of one control on one resource. A mandatory control fails on an unknown setting."""
+    def finding(message: str) -> Finding:
+        return Finding(control.id, control.severity.value, control.mandatory, res.urn, message, res.type)
+
+    try:
+        return [finding(m) for m in CHECKS[control.id](res, ctx)]
+    except Unknown as exc:
+        if control.mandatory and exc.kind == "decision":
+            return [finding(unknown_message(control, exc))]
+        return []  # a reference not known yet: judged once it exists (pulumi up, or the plan)
+
+
+def evaluate(ctx: Context, only: Iterable[Control] | None = None) -> list[Finding]:
+    """Every finding of every (resource or stack) control over the context's resources."""
+    selected = [c for c in (only or controls()) if c.scope is not Scope.CHANGE]
+    if not ctx.complete:
+        selected = [c for c in selected if c.scope is Scope.RESOURCE]
+    findings: list[Finding] = []
+    for res in sorted(ctx.resources.values(), key=lambda r: r.urn):
+        for control in selected:
+            if control.applies_to(res.type):
+                findings.extend(run_check(control, res, ctx))
+    return findings
+
+
+def resources_of_plan(plan: Mapping[str, Any]) -> list[Resource]:
+    return [Resource.from_record(r) for r in plan.get("resources", []) if isinstance(r, Mapping)]
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}", "give the path of a plan written by `embassy plan --out F`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}", "check the path and its permissions") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not JSON: {exc}", "give a plan written by `embassy plan --out F`") from None
+
+
+def read_plan(path: Path) -> dict[str, Any]:
+    plan = read_json(path)
+    if not isinstance(plan, dict) or not isinstance(plan.get("resources"), list):
+        raise UserError(f"{path} is not a plan (no 'resources' list)",
+                        "write one with `embassy plan --stack S --out F`")
+    return plan
+
+
+def model_for(stack: str | None, root: Path) -> model.Deployment | None:
+    """The model of a stack when its config is at hand and valid; None otherwise (checks then use tags)."""
+    if not stack:
+        return None
+    try:
+        return model.load_stack(stack, root)
+    except model.ConfigInvalid:
+        return None
+
+
+def mandatory_failed(findings: Iterable[Finding]) -> bool:
+    return any(f.mandatory for f in findings)
