@@ -1,7 +1,86 @@
-"""`embassy` commands of this area (registered on embassy.cli.app)."""
+"""`embassy lab up|down|status --stack S`: the local target (see src/embassy/lab/)."""
 
 from __future__ import annotations
 
-from embassy.cli import app
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.errors import UserError
+from embassy.lab import lifecycle
+from embassy.lab.state import LAB_ID_ENV, lab_id_from_env
 
 __all__ = ["app"]
+
+lab_app = typer.Typer(no_args_is_help=True, help="The local lab: network namespaces, systemd-nspawn hosts, SeaweedFS vaults.")
+app.add_typer(lab_app, name="lab")
+
+
+def _lab_id() -> int:
+    try:
+        return lab_id_from_env()
+    except UserError as exc:
+        raise user_error(exc) from None
+
+
+@lab_app.command("up")
+def lab_up(stack: StackOpt) -> None:
+    """Build the stack's federation on this machine (root). Already up: says so, changes nothing."""
+    dep = load(stack)
+    lab_id = _lab_id()
+    start = time.monotonic()
+    with console.status(f"lab {lab_id}: starting") as spinner:
+        def say(message: str) -> None:
+            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
+            spinner.update(f"lab {lab_id}: {message}")
+
+        try:
+            lab, built = lifecycle.up(dep, lab_id, say)
+        except UserError as exc:
+            raise user_error(exc) from None
+    if not built:
+        console.print(f"lab {lab_id} (stack '{stack}') is already up: nothing changed "
+                      f"({len(lab.hosts)} hosts, {len(lab.vaults)} vaults)")
+        return
+    console.print(f"[green]lab {lab_id} up[/green] in {time.monotonic() - start:.1f}s: {len(lab.hosts)} hosts, "
+                  f"{len(lab.vaults)} vaults, range {lab.range}; clients run in `ip netns exec {lab.controller_netns} …`; "
+                  f"state {lab.dir}/state.json")
+
+
+@lab_app.command("down")
+def lab_down(stack: StackOpt) -> None:
+    """Remove the lab (built or half-built): containers, servers, mounts, namespaces, cgroups, route."""
+    lab_id = _lab_id()
+    start = time.monotonic()
+    try:
+        removed = lifecycle.down(lab_id, console.print)
+    except UserError as exc:
+        raise user_error(exc) from None
+    if not removed:
+        console.print(f"lab {lab_id}: nothing to remove")
+        return
+    for item in removed:
+        console.print(f"  removed {item}")
+    console.print(f"[green]lab {lab_id} down[/green] in {time.monotonic() - start:.1f}s")
+
+
+@lab_app.command("status")
+def lab_status(stack: StackOpt,
+               as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
+    """Whether the lab is up; per host SSH and systemd state; per vault whether it answers."""
+    lab_id = _lab_id()
+    result = lifecycle.status(lab_id, stack)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(f"lab {lab_id} ({LAB_ID_ENV}) stack {result.get('stack')}: {'up' if result['up'] else 'down'}")
+        for h in result["hosts"]:
+            console.print(f"  host {h['name']:<16} {h['address']:<12} ssh={'ok' if h['ssh'] else 'no'} "
+                          f"systemd={h['systemd']} rss={h['rss_kib'] // 1024} MiB")
+        for v in result["vaults"]:
+            console.print(f"  vault {v['embassy']:<15} {v['endpoint']} {'reachable' if v['reachable'] else 'UNREACHABLE'}")
+    if not result["up"]:
+        raise typer.Exit(1)

@@ -1,0 +1,133 @@
+"""The hosts' read-only root: Debian bookworm minbase + systemd + sshd, built once and cached.
+
+The image is keyed by a hash of its inputs (suite, mirror, packages, this recipe's version) under
+/var/cache/embassy/image-<hash>/rootfs, built under a lock so two labs never build it at once, and
+reused by every lab and every host (each host boots an overlay over it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from embassy.lab.system import LabError, locked, run
+
+CACHE_ENV = "EMBASSY_CACHE"
+DEFAULT_CACHE = Path("/var/cache/embassy")
+SUITE = "bookworm"
+RECIPE_VERSION = 3  # bump when the recipe below changes: the cache key changes with it
+IMAGE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
+                  "iproute2", "sudo", "procps")
+SSH_USER = "admin"
+
+Say = Callable[[str], None]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def debian_mirrors() -> tuple[str, str | None]:
+    """The Debian archive (and security archive) this machine's apt uses: the image comes from there."""
+    main: str | None = None
+    security: str | None = None
+    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text()
+        uris = re.findall(r"^URIs:\s*(\S+)", text, re.M) + re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, re.M)
+        for uri in uris:
+            uri = uri.rstrip("/")
+            if uri.endswith("/debian-security") and security is None:
+                security = uri
+            elif uri.endswith("/debian") and main is None:
+                main = uri
+    if main is None:
+        raise LabError("no Debian archive found in /etc/apt/sources.list{,.d}",
+                       "configure apt with a Debian bookworm mirror (the lab image is bootstrapped from it)")
+    return main, security
+
+
+def sources_list(main: str, security: str | None) -> str:
+    lines = [f"deb {main} {SUITE} main", f"deb {main} {SUITE}-updates main"]
+    if security:
+        lines.append(f"deb {security} {SUITE}-security main")
+    return "\n".join(lines) + "\n"
+
+
+def image_key() -> str:
+    main, security = debian_mirrors()
+    inputs = {"suite": SUITE, "main": main, "security": security, "packages": IMAGE_PACKAGES,
+              "recipe": RECIPE_VERSION, "user": SSH_USER}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_dir(key: str | None = None) -> Path:
+    return cache_dir() / f"image-{key or image_key()}"
+
+
+def chroot_script(root: Path, script: str, resolv: bool = True) -> None:
+    """Run a shell script chrooted in `root`, with proc/sys/dev mounted in a private mount namespace
+    (so nothing leaks into the machine's mount table) and the machine's resolv.conf for the build only."""
+    binds = [f"mount -t proc proc {root}/proc", f"mount --rbind /sys {root}/sys", f"mount --rbind /dev {root}/dev"]
+    if resolv:
+        binds.append(f"touch {root}/etc/resolv.conf && mount --bind /etc/resolv.conf {root}/etc/resolv.conf")
+    wrapper = "set -e\n" + "\n".join(binds) + f"\nexec chroot {root} /bin/sh -ec \"$1\"\n"
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c", wrapper, "sh", script], timeout=1800)
+
+
+_CONFIGURE = r"""
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' > /etc/apt/apt.conf.d/90embassy-lab
+apt-get update -qq
+apt-get install -y -qq {packages} >/dev/null
+apt-get -y -qq upgrade >/dev/null
+# The SSH user, as on Debian's cloud images: an admin with sudo, no password (keys only).
+id {user} >/dev/null 2>&1 || useradd -m -s /bin/bash -G sudo {user}
+usermod -p '*' {user}
+echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-embassy-lab; chmod 0440 /etc/sudoers.d/90-embassy-lab
+printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\n' > /etc/ssh/sshd_config.d/00-embassy-lab.conf
+# Generic image: every host gets its own host keys and machine id.
+rm -f /etc/ssh/ssh_host_*
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+printf '127.0.0.1\tlocalhost\n' > /etc/hosts
+apt-get clean
+rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d
+"""
+
+
+def ensure_image(say: Say) -> Path:
+    """The cached image's root folder, built first if its inputs changed (or it never was)."""
+    key = image_key()
+    final = image_dir(key)
+    if (final / ".complete").exists():
+        return final / "rootfs"
+    with locked(cache_dir() / "image.lock"):
+        if (final / ".complete").exists():  # another lab built it while we waited
+            return final / "rootfs"
+        main, security = debian_mirrors()
+        tmp = cache_dir() / f"image-{key}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        root = tmp / "rootfs"
+        root.mkdir(parents=True)
+        say(f"debootstrap {SUITE} minbase from {main} (once; cached in {final})")
+        run(["debootstrap", "--variant=minbase", SUITE, str(root), main], timeout=1800)
+        (root / "etc/apt/sources.list").write_text(sources_list(main, security))
+        say("installing systemd, sshd, python3 into the image")
+        chroot_script(root, _CONFIGURE.format(packages=" ".join(IMAGE_PACKAGES), user=SSH_USER))
+        (root / "etc/resolv.conf").write_text("")
+        (root / "etc/apt/sources.list").write_text("")  # each host points at the lab mirror
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        (final / ".complete").write_text(key + "\n")
+        return final / "rootfs"
