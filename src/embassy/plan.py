@@ -6,7 +6,7 @@ worktrees of other refs) by putting ROOT/src first on PYTHONPATH. `compute_plan`
 
 The plan (see DESIGN.md, "Interfaces"):
     {"stack", "project", "resources": [{"urn", "type", "name", "custom", "parent", "provider", "inputs",
-     "dependencies"}], "outputs"}
+     "dependencies", "protect", "retainOnDelete"}], "outputs"}
 - urn: built as the engine builds it: the Stack type is not in the chain, the parent's full type chain is;
 - provider: null for the stack, components and providers; else {"urn": provider URN, "region": its region};
 - inputs: the properties the engine receives (camelCase), whole floats as ints, secrets as "[secret]";
@@ -136,6 +136,8 @@ def _plan_monitor_classes() -> tuple[type, type]:
                 "provider": _provider_urn(request.provider),
                 "inputs": clean(inputs),
                 "dependencies": sorted(set(request.dependencies)),
+                "protect": bool(request.protect),
+                "retainOnDelete": bool(request.retainOnDelete),
             }
             return super().RegisterResource(request)
 
@@ -227,7 +229,8 @@ def _computed(typ: str, name: str, inputs: Mapping[str, Any], region: str, h: st
                 "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc"}
     if typ in prefixes:
         rid = f"{prefixes[typ]}-{h[:17]}"
-        return {"__id": rid, "arn": f"arn:{p}:ec2:{region}:{MOCK_ACCOUNT}:{prefixes[typ]}/{rid}"}
+        extra = {"prefixListId": "pl-" + h[17:25]} if typ == "aws:ec2/vpcEndpoint:VpcEndpoint" else {}
+        return {"__id": rid, "arn": f"arn:{p}:ec2:{region}:{MOCK_ACCOUNT}:{prefixes[typ]}/{rid}", **extra}
     return {"__id": f"{name}-{h[:8]}", "arn": f"arn:{p}:{module}:{region}:{MOCK_ACCOUNT}:{name}"}
 
 
@@ -257,6 +260,18 @@ def stack_config(root: Path, stack: str, env: Mapping[str, str]) -> tuple[dict[s
     return config, secret_keys
 
 
+def install_mocks(project: str, stack: str) -> Any:
+    """Point the Pulumi runtime of this process at the plan's mocks; returns the recording monitor."""
+    import pulumi
+
+    monitor_cls, mocks_cls = _plan_monitor_classes()
+    mocks = mocks_cls()
+    monitor = monitor_cls(mocks, project, stack)
+    mocks.monitor = monitor
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=monitor)
+    return monitor
+
+
 def run_program(root: Path, stack: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run ROOT's program for `stack` under mocks in this process (once per process) and return the plan."""
     import pulumi
@@ -269,11 +284,7 @@ def run_program(root: Path, stack: str, env: Mapping[str, str] | None = None) ->
     project, program = _program_path(root)
     config, secret_keys = stack_config(root, stack, os.environ if env is None else env)
     pulumi.runtime.set_all_config(config, secret_keys)
-    monitor_cls, mocks_cls = _plan_monitor_classes()
-    mocks = mocks_cls()
-    monitor = monitor_cls(mocks, project, stack)
-    mocks.monitor = monitor
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=monitor)
+    monitor = install_mocks(project, stack)
     sys.path.insert(0, str(program.parent))
 
     def run() -> None:

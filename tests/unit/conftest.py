@@ -22,3 +22,16 @@ def production_plan() -> dict[str, Any]:
     from embassy.plan import compute_plan
 
     return compute_plan(ROOT, "production")
+
+
+@pytest.fixture
+def pulumi_mocks() -> Any:
+    """This process's Pulumi runtime on the plan's mocks, with a fresh recording monitor for each test."""
+    import pulumi
+
+    from embassy import model
+    from embassy.plan import PLACEHOLDER_SECRET, install_mocks
+
+    pulumi.runtime.set_all_config({f"{model.NAMESPACE}:break_glass_external_id": PLACEHOLDER_SECRET},
+                                  [f"{model.NAMESPACE}:break_glass_external_id"])
+    return install_mocks("data-embassy", "unit")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.buckets import deny_insecure_transport, locked_bucket
+from embassy.infra.buckets import deny_insecure_transport, locked_bucket, retained
 from embassy.infra.site import Site, policy_json
 
 
@@ -43,7 +43,7 @@ class Audit(pulumi.ComponentResource):
                 {"Sid": "CloudTrailWrite", "Effect": "Allow", "Principal": {"Service": cloudtrail},
                  "Action": "s3:PutObject", "Resource": logs,
                  "Condition": {"StringEquals": {"s3:x-amz-acl": "bucket-owner-full-control", "aws:SourceArn": trail_arn}}},
-            ]}), opts=pulumi.ResourceOptions(parent=self, depends_on=[locked.public_access_block]))
+            ]}), opts=retained(self, locked.public_access_block))
         vault_objects = pulumi.Output.from_input(args.vault_arn).apply(lambda a: f"{a}/")
         self.trail = aws.cloudtrail.Trail(
             site.child("trail"), name=trail_name, s3_bucket_name=self.bucket.id, kms_key_id=args.key_arn,

@@ -21,8 +21,12 @@ class LockedBucket:
 
 def locked_bucket(site: Site, name: str, key_arn: pulumi.Input[str], retention_days: int,
                   parent: pulumi.Resource) -> LockedBucket:
-    """Versioned, Object Lock COMPLIANCE for `retention_days`, SSE-KMS with bucket keys, never public, ACLs off."""
-    child = pulumi.ResourceOptions(parent=parent)
+    """Versioned, Object Lock COMPLIANCE for `retention_days`, SSE-KMS with bucket keys, never public, ACLs off.
+
+    Every part is retained on delete: `pulumi destroy` cannot empty a locked bucket before retention ends,
+    and must not half-dismantle it (suspend versioning, drop the public access block) while it tries.
+    """
+    child = pulumi.ResourceOptions(parent=parent, retain_on_delete=True)
     bucket = aws.s3.Bucket(site.child(name), object_lock_enabled=True, opts=child)
     versioning = aws.s3.BucketVersioning(site.child(name), bucket=bucket.id, opts=child,
                                          versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
@@ -31,7 +35,7 @@ def locked_bucket(site: Site, name: str, key_arn: pulumi.Input[str], retention_d
         site.child(name), bucket=bucket.id, object_lock_enabled="Enabled",
         rule=aws.s3.BucketObjectLockConfigurationRuleArgs(
             default_retention=aws.s3.BucketObjectLockConfigurationRuleDefaultRetentionArgs(mode=LOCK_MODE, days=retention_days)),
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=[versioning]))
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=True, depends_on=[versioning]))
     aws.s3.BucketServerSideEncryptionConfiguration(site.child(name), bucket=bucket.id, opts=child, rules=[
         aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
             apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
@@ -43,6 +47,11 @@ def locked_bucket(site: Site, name: str, key_arn: pulumi.Input[str], retention_d
     aws.s3.BucketOwnershipControls(site.child(name), bucket=bucket.id, opts=child,
                                    rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"))
     return LockedBucket(bucket=bucket, public_access_block=public, lock=lock)
+
+
+def retained(parent: pulumi.Resource, *after: pulumi.Resource) -> pulumi.ResourceOptions:
+    """Options of a locked bucket's policy: kept on destroy like the bucket, created after `after`."""
+    return pulumi.ResourceOptions(parent=parent, retain_on_delete=True, depends_on=list(after))
 
 
 def deny_insecure_transport(bucket_arn: pulumi.Output[str]) -> dict[str, object]:

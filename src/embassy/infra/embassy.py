@@ -27,6 +27,12 @@ class EmbassyArgs:
 class Embassy(pulumi.ComponentResource):
     """Network, key, vault, hosts, audit trail and roles of one embassy, all through one regional provider."""
 
+    roles: Roles
+    keys: Keys
+    network: Network
+    vault: Vault
+    audit: Audit
+    enclave: Enclave
     outputs: pulumi.Output[dict[str, object]]
 
     def __init__(self, name: str, args: EmbassyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -44,21 +50,23 @@ class Embassy(pulumi.ComponentResource):
         # Every child inherits the embassy's provider through its parent: nothing lands in another region.
         child = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
 
-        roles = Roles(site.child("roles"), RolesArgs(
+        self.roles = roles = Roles(site.child("roles"), RolesArgs(
             site=site, agents=principals.agents or principals.key_admins,
             restorers=principals.restorers or principals.key_admins, break_glass=principals.break_glass,
             break_glass_external_id=args.break_glass_external_id), opts=child)
-        keys = Keys(site.child("keys"), KeysArgs(
+        self.keys = keys = Keys(site.child("keys"), KeysArgs(
             site=site, admins=principals.key_admins,
             users=[roles.agent.arn, roles.restore.arn, roles.break_glass.arn]), opts=child)
-        network = Network(site.child("network"), NetworkArgs(site=site, key_arn=keys.key.arn), opts=child)
-        vault = Vault(site.child("vault"), VaultArgs(site=site, key_arn=keys.key.arn,
+        self.network = network = Network(site.child("network"), NetworkArgs(site=site, key_arn=keys.key.arn), opts=child)
+        self.vault = vault = Vault(site.child("vault"), VaultArgs(site=site, key_arn=keys.key.arn,
                                                      break_glass_arn=roles.break_glass.arn), opts=child)
-        Audit(site.child("audit"), AuditArgs(site=site, key_arn=keys.key.arn, vault_arn=vault.bucket.arn), opts=child)
+        self.audit = Audit(site.child("audit"), AuditArgs(site=site, key_arn=keys.key.arn, vault_arn=vault.bucket.arn),
+                           opts=child)
         Grants(site.child("grants"), GrantsArgs(site=site, roles=roles, vault_arn=vault.bucket.arn,
                                                 key_arn=keys.key.arn), opts=child)
-        enclave = Enclave(site.child("enclave"), EnclaveArgs(
-            site=site, subnets=network.subnets, vpc_id=network.vpc.id, vpc_cidr=network.cidr, key_arn=keys.key.arn),
+        self.enclave = enclave = Enclave(site.child("enclave"), EnclaveArgs(
+            site=site, subnets=network.subnets, vpc_id=network.vpc.id, vpc_cidr=network.cidr,
+            s3_prefix_list_id=network.s3_prefix_list_id, key_arn=keys.key.arn),
             opts=child)
 
         self.outputs = pulumi.Output.from_input({

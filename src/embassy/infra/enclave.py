@@ -38,6 +38,7 @@ class EnclaveArgs:
     subnets: Sequence[aws.ec2.Subnet]
     vpc_id: pulumi.Input[str]
     vpc_cidr: str
+    s3_prefix_list_id: pulumi.Input[str]
     key_arn: pulumi.Input[str]
 
 
@@ -65,10 +66,14 @@ class Enclave(pulumi.ComponentResource):
             ipv6_cidr_blocks=[cidr] if ipaddress.ip_network(cidr).version == 6 else None)
             for cidr in emb.admin_cidrs]
         group = aws.ec2.SecurityGroup(
-            site.child("hosts"), vpc_id=args.vpc_id, description="enclave hosts: SSH only from admin CIDRs; HTTPS to the VPC",
+            site.child("hosts"), vpc_id=args.vpc_id,
+            description="enclave hosts: SSH only from admin CIDRs; HTTPS to the VPC and S3",
             ingress=ingress,
             egress=[aws.ec2.SecurityGroupEgressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.vpc_cidr],
-                                                    description="HTTPS to the VPC endpoints")],
+                                                    description="HTTPS to the VPC endpoints"),
+                    aws.ec2.SecurityGroupEgressArgs(protocol="tcp", from_port=443, to_port=443,
+                                                    prefix_list_ids=[args.s3_prefix_list_id],
+                                                    description="HTTPS to S3 (the vault) through the gateway endpoint")],
             opts=child)
 
         arch = architecture(emb.instance_type)

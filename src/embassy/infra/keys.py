@@ -59,7 +59,8 @@ class Keys(pulumi.ComponentResource):
             rotation_period_in_days=ROTATION_PERIOD_DAYS,
             deletion_window_in_days=DELETION_WINDOW_DAYS,
             policy=policy,
-            opts=pulumi.ResourceOptions(parent=self))
+            # Deleting the key would make every locked replica unreadable: destroy leaves it.
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         aws.kms.Alias(site.child("key-alias"), name=f"alias/data-embassy/{site.stack}/{site.name}",
                       target_key_id=self.key.key_id, opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"key_arn": self.key.arn})

@@ -32,6 +32,7 @@ class Network(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
     subnets: list[aws.ec2.Subnet]
     cidr: str
+    s3_prefix_list_id: pulumi.Output[str]  # S3 through the gateway endpoint: the hosts' only way out of the VPC
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("data-embassy:infra:Network", name, None, opts)
@@ -62,8 +63,9 @@ class Network(pulumi.ComponentResource):
             ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.cidr],
                                                       description="HTTPS from the enclave VPC")],
             egress=[], opts=child)
-        aws.ec2.VpcEndpoint(site.child("s3"), vpc_id=self.vpc.id, vpc_endpoint_type="Gateway",
-                            service_name=self._service(site, "s3", "Gateway"), route_table_ids=[routes.id], opts=child)
+        s3 = aws.ec2.VpcEndpoint(site.child("s3"), vpc_id=self.vpc.id, vpc_endpoint_type="Gateway",
+                                 service_name=self._service(site, "s3", "Gateway"), route_table_ids=[routes.id], opts=child)
+        self.s3_prefix_list_id = s3.prefix_list_id
         for service in INTERFACE_SERVICES:
             aws.ec2.VpcEndpoint(site.child(service), vpc_id=self.vpc.id, vpc_endpoint_type="Interface",
                                 service_name=self._service(site, service, "Interface"), private_dns_enabled=True,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.buckets import deny_insecure_transport, locked_bucket
+from embassy.infra.buckets import deny_insecure_transport, locked_bucket, retained
 from embassy.infra.iam import LOCK_ACTIONS
 from embassy.infra.site import Site, policy_json
 
@@ -36,5 +36,6 @@ class Vault(pulumi.ComponentResource):
                 {"Sid": "DenyVersionAndLockTampering", "Effect": "Deny", "Principal": "*", "Action": list(LOCK_ACTIONS),
                  "Resource": [arn, arn.apply(lambda a: f"{a}/*")],
                  "Condition": {"ArnNotEquals": {"aws:PrincipalArn": args.break_glass_arn}}},
-            ]}), opts=pulumi.ResourceOptions(parent=self, depends_on=[locked.public_access_block]))
+            # After the lock configuration: from then on only break-glass may change it.
+            ]}), opts=retained(self, locked.public_access_block, locked.lock))
         self.register_outputs({"bucket": self.bucket.bucket, "arn": self.bucket.arn})
