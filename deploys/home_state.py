@@ -1,0 +1,139 @@
+"""The home state (rehearsals and demos): PostgreSQL 15 with one database per postgres register,
+seeded synthetic data, the file registers as document trees, and the read-only state service.
+
+    pyinfra inventories/lab.py deploys/home_state.py     (inside the lab's controller namespace)
+
+Host data read: role (only `home` gets anything), stack, home_seed / home_size_mb (or env
+EMBASSY_HOME_SEED / EMBASSY_HOME_SIZE_MB), ssh_hostname (the address the service and PostgreSQL listen on).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+
+from pyinfra import host, inventory
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from embassy import model
+from embassy.home import context, dataplane, schema
+from embassy.home.ops import as_user, ensure
+
+SEED_DIR = "/var/lib/embassy/seed"
+SERVICE_PORT = 8088
+SERVICE_USER = "embassy_state"
+
+if host.data.get("role") == "home":
+    dep = context.deployment(host.data.stack)
+    pg_registers = [r for r in dep.registers if r.kind is model.RegisterKind.POSTGRES]
+    file_registers = [r for r in dep.registers if r.kind is model.RegisterKind.FILES]
+    address = host.data.get("service_address") or host.data.ssh_hostname
+    warm = [h.data.get("private_address") or h.data.ssh_hostname for h in inventory.get_group("warm", [])]
+
+    apt.packages(
+        name="Install PostgreSQL 15, the agents' tools and the state service's driver",
+        packages=["postgresql-15", "postgresql-client-15", "pgbackrest", "restic", "python3-psycopg", "gzip", "tar"],
+        update=True, cache_time=86400, no_recommends=True,
+    )
+
+    # ---------------------------------------------------------------- the cluster
+    conf = files.put(
+        name="PostgreSQL: listen on home's address, WAL for standbys",
+        src=io.StringIO(dataplane.home_postgresql_conf(address)),
+        dest=f"{dataplane.PG_CONF_D}/10-embassy-home.conf", user="postgres", group="postgres", mode="644",
+    )
+    hba = files.put(
+        name="PostgreSQL: pg_hba (replication only from the warm embassies)",
+        src=io.StringIO(dataplane.home_pg_hba(warm)),
+        dest=f"/etc/postgresql/{dataplane.PG_VERSION}/{dataplane.PG_CLUSTER}/pg_hba.conf",
+        user="postgres", group="postgres", mode="640",
+    )
+    systemd.service(name="PostgreSQL: running and enabled", service=dataplane.PG_SERVICE, running=True, enabled=True)
+    systemd.service(name="PostgreSQL: restart for new settings", service=dataplane.PG_SERVICE, restarted=True,
+                    _if=any_changed(conf, hba))
+    ensure(name="PostgreSQL: wait until it accepts connections",
+           check=as_user("postgres", "pg_isready -q"),
+           command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
+
+    password = context.replication_password(host.data)
+    ensure(name="PostgreSQL: replication role for the warm standbys",
+           check=as_user("postgres", f"psql -Atc \"SELECT 1 FROM pg_roles WHERE rolname = '{dataplane.REPLICATION_USER}'\" "
+                                     "| grep -qx 1"),
+           command=as_user("postgres", f"psql -v ON_ERROR_STOP=1 -qc \"CREATE ROLE {dataplane.REPLICATION_USER} "
+                                       f"WITH LOGIN REPLICATION PASSWORD '{password}'\""))
+
+    # ---------------------------------------------------------------- seeded registers
+    folder, manifest = context.generated(host.data)
+    files.directory(name="Seed folder", path=SEED_DIR, user="postgres", group="postgres", mode="750")
+    for reg in pg_registers:
+        db = schema.database_name(reg.name)
+        files.directory(name=f"{reg.name}: seed folder", path=f"{SEED_DIR}/{reg.name}", user="postgres", group="postgres",
+                        mode="750")
+        for name in sorted(manifest["registers"][reg.name]["files"]):
+            files.put(name=f"{reg.name}: upload {name}", src=str(folder / reg.name / name),
+                      dest=f"{SEED_DIR}/{reg.name}/{name}", user="postgres", group="postgres", mode="640")
+        ensure(name=f"{reg.name}: database {db}",
+               check=as_user("postgres", f"psql -Atc \"SELECT 1 FROM pg_database WHERE datname = '{db}'\" | grep -qx 1"),
+               command=as_user("postgres", f"createdb {db}"))
+        wanted = f"{manifest['seed']}|{manifest['size_mb']:g}"
+        ensure(name=f"{reg.name}: schema and seeded data",
+               check=as_user("postgres", f"psql -d {db} -Atc \"SELECT seed || '|' || size_mb FROM embassy_seed\" "
+                                         f"| grep -qx '{wanted}'"),
+               command=(  # refuse to reseed over other data: that would rewrite a register the embassies replicate
+                   as_user("postgres", f"psql -d {db} -Atc 'SELECT 1 FROM embassy_seed' >/dev/null 2>&1 && "
+                                       f"{{ echo 'error: {db} holds data of another seed or size' >&2; "
+                                       f"echo 'HINT: deploy with the seed and size it was built with, or drop {db}' >&2; "
+                                       "exit 2; } || true") + " && " +
+                   as_user("postgres", f"cd {SEED_DIR}/{reg.name} && psql -X -q -d {db} -f load.sql")))
+
+    server.group(name="State service group", group=SERVICE_USER, system=True)
+    server.user(name="State service user", user=SERVICE_USER, group=SERVICE_USER, system=True, shell="/usr/sbin/nologin",
+                home="/nonexistent", ensure_home=False)
+    files.directory(name="File registers root", path=dataplane.REGISTERS_ROOT, user="root", group=SERVICE_USER, mode="750")
+    for reg in file_registers:
+        tar = f"{reg.name}.tar.gz"
+        digest = manifest["registers"][reg.name]["files"][tar]
+        files.put(name=f"{reg.name}: upload the document tree", src=str(folder / tar), dest=f"{SEED_DIR}/{tar}",
+                  user="root", group="root", mode="640")
+        marker = f"{dataplane.REGISTERS_ROOT}/{reg.name}/.embassy-seed"
+        ensure(name=f"{reg.name}: documents in {dataplane.REGISTERS_ROOT}/{reg.name}",
+               check=f"grep -qx {digest} {marker}",
+               command=f"tar -xzf {SEED_DIR}/{tar} -C {dataplane.REGISTERS_ROOT} --no-same-owner && echo {digest} > {marker}")
+
+    # ---------------------------------------------------------------- the state service
+    for reg in pg_registers:
+        db = schema.database_name(reg.name)
+        ensure(name=f"State service: read-only access to {db}",
+               check=as_user("postgres", f"psql -d {db} -Atc \"SELECT has_table_privilege('{SERVICE_USER}', 'embassy_seed', "
+                                         "'SELECT')\" | grep -qx t"),
+               command=as_user("postgres", f"psql -v ON_ERROR_STOP=1 -d {db} -qc \"DO \\$\\$BEGIN IF NOT EXISTS (SELECT FROM "
+                                           f"pg_roles WHERE rolname = '{SERVICE_USER}') THEN CREATE ROLE {SERVICE_USER} "
+                                           f"LOGIN; END IF; END\\$\\$; GRANT CONNECT ON DATABASE {db} TO {SERVICE_USER}; "
+                                           f"GRANT USAGE ON SCHEMA public TO {SERVICE_USER}; GRANT SELECT ON ALL TABLES "
+                                           f"IN SCHEMA public TO {SERVICE_USER}\""))
+    files.directory(name="State service code folder", path="/opt/embassy", user="root", group="root", mode="755")
+    code = files.put(name="State service code", src=str(resources.files("embassy.home").joinpath("service.py")),
+                     dest="/opt/embassy/state_service.py", user="root", group="root", mode="644")
+    files.directory(name="Embassy config folder", path="/etc/embassy", user="root", group="root", mode="755")
+    config = {
+        "bind": address, "port": SERVICE_PORT, "conninfo": "host=/var/run/postgresql",
+        "databases": {r.name: schema.database_name(r.name) for r in pg_registers},
+        "files": {r.name: f"{dataplane.REGISTERS_ROOT}/{r.name}" for r in file_registers},
+    }
+    cfg = files.put(name="State service config", src=io.StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+                    dest="/etc/embassy/state-service.json", user="root", group=SERVICE_USER, mode="640")
+    unit = files.put(
+        name="State service unit",
+        src=io.StringIO(dataplane.unit(
+            "embassy: read-only state service (register queries, JSON)",
+            "/usr/bin/python3 /opt/embassy/state_service.py --config /etc/embassy/state-service.json",
+            user=SERVICE_USER, oneshot=False, after=f"{dataplane.PG_SERVICE}.service",
+            extra=["Restart=on-failure", "RestartSec=2", "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectSystem=strict",
+                   "ProtectHome=yes"])),
+        dest="/etc/systemd/system/embassy-state.service", user="root", group="root", mode="644")
+    systemd.daemon_reload(name="systemd: reload units", _if=unit.did_change)
+    systemd.service(name="State service: running and enabled", service="embassy-state", running=True, enabled=True)
+    systemd.service(name="State service: restart for new code or config", service="embassy-state", restarted=True,
+                    _if=any_changed(code, cfg, unit))

@@ -1,0 +1,117 @@
+"""What the deploys need from an inventory's host data: the stack model, the seed, vaults and secrets.
+
+Both inventories (lab.py from the lab state, aws.py from stack outputs) give every host: role, embassy,
+mode, stack, vaults (list of {embassy, dns_name, endpoint, bucket, ca_file, agent_credentials}) and,
+for the lab, lab_id. Everything here runs on the controller.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from embassy import model
+from embassy.errors import UserError
+from embassy.home import generator, secrets
+from embassy.home.dataplane import Repo
+from embassy.home.generator import RegisterRef, Spec
+
+SEED_ENV = "EMBASSY_HOME_SEED"
+SIZE_ENV = "EMBASSY_HOME_SIZE_MB"
+
+
+@cache
+def deployment(stack: str) -> model.Deployment:
+    try:
+        return model.load_stack(stack)
+    except model.ConfigInvalid as exc:
+        raise UserError(f"stack '{stack}' is invalid: {exc.issues[0].path}: {exc.issues[0].message}",
+                        f"run `embassy validate --stack {stack}`") from None
+
+
+def spec(data: Any) -> Spec:
+    seed = getattr(data, "home_seed", None) or os.environ.get(SEED_ENV) or Spec.seed
+    size = getattr(data, "home_size_mb", None) or os.environ.get(SIZE_ENV) or Spec.size_mb
+    try:
+        result = Spec(seed=int(seed), size_mb=float(size))
+    except ValueError:
+        raise UserError(f"bad seed or size: seed={seed!r} size_mb={size!r}",
+                        f"set {SEED_ENV} to an integer and {SIZE_ENV} to a number of MB") from None
+    if not 0.1 <= result.size_mb <= 100_000:
+        raise UserError(f"size {result.size_mb} MB is out of range", f"set {SIZE_ENV} between 0.1 and 100000")
+    return result
+
+
+def seed_folder(data: Any, s: Spec) -> Path:
+    """Where the controller keeps generated data (deterministic, so a cache is safe)."""
+    lab_id = getattr(data, "lab_id", None)
+    if lab_id is not None:
+        from embassy.lab.state import lab_dir
+
+        base = lab_dir(int(lab_id)) / "seed"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embassy" / "seed"
+    return base / s.key
+
+
+@cache
+def _generated(stack: str, seed: int, size_mb: float, folder: str) -> dict[str, Any]:
+    dep = deployment(stack)
+    refs = [RegisterRef(r.name, r.kind.value) for r in dep.registers]
+    return generator.generate(refs, Spec(seed, size_mb), Path(folder))
+
+
+def generated(data: Any) -> tuple[Path, dict[str, Any]]:
+    """The seed folder and its manifest, generating it on first use."""
+    s = spec(data)
+    folder = seed_folder(data, s)
+    return folder, _generated(data.stack, s.seed, s.size_mb, str(folder))
+
+
+def vaults(data: Any) -> list[secrets.Vault]:
+    entries = getattr(data, "vaults", None) or []
+    if not entries:
+        raise UserError("the inventory gives no vaults", "use inventories/lab.py (lab up first) or inventories/aws.py")
+    return [secrets.vault_from_data(e) for e in entries]
+
+
+def holds(dep: model.Deployment, register: model.Register, embassy: str) -> bool:
+    return any(e.name == embassy for e in dep.holders(register))
+
+
+def home_repos(data: Any) -> list[Repo]:
+    """Home's pgBackRest repos: one per embassy holding any postgres register, in stack order."""
+    dep = deployment(data.stack)
+    folder = secrets.secrets_dir(data)
+    by_name = {v.embassy: v for v in vaults(data)}
+    pg = [r for r in dep.registers if r.kind is model.RegisterKind.POSTGRES]
+    names = [e.name for e in dep.embassies if any(holds(dep, r, e.name) for r in pg)]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise UserError(f"no vault for embassies {', '.join(missing)} in the inventory",
+                        "bring the lab up with the same stack, or check the stack outputs")
+    return [Repo(i + 1, by_name[n], secrets.secret(folder, f"pgbackrest-{n}.pass")) for i, n in enumerate(names)]
+
+
+def embassy_repo(data: Any) -> Repo:
+    """An embassy host's only repo: its own vault, its own passphrase (as repo1)."""
+    own = [v for v in vaults(data) if v.embassy == data.embassy]
+    if not own:
+        raise UserError(f"no vault for embassy '{data.embassy}' in the inventory", "bring the lab up again")
+    return Repo(1, own[0], secrets.secret(secrets.secrets_dir(data), f"pgbackrest-{data.embassy}.pass"))
+
+
+def restic_password(data: Any, embassy: str) -> str:
+    return secrets.secret(secrets.secrets_dir(data), f"restic-{embassy}.pass")
+
+
+def replication_password(data: Any) -> str:
+    return secrets.secret(secrets.secrets_dir(data), "replication.pass", nbytes=24)
+
+
+def archive_timeout(dep: model.Deployment) -> int:
+    """Cold embassies only see archived WAL: close a segment at least as often as the tightest RPO allows."""
+    pg = [r.rpo_seconds for r in dep.registers if r.kind is model.RegisterKind.POSTGRES]
+    return max(model.COLD_MIN_RPO_SECONDS, min(pg)) if pg else 300

@@ -1,0 +1,194 @@
+"""The replication data plane's configuration, rendered for one host: pgBackRest, restic, systemd.
+
+Home gets one pgBackRest repo per embassy (repo1…repoN, each with its own cipher passphrase) and one
+restic repository per file register and embassy. An embassy host gets only its own vault: one repo,
+one passphrase; it never sees another embassy's secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from embassy.home.secrets import Vault
+
+STANZA = "home"  # one PostgreSQL cluster at home holds every postgres register
+PG_VERSION = "15"
+PG_CLUSTER = "main"
+PG_DATA = f"/var/lib/postgresql/{PG_VERSION}/{PG_CLUSTER}"
+PG_CONF_D = f"/etc/postgresql/{PG_VERSION}/{PG_CLUSTER}/conf.d"
+PG_SERVICE = f"postgresql@{PG_VERSION}-{PG_CLUSTER}"
+PGBACKREST_DIR = "/etc/pgbackrest"
+PGBACKREST_CONF = f"{PGBACKREST_DIR}/pgbackrest.conf"
+PGBACKREST_CA = f"{PGBACKREST_DIR}/vault-ca.crt"
+SPOOL = "/var/spool/pgbackrest"
+RESTIC_DIR = "/etc/embassy/restic"
+REGISTERS_ROOT = "/srv/registers"
+REPLICATION_USER = "replicator"
+
+
+@dataclass(frozen=True)
+class Repo:
+    index: int  # repoN
+    vault: Vault
+    cipher_pass: str
+
+
+def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool) -> str:
+    lines = ["# Managed by embassy (deploys/agent.py or deploys/standby.py). Holds secrets: mode 0600, owner postgres.",
+             "[global]"]
+    for r in repos:
+        n = f"repo{r.index}"
+        lines += [
+            f"# embassy '{r.vault.embassy}'",
+            f"{n}-type=s3",
+            f"{n}-path=/pgbackrest",
+            f"{n}-s3-bucket={r.vault.bucket}",
+            f"{n}-s3-endpoint={r.vault.dns_name}",
+            f"{n}-storage-port={r.vault.port}",
+            f"{n}-storage-ca-file={PGBACKREST_CA}",
+            f"{n}-s3-uri-style=path",
+            f"{n}-s3-region={r.vault.region}",
+            f"{n}-s3-key={r.vault.access_key}",
+            f"{n}-s3-key-secret={r.vault.secret_key}",
+            f"{n}-cipher-type=aes-256-cbc",
+            f"{n}-cipher-pass={r.cipher_pass}",
+            f"{n}-retention-full=2",
+        ]
+    lines += ["compress-type=zst", "process-max=2", "start-fast=y", "log-level-console=warn", "log-level-file=info",
+              "io-timeout=30"]
+    if archive_async:
+        lines += ["archive-async=y", f"spool-path={SPOOL}"]
+    lines += ["", f"[{STANZA}]", f"pg1-path={PG_DATA}", "pg1-port=5432", ""]
+    return "\n".join(lines)
+
+
+def home_postgresql_conf(listen: str) -> str:
+    return "\n".join([
+        "# Managed by embassy (deploys/home_state.py): the home cluster, primary of the warm standbys.",
+        f"listen_addresses = 'localhost,{listen}'",
+        "wal_level = replica",
+        "max_wal_senders = 10",
+        "wal_keep_size = '512MB'",
+        "hot_standby = on",
+        "",
+    ])
+
+
+def archive_conf(archive_timeout: int) -> str:
+    return "\n".join([
+        "# Managed by embassy (deploys/agent.py): every WAL segment goes to every embassy's repo.",
+        "archive_mode = on",
+        f"archive_command = 'pgbackrest --stanza={STANZA} archive-push %p'",
+        f"archive_timeout = {archive_timeout}",
+        "",
+    ])
+
+
+def home_pg_hba(standbys: Sequence[str]) -> str:
+    lines = [
+        "# Managed by embassy (deploys/home_state.py). TYPE DATABASE USER ADDRESS METHOD",
+        "local   all             postgres                                peer",
+        "local   all             all                                     peer",
+        "host    all             all             127.0.0.1/32            scram-sha-256",
+        "host    all             all             ::1/128                 scram-sha-256",
+        "local   replication     all                                     peer",
+        "host    replication     all             127.0.0.1/32            scram-sha-256",
+    ]
+    lines += [f"host    replication     {REPLICATION_USER:<15} {addr + '/32':<23} scram-sha-256" for addr in standbys]
+    return "\n".join(lines) + "\n"
+
+
+def standby_conf(primary: str, application_name: str) -> str:
+    return "\n".join([
+        "# Managed by embassy (deploys/standby.py): a streaming standby of home; falls back to this embassy's vault.",
+        f"primary_conninfo = 'host={primary} port=5432 user={REPLICATION_USER} "
+        f"passfile=/var/lib/postgresql/.pgpass application_name={application_name}'",
+        f"restore_command = 'pgbackrest --stanza={STANZA} archive-get %f \"%p\"'",
+        "hot_standby = on",
+        "",
+    ])
+
+
+def restic_repository(vault: Vault, register: str) -> str:
+    return f"s3:{vault.url}/{vault.bucket}/restic/{register}"
+
+
+def restic_env(vault: Vault) -> str:
+    """Per-embassy environment of the restic wrappers (credentials: mode 0600, owner root)."""
+    return "\n".join([
+        f"# embassy '{vault.embassy}' (managed by embassy)",
+        f"EMBASSY={vault.embassy}",
+        f"RESTIC_BASE=s3:{vault.url}/{vault.bucket}/restic",
+        f"RESTIC_PASSWORD_FILE={RESTIC_DIR}/{vault.embassy}.pass",
+        f"RESTIC_CACERT={RESTIC_DIR}/vault-ca.crt",
+        f"AWS_ACCESS_KEY_ID={vault.access_key}",
+        f"AWS_SECRET_ACCESS_KEY={vault.secret_key}",
+        f"AWS_DEFAULT_REGION={vault.region}",
+        "RESTIC_CACHE_DIR=/var/cache/restic",
+        "",
+    ])
+
+
+# Wrappers: every restic call gets the lab CA and path-style buckets explicitly (the environment may say otherwise).
+RESTIC_WRAPPER = """#!/bin/sh
+# embassy-restic EMBASSY REGISTER ARGS...: restic against that embassy's repository of that register.
+set -eu
+embassy="$1"; register="$2"; shift 2
+set -a; . /etc/embassy/restic/"$embassy".env; set +a
+unset SSL_CERT_FILE AWS_CA_BUNDLE REQUESTS_CA_BUNDLE
+exec restic -r "$RESTIC_BASE/$register" --cacert "$RESTIC_CACERT" -o s3.bucket-lookup=path -o s3.region="$AWS_DEFAULT_REGION" "$@"
+"""
+
+RESTIC_BACKUP = """#!/bin/sh
+# embassy-restic-backup REGISTER: back the file register up to every embassy that holds it.
+set -eu
+register="$1"
+status=0
+for env in /etc/embassy/restic/*.env; do
+    embassy=$(basename "$env" .env)
+    grep -qx "$register" /etc/embassy/restic/"$embassy".registers || continue
+    embassy-restic "$embassy" "$register" backup --compression auto --host home --tag embassy "/srv/registers/$register" \\
+        || { echo "error: restic backup of $register to $embassy failed" >&2; status=1; }
+done
+exit $status
+"""
+
+PGBACKREST_BACKUP = """#!/bin/sh
+# embassy-pgbackrest-backup full|diff|incr: one backup into every embassy's repo, one repo after the other.
+set -eu
+type="$1"
+status=0
+for n in $(grep -o '^repo[0-9]*-type' /etc/pgbackrest/pgbackrest.conf | tr -dc '0-9\\n'); do
+    pgbackrest --stanza=home --repo="$n" --type="$type" backup \\
+        || { echo "error: pgBackRest $type backup to repo$n failed" >&2; status=1; }
+done
+exit $status
+"""
+
+RESTORE_FILES = """#!/bin/sh
+# embassy-restore-files REGISTER TARGET [SNAPSHOT]: restore a file register from this embassy's vault.
+set -eu
+register="$1"; target="$2"; snapshot="${3:-latest}"
+embassy=$(basename /etc/embassy/restic/*.env .env)
+embassy-restic "$embassy" "$register" restore "$snapshot" --target "$target"
+"""
+
+
+def unit(description: str, exec_start: str, *, user: str = "root", oneshot: bool = True, after: str = "network-online.target",
+         extra: Sequence[str] = ()) -> str:
+    lines = ["[Unit]", f"Description={description}", f"After={after}", f"Wants={after}", "", "[Service]"]
+    lines += ["Type=oneshot" if oneshot else "Type=simple", f"User={user}", f"ExecStart={exec_start}", *extra, ""]
+    if not oneshot:
+        lines += ["[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def timer(description: str, unit_name: str, *, calendar: str | None = None, every_seconds: int | None = None) -> str:
+    lines = ["[Unit]", f"Description={description}", "", "[Timer]", f"Unit={unit_name}"]
+    if calendar:
+        lines += [f"OnCalendar={calendar}", "Persistent=true"]
+    if every_seconds:
+        lines += ["OnBootSec=60", f"OnUnitActiveSec={every_seconds}"]
+    lines += ["RandomizedDelaySec=10", "", "[Install]", "WantedBy=timers.target", ""]
+    return "\n".join(lines)

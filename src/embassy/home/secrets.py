@@ -1,0 +1,87 @@
+"""Secrets of the home state, generated once on the controller and kept in a 0700 folder of 0600 files.
+
+Never in the repo, never on a vault: the cipher passphrase of each embassy's pgBackRest repo, the
+restic repository key of each embassy, the replication password. Vault credentials are read from the
+files the lab (or the operator, on AWS) wrote; only their paths travel in the inventory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets as _random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embassy.errors import UserError
+
+SECRETS_ENV = "EMBASSY_SECRETS_DIR"
+
+
+def secrets_dir(data: Any) -> Path:
+    """The secrets folder for this inventory: host data `secrets_dir`, env, or the lab's state folder."""
+    explicit = getattr(data, "secrets_dir", None) or os.environ.get(SECRETS_ENV)
+    if explicit:
+        return Path(explicit)
+    lab_id = getattr(data, "lab_id", None)
+    if lab_id is not None:
+        from embassy.lab.state import lab_dir
+
+        return lab_dir(int(lab_id)) / "secrets"
+    stack = getattr(data, "stack", None) or "default"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "embassy" / stack / "secrets"
+
+
+def secret(folder: Path, name: str, nbytes: int = 48) -> str:
+    """The secret `name`, created on first use (URL-safe base64 of `nbytes` random bytes)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = folder / name
+    if not path.exists():
+        value = base64.urlsafe_b64encode(_random.token_bytes(nbytes)).decode().rstrip("=")
+        try:  # O_EXCL: two deploys racing on a fresh folder agree on one value
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(value + "\n")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise UserError(f"secret {path} is readable by others (mode {mode:o})", f"run `chmod 600 {path}` and rotate it")
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Vault:
+    """An embassy's vault as the agents see it: S3 endpoint, bucket, CA and the agents' credentials."""
+
+    embassy: str
+    dns_name: str
+    port: int
+    bucket: str
+    ca_file: str  # on the controller
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.dns_name}:{self.port}"
+
+
+def vault_from_data(entry: dict[str, Any]) -> Vault:
+    """A Vault from one item of the inventory's `vaults` list (credentials read from their file)."""
+    creds_path = Path(entry["agent_credentials"])
+    try:
+        creds = json.loads(creds_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the agent credentials of vault '{entry['embassy']}': {exc}",
+                        "bring the lab up again (`embassy lab up`) or fix the credentials file") from None
+    endpoint = str(entry.get("endpoint", ""))
+    port = int(endpoint.rsplit(":", 1)[1]) if endpoint.count(":") == 2 else 443
+    return Vault(embassy=entry["embassy"], dns_name=entry["dns_name"], port=port, bucket=entry["bucket"],
+                 ca_file=entry.get("ca_file", ""), access_key=creds["access_key_id"],
+                 secret_key=creds["secret_access_key"], region=entry.get("region", "us-east-1"))
