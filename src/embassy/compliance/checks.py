@@ -53,6 +53,9 @@ DESTRUCTIVE_ACTIONS = (
     "s3:DeleteBucket", "s3:PutBucketPolicy", "s3:DeleteBucketPolicy",
     "kms:ScheduleKeyDeletion", "kms:DisableKey", "kms:PutKeyPolicy",
 )
+# Address space that never routes on the internet (RFC 1918, RFC 4193). Not ipaddress.is_private, which also
+# counts documentation ranges such as 198.51.100.0/24 as private.
+PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 GLOBAL_TYPE_PREFIXES = ("aws:iam/", "aws:organizations/", "aws:route53/", "aws:cloudfront/", "aws:budgets/")
 
 
@@ -576,7 +579,8 @@ def ingress_from_declared(res: Resource, ctx: Context) -> Iterator[str]:
         if net.prefixlen == 0:
             continue  # EMB-NET-01 says it
         inside = any(net.version == d.version and net.subnet_of(d) for d in declared)
-        if not net.is_private and not inside:
+        private = any(net.version == r.version and net.subnet_of(r) for r in PRIVATE_RANGES)  # type: ignore[arg-type]
+        if not private and not inside:
             yield f"inbound {ports} from {cidr}, which is neither private nor an admin network of the embassy"
 
 

@@ -41,7 +41,8 @@ def markdown(r: Review) -> str:
     weak = {w.urn for w in r.weakenings}
     rest = [c for c in r.changes if c.urn not in weak]
     text = _env().get_template("review.md.j2").render(
-        r=r, rest=rest, mandatory_count=sum(1 for f in r.findings if f.mandatory))
+        r=r, rest=rest, mandatory_count=sum(1 for f in r.findings if f.mandatory),
+        mandatory_weak=sum(1 for w in r.weakenings if w.mandatory))
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text
