@@ -21,6 +21,9 @@ from embassy.home import context, dataplane
 from embassy.home.ops import as_user, ensure
 
 PGBR = f"pgbackrest --stanza={dataplane.STANZA}"
+# Reads `pgbackrest info --output=json` on stdin; succeeds when every repo's status code is one of argv.
+REPO_STATUS = ("python3 -c 'import json,sys; s=json.load(sys.stdin); ok={int(a) for a in sys.argv[1:]}; "
+               "sys.exit(0 if s and s[0][\"repo\"] and all(r[\"status\"][\"code\"] in ok for r in s[0][\"repo\"]) else 1)'")
 
 
 def ca_bundle(vaults: list) -> str:
@@ -62,18 +65,16 @@ if host.data.get("role") == "home":
     ensure(name="PostgreSQL: accepting connections",
            check=as_user("postgres", "pg_isready -q"),
            command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
-    # `info` per repo: status 0 = backups, 2 = stanza without backup; anything else: no stanza there yet.
-    for repo in repos:
-        n = repo.index
-        stanza_ok = as_user("postgres", f"{PGBR} --repo={n} --output=json info | grep -Eq '\"code\":(0|2),'")
-        ensure(name=f"pgBackRest: stanza in repo{n} ({repo.vault.embassy})", check=stanza_ok,
-                         command=as_user("postgres", f"{PGBR} --repo={n} stanza-create"))
+    # `info` status per repo: 0 = backups, 2 = stanza without backup; anything else: no stanza there yet.
+    stanza = ensure(name="pgBackRest: stanza in every embassy's repo",
+                    check=as_user("postgres", f"{PGBR} --output=json info | {REPO_STATUS} 0 2"),
+                    command=as_user("postgres", f"{PGBR} stanza-create"))
     ensure(name="pgBackRest: check archiving into every repo", check="false",
-           command=as_user("postgres", f"{PGBR} check"), _if=any_changed(conf, archive, ca))
+           command=as_user("postgres", f"{PGBR} check"), _if=any_changed(conf, archive, ca, stanza))
     for repo in repos:
         n = repo.index
         ensure(name=f"pgBackRest: first full backup in repo{n} ({repo.vault.embassy})",
-               check=as_user("postgres", f"{PGBR} --repo={n} --output=json info | grep -q '\"code\":0,'"),
+               check=as_user("postgres", f"{PGBR} --repo={n} --output=json info | {REPO_STATUS} 0"),
                command=as_user("postgres", f"{PGBR} --repo={n} --type=full backup"))
 
     files.put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.PGBACKREST_BACKUP),

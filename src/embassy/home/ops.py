@@ -7,7 +7,7 @@ operations left it; when the check passes the op yields nothing and counts as "n
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -20,7 +20,7 @@ def _holds(check: str) -> bool:
 
 
 @operation()
-def ensure(check: str, command: str) -> Iterator[str]:
+def ensure(check: str, command: str) -> Generator[str, None, None]:
     """Run `command` unless `check` succeeds on the host."""
     if _holds(check):
         host.noop(f"already done: {check}")
