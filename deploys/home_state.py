@@ -38,6 +38,18 @@ if host.data.get("role") == "home":
         update=True, cache_time=86400, no_recommends=True,
     )
 
+    folder, manifest = context.generated(host.data)
+    wanted = f"{manifest['seed']}|{manifest['size_mb']:g}"
+    for reg in pg_registers:
+        db = schema.database_name(reg.name)
+        # Never reseed over other data (the embassies replicate it): refuse before anything is uploaded.
+        ensure(name=f"{reg.name}: no data of another seed or size",
+               check=as_user("postgres", f"! psql -d {db} -Atc 'SELECT seed FROM embassy_seed' >/dev/null 2>&1 || "
+                                         f"psql -d {db} -Atc \"SELECT seed || '|' || size_mb FROM embassy_seed\" "
+                                         f"| grep -qx '{wanted}'"),
+               command=f"echo 'error: {db} holds data of another seed or size (wanted {wanted})' >&2; "
+                       f"echo 'HINT: deploy with the seed and size it was built with, or drop {db} at home' >&2; exit 2")
+
     # ---------------------------------------------------------------- the cluster
     conf = files.put(
         name="PostgreSQL: listen on home's address, WAL for standbys",
@@ -65,7 +77,6 @@ if host.data.get("role") == "home":
                                        f"WITH LOGIN REPLICATION PASSWORD '{password}'\""))
 
     # ---------------------------------------------------------------- seeded registers
-    folder, manifest = context.generated(host.data)
     files.directory(name="Seed folder", path=SEED_DIR, user="postgres", group="postgres", mode="750")
     for reg in pg_registers:
         db = schema.database_name(reg.name)
@@ -77,16 +88,10 @@ if host.data.get("role") == "home":
         ensure(name=f"{reg.name}: database {db}",
                check=as_user("postgres", f"psql -Atc \"SELECT 1 FROM pg_database WHERE datname = '{db}'\" | grep -qx 1"),
                command=as_user("postgres", f"createdb {db}"))
-        wanted = f"{manifest['seed']}|{manifest['size_mb']:g}"
         ensure(name=f"{reg.name}: schema and seeded data",
                check=as_user("postgres", f"psql -d {db} -Atc \"SELECT seed || '|' || size_mb FROM embassy_seed\" "
                                          f"| grep -qx '{wanted}'"),
-               command=(  # refuse to reseed over other data: that would rewrite a register the embassies replicate
-                   as_user("postgres", f"psql -d {db} -Atc 'SELECT 1 FROM embassy_seed' >/dev/null 2>&1 && "
-                                       f"{{ echo 'error: {db} holds data of another seed or size' >&2; "
-                                       f"echo 'HINT: deploy with the seed and size it was built with, or drop {db}' >&2; "
-                                       "exit 2; } || true") + " && " +
-                   as_user("postgres", f"cd {SEED_DIR}/{reg.name} && psql -X -q -d {db} -f load.sql")))
+               command=as_user("postgres", f"cd {SEED_DIR}/{reg.name} && psql -X -q -d {db} -f load.sql"))
 
     server.group(name="State service group", group=SERVICE_USER, system=True)
     server.user(name="State service user", user=SERVICE_USER, group=SERVICE_USER, system=True, shell="/usr/sbin/nologin",

@@ -1,7 +1,60 @@
-"""`embassy` commands of this area (registered on embassy.cli.app)."""
+"""`embassy` commands of this area (registered on embassy.cli.app): harden, deploy."""
 
 from __future__ import annotations
 
-from embassy.cli import app
+import json
+import time
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.errors import UserError
 
 __all__ = ["app"]
+
+
+# --------------------------------------------------------------------------- deploy (issue 5, deploys/)
+
+
+class DeployTarget(StrEnum):
+    LAB = "lab"
+    AWS = "aws"
+
+
+@app.command()
+def deploy(
+    stack: StackOpt,
+    target: Annotated[DeployTarget, typer.Option("--target", "-t", help="lab (local hosts) or aws (stack outputs, SSM)")],
+    as_json: Annotated[bool, typer.Option("--json", help='print {"hosts": [{"name", "changed"}]}')] = False,
+    size_mb: Annotated[float | None, typer.Option(
+        "--size-mb", help="size of the home state's seeded registers in MB (default 8; env EMBASSY_HOME_SIZE_MB)")] = None,
+) -> None:
+    """Run the pyinfra deploys: home state, replication agents, embassy standbys. Idempotent."""
+    from embassy import deploy as deploy_lib
+    from embassy.model import project_root
+
+    load(stack)
+    if size_mb is not None and not 0.1 <= size_mb <= 100_000:
+        raise user_error(UserError(f"--size-mb {size_mb:g} is out of range", "give a size between 0.1 and 100000 MB"))
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        if not as_json:
+            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
+
+    try:
+        result = deploy_lib.run(target.value, stack, project_root(), size_mb=size_mb, say=say)
+    except UserError as exc:
+        raise user_error(exc) from None
+    if as_json:
+        print(json.dumps({"stack": stack, "target": target.value, **result.as_json()}, indent=2))
+        return
+    table = Table(title=f"embassy deploy --target {target.value} --stack {stack} ({result.seconds:.1f}s)")
+    for column in ("host", "changed", "unchanged"):
+        table.add_column(column, justify="left" if column == "host" else "right")
+    for h in result.hosts:
+        table.add_row(h.name, str(h.changed), str(h.unchanged))
+    console.print(table)

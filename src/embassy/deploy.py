@@ -1,0 +1,125 @@
+"""`embassy deploy`: run the pyinfra deploys (home state, agents, standbys) against a target.
+
+The lab: `pyinfra -y --json inventories/lab.py deploys/…` inside the lab's controller namespace (lab
+addresses exist nowhere else). AWS: the same deploys with inventories/aws.py (stack outputs, SSM).
+What changed is read from pyinfra's own JSON results: per host, the operations that changed something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embassy.errors import EXIT_FINDING, EXIT_USAGE, UserError
+
+DEPLOYS = ("deploys/home_state.py", "deploys/agent.py", "deploys/standby.py")
+INVENTORIES = {"lab": "inventories/lab.py", "aws": "inventories/aws.py"}
+
+
+@dataclass
+class HostResult:
+    name: str
+    changed: int = 0
+    unchanged: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeployResult:
+    hosts: list[HostResult]
+    failed_hosts: list[str]
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"hosts": [{"name": h.name, "changed": h.changed, "unchanged": h.unchanged, "errors": h.errors}
+                          for h in self.hosts],
+                "failed_hosts": self.failed_hosts, "seconds": round(self.seconds, 1)}
+
+
+def pyinfra_bin() -> str:
+    """pyinfra from this interpreter's environment (the project's venv), else from PATH."""
+    local = Path(sys.executable).parent / "pyinfra"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("pyinfra")
+    if not found:
+        raise UserError("pyinfra is not installed", "run `make setup` (pyinfra is a dependency of embassy)")
+    return found
+
+
+def parse_results(payload: dict[str, Any]) -> DeployResult:
+    """Per host: how many operations changed something, how many did not, which failed (pyinfra --json)."""
+    results = payload.get("results") or {}
+    hosts: dict[str, HostResult] = {}
+    for op in results.get("operations", []):
+        for name in op.get("success", []):
+            hosts.setdefault(name, HostResult(name)).changed += 1
+        for name in op.get("no_change", []):
+            hosts.setdefault(name, HostResult(name)).unchanged += 1
+        for name in op.get("error", []):
+            hosts.setdefault(name, HostResult(name)).errors.append(op.get("name", "?"))
+    failed = list(results.get("failed_hosts", []))
+    for name in failed:
+        hosts.setdefault(name, HostResult(name))
+    return DeployResult(hosts=sorted(hosts.values(), key=lambda h: h.name), failed_hosts=failed)
+
+
+def command(target: str, stack: str, deploys: Sequence[str] = DEPLOYS) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of one pyinfra run against `target`."""
+    env = {**os.environ, "EMBASSY_STACK": stack, "PYINFRA_PROGRESS": "off"}
+    argv = [pyinfra_bin(), "-y", "--json", INVENTORIES[target], *deploys]
+    if target == "lab":
+        from embassy.lab.state import lab_state
+
+        lab = lab_state(stack)
+        if os.geteuid() != 0:
+            raise UserError("deploying to the lab needs root (the controller runs in a lab network namespace)",
+                            "run `sudo .venv/bin/embassy deploy --target lab …`")
+        env["EMBASSY_LAB_ID"] = str(lab.lab_id)
+        return lab.in_controller(argv), env
+    if target == "aws":
+        if shutil.which("pulumi") is None:
+            raise UserError("the pulumi CLI is not installed: inventories/aws.py reads `pulumi stack output --json`",
+                            "install Pulumi (https://www.pulumi.com/docs/install/), log in, and `pulumi up` the stack first")
+        return argv, env
+    raise UserError(f"unknown target '{target}'", "use --target lab or --target aws")
+
+
+def run(target: str, stack: str, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
+        say: Callable[[str], None] = lambda _: None) -> DeployResult:
+    """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words."""
+    import time
+
+    argv, env = command(target, stack, deploys)
+    if size_mb is not None:
+        env["EMBASSY_HOME_SIZE_MB"] = f"{size_mb:g}"
+    say(f"pyinfra {' '.join(argv[argv.index('-y'):])}")
+    start = time.monotonic()
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
+    try:
+        payload = json.loads(done.stdout)
+    except ValueError:
+        payload = None
+    if payload is None:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+        raise UserError(f"pyinfra did not run the deploys (exit {done.returncode}):\n{tail}",
+                        "fix the error above; the deploys are idempotent, run `embassy deploy` again", EXIT_FINDING)
+    result = parse_results(payload)
+    result.seconds = time.monotonic() - start
+    if done.returncode != 0 or result.failed_hosts or any(h.errors for h in result.hosts):
+        # pyinfra marks every later operation of a failed host as failed too: the first one is the cause.
+        failed = [f"{h.name} at '{h.errors[0] if h.errors else '?'}'" for h in result.hosts
+                  if h.errors or h.name in result.failed_hosts]
+        details = "\n".join(line for line in done.stderr.splitlines() if "rror" in line or "HINT" in line)[-3000:]
+        # A deploy that refused bad input (our ops print `error:` + `HINT:` and exit 2) changed nothing: exit 2.
+        code = EXIT_USAGE if "HINT: deploy with the seed" in done.stderr else EXIT_FINDING
+        raise UserError(f"deploy failed on {'; '.join(failed) or 'the run'}\n{details}",
+                        "fix the cause above and run `embassy deploy` again (finished steps are not redone)", code)
+    return result
