@@ -34,7 +34,7 @@ def lab_up(stack: StackOpt) -> None:
     start = time.monotonic()
     with console.status(f"lab {lab_id}: starting") as spinner:
         def say(message: str) -> None:
-            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
+            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}", soft_wrap=True)
             spinner.update(f"lab {lab_id}: {message}")
 
         try:
@@ -43,11 +43,11 @@ def lab_up(stack: StackOpt) -> None:
             raise user_error(exc) from None
     if not built:
         console.print(f"lab {lab_id} (stack '{stack}') is already up: nothing changed "
-                      f"({len(lab.hosts)} hosts, {len(lab.vaults)} vaults)")
+                      f"({len(lab.hosts)} hosts, {len(lab.vaults)} vaults)", soft_wrap=True)
         return
     console.print(f"[green]lab {lab_id} up[/green] in {time.monotonic() - start:.1f}s: {len(lab.hosts)} hosts, "
                   f"{len(lab.vaults)} vaults, range {lab.range}; clients run in `ip netns exec {lab.controller_netns} …`; "
-                  f"state {lab.dir}/state.json")
+                  f"state {lab.dir}/state.json", soft_wrap=True)
 
 
 @lab_app.command("down")
@@ -56,14 +56,14 @@ def lab_down(stack: StackOpt) -> None:
     lab_id = _lab_id()
     start = time.monotonic()
     try:
-        removed = lifecycle.down(lab_id, console.print)
+        removed = lifecycle.down(lab_id)
     except UserError as exc:
         raise user_error(exc) from None
     if not removed:
         console.print(f"lab {lab_id}: nothing to remove")
         return
     for item in removed:
-        console.print(f"  removed {item}")
+        console.print(f"  removed {item}", soft_wrap=True)
     console.print(f"[green]lab {lab_id} down[/green] in {time.monotonic() - start:.1f}s")
 
 
@@ -76,11 +76,11 @@ def lab_status(stack: StackOpt,
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(f"lab {lab_id} ({LAB_ID_ENV}) stack {result.get('stack')}: {'up' if result['up'] else 'down'}")
+        print(f"lab {lab_id} ({LAB_ID_ENV}={lab_id}), stack {result.get('stack')}: {'up' if result['up'] else 'down'}")
         for h in result["hosts"]:
-            console.print(f"  host {h['name']:<16} {h['address']:<12} ssh={'ok' if h['ssh'] else 'no'} "
-                          f"systemd={h['systemd']} rss={h['rss_kib'] // 1024} MiB")
+            print(f"  host  {h['name']:<14} {h['address']:<12} ssh={'ok' if h['ssh'] else 'NO'} systemd={h['systemd']} "
+                  f"processes={h['processes']} pss={h['pss_kib'] / 1024:.0f} MiB")
         for v in result["vaults"]:
-            console.print(f"  vault {v['embassy']:<15} {v['endpoint']} {'reachable' if v['reachable'] else 'UNREACHABLE'}")
+            print(f"  vault {v['embassy']:<14} {v['endpoint']} {'reachable' if v['reachable'] else 'UNREACHABLE'}")
     if not result["up"]:
         raise typer.Exit(1)

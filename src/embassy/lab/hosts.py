@@ -86,8 +86,9 @@ def start(host: HostState, group: str) -> Proc:
     argv = ["systemd-nspawn", "-q", "-D", host.root_dir, "--boot", "--register=no", "--keep-unit",
             "-M", host.machine, f"--hostname={host.name}", f"--network-namespace-path=/run/netns/{host.netns}",
             "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
-            # Process accounting (acct) must really run for the hardening baseline (notes/lynis.md).
-            "--capability=CAP_SYS_PACCT"]
+            # Process accounting (acct) must really run for the hardening baseline (notes/lynis.md);
+            # CAP_NET_ADMIN (in the host's own namespace only) lets the firewall role load nftables rules.
+            "--capability=CAP_SYS_PACCT,CAP_NET_ADMIN"]
     with open(host.console_log, "ab") as out:
         child = subprocess.Popen(["sh", "-c", wrapper, "sh", *argv], stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
@@ -118,11 +119,13 @@ def cgroup_pids(group: str, host: str | None = None) -> set[int]:
     for base in cgroup_dirs(group, host):
         if not base.is_dir():
             continue
-        for procs in base.rglob("cgroup.procs"):
-            try:
-                found.update(int(p) for p in procs.read_text().split())
-            except OSError:
-                continue
+        # os.walk skips folders that vanish while it walks (sessions come and go in the containers).
+        for folder, _, files in os.walk(base):
+            if "cgroup.procs" in files:
+                try:
+                    found.update(int(p) for p in Path(folder, "cgroup.procs").read_text().split())
+                except OSError:
+                    continue
     return found
 
 
@@ -131,8 +134,8 @@ def remove_cgroups(group: str) -> None:
     for base in cgroup_dirs(group):
         if not base.is_dir():
             continue
-        for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for folder, _, _ in sorted(os.walk(base), key=lambda w: len(Path(w[0]).parts), reverse=True):
             with contextlib.suppress(OSError):
-                d.rmdir()
+                Path(folder).rmdir()
         with contextlib.suppress(OSError):
             base.rmdir()

@@ -311,12 +311,13 @@ def _kill_all(pids: set[int], what: str) -> list[str]:
 # --------------------------------------------------------------------------- status
 
 
-def rss_kib(pids: set[int]) -> int:
+def memory_kib(pids: set[int], field: str = "Rss") -> int:
+    """Sum of a /proc/<pid>/smaps_rollup field: Rss counts shared pages once per process, Pss shares them out."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1])
         except OSError:
             continue
@@ -332,6 +333,7 @@ def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any
     hosts_out = []
     for h in lab.hosts:
         ssh_ok, word = False, "unreachable"
+        pids = hostlib.cgroup_pids(cgroup_name(lab_id), h.name)
         if alive(h.nspawn):
             res = subprocess.run(lab.ssh_argv(h.name, "systemctl", "is-system-running"), capture_output=True, text=True,
                                  timeout=30)
@@ -339,7 +341,7 @@ def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any
             word = (res.stdout.strip() or "unknown") if ssh_ok else "unreachable"
         hosts_out.append({"name": h.name, "address": h.address, "role": h.role.value, "embassy": h.embassy,
                           "mode": h.mode, "ssh": ssh_ok, "systemd": word,
-                          "rss_kib": rss_kib(hostlib.cgroup_pids(cgroup_name(lab_id), h.name))})
+                          "processes": len(pids), "rss_kib": memory_kib(pids), "pss_kib": memory_kib(pids, "Pss")})
     vaults_out = [{"embassy": v.embassy, "endpoint": v.endpoint, "address": v.address, "bucket": v.bucket,
                    "reachable": alive(v.weed) and vaults.reachable(lab, v)} for v in lab.vaults]
     return {"up": is_up(lab), "lab_id": lab_id, "stack": lab.stack, "phase": lab.phase.value, "range": lab.range,

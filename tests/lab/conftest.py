@@ -1,0 +1,74 @@
+"""The lab tests' shared fixture: ONE lab per test session, brought up once and down at the end.
+
+Lab id: EMBASSY_TEST_LAB_ID (default 5), so that a developer's own lab (EMBASSY_LAB_ID, e.g. 0, 1,
+2) is never touched by a test run. A lab already up with the rehearsal stack is reused and left up;
+a lab this session built is taken down at the end. Tests skip, saying why, when not root or when a
+host tool is missing (`make lab-deps` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from embassy.lab import lifecycle
+from embassy.lab.state import LAB_ID_ENV, LabState, load_state
+from embassy.lab.system import missing_tools
+from embassy.model import load_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = "rehearsal"
+TEST_LAB_ID = int(os.environ.get("EMBASSY_TEST_LAB_ID", "5"))
+EMBASSY = str(Path(sys.executable).parent / "embassy")
+
+
+def skip_unless_lab_possible() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, mounts, systemd-nspawn): run the tests as root")
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"host tools missing: {', '.join(sorted(missing))}: run `make lab-deps` as root")
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabState]:
+    """The session's lab (rehearsal stack), as its LabState. EMBASSY_LAB_ID is set to its id meanwhile."""
+    skip_unless_lab_possible()
+    previous = os.environ.get(LAB_ID_ENV)
+    os.environ[LAB_ID_ENV] = str(TEST_LAB_ID)
+    dep = load_stack(STACK, ROOT)
+    existing = load_state(TEST_LAB_ID)
+    reuse = existing is not None and existing.stack == STACK and lifecycle.is_up(existing)
+    try:
+        if not reuse:
+            lifecycle.down(TEST_LAB_ID)  # whatever a crashed earlier run left behind
+            lifecycle.up(dep, TEST_LAB_ID, say=lambda m: print(f"lab {TEST_LAB_ID}: {m}", file=sys.stderr))
+        state = load_state(TEST_LAB_ID)
+        assert state is not None
+        yield state
+    finally:
+        if not reuse:
+            lifecycle.down(TEST_LAB_ID)
+        if previous is None:
+            os.environ.pop(LAB_ID_ENV, None)
+        else:
+            os.environ[LAB_ID_ENV] = previous
+
+
+def ssh(lab: LabState, host: str, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a shell command on a lab host over SSH, from the controller namespace."""
+    res = subprocess.run(lab.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"ssh {host} {command!r} exited {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def in_controller_python(lab: LabState, code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run Python code (the venv's interpreter) inside the lab's controller namespace."""
+    return subprocess.run(lab.in_controller([sys.executable, "-c", code, *args]), capture_output=True, text=True,
+                          timeout=timeout)

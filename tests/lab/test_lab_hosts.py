@@ -1,0 +1,92 @@
+"""Lab hosts: real systemd over SSH, separate file systems, no way out, names and the mirror."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from embassy.lab.state import LabState, Role
+from tests.lab.conftest import ssh
+
+
+def test_every_host_answers_ssh_and_systemd_is_running(lab: LabState) -> None:
+    assert [h.role for h in lab.hosts].count(Role.HOME) == 1
+    assert {h.embassy for h in lab.hosts if h.role is Role.EMBASSY} == {"de", "se", "ie"}
+    for host in lab.hosts:
+        res = ssh(lab, host.name, "hostname; systemctl is-system-running", check=False)
+        assert res.stdout.split() == [host.name, "running"], (host.name, res.stdout, res.stderr)
+
+
+def test_ssh_checks_the_host_key(lab: LabState) -> None:
+    # Each host has its own key, known to the controller; a wrong known_hosts entry is refused.
+    keys = {line.split()[2] for line in Path(lab.ssh_known_hosts).read_text().splitlines()}
+    assert len(keys) == len(lab.hosts)
+    bad = Path(lab.dir) / "ssh" / "known_hosts.wrong"
+    first, second = Path(lab.ssh_known_hosts).read_text().splitlines()[:2]
+    bad.write_text(f"{first.split()[0]} {second.split(' ', 1)[1]}\n")  # home's names with another host's key
+    try:
+        res = subprocess.run(lab.in_controller(["ssh", "-F", lab.ssh_config, "-o", f"UserKnownHostsFile={bad}",
+                                                lab.hosts[0].name, "true"]), capture_output=True, text=True, timeout=30)
+        assert res.returncode == 255
+        assert "host key" in res.stderr.lower()
+    finally:
+        bad.unlink()
+
+
+def test_hosts_file_systems_are_separate(lab: LabState) -> None:
+    token = secrets.token_hex(8)
+    path = f"/var/tmp/embassy-lab-probe-{token}"
+    first, *others = lab.hosts
+    ssh(lab, first.name, f"echo {token} | sudo tee {path} >/dev/null")
+    try:
+        assert ssh(lab, first.name, f"cat {path}").stdout.strip() == token
+        for host in others:
+            res = ssh(lab, host.name, f"test -e {path} && echo present || echo absent")
+            assert res.stdout.strip() == "absent", host.name
+        # The write went to the host's own overlay layer, never into the shared image.
+        assert (Path(first.upper_dir) / path.lstrip("/")).read_text().strip() == token
+        assert not (Path(lab.image) / path.lstrip("/")).exists()
+    finally:
+        ssh(lab, first.name, f"sudo rm -f {path}")
+
+
+@pytest.mark.parametrize("outside", ["192.0.2.1", "1.1.1.1", "10.87.250.1"])
+def test_host_has_no_route_out_of_the_lab(lab: LabState, outside: str) -> None:
+    # A route lookup sends nothing: the host's only route is the lab /24.
+    for host in lab.hosts:
+        res = ssh(lab, host.name, f"ip route get {outside}", check=False)
+        assert res.returncode != 0 and "unreachable" in res.stderr.lower(), (host.name, res.stdout, res.stderr)
+        routes = ssh(lab, host.name, "ip -4 route show table all type unicast").stdout
+        assert "default" not in routes, routes
+
+
+def test_root_namespace_blackholes_the_lab_range(lab: LabState) -> None:
+    res = subprocess.run(["ip", "route", "get", lab.hosts[0].address], capture_output=True, text=True)
+    assert res.returncode != 0 or res.stdout.startswith("blackhole"), res.stdout
+
+
+def test_every_lab_name_resolves_on_every_host(lab: LabState) -> None:
+    names = [h.fqdn for h in lab.hosts] + [v.dns_name for v in lab.vaults]
+    for host in lab.hosts:
+        out = ssh(lab, host.name, "getent hosts " + " ".join(names)).stdout
+        resolved = {line.split()[1]: line.split()[0] for line in out.splitlines()}
+        expected = {h.fqdn: h.address for h in lab.hosts} | {v.dns_name: v.address for v in lab.vaults}
+        assert resolved == expected, host.name
+
+
+def test_network_sysctls_are_set_in_every_host_namespace(lab: LabState) -> None:
+    for host in lab.hosts:
+        out = ssh(lab, host.name, "cat /proc/sys/net/ipv4/conf/all/accept_redirects /proc/sys/net/ipv4/tcp_syncookies "
+                                  "/proc/sys/net/ipv4/conf/all/log_martians").stdout.split()
+        assert out == ["0", "1", "1"], host.name
+
+
+def test_hosts_install_packages_from_the_lab_mirror(lab: LabState) -> None:
+    host = lab.hosts[-1].name
+    ssh(lab, host, "sudo apt-get update -qq")
+    policy = ssh(lab, host, "apt-cache policy restic pgbackrest postgresql-15").stdout
+    assert policy.count(lab.mirror_url) >= 3, policy
+    assert "Candidate: (none)" not in policy

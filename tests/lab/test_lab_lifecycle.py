@@ -1,0 +1,172 @@
+"""`embassy lab up|down|status`: idempotent up, clear refusals, full teardown (also half-way), second up.
+
+The session lab (fixture `lab`) stays up for the other tests; the teardown tests use a second lab id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from embassy.lab import lifecycle, network
+from embassy.lab.hosts import cgroup_dirs
+from embassy.lab.state import LabState, Phase, cgroup_name, lab_dir, lab_range, load_state, netns_prefix
+from embassy.lab.system import alive
+from embassy.model import load_stack
+from tests.lab.conftest import EMBASSY, ROOT, STACK, TEST_LAB_ID, skip_unless_lab_possible
+
+OTHER_LAB_ID = TEST_LAB_ID + 50  # never one of the developers' labs (0, 1, 2)
+
+
+def cli(*args: str, lab_id: int, env: dict[str, str] | None = None, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "EMBASSY_LAB_ID": str(lab_id), **(env or {})}
+    argv = [EMBASSY, *args]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=environ, timeout=900)
+
+
+def test_up_on_a_lab_that_is_up_says_so_and_changes_nothing(lab: LabState) -> None:
+    state_path = Path(lab.dir) / "state.json"
+    before = (state_path.read_text(), state_path.stat().st_mtime_ns, sorted(network.lab_namespaces(netns_prefix(lab.lab_id))))
+    res = cli("lab", "up", "--stack", STACK, lab_id=lab.lab_id)
+    assert res.returncode == 0, res.stderr
+    assert "already up" in res.stderr and "nothing changed" in res.stderr
+    after = (state_path.read_text(), state_path.stat().st_mtime_ns, sorted(network.lab_namespaces(netns_prefix(lab.lab_id))))
+    assert after == before
+
+
+def test_status_json_reports_hosts_and_vaults(lab: LabState) -> None:
+    res = cli("lab", "status", "--stack", STACK, "--json", lab_id=lab.lab_id)
+    assert res.returncode == 0, res.stderr
+    status = json.loads(res.stdout)
+    assert status["up"] is True
+    assert [(h["name"], h["address"], h["ssh"], h["systemd"]) for h in status["hosts"]] == \
+        [(h.name, h.address, True, "running") for h in lab.hosts]
+    assert [(v["embassy"], v["endpoint"], v["reachable"]) for v in status["vaults"]] == \
+        [(v.embassy, v.endpoint, True) for v in lab.vaults]
+    assert all(h["rss_kib"] > 1024 for h in status["hosts"])
+
+
+def test_status_of_another_stack_says_down(lab: LabState) -> None:
+    res = cli("lab", "status", "--stack", "production", "--json", lab_id=lab.lab_id)
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["up"] is False
+
+
+def test_up_of_another_stack_on_the_same_lab_is_refused(lab: LabState) -> None:
+    res = cli("lab", "up", "--stack", "production", lab_id=lab.lab_id)
+    assert res.returncode == 2
+    assert "runs stack 'rehearsal'" in res.stderr and "HINT:" in res.stderr
+    assert load_state(lab.lab_id) == lab
+
+
+def test_not_root_is_refused_with_a_hint() -> None:
+    skip_unless_lab_possible()  # needs root to switch to an unprivileged user
+    res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID, user=65534)
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: the lab needs root") and "HINT:" in res.stderr
+    assert not lab_dir(OTHER_LAB_ID).exists()
+
+
+def test_missing_host_tools_point_to_make_lab_deps() -> None:
+    skip_unless_lab_possible()
+    res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID, env={"PATH": str(Path(EMBASSY).parent)})
+    assert res.returncode == 2
+    assert "missing host tools" in res.stderr and "HINT: run `make lab-deps`" in res.stderr
+    assert not lab_dir(OTHER_LAB_ID).exists()
+
+
+def test_bad_lab_id_is_refused() -> None:
+    res = cli("lab", "status", "--stack", STACK, lab_id=0, env={"EMBASSY_LAB_ID": "seven"})
+    assert res.returncode == 2
+    assert "EMBASSY_LAB_ID" in res.stderr and "HINT:" in res.stderr
+
+
+def _traces(lab_id: int) -> dict[str, object]:
+    """Everything of a lab that can be seen on the machine."""
+    prefix = netns_prefix(lab_id)
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    routes = subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True, text=True).stdout
+    return {
+        "namespaces": network.lab_namespaces(prefix),
+        "etc_netns": sorted(p.name for p in network.ETC_NETNS.glob(f"{prefix}*")) if network.ETC_NETNS.is_dir() else [],
+        "mounts": [m for m in mounts if m.startswith(str(lab_dir(lab_id)) + "/") or f"/{prefix}" in m],
+        "cgroups": [str(d) for d in cgroup_dirs(cgroup_name(lab_id)) if d.exists()],
+        "route": str(lab_range(lab_id)) in routes,
+        "folder": lab_dir(lab_id).exists(),
+        "nspawn": sorted(str(p) for p in Path("/run/systemd/nspawn").glob(f"*/emb{lab_id}-*")),
+    }
+
+
+NOTHING = {"namespaces": [], "etc_netns": [], "mounts": [], "cgroups": [], "route": False, "folder": False, "nspawn": []}
+
+
+def _processes(state: LabState) -> list[object]:
+    return [p for p in [state.mirror, *(h.nspawn for h in state.hosts), *(v.weed for v in state.vaults)] if p is not None]
+
+
+def test_down_removes_everything_and_a_second_up_works(lab: LabState) -> None:
+    # A second lab beside the session's: two labs run at once without touching each other.
+    lifecycle.down(OTHER_LAB_ID)
+    assert _traces(OTHER_LAB_ID) == NOTHING
+    try:
+        for _ in range(2):
+            res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID)
+            assert res.returncode == 0, res.stderr
+            state = load_state(OTHER_LAB_ID)
+            assert state is not None and state.phase is Phase.UP and lifecycle.is_up(state)
+            status = json.loads(cli("lab", "status", "--stack", STACK, "--json", lab_id=OTHER_LAB_ID).stdout)
+            assert status["up"] and all(h["systemd"] == "running" for h in status["hosts"])
+            assert all(v["reachable"] for v in status["vaults"])
+            traces = _traces(OTHER_LAB_ID)
+            assert traces["route"] and len(traces["namespaces"]) == 2 + len(state.hosts) + len(state.vaults)  # type: ignore[arg-type]
+            procs = _processes(state)
+            assert len(procs) == 1 + len(state.hosts) + len(state.vaults) and all(alive(p) for p in procs)
+
+            res = cli("lab", "down", "--stack", STACK, lab_id=OTHER_LAB_ID)
+            assert res.returncode == 0, res.stderr
+            assert _traces(OTHER_LAB_ID) == NOTHING
+            assert not any(alive(p) for p in procs)
+        # The session's lab was not touched by any of it.
+        assert lifecycle.is_up(lab)
+    finally:
+        lifecycle.down(OTHER_LAB_ID)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_half_built_lab_is_refused_then_fully_removed(lab: LabState) -> None:
+    lifecycle.down(OTHER_LAB_ID)
+    dep = load_stack(STACK, ROOT)
+
+    def fail_at_second_host(message: str) -> None:
+        if message.startswith("host enclave-de:"):
+            raise Boom(message)
+
+    try:
+        with pytest.raises(Boom):
+            lifecycle.up(dep, OTHER_LAB_ID, say=fail_at_second_host)
+        state = load_state(OTHER_LAB_ID)
+        assert state is not None and state.phase is Phase.BUILDING
+        started = _processes(state)
+        assert len(started) >= 1 + len(state.vaults) + 1  # the mirror, every vault and the home host run
+        assert all(alive(p) for p in started)
+
+        res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID)
+        assert res.returncode == 1 and "half-built" in res.stderr and "lab down" in res.stderr
+        assert json.loads(cli("lab", "status", "--stack", STACK, "--json", lab_id=OTHER_LAB_ID).stdout)["up"] is False
+
+        res = cli("lab", "down", "--stack", STACK, lab_id=OTHER_LAB_ID)
+        assert res.returncode == 0, res.stderr
+        assert _traces(OTHER_LAB_ID) == NOTHING
+        assert not any(alive(p) for p in started)
+        assert lifecycle.is_up(lab)
+    finally:
+        lifecycle.down(OTHER_LAB_ID)
