@@ -74,7 +74,9 @@ def _control(raw: dict[str, Any]) -> Control:
         resource_types=tuple(raw["resource_types"]),
         frameworks={k: tuple(str(x) for x in raw.get("frameworks", {}).get(k, [])) for k in FRAMEWORKS},
         remediation=raw.get("remediation", ""),
-        measure=Measure(**measure) if measure else None,
+        # YAML reads `better: true` as a boolean: keep the word
+        measure=Measure(label=measure["label"], better=str(measure["better"]).lower(), unit=measure.get("unit", ""))
+        if measure else None,
     )
 
 

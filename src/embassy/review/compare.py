@@ -232,8 +232,9 @@ def review(base: Source | None, head: Source) -> Review:
             b, a = _measure(ctl, ch.before, base_ctx), _measure(ctl, ch.after, head_ctx)
             if regressed(ctl.measure, b, a):
                 before_txt, after_txt = _describe(ctl.measure, b, a, ("", ""))
+                what = f"{ctl.measure.label} weaker than before, though the control still passes on head"
                 weakenings.append(Weakening(ctl.id, ctl.severity.value, ctl.mandatory, urn, ch.type, ch.op, before_txt,
-                                            after_txt, f"{before_txt} → {after_txt}", embassies.get(urn, "")))
+                                            after_txt, what, embassies.get(urn, "")))
 
     notes = []
     if not complete:

@@ -221,15 +221,20 @@ def checkout(root: Path, ref: str) -> Iterator[Path]:
         _git(root, "worktree", "prune")
 
 
+_PLANS: dict[tuple[str, str, str], tuple[dict[str, Any], Deployment | None]] = {}
+
+
 def read_ref(root: Path, ref: str, stack: str) -> Source:
-    """The plan of `stack` as the code and config at `ref` produce it."""
+    """The plan of `stack` as the code and config at `ref` produce it (once per commit in this process)."""
     from embassy.plan import compute_plan  # the plan module of this checkout plans the other one in a subprocess
 
-    with checkout(root, ref) as tree:
-        plan = compute_plan(tree, stack)
-        deployment = model_for(stack, tree)
-    sha = _git(root, "rev-parse", "--short", ref).stdout.strip()
-    src = _state(f"{ref} ({sha})", "git", plan.get("resources"), stack, root)
+    sha = _git(root, "rev-parse", f"{ref}^{{commit}}").stdout.strip()
+    key = (str(root.resolve()), sha, stack)
+    if key not in _PLANS:
+        with checkout(root, sha) as tree:
+            _PLANS[key] = (compute_plan(tree, stack), model_for(stack, tree))
+    plan, deployment = _PLANS[key]
+    src = _state(f"{ref} ({sha[:7]})", "git", plan.get("resources"), stack, root)
     src.model = deployment
     return src
 
