@@ -1,0 +1,119 @@
+"""The deploy plumbing without hosts: secrets, rendered configs, pyinfra results, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from embassy import deploy
+from embassy.errors import UserError
+from embassy.home import context, dataplane, secrets
+
+ROOT = Path(__file__).resolve().parents[2]
+EMBASSY = str(Path(sys.executable).parent / "embassy")
+
+
+def _data(tmp_path: Path, stack: str = "rehearsal") -> SimpleNamespace:
+    vaults = []
+    for name in ("de", "se", "ie"):
+        creds = tmp_path / f"{name}.json"
+        creds.write_text(json.dumps({"access_key_id": f"AK{name}", "secret_access_key": f"SK{name}"}))
+        vaults.append({"embassy": name, "dns_name": f"vault-{name}.lab.internal", "endpoint": f"https://vault-{name}.lab.internal:8443",
+                       "bucket": f"{stack}-{name}-vault", "ca_file": str(tmp_path / "ca.crt"), "agent_credentials": str(creds)})
+    return SimpleNamespace(stack=stack, vaults=vaults, secrets_dir=str(tmp_path / "secrets"), embassy="se")
+
+
+def test_secrets_are_created_once_private_and_distinct(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    a = secrets.secret(folder, "pgbackrest-de.pass")
+    assert a == secrets.secret(folder, "pgbackrest-de.pass")
+    assert a != secrets.secret(folder, "pgbackrest-se.pass") and len(a) >= 60
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / "pgbackrest-de.pass").stat().st_mode & 0o777 == 0o600
+    os.chmod(folder / "pgbackrest-de.pass", 0o644)
+    with pytest.raises(UserError, match="readable by others"):
+        secrets.secret(folder, "pgbackrest-de.pass")
+
+
+def test_home_gets_one_repo_per_embassy_each_with_its_passphrase(tmp_path: Path) -> None:
+    data = _data(tmp_path)
+    repos = context.home_repos(data)
+    assert [(r.index, r.vault.embassy) for r in repos] == [(1, "de"), (2, "se"), (3, "ie")]
+    assert len({r.cipher_pass for r in repos}) == 3
+    conf = dataplane.pgbackrest_conf(repos, archive_async=True)
+    for r in repos:
+        assert f"repo{r.index}-cipher-pass={r.cipher_pass}" in conf
+        assert f"repo{r.index}-s3-endpoint=vault-{r.vault.embassy}.lab.internal" in conf
+        assert f"repo{r.index}-storage-port=8443" in conf
+    assert "archive-async=y" in conf and f"[{dataplane.STANZA}]" in conf
+
+
+def test_an_embassy_gets_only_its_own_repo(tmp_path: Path) -> None:
+    data = _data(tmp_path)
+    home = {r.vault.embassy: r.cipher_pass for r in context.home_repos(data)}
+    own = context.embassy_repo(data)
+    conf = dataplane.pgbackrest_conf([own], archive_async=False)
+    assert own.vault.embassy == "se" and own.cipher_pass == home["se"]
+    assert home["de"] not in conf and home["ie"] not in conf
+    assert "repo2" not in conf and "SKde" not in conf and "archive-async" not in conf
+
+
+def test_restic_and_standby_configs() -> None:
+    vault = secrets.Vault("de", "vault-de.lab.internal", 8443, "b", "/ca", "AK", "SK")
+    assert dataplane.restic_repository(vault, "court-files") == "s3:https://vault-de.lab.internal:8443/b/restic/court-files"
+    env = dataplane.restic_env(vault)
+    assert "RESTIC_PASSWORD_FILE=/etc/embassy/restic/de.pass" in env and "AWS_SECRET_ACCESS_KEY=SK" in env
+    standby = dataplane.standby_conf("10.0.0.10", "de")
+    assert "host=10.0.0.10" in standby and "application_name=de" in standby and "archive-get" in standby
+    hba = dataplane.home_pg_hba(["10.0.0.20"])
+    assert "host    replication     replicator      10.0.0.20/32" in hba
+    assert "0.0.0.0" not in hba
+
+
+def test_parse_pyinfra_results() -> None:
+    payload = {"results": {"operations": [
+        {"name": "a", "success": ["home"], "no_change": ["enclave-de"], "error": []},
+        {"name": "b", "success": [], "no_change": ["home", "enclave-de"], "error": []},
+        {"name": "c", "success": [], "no_change": [], "error": ["enclave-de"]},
+    ], "failed_hosts": ["enclave-de"]}}
+    result = deploy.parse_results(payload)
+    assert [(h.name, h.changed, h.unchanged, h.errors) for h in result.hosts] == [
+        ("enclave-de", 0, 2, ["c"]), ("home", 1, 1, [])]
+    assert result.failed_hosts == ["enclave-de"]
+    assert result.as_json()["hosts"][1] == {"name": "home", "changed": 1, "unchanged": 1, "errors": []}
+
+
+def test_aws_without_pulumi_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no pulumi anywhere on PATH
+    done = subprocess.run([EMBASSY, "deploy", "--target", "aws", "--stack", "rehearsal"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "error: the pulumi CLI is not installed" in done.stderr and "HINT:" in done.stderr
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    bad_target = subprocess.run([EMBASSY, "deploy", "--target", "moon", "--stack", "rehearsal"], cwd=ROOT,
+                                capture_output=True, text=True)
+    assert bad_target.returncode == 2
+    bad_size = subprocess.run([EMBASSY, "deploy", "--target", "lab", "--stack", "rehearsal", "--size-mb", "0"], cwd=ROOT,
+                              capture_output=True, text=True)
+    assert bad_size.returncode == 2 and "--size-mb" in bad_size.stderr and "HINT:" in bad_size.stderr
+    env = {**os.environ, "EMBASSY_LAB_ID": "97", "EMBASSY_LAB_ROOT": str(tmp_path)}
+    no_lab = subprocess.run([EMBASSY, "deploy", "--target", "lab", "--stack", "rehearsal"], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert no_lab.returncode == 2 and "lab 97 is not up" in no_lab.stderr
+
+
+def test_seed_spec_from_host_data_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(context.SIZE_ENV, "12.5")
+    assert context.spec(SimpleNamespace()).size_mb == 12.5
+    assert context.spec(SimpleNamespace(home_size_mb=3, home_seed=9)) == context.Spec(9, 3.0)
+    monkeypatch.setenv(context.SIZE_ENV, "lots")
+    with pytest.raises(UserError, match="bad seed or size"):
+        context.spec(SimpleNamespace())
