@@ -243,3 +243,38 @@ def test_measures_say_which_way_is_weaker() -> None:
     assert regressed(retention, 3650, 30) and not regressed(retention, 30, 3650)
     assert regressed(exposure, frozenset(), frozenset({"22/tcp to 0.0.0.0/0"}))
     assert not regressed(exposure, frozenset({"22/tcp to 0.0.0.0/0"}), frozenset())
+
+
+def test_moving_an_embassy_region_replaces_its_vault_and_key(tmp_path: Path, rehearsal_plan: Plan) -> None:
+    """de moves to the AWS European Sovereign Cloud: still Germany, but every de resource is rebuilt."""
+    head = copy.deepcopy(rehearsal_plan)
+    for rec in head["resources"]:
+        if rec["type"] == "pulumi:providers:aws" and rec["name"] == "de":
+            rec["inputs"]["region"] = "eusc-de-east-1"
+        if isinstance(rec.get("provider"), dict) and rec["provider"]["urn"].endswith("providers:aws::de"):
+            rec["provider"]["region"] = "eusc-de-east-1"
+    r = review(read(str(write(tmp_path / "b.json", rehearsal_plan)), ROOT, "rehearsal"),
+               read(str(write(tmp_path / "h.json", head)), ROOT, "rehearsal"))
+    assert {c.op for c in r.changes} == {"replace"} and r.summary["de"]["replace"] == len(r.changes)
+    loss = sorted(w.message for w in r.weakenings if w.control == "EMB-CHG-01")
+    assert loss == ["key de-key replaced: data encrypted under it becomes unreadable (data loss)",
+                    "log bucket de-audit-logs replaced: evidence loss", "vault de-vault replaced: data loss"]
+    assert not any(w.control == "EMB-PLC-01" for w in r.weakenings)  # still in Germany
+
+
+def test_preview_digest_with_unknown_setting_and_no_sames(tmp_path: Path) -> None:
+    """A real preview hides unchanged resources and prints unknown values as a sentinel."""
+    urn = "urn:pulumi:rehearsal::data-embassy::data-embassy:index:Embassy$data-embassy:infra:Keys$aws:kms/key:Key::de-new"
+    unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+    state = {"urn": urn, "type": "aws:kms/key:Key", "custom": True,
+             "inputs": {"enableKeyRotation": unknown, "policy": unknown}}
+    digest = write(tmp_path / "p.json", {"steps": [{"op": "create", "urn": urn, "newState": state, "detailedDiff": None}],
+                                         "changeSummary": {"create": 1}})
+    proc = run("review", str(digest), "--format", "json")
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert [f["message"] for f in out["findings"] if f["control"] == "EMB-KMS-01"] == [
+        "enableKeyRotation is unknown at preview; mandatory control EMB-KMS-01 needs it known "
+        "(set it from configuration, not from another resource's output)"]
+    assert not any(f["control"] == "EMB-KMS-02" for f in out["findings"])  # a policy document: judged once known
+    assert out["notes"] and "stack-wide controls were not evaluated" in out["notes"][0]

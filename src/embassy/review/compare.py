@@ -108,6 +108,8 @@ def infer_changes(base: Mapping[str, Resource], head: Mapping[str, Resource],
         elif before is not None and after is not None:
             keys = diff_keys(before, after)
             moved = base_ctx.region_of(before) != head_ctx.region_of(after)
+            if moved and "region" not in keys:
+                keys.append("region")  # the provider's region changed: every resource on it moves
             forcing = set(REPLACE_KEYS.get(after.type, ())) | {"region"}
             op = "same" if not keys else "replace" if moved or forcing & set(keys) else "update"
             changes[urn] = Change(urn, op, before, after, keys)
