@@ -234,3 +234,15 @@ def test_break_glass_is_the_only_exception_to_iam_01(rehearsal_plan: Plan) -> No
     bg["name"], bg["inputs"]["role"] = "de-operator-vault", "de-operator-1234567"
     hits = [f for f in findings(plan) if f.control == "EMB-IAM-01"]
     assert hits and "s3:DeleteObjectVersion" in hits[0].message
+
+
+@pytest.mark.parametrize(("policy", "control_id", "words"), [
+    ("AmazonS3FullAccess", "EMB-IAM-01", "AmazonS3FullAccess (AWS managed)"),
+    ("AdministratorAccess", "EMB-IAM-02", "AdministratorAccess"),
+])
+def test_managed_policy_attachments_count(rehearsal_plan: Plan, policy: str, control_id: str, words: str) -> None:
+    plan = copy.deepcopy(rehearsal_plan)
+    ssm = find(plan, "rolePolicyAttachment:RolePolicyAttachment", "de-host-ssm")
+    ssm["inputs"]["policyArn"] = f"arn:aws:iam::aws:policy/{policy}"
+    hits = [f for f in findings(plan) if f.control == control_id]
+    assert hits and words in hits[0].message and hits[0].urn == ssm["urn"]

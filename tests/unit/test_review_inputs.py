@@ -111,6 +111,7 @@ def test_plan_review_shows_before_and_after(tmp_path: Path, rehearsal_plan: Plan
     assert r.summary["de"]["update"] == 1 and r.summary["se"]["update"] == 1
     md = render(r, "md")
     assert "vault retention 3650 days → 30 days" in md
+    assert not any(w.control == "EMB-CHG-01" for w in r.weakenings)  # updates in place lose nothing
 
 
 def test_moving_a_bucket_out_of_the_host_nation_is_a_replace_and_a_placement_breach(
@@ -206,8 +207,10 @@ def test_sarif_has_the_required_structure(tmp_path: Path, rehearsal_plan: Plan) 
         logical = res["locations"][0]["logicalLocations"][0]
         assert logical["fullyQualifiedName"].startswith("urn:pulumi:rehearsal::")
         assert res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "Pulumi.rehearsal.yaml"
-    assert any(r["ruleId"] == "EMB-S3-02" and r["level"] == "error" and "3650 days → 30 days" in r["message"]["text"]
-               for r in run0["results"])
+    retention = [r for r in run0["results"] if r["ruleId"] == "EMB-S3-02"]
+    assert retention and retention[0]["level"] == "error" and "3650 days → 30 days" in retention[0]["message"]["text"]
+    de_line = (ROOT / "Pulumi.rehearsal.yaml").read_text().splitlines().index("    - name: de") + 1
+    assert retention[0]["locations"][0]["physicalLocation"]["region"]["startLine"] == de_line
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -15,7 +15,7 @@ from embassy.cli import app, console, user_error
 from embassy.compliance.catalog import FRAMEWORKS, controls
 from embassy.compliance.context import Context
 from embassy.compliance.evaluate import evaluate, mandatory_failed, model_for, read_plan, resources_of_plan
-from embassy.errors import EXIT_FINDING, EXIT_OK, EXIT_USAGE, UserError
+from embassy.errors import EXIT_FINDING, EXIT_OK, UserError
 
 __all__ = ["app", "check", "controls_cmd", "review_cmd"]
 
@@ -91,7 +91,9 @@ def review_cmd(
         result = review(None, base_src) if head_src is None else review(base_src, head_src)
     except UserError as exc:
         raise user_error(exc) from None
-    _write(render(result, fmt), out)
+    stack_file = model.stack_file(result.stack, root) if result.stack else None
+    text = stack_file.read_text() if stack_file is not None and stack_file.is_file() else ""
+    _write(render(result, fmt, text), out)
     console.print(f"review: {len(result.changes)} change(s), {len(result.weakenings)} weakening, "
                   f"{len(result.findings)} finding(s) in {time.perf_counter() - started:.2f}s", soft_wrap=True)
     raise typer.Exit(result.exit_code)
@@ -118,4 +120,4 @@ def controls_cmd(fmt: Annotated[str, typer.Option("--format", "-f", help="md | j
                 for c in controls()]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
-        raise typer.Exit(EXIT_USAGE)
+        raise user_error(UserError(f"unknown format '{fmt}'", "use --format md or --format json"))

@@ -206,7 +206,20 @@ def _allowed_actions(res: Resource) -> list[tuple[list[str], list[str], bool]]:
     return found
 
 
+# AWS managed policies that grant what EMB-IAM-01 / EMB-IAM-02 forbid, when attached to a role of the stack.
+MANAGED_DESTRUCTIVE = ("AdministratorAccess", "PowerUserAccess", "AmazonS3FullAccess", "AWSKeyManagementServicePowerUser")
+MANAGED_ADMIN = ("AdministratorAccess",)
+
+
+def _managed_policy(res: Resource) -> str:
+    arn = ref(res.inputs, "policyArn", "")
+    return str(arn).rsplit("/", 1)[-1] if str(arn).startswith("arn:aws") and ":iam::aws:policy/" in str(arn) else ""
+
+
 def destructive_grants(res: Resource) -> set[str]:
+    if res.type.endswith("rolePolicyAttachment:RolePolicyAttachment"):
+        name = _managed_policy(res)
+        return {f"{name} (AWS managed)"} if name in MANAGED_DESTRUCTIVE else set()
     granted: set[str] = set()
     for actions, _resources, negated in _allowed_actions(res):
         for target in DESTRUCTIVE_ACTIONS:
@@ -496,6 +509,10 @@ def _destructive(res: Resource, ctx: Context) -> Any:
 
 @check("EMB-IAM-02")
 def no_admin(res: Resource, ctx: Context) -> Iterator[str]:
+    if res.type.endswith("rolePolicyAttachment:RolePolicyAttachment"):
+        if _managed_policy(res) in MANAGED_ADMIN:
+            yield "role gets the AWS managed AdministratorAccess policy"
+        return
     for actions, resources, negated in _allowed_actions(res):
         if not negated and "*" in actions and "*" in resources:
             yield 'policy allows "*" on "*"'

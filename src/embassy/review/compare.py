@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embassy.compliance.catalog import Control, Measure, control, controls
-from embassy.compliance.checks import MEASURES, data_loss
+from embassy.compliance.checks import MEASURES, bucket_role, data_loss
 from embassy.compliance.context import Context, Resource
 from embassy.compliance.evaluate import Finding, evaluate
 from embassy.compliance.props import Unknown
@@ -154,11 +154,15 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def _describe(m: Measure | None, before: Any, after: Any, fallback: tuple[str, str]) -> tuple[str, str]:
+def _describe(m: Measure | None, before: Any, after: Any, fallback: tuple[str, str],
+              res: Resource | None = None, ctx: Context | None = None) -> tuple[str, str]:
     if m is None or (before is None and after is None):
         return fallback
     unit = f" {m.unit}" if m.unit else ""
-    return f"{m.label} {fmt(before)}{unit}", f"{fmt(after)}{unit}"
+    label = m.label
+    if "vault" in label and res is not None and ctx is not None and bucket_role(res, ctx) == "log":
+        label = label.replace("vault", "log bucket")
+    return f"{label} {fmt(before)}{unit}", f"{fmt(after)}{unit}"
 
 
 # --------------------------------------------------------------------------- the review
@@ -219,7 +223,7 @@ def review(base: Source | None, head: Source) -> Review:
         if old and ctl.measure and not regressed(ctl.measure, b, a):
             continue  # still failing, but not worse than before
         first = "absent" if urn not in before_state else ("violation" if old else "compliant")
-        before_txt, after_txt = _describe(ctl.measure, b, a, (first, "violation"))
+        before_txt, after_txt = _describe(ctl.measure, b, a, (first, "violation"), after_state.get(urn), head_ctx)
         any_f = next(f for f in head_findings if f.control == ctl_id and f.urn == urn)
         weakenings.append(Weakening(ctl_id, ctl.severity.value, ctl.mandatory, urn, any_f.type, ops.get(urn, "same"),
                                     before_txt, after_txt, "; ".join(sorted(new)), embassies.get(urn, "")))
@@ -233,7 +237,7 @@ def review(base: Source | None, head: Source) -> Review:
                 continue
             b, a = _measure(ctl, ch.before, base_ctx), _measure(ctl, ch.after, head_ctx)
             if regressed(ctl.measure, b, a):
-                before_txt, after_txt = _describe(ctl.measure, b, a, ("", ""))
+                before_txt, after_txt = _describe(ctl.measure, b, a, ("", ""), ch.after, head_ctx)
                 what = f"{ctl.measure.label} weaker than before, though the control still passes on head"
                 weakenings.append(Weakening(ctl.id, ctl.severity.value, ctl.mandatory, urn, ch.type, ch.op, before_txt,
                                             after_txt, what, embassies.get(urn, "")))
@@ -244,6 +248,9 @@ def review(base: Source | None, head: Source) -> Review:
     rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     weakenings.sort(key=lambda w: (not w.mandatory, rank.get(w.severity, 9), w.control, w.urn))
     head_findings.sort(key=lambda f: (not f.mandatory, rank.get(f.severity, 9), f.control, f.urn))
+    for f in head_findings:  # where each finding lives, for SARIF locations
+        if f.urn not in embassies and f.urn in after_state:
+            embassies[f.urn] = head_ctx.embassy_of(after_state[f.urn]) or ""
     real = [c for c in changes.values() if c.op != "same"]
     stack = head.stack or (base.stack if base else None)
     return Review(base_label, head_label, real, head_findings, weakenings, embassies, stack, notes)

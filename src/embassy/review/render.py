@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jinja2
@@ -85,7 +86,21 @@ def _rule(c: Control) -> dict[str, Any]:
     }
 
 
-def sarif(r: Review) -> dict[str, Any]:
+def embassy_lines(stack_file_text: str) -> dict[str, int]:
+    """Line of each embassy's `- name:` in a Pulumi.<stack>.yaml, for SARIF locations."""
+    lines: dict[str, int] = {}
+    in_embassies = False
+    for number, line in enumerate(stack_file_text.splitlines(), start=1):
+        if line.strip().startswith("data-embassy:"):
+            in_embassies = line.strip().startswith("data-embassy:embassies:")
+            continue
+        match = re.match(r"\s*- name:\s*([a-z0-9-]+)", line) if in_embassies else None
+        if match:
+            lines.setdefault(match.group(1), number)
+    return lines
+
+
+def sarif(r: Review, lines: dict[str, int] | None = None) -> dict[str, Any]:
     catalog = list(controls())
     index = {c.id: i for i, c in enumerate(catalog)}
     artifact = f"Pulumi.{r.stack}.yaml" if r.stack else "Pulumi.yaml"
@@ -103,7 +118,8 @@ def sarif(r: Review) -> dict[str, Any]:
             "level": _level(mandatory, severity),
             "message": {"text": text},
             "locations": [{
-                "physicalLocation": {"artifactLocation": {"uri": artifact}, "region": {"startLine": 1}},
+                "physicalLocation": {"artifactLocation": {"uri": artifact},
+                                     "region": {"startLine": (lines or {}).get(r.embassies.get(urn, ""), 1)}},
                 "logicalLocations": [{"fullyQualifiedName": urn, "name": urn.rsplit("::", 1)[-1], "kind": "resource"}],
             }],
             "partialFingerprints": {"embassyControlUrn/v1": f"{ctl}:{urn}"},
@@ -128,9 +144,9 @@ def _version() -> str:
         return "0.0.0"
 
 
-def render(r: Review, fmt: str) -> str:
+def render(r: Review, fmt: str, stack_file_text: str = "") -> str:
     if fmt == "md":
         return markdown(r)
     if fmt == "json":
         return json.dumps(as_json(r), indent=2, sort_keys=False) + "\n"
-    return json.dumps(sarif(r), indent=2) + "\n"
+    return json.dumps(sarif(r, embassy_lines(stack_file_text)), indent=2) + "\n"
