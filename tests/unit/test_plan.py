@@ -101,3 +101,21 @@ def test_cli_exits_2_on_invalid_config(tmp_path: Path, monkeypatch: pytest.Monke
     assert result.exit_code == 2
     assert "data-embassy:embassies[1].region" in result.output and "HINT:" in result.output
     assert not out.exists()
+
+
+def test_a_stack_without_key_admins_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from embassy.plan import PlanFailed
+
+    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    shutil.copytree(ROOT / "stacks", tmp_path / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
+    doc = yaml.safe_load((ROOT / "Pulumi.rehearsal.yaml").read_text())
+    del doc["config"]["data-embassy:principals"]["key_admins"]
+    (tmp_path / "Pulumi.nokeys.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(PlanFailed) as exc:
+        compute_plan(tmp_path, "nokeys")
+    assert exc.value.code == 2
+    assert "key_admins is empty" in exc.value.message
