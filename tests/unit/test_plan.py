@@ -119,3 +119,17 @@ def test_a_stack_without_key_admins_is_refused(tmp_path: Path) -> None:
         compute_plan(tmp_path, "nokeys")
     assert exc.value.code == 2
     assert "key_admins is empty" in exc.value.message
+
+
+def test_secure_config_values_are_injected_as_secrets(tmp_path: Path) -> None:
+    from embassy.plan import stack_config
+
+    secure = "  data-embassy:extra_token:\n    secure: v1:AAAAbm90IGEgcmVhbCBjaXBoZXI=\n"
+    text = (ROOT / "Pulumi.rehearsal.yaml").read_text() + secure
+    (tmp_path / "Pulumi.s.yaml").write_text(text)
+    config, secret_keys = stack_config(tmp_path, "s", {secret_env_name("extra_token"): KNOWN_SECRET})
+    assert secret_keys == ["data-embassy:break_glass_external_id", "data-embassy:extra_token"]
+    assert config["data-embassy:extra_token"] == KNOWN_SECRET
+    assert config["data-embassy:break_glass_external_id"] == PLACEHOLDER_SECRET
+    assert json.loads(config["data-embassy:state"]) == {"name": "Estonia", "code": "EE"}
+    assert "v1:AAAA" not in json.dumps(config)
