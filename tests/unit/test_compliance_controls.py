@@ -246,3 +246,12 @@ def test_managed_policy_attachments_count(rehearsal_plan: Plan, policy: str, con
     ssm["inputs"]["policyArn"] = f"arn:aws:iam::aws:policy/{policy}"
     hits = [f for f in findings(plan) if f.control == control_id]
     assert hits and words in hits[0].message and hits[0].urn == ssm["urn"]
+
+
+def test_vault_encrypted_with_another_embassys_key_fails(rehearsal_plan: Plan) -> None:
+    plan = copy.deepcopy(rehearsal_plan)
+    sse = find(plan, "BucketServerSideEncryptionConfiguration", "de-vault")
+    de_key, se_key = (find(plan, "kms/key:Key", n)["urn"] for n in ("de-key", "se-key"))
+    sse["dependencies"] = [se_key if d == de_key else d for d in sse["dependencies"]]
+    hits = [f for f in findings(plan) if f.control == "EMB-ENC-01"]
+    assert [h.message for h in hits] == ["rules[0] uses the key of embassy se, not de's"]

@@ -281,3 +281,27 @@ def test_preview_digest_with_unknown_setting_and_no_sames(tmp_path: Path) -> Non
         "(set it from configuration, not from another resource's output)"]
     assert not any(f["control"] == "EMB-KMS-02" for f in out["findings"])  # a policy document: judged once known
     assert out["notes"] and "stack-wide controls were not evaluated" in out["notes"][0]
+
+
+def test_event_log_policy_events_become_notes(tmp_path: Path) -> None:
+    urn = "urn:pulumi:dev::p::aws:ec2/vpc:Vpc::v"
+    events = [
+        {"sequence": 1, "timestamp": 1, "resourcePreEvent": {"metadata": {
+            "op": "create", "urn": urn, "type": "aws:ec2/vpc:Vpc", "old": None,
+            "new": {"urn": urn, "type": "aws:ec2/vpc:Vpc", "inputs": {"cidrBlock": "10.0.0.0/16"}}}}},
+        {"sequence": 2, "timestamp": 1, "policyEvent": {"resourceUrn": urn, "message": "VPC has no flow log",
+                                                        "policyName": "EMB-NET-04", "policyPackName": "data-embassy",
+                                                        "enforcementLevel": "mandatory"}},
+    ]
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    out = json.loads(run("review", str(log), "--format", "json").stdout)
+    assert out["notes"] == [f"policy pack data-embassy: EMB-NET-04 (mandatory) on {urn}: VPC has no flow log"]
+    assert [(c["op"], c["urn"]) for c in out["changes"]] == [("create", urn)]
+    assert any(w["control"] == "EMB-NET-04" and w["before"] == "absent" for w in out["weakening"])
+
+
+def test_empty_file_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "empty.json").write_text("")
+    proc = run("review", str(tmp_path / "empty.json"))
+    assert proc.returncode == 2 and "unknown format" in proc.stderr

@@ -242,7 +242,7 @@ def review(base: Source | None, head: Source) -> Review:
                 weakenings.append(Weakening(ctl.id, ctl.severity.value, ctl.mandatory, urn, ch.type, ch.op, before_txt,
                                             after_txt, what, embassies.get(urn, "")))
 
-    notes = []
+    notes = list(head.engine_notes)
     if not complete:
         notes.append("the input leaves unchanged resources out (no --show-sames): stack-wide controls were not evaluated")
     rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}

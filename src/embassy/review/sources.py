@@ -56,6 +56,7 @@ class Source:
     changes: dict[str, Change] | None = None  # for change sets
     model: Deployment | None = None
     complete: bool = True  # False when a digest leaves unchanged resources out
+    engine_notes: list[str] = field(default_factory=list)  # e.g. policyEvents an event log carries
 
     def state_after(self) -> dict[str, Resource]:
         if self.resources is not None:
@@ -139,6 +140,18 @@ def from_events(events: list[Mapping[str, Any]]) -> dict[str, Change]:
     return changes
 
 
+def policy_events(events: list[Mapping[str, Any]]) -> list[str]:
+    """What a policy pack said during the run (`policyEvent`), so the review shows it beside its own findings."""
+    notes = []
+    for event in events:
+        pe = event.get("policyEvent")
+        if isinstance(pe, Mapping):
+            notes.append(f"policy pack {pe.get('policyPackName', '?')}: {pe.get('policyName', '?')} "
+                         f"({pe.get('enforcementLevel', '?')}) on {pe.get('resourceUrn') or 'the stack'}: "
+                         f"{str(pe.get('message', '')).strip()}")
+    return notes
+
+
 def _parse_jsonl(text: str) -> list[Any] | None:
     rows = []
     for line in text.splitlines():
@@ -167,7 +180,8 @@ def read_file(path: Path, root: Path) -> Source:
             any("sequence" in e or "resourcePreEvent" in e or "preludeEvent" in e for e in doc):
         changes = from_events(doc)
         stack = next((stack_of_urn(u) for u in changes), None)
-        return Source(label, "events", stack, changes=changes, model=model_for(stack, root))
+        return Source(label, "events", stack, changes=changes, model=model_for(stack, root),
+                      engine_notes=policy_events(doc))
     if isinstance(doc, Mapping):
         if "checkpoint" in doc and isinstance(doc["checkpoint"], Mapping):
             latest = doc["checkpoint"].get("latest") or {}
