@@ -90,3 +90,16 @@ def test_hosts_install_packages_from_the_lab_mirror(lab: LabState) -> None:
     policy = ssh(lab, host, "apt-cache policy restic pgbackrest postgresql-15").stdout
     assert policy.count(lab.mirror_url) >= 3, policy
     assert "Candidate: (none)" not in policy
+
+
+def test_every_mirror_package_installs_from_the_mirror_alone(lab: LabState) -> None:
+    # apt resolves every listed package with its dependencies from the lab mirror (a dry run: the
+    # host has no other source, so a missing dependency fails here).
+    from embassy.lab.mirror import packages
+
+    host = lab.hosts[0].name
+    ssh(lab, host, "sudo apt-get update -qq")
+    sources = ssh(lab, host, "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d").stdout.split("\n")
+    assert [line for line in sources if line.strip()] == [f"deb [trusted=yes] {lab.mirror_url} ./"]
+    res = ssh(lab, host, "sudo apt-get install -s -y " + " ".join(packages()), check=False)
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]

@@ -170,3 +170,25 @@ def test_half_built_lab_is_refused_then_fully_removed(lab: LabState) -> None:
         assert lifecycle.is_up(lab)
     finally:
         lifecycle.down(OTHER_LAB_ID)
+
+
+def test_mirror_is_refreshed_when_its_package_list_grows(lab: LabState, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.lab import mirror
+    from tests.lab.conftest import ssh
+
+    res = cli("lab", "mirror", "--stack", STACK, lab_id=lab.lab_id)
+    assert res.returncode == 0 and "up to date" in res.stderr, res.stderr
+    # The same list plus one package (jq): the running lab gets a new mirror, served at the same URL.
+    grown = tmp_path / "mirror-packages.txt"
+    grown.write_text(mirror.PACKAGES_FILE.read_text() + "jq\n")
+    monkeypatch.setattr(mirror, "PACKAGES_FILE", grown)
+    current = load_state(lab.lab_id)
+    assert current is not None and lifecycle.mirror_outdated(current)
+    assert lifecycle.refresh_mirror(lab.lab_id, STACK) is True
+    assert lifecycle.refresh_mirror(lab.lab_id, STACK) is False  # a second run changes nothing
+    after = load_state(lab.lab_id)
+    assert after is not None and lifecycle.is_up(after) and after.mirror != current.mirror
+    host = lab.hosts[0].name
+    ssh(lab, host, "sudo apt-get update -qq")
+    assert after.mirror_url in ssh(lab, host, "apt-cache policy jq").stdout

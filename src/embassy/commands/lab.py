@@ -12,6 +12,7 @@ from embassy.cli import StackOpt, app, console, load, user_error
 from embassy.errors import UserError
 from embassy.lab import lifecycle
 from embassy.lab.state import LAB_ID_ENV, lab_id_from_env
+from embassy.lab.system import require_root
 
 __all__ = ["app"]
 
@@ -44,10 +45,27 @@ def lab_up(stack: StackOpt) -> None:
     if not built:
         console.print(f"lab {lab_id} (stack '{stack}') is already up: nothing changed "
                       f"({len(lab.hosts)} hosts, {len(lab.vaults)} vaults)", soft_wrap=True)
+        if lifecycle.mirror_outdated(lab):
+            console.print("note: src/embassy/lab/mirror-packages.txt changed since this lab's mirror was built: "
+                          f"run `embassy lab mirror --stack {stack}`", soft_wrap=True)
         return
     console.print(f"[green]lab {lab_id} up[/green] in {time.monotonic() - start:.1f}s: {len(lab.hosts)} hosts, "
                   f"{len(lab.vaults)} vaults, range {lab.range}; clients run in `ip netns exec {lab.controller_netns} …`; "
                   f"state {lab.dir}/state.json", soft_wrap=True)
+
+
+@lab_app.command("mirror")
+def lab_mirror(stack: StackOpt) -> None:
+    """Rebuild the running lab's package mirror after mirror-packages.txt changed, and serve it."""
+    lab_id = _lab_id()
+    try:
+        changed = lifecycle.refresh_mirror(lab_id, stack, lambda m: console.print(m, soft_wrap=True))
+    except UserError as exc:
+        raise user_error(exc) from None
+    if changed:
+        console.print(f"lab {lab_id}: mirror refreshed; on the hosts, `apt-get update` sees the new packages", soft_wrap=True)
+    else:
+        console.print(f"lab {lab_id}: the mirror is up to date: nothing changed", soft_wrap=True)
 
 
 @lab_app.command("down")
@@ -72,6 +90,10 @@ def lab_status(stack: StackOpt,
                as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False) -> None:
     """Whether the lab is up; per host SSH and systemd state; per vault whether it answers."""
     lab_id = _lab_id()
+    try:
+        require_root()
+    except UserError as exc:
+        raise user_error(exc) from None
     result = lifecycle.status(lab_id, stack)
     if as_json:
         print(json.dumps(result, indent=2))

@@ -204,6 +204,7 @@ def _build(lab: LabState, say: Say) -> None:
 
     say(f"mirror: serving {repo} on {lab.mirror_url} (controller namespace)")
     lab.mirror = mirror.serve(repo, lab.controller_netns, lab.controller_address, folder / "mirror.log")
+    lab.mirror_repo = str(repo)
     lab.save()
 
     for v in lab.vaults:
@@ -231,6 +232,47 @@ def _build(lab: LabState, say: Say) -> None:
             failed = run(lab.ssh_argv(h.name, "systemctl", "--failed", "--no-legend", "--plain"), check=False).stdout.strip()
             raise LabError(f"host {h.name} booted {word}: {failed}", f"see {h.console_log}")
         say(f"host {h.name}: ssh ok, systemd {word}")
+
+
+def mirror_outdated(lab: LabState) -> bool:
+    """True when mirror-packages.txt (or the image) changed since the lab's mirror was built."""
+    served = served_repo(lab)
+    if not lab.image or not served:
+        return False
+    return Path(served).parent.name != f"mirror-{mirror.mirror_key(Path(lab.image))}"
+
+
+def served_repo(lab: LabState) -> str:
+    """The folder the lab's mirror serves (read from the server's command line for labs made before
+    the state recorded it)."""
+    if lab.mirror_repo:
+        return lab.mirror_repo
+    if lab.mirror is not None and alive(lab.mirror):
+        argv = Path(f"/proc/{lab.mirror.pid}/cmdline").read_bytes().decode().split("\0")
+        if "--directory" in argv:
+            return argv[argv.index("--directory") + 1]
+    return ""
+
+
+def refresh_mirror(lab_id: int | None = None, stack: str | None = None, say: Say = _quiet) -> bool:
+    """Rebuild the mirror of a running lab after mirror-packages.txt changed, and serve the new one.
+    Returns False when it was up to date (nothing changed)."""
+    require_root()
+    lab_id = resolve_id(lab_id)
+    with locked(_lock(lab_id)):
+        lab = load_state(lab_id)
+        if lab is None or not is_up(lab) or (stack is not None and lab.stack != stack):
+            raise UserError(f"lab {lab_id} is not up" + (f" with stack '{stack}'" if stack else ""),
+                            f"run `embassy lab up --stack {stack or 'rehearsal'}` first")
+        if not mirror_outdated(lab):
+            return False
+        repo = mirror.ensure_mirror(Path(lab.image), say)
+        say(f"mirror: serving {repo} on {lab.mirror_url}")
+        stop(lab.mirror, grace=5)
+        lab.mirror = mirror.serve(repo, lab.controller_netns, lab.controller_address, Path(lab.dir) / "mirror.log")
+        lab.mirror_repo = str(repo)
+        lab.save()
+        return True
 
 
 # --------------------------------------------------------------------------- down

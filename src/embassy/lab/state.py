@@ -158,6 +158,7 @@ class LabState(BaseModel):
     controller_address: str
     mirror_url: str  # served from the controller namespace on the controller's address
     mirror: Proc | None = None
+    mirror_repo: str = ""  # the cached folder being served (changes when mirror-packages.txt does)
     image: str = ""  # the cached read-only root the overlays sit on
     ssh_user: str = SSH_USER
     ssh_key: str  # the controller's private key (0600)
