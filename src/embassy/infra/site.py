@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +68,3 @@ def default_tags(stack: str, state: model.HomeState, embassy: model.Embassy, cla
 def policy_json(document: dict[str, Any]) -> pulumi.Output[str]:
     """An IAM/KMS/S3 policy document (which may hold Outputs) as stable JSON."""
     return pulumi.Output.json_dumps(document)
-
-
-def static_json(document: dict[str, Any]) -> str:
-    return json.dumps(document)
