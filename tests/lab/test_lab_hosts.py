@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,19 @@ def test_every_mirror_package_installs_from_the_mirror_alone(lab: LabState) -> N
     assert [line for line in sources if line.strip()] == [f"deb [trusted=yes] {lab.mirror_url} ./"]
     res = ssh(lab, host, "sudo apt-get install -s -y " + " ".join(packages()), check=False)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
+
+
+def test_pyinfra_inventory_reaches_every_host_as_root_through_sudo(lab: LabState) -> None:
+    root = Path(__file__).resolve().parents[2]
+    pyinfra = str(Path(sys.executable).parent / "pyinfra")
+    res = subprocess.run(lab.in_controller([pyinfra, "-y", "inventories/lab.py", "exec", "--", "echo $(hostname) $(id -u)"]),
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr  # pyinfra prints host output on either, depending on the version
+    seen = {line.split()[1]: line.split()[2] for line in out.splitlines() if line.startswith("[") and len(line.split()) == 3}
+    assert seen == {h.name: "0" for h in lab.hosts}
+    res = subprocess.run(lab.in_controller([pyinfra, "inventories/lab.py", "debug-inventory"]),
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    groups = [line.split(":", 1)[1].strip() for line in (res.stdout + res.stderr).splitlines() if line.startswith("--> Groups:")]
+    expected = ["home, lab"] + [f"embassies, {h.mode}, lab" for h in lab.hosts if h.embassy]
+    assert sorted(groups) == sorted(expected)
