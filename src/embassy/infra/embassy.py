@@ -58,8 +58,8 @@ class Embassy(pulumi.ComponentResource):
             site=site, admins=principals.key_admins,
             users=[roles.agent.arn, roles.restore.arn, roles.break_glass.arn]), opts=child)
         self.network = network = Network(site.child("network"), NetworkArgs(site=site, key_arn=keys.key.arn), opts=child)
-        self.vault = vault = Vault(site.child("vault"), VaultArgs(site=site, key_arn=keys.key.arn,
-                                                     break_glass_arn=roles.break_glass.arn), opts=child)
+        self.vault = vault = Vault(site.child("vault"), VaultArgs(
+            site=site, key_arn=keys.key.arn, break_glass_arn=roles.break_glass.arn), opts=child)
         self.audit = Audit(site.child("audit"), AuditArgs(site=site, key_arn=keys.key.arn, vault_arn=vault.bucket.arn),
                            opts=child)
         Grants(site.child("grants"), GrantsArgs(site=site, roles=roles, vault_arn=vault.bucket.arn,
