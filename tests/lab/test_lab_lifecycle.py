@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ OTHER_LAB_ID = TEST_LAB_ID + 50  # never one of the developers' labs (0, 1, 2)
 
 def cli(*args: str, lab_id: int, env: dict[str, str] | None = None, user: int | None = None) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "EMBASSY_LAB_ID": str(lab_id), **(env or {})}
-    argv = [EMBASSY, *args]
+    argv = [sys.executable, EMBASSY, *args]  # the console script, run by the venv's interpreter
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=environ, timeout=900)
