@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from embassy.lab.state import SSH_USER
 from embassy.lab.system import LabError, locked, run
 
 CACHE_ENV = "EMBASSY_CACHE"
@@ -23,7 +24,6 @@ SUITE = "bookworm"
 RECIPE_VERSION = 3  # bump when the recipe below changes: the cache key changes with it
 IMAGE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
                   "iproute2", "sudo", "procps")
-SSH_USER = "admin"
 
 Say = Callable[[str], None]
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -391,6 +390,3 @@ def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any
             "state_file": str(Path(lab.dir) / "state.json"),
             "hosts": hosts_out, "vaults": vaults_out}
 
-
-def elapsed(start: float) -> str:
-    return f"{time.monotonic() - start:.1f}s"
