@@ -8,16 +8,18 @@ host tool is missing (`make lab-deps` installs them).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
 from embassy.lab import lifecycle
-from embassy.lab.state import LAB_ID_ENV, LabState, load_state
+from embassy.lab.state import LAB_ID_ENV, LabState, lab_dir, load_state
 from embassy.lab.system import missing_tools
 from embassy.model import load_stack
 
@@ -39,6 +41,13 @@ def skip_unless_lab_possible() -> None:
 def lab() -> Iterator[LabState]:
     """The session's lab (rehearsal stack), as its LabState. EMBASSY_LAB_ID is set to its id meanwhile."""
     skip_unless_lab_possible()
+    # One test session per lab id at a time: a second session (another developer's run of the lab
+    # tests with the same EMBASSY_TEST_LAB_ID) waits here instead of tearing this lab down.
+    lab_dir(TEST_LAB_ID).parent.mkdir(parents=True, exist_ok=True)
+    session_lock = (lab_dir(TEST_LAB_ID).parent / f"lab-{TEST_LAB_ID}.tests.lock").open("a")
+    if not _try_lock(session_lock):
+        print(f"lab {TEST_LAB_ID}: waiting for another test session to finish", file=sys.stderr)
+        fcntl.flock(session_lock, fcntl.LOCK_EX)
     previous = os.environ.get(LAB_ID_ENV)
     os.environ[LAB_ID_ENV] = str(TEST_LAB_ID)
     dep = load_stack(STACK, ROOT)
@@ -58,6 +67,15 @@ def lab() -> Iterator[LabState]:
             os.environ.pop(LAB_ID_ENV, None)
         else:
             os.environ[LAB_ID_ENV] = previous
+        session_lock.close()  # releases the lock
+
+
+def _try_lock(fh: TextIO) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def ssh(lab: LabState, host: str, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
