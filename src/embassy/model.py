@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from functools import cache
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 NAMESPACE = "data-embassy"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+IAM_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
 # A cold embassy only gets archived WAL (archive_timeout); it cannot meet a tighter RPO.
 COLD_MIN_RPO_SECONDS = 60
 
@@ -134,6 +136,14 @@ class Principals(_Strict):
     agents: tuple[str, ...] = ()
     restorers: tuple[str, ...] = ()
 
+    @field_validator("key_admins", "break_glass", "agents", "restorers")
+    @classmethod
+    def _are_iam_arns(cls, arns: tuple[str, ...]) -> tuple[str, ...]:
+        for arn in arns:
+            if not IAM_ARN.match(arn):
+                raise ValueError(f"'{arn}' is not an IAM role or user ARN")
+        return arns
+
 
 class Deployment(_Strict):
     """One stack: the home state, its embassies and the registers they hold."""
@@ -206,6 +216,8 @@ def _from_validation_error(exc: ValidationError) -> list[ConfigIssue]:
         loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         hint = _HINTS.get(err["type"], "fix the value; see README.md, 'Stack configuration'")
+        if "IAM role or user ARN" in message:
+            hint = "give full ARNs such as arn:aws:iam::111122223333:role/embassy-key-admin"
         if "CIDR" in message:
             hint = "give the admin network as a CIDR such as 203.0.113.0/28, never 0.0.0.0/0 or ::/0"
         issues.append(ConfigIssue(path=_key_path(loc), message=message, hint=hint))
@@ -248,6 +260,13 @@ def _semantic_issues(dep: Deployment) -> list[ConfigIssue]:
             add(f"embassies[{i}].region", f"region '{emb.region}' is {located}, not in {nation.name} ({emb.nation})",
                 f"placement is law: use a region located in {emb.nation}: {choices}")
 
+    if not dep.principals.key_admins:
+        add("principals.key_admins", "no key administrator of the home state",
+            "name at least one IAM role of the home state that administers the embassy keys, "
+            "e.g. arn:aws:iam::111122223333:role/embassy-key-admin")
+    if not dep.principals.break_glass:
+        add("principals.break_glass", "no break-glass principal",
+            "name the IAM role(s) of the home state allowed to assume the break-glass role")
     names = {e.name for e in dep.embassies}
     seen_registers: dict[str, int] = {}
     seen_priorities: dict[int, int] = {}
@@ -307,7 +326,10 @@ CONFIG_KEYS = ("state", "embassies", "registers", "principals", "classification"
 
 
 def from_pulumi_config(stack: str, get_object: ConfigGetter) -> Deployment:
-    """Build the model inside a Pulumi program: `get_object` is `pulumi.Config(NAMESPACE).get_object`."""
+    """Build the model inside a Pulumi program.
+
+    `get_object(key)` returns the parsed value of `data-embassy:<key>`: structured values parsed from
+    JSON, plain strings as they are (see stacks/__main__.py)."""
     return _from_values(stack, {k: get_object(k) for k in CONFIG_KEYS}, source=f"stack '{stack}'")
 
 

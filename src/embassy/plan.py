@@ -332,8 +332,11 @@ def compute_plan(project_root: Path, stack: str, env: Mapping[str, str] | None =
     proc = subprocess.run([sys.executable, "-m", "embassy.plan", "--root", str(root), "--stack", stack],
                           cwd=root, env=child_env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()
-        raise PlanFailed(f"planning stack '{stack}' of {root} failed: " + (detail[-1] if detail else f"exit {proc.returncode}"),
+        lines = proc.stderr.strip().splitlines()
+        # Config errors print `error: <path>: …` lines: name them all, else the last line says most.
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        detail = "; ".join(errors) if errors else (lines[-1] if lines else f"exit {proc.returncode}")
+        raise PlanFailed(f"planning stack '{stack}' of {root} failed: {detail}",
                          "run `python -m embassy.plan --root ROOT --stack S` there to see the whole error",
                          code=EXIT_USAGE)
     plan: dict[str, Any] = json.loads(proc.stdout)

@@ -182,3 +182,19 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     assert "data-embassy:embassies[0].region" in bad.stderr and "HINT:" in bad.stderr
     good = subprocess.run([*exe, "validate", "--stack", "rehearsal"], cwd=ROOT, capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize("key", ["key_admins", "break_glass"])
+def test_missing_home_principals(key: str) -> None:
+    values = rehearsal_values()
+    values["principals"][key] = []
+    (issue,) = issues_of(values)
+    assert issue.path == f"data-embassy:principals.{key}"
+
+
+def test_principal_must_be_an_iam_arn() -> None:
+    values = rehearsal_values()
+    values["principals"]["key_admins"] = ["admin@example.org"]
+    (issue,) = issues_of(values)
+    assert issue.path == "data-embassy:principals.key_admins"
+    assert "arn:aws:iam::" in issue.hint

@@ -118,7 +118,7 @@ def test_a_stack_without_key_admins_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PlanFailed) as exc:
         compute_plan(tmp_path, "nokeys")
     assert exc.value.code == 2
-    assert "key_admins is empty" in exc.value.message
+    assert "data-embassy:principals.key_admins" in exc.value.message and "no key administrator" in exc.value.message
 
 
 def test_secure_config_values_are_injected_as_secrets(tmp_path: Path) -> None:
