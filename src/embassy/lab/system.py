@@ -28,6 +28,7 @@ REQUIRED_TOOLS = {
     "curl": "curl",
     "unshare": "util-linux",
     "ss": "iproute2",
+    "sysctl": "procps",
 }
 
 
