@@ -16,6 +16,50 @@ from embassy.errors import UserError
 __all__ = ["app"]
 
 
+# --------------------------------------------------------------------------- harden (issue 5, roles/)
+
+
+class HardenTarget(StrEnum):
+    LAB = "lab"
+    AWS = "aws"
+
+
+@app.command()
+def harden(
+    stack: StackOpt,
+    target: Annotated[HardenTarget, typer.Option("--target", "-t", help="lab (local hosts) or aws (stack outputs, SSM)")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='print {"hosts": [{"name", "changed", "lynis_before", "lynis_after"}]}')] = False,
+    lynis: Annotated[bool, typer.Option("--lynis/--no-lynis", help="measure the Lynis index before and after")] = True,
+) -> None:
+    """Apply the hardening roles (roles/site.yml, via ansible-runner); Lynis index before and after."""
+    from embassy import harden as harden_lib
+
+    dep = load(stack)
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        if not as_json:
+            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
+
+    try:
+        results = harden_lib.harden(dep, target.value, say, measure=lynis)
+    except UserError as exc:
+        raise user_error(exc) from None
+    if as_json:
+        print(json.dumps({"stack": stack, "target": target.value,
+                          "hosts": [{"name": r.name, "changed": r.changed, "lynis_before": r.lynis_before,
+                                     "lynis_after": r.lynis_after} for r in results]}, indent=2))
+        return
+    table = Table(title=f"embassy harden --target {target.value} --stack {stack}")
+    for column in ("host", "changed", "Lynis before", "Lynis after"):
+        table.add_column(column, justify="left" if column == "host" else "right")
+    for r in results:
+        table.add_row(r.name, str(r.changed), str(r.lynis_before if r.lynis_before is not None else "-"),
+                      str(r.lynis_after if r.lynis_after is not None else "-"))
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- deploy (issue 5, deploys/)
 
 
