@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 
 from embassy.home.dataplane import PGBACKREST_CONF, STANZA
+from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
 
-SIZE_MB = "2"  # small: the tests check behaviour, not volume
+# Small (the tests check behaviour, not volume) and the default, so a developer's lab deployed with the
+# defaults is reused as it is rather than refused for holding data of another size.
+SIZE_MB = f"{Spec.size_mb:g}"
 WAIT_SECONDS = 90  # bounded waits for asynchronous replication (not a timing assertion)
 
 
@@ -61,7 +64,7 @@ def test_second_run_changes_nothing(lab: LabState, deployed: tuple[dict[str, Any
 
 
 def test_other_seed_is_refused_and_nothing_changes(lab: LabState, deployed: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    done = _deploy(lab, "--size-mb", "3")
+    done = _deploy(lab, "--size-mb", f"{Spec.size_mb + 1:g}")
     assert done.returncode == 2
     assert "holds data of another seed or size" in done.stderr and "HINT:" in done.stderr
     again = _deploy(lab, "--json", "--size-mb", SIZE_MB)
