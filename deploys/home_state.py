@@ -69,12 +69,19 @@ if host.data.get("role") == "home":
            check=as_user("postgres", "pg_isready -q"),
            command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
 
-    password = context.replication_password(host.data)
-    ensure(name="PostgreSQL: replication role for the warm standbys",
-           check=as_user("postgres", f"psql -Atc \"SELECT 1 FROM pg_roles WHERE rolname = '{dataplane.REPLICATION_USER}'\" "
-                                     "| grep -qx 1"),
-           command=as_user("postgres", f"psql -v ON_ERROR_STOP=1 -qc \"CREATE ROLE {dataplane.REPLICATION_USER} "
-                                       f"WITH LOGIN REPLICATION PASSWORD '{password}'\""))
+    # The password travels in a 0600 file, never on a command line (where `ps` would show it).
+    role = dataplane.REPLICATION_USER
+    role_sql = files.put(
+        name="PostgreSQL: replication role definition (0600)",
+        src=io.StringIO(f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')\\gexec\n"
+                        f"ALTER ROLE {role} WITH LOGIN REPLICATION PASSWORD '{context.replication_password(host.data)}';\n"),
+        dest="/etc/embassy/replication-role.sql", user="postgres", group="postgres", mode="600")
+    role_psql = as_user("postgres", "psql -X -q -v ON_ERROR_STOP=1 -f /etc/embassy/replication-role.sql")
+    created = ensure(name="PostgreSQL: replication role for the warm standbys",
+                     check=as_user("postgres", f"psql -Atc \"SELECT 1 FROM pg_roles WHERE rolname = '{role}'\" | grep -qx 1"),
+                     command=role_psql)
+    server.shell(name="PostgreSQL: new replication password", commands=[role_psql],
+                 _if=lambda: role_sql.did_change() and not created.did_change())
 
     # ---------------------------------------------------------------- seeded registers
     files.directory(name="Seed folder", path=SEED_DIR, user="postgres", group="postgres", mode="750")
