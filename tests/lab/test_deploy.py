@@ -109,6 +109,18 @@ def test_state_service_answers_from_the_registers(lab: LabState, deployed: tuple
     assert answers[paths[4]][0] == 404
 
 
+def test_services_listen_only_on_home_addresses(lab: LabState, deployed: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    home = lab.host("home").address
+    listening = ssh(lab, "home", "sudo ss -Htlnp").stdout.splitlines()
+    service = [line.split()[3] for line in listening if ":8088 " in line + " "]
+    assert service == [f"{home}:8088"], listening
+    postgres = sorted(line.split()[3] for line in listening if '"postgres"' in line)
+    assert postgres == sorted([f"{home}:5432", "127.0.0.1:5432", "[::1]:5432"]) or \
+        postgres == sorted([f"{home}:5432", "127.0.0.1:5432"]), postgres
+    user = ssh(lab, "home", "systemctl show -p User --value embassy-state").stdout.strip()
+    assert user == "embassy_state"
+
+
 def _repos(lab: LabState) -> list[int]:
     conf = ssh(lab, "home", f"sudo cat {PGBACKREST_CONF}").stdout
     return sorted(int(m.group(1)) for m in re.finditer(r"^repo(\d+)-type=", conf, re.MULTILINE))
