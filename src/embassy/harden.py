@@ -45,6 +45,9 @@ if ! command -v lynis >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends lynis >/dev/null 2>&1 || { echo "lynis: cannot install" >&2; exit 3; }
 fi
 lynis audit system --quick --no-colors >/dev/null 2>&1
+# Kept per phase as evidence (points per test: which control gave what).
+install -m 0600 /var/log/lynis.log /var/log/lynis-PHASE.log
+install -m 0600 /var/log/lynis-report.dat /var/log/lynis-report-PHASE.dat
 sed -n 's/^hardening_index=//p' /var/log/lynis-report.dat
 """
 GROUPS = {"home": "home_state", "warm": "warm_embassies", "cold": "cold_embassies"}
@@ -283,8 +286,8 @@ def lynis_indexes(target: Target, say: Say = _quiet, phase: str = "lynis") -> di
     folder = _run_dir(target, phase)
     say(f"lynis ({phase}) on {len(target.hosts)} hosts")
     runner = ansible_runner.run(private_data_dir=str(folder), host_pattern="all", module="ansible.builtin.shell",
-                                module_args=LYNIS_PROBE, inventory=str(folder / "inventory" / "hosts.yml"),
-                                envvars=target.env, quiet=True)
+                                module_args=LYNIS_PROBE.replace("PHASE", phase.removeprefix("lynis-")),
+                                inventory=str(folder / "inventory" / "hosts.yml"), envvars=target.env, quiet=True)
     found: dict[str, int | None] = dict.fromkeys(target.hosts)
     for ev in runner.events:
         if ev.get("event") == "runner_on_ok":
