@@ -302,11 +302,23 @@ def lynis_indexes(target: Target, say: Say = _quiet, phase: str = "lynis") -> di
     return found
 
 
+def close_connections(target: Target) -> None:
+    """End the SSH masters the run kept open (ControlPersist), rather than leave them to time out."""
+    folder = Path(target.env["ANSIBLE_SSH_CONTROL_PATH_DIR"])
+    for socket in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if socket.is_socket():
+            subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "embassy-master"],
+                           capture_output=True, timeout=30, check=False)
+
+
 def harden_here(target: Target, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
     """Lynis, the roles, Lynis: run in this process (inside the controller namespace for the lab)."""
-    before = lynis_indexes(target, say, "lynis-before") if measure else dict.fromkeys(target.hosts)
-    changed = run_playbook(target, say)
-    after = lynis_indexes(target, say, "lynis-after") if measure else dict.fromkeys(target.hosts)
+    try:
+        before = lynis_indexes(target, say, "lynis-before") if measure else dict.fromkeys(target.hosts)
+        changed = run_playbook(target, say)
+        after = lynis_indexes(target, say, "lynis-after") if measure else dict.fromkeys(target.hosts)
+    finally:
+        close_connections(target)
     return [HostResult(h, changed[h], before.get(h), after.get(h)) for h in target.hosts]
 
 
