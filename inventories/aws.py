@@ -53,7 +53,8 @@ _vaults = [
      "agent_credentials": str(_creds_dir / f"{name}.json")}
     for name, e in _embassies.items()
 ]
-_common = {"stack": _stack, "vaults": _vaults, "_sudo": True}
+# _temp_dir: uploads land in /tmp, then sudo moves them (libpam-tmpdir gives root /tmp/user/0).
+_common = {"stack": _stack, "vaults": _vaults, "_sudo": True, "_temp_dir": "/tmp"}
 if _os.environ.get("EMBASSY_SSH_CONFIG"):
     _common["ssh_config_file"] = _os.environ["EMBASSY_SSH_CONFIG"]
 

@@ -32,11 +32,15 @@ def _entry(h: _state.HostState) -> tuple[str, dict]:
     vault = next((v for v in _vaults if v["embassy"] == h.embassy), None)
     return (h.name, {
         "ssh_hostname": h.address,
+        "ssh_port": _lab.ssh_port,
         "ssh_user": _lab.ssh_user,
         "ssh_key": _lab.ssh_key,
         "ssh_known_hosts_file": _lab.ssh_known_hosts,
         "ssh_strict_host_key_checking": "yes",
         "_sudo": True,  # the lab's SSH user is an admin with sudo, as on Debian's cloud images
+        # Uploads land in /tmp, then sudo moves them: with libpam-tmpdir (os_hardening) root's own
+        # TMPDIR is /tmp/user/0, where the SSH user cannot write.
+        "_temp_dir": "/tmp",
         "role": h.role.value,
         "embassy": h.embassy,
         "mode": h.mode,

@@ -47,11 +47,42 @@ def test_hosts_file_systems_are_separate(lab: LabState) -> None:
         for host in others:
             res = ssh(lab, host.name, f"test -e {path} && echo present || echo absent")
             assert res.stdout.strip() == "absent", host.name
-        # The write went to the host's own overlay layer, never into the shared image.
-        assert (Path(first.upper_dir) / path.lstrip("/")).read_text().strip() == token
+        # The write went to the host's own /var layer, never into the shared image.
+        assert (Path(f"{first.upper_dir}-var") / path.removeprefix("/var/")).read_text().strip() == token
         assert not (Path(lab.image) / path.lstrip("/")).exists()
     finally:
         ssh(lab, first.name, f"sudo rm -f {path}")
+
+
+def test_var_and_home_are_file_systems_of_their_own(lab: LabState) -> None:
+    for host in lab.hosts:
+        mounts = {}
+        for point in ("/", "/var", "/home"):
+            target, options = ssh(lab, host.name, f"findmnt -no TARGET,OPTIONS {point}").stdout.split()
+            mounts[point] = options.split(",")
+            assert target == point, (host.name, point, target)
+        for point in ("/var", "/home"):
+            assert "nodev" in mounts[point] and "nosuid" in mounts[point], (host.name, point, mounts[point])
+        # What the image put there is still there (each is an overlay of the image's own folder).
+        seeded = ssh(lab, host.name, f"test -s /var/lib/dpkg/status && test -d /home/{lab.ssh_user}/.ssh && echo ok")
+        assert seeded.stdout.strip() == "ok", host.name
+
+
+def test_mirror_serves_the_security_archive_apart(lab: LabState) -> None:
+    from embassy.lab import image
+
+    repo = Path(lab.mirror_repo)
+    indexes = {archive: (repo / archive / "Packages").read_text() for archive in ("debian", "debian-security")}
+    assert "Package: postgresql-15" in indexes["debian"] + indexes["debian-security"]
+    if image.debian_mirrors()[1] is None:
+        pytest.skip("this machine's apt has no security archive: the mirror's security folder stays empty")
+    security = [line.split()[1] for line in indexes["debian-security"].splitlines() if line.startswith("Package:")]
+    assert security, "the security archive of the lab mirror is empty"
+    # A host's apt sees that package's candidate from the mirror's security archive.
+    host = lab.hosts[0].name
+    ssh(lab, host, "sudo apt-get update -qq")
+    policy = ssh(lab, host, f"apt-cache policy {security[0]}").stdout
+    assert f"{lab.mirror_url}/debian-security" in policy, policy
 
 
 @pytest.mark.parametrize("outside", ["192.0.2.1", "1.1.1.1", "10.87.250.1"])
@@ -101,7 +132,8 @@ def test_every_mirror_package_installs_from_the_mirror_alone(lab: LabState) -> N
     host = lab.hosts[0].name
     ssh(lab, host, "sudo apt-get update -qq")
     sources = ssh(lab, host, "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d").stdout.split("\n")
-    assert [line for line in sources if line.strip()] == [f"deb [trusted=yes] {lab.mirror_url} ./"]
+    assert [line for line in sources if line.strip()] == [f"deb [trusted=yes] {lab.mirror_url}/debian/ ./",
+                                                          f"deb [trusted=yes] {lab.mirror_url}/debian-security/ ./"]
     res = ssh(lab, host, "sudo apt-get install -s -y " + " ".join(packages()), check=False)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
 

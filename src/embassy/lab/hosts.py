@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+from embassy.lab import mirror
 from embassy.lab.state import HostState, LabState, Proc
 from embassy.lab.system import LabError, proc_of, run, write_private
 
@@ -23,11 +24,24 @@ def cgroup_dirs(group: str, host: str | None = None) -> list[Path]:
     return [d / host for d in dirs] if host else dirs
 
 
+# Folders that get their own file system on a host, as on a server partitioned for it: logs, spools
+# and registers cannot fill the root file system, and home folders carry no devices or set-uid files.
+SEPARATE_MOUNTS = ("var", "home")
+
+
 def mount_overlay(image_root: Path, host: HostState) -> None:
+    """The host's root: an overlay of the image, with /var and /home as overlays of their own
+    (each its own writable layer beside the root's), mounted nodev,nosuid inside the root."""
     for d in (host.upper_dir, host.work_dir, host.root_dir):
         Path(d).mkdir(parents=True, exist_ok=True)
     run(["mount", "-t", "overlay", f"embassy-{host.machine}", "-o",
          f"lowerdir={image_root},upperdir={host.upper_dir},workdir={host.work_dir}", host.root_dir])
+    for sub in SEPARATE_MOUNTS:
+        upper, work = f"{host.upper_dir}-{sub}", f"{host.work_dir}-{sub}"
+        for d in (upper, work):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        run(["mount", "-t", "overlay", f"embassy-{host.machine}-{sub}", "-o",
+             f"nodev,nosuid,lowerdir={image_root / sub},upperdir={upper},workdir={work}", f"{host.root_dir}/{sub}"])
 
 
 def is_mounted(path: str) -> bool:
@@ -59,7 +73,10 @@ def personalise(lab: LabState, host: HostState, hosts_text: str, public_key: str
     (root / "etc/hosts").write_text(hosts_text)
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
     (root / "etc/resolv.conf").write_text("")
-    (root / "etc/apt/sources.list").write_text(f"deb [trusted=yes] {lab.mirror_url} ./\n")
+    (root / "etc/apt/sources.list").write_text(mirror.apt_sources(lab.mirror_url))
+    # The platform's choice of SSH port, before first boot (ssh_hardening owns every other setting).
+    (root / "etc/ssh/sshd_config.d/05-embassy-lab-port.conf").write_text(
+        f"# Written by `embassy lab up`: the lab's SSH port (lab state `ssh_port`).\nPort {lab.ssh_port}\n")
     key = root / "etc/ssh/ssh_host_ed25519_key"
     key.unlink(missing_ok=True)
     Path(f"{key}.pub").unlink(missing_ok=True)
@@ -72,7 +89,9 @@ def personalise(lab: LabState, host: HostState, hosts_text: str, public_key: str
     write_private(auth, public_key)
     os.chown(auth, uid, gid)
     host_pub = Path(f"{key}.pub").read_text().split()
-    return f"{host.name},{host.fqdn},{host.address} {host_pub[0]} {host_pub[1]}\n"
+    names = ",".join(f"[{name}]:{lab.ssh_port}" if lab.ssh_port != 22 else name
+                     for name in (host.name, host.fqdn, host.address))
+    return f"{names} {host_pub[0]} {host_pub[1]}\n"
 
 
 def start(host: HostState, group: str) -> Proc:

@@ -14,11 +14,12 @@ from typing import Any
 
 from embassy.errors import UserError
 from embassy.lab import hosts as hostlib
-from embassy.lab import image, mirror, network, pki, vaults
+from embassy.lab import image, mirror, network, pki, syslog, vaults
 from embassy.lab.state import (
     DOMAIN,
     MIRROR_PORT,
     SSH_USER,
+    SYSLOG_PORT,
     VAULT_PORT,
     HostState,
     LabState,
@@ -102,7 +103,7 @@ def hosts_file(lab: LabState) -> str:
 
 
 def ssh_config(lab: LabState) -> str:
-    return (f"Host *\n  User {lab.ssh_user}\n  IdentityFile {lab.ssh_key}\n  IdentitiesOnly yes\n"
+    return (f"Host *\n  User {lab.ssh_user}\n  Port {lab.ssh_port}\n  IdentityFile {lab.ssh_key}\n  IdentitiesOnly yes\n"
             f"  UserKnownHostsFile {lab.ssh_known_hosts}\n  StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n"
             "  PasswordAuthentication no\n  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n")
 
@@ -132,7 +133,7 @@ def _mounts_under(folder: Path) -> list[str]:
 
 
 def is_up(lab: LabState) -> bool:
-    procs = [lab.mirror] + [h.nspawn for h in lab.hosts] + [v.weed for v in lab.vaults]
+    procs = [lab.mirror, lab.syslog] + [h.nspawn for h in lab.hosts] + [v.weed for v in lab.vaults]
     return lab.phase is Phase.UP and all(alive(p) for p in procs)
 
 
@@ -204,6 +205,12 @@ def _build(lab: LabState, say: Say) -> None:
     say(f"mirror: serving {repo} on {lab.mirror_url} (controller namespace)")
     lab.mirror = mirror.serve(repo, lab.controller_netns, lab.controller_address, folder / "mirror.log")
     lab.mirror_repo = str(repo)
+    lab.save()
+
+    lab.syslog_dir = str(folder / "syslog")
+    say(f"syslog: collector on {lab.syslog_target} (controller namespace), one log per host in {lab.syslog_dir}")
+    lab.syslog = syslog.start(lab.controller_netns, lab.controller_address, SYSLOG_PORT, Path(lab.syslog_dir),
+                              folder / "syslog.log")
     lab.save()
 
     for v in lab.vaults:
@@ -301,6 +308,9 @@ def down(lab_id: int | None = None, say: Say = _quiet) -> list[str]:
             if alive(lab.mirror):
                 stop(lab.mirror, grace=5)
                 removed.append("mirror server")
+            if alive(lab.syslog):
+                stop(lab.syslog, grace=5)
+                removed.append("syslog collector")
         # Whatever still runs in the lab's cgroup folders was started by a lab container.
         removed += _kill_all(hostlib.cgroup_pids(group), "container process")
         # And whatever still runs in a lab namespace is a lab client (e.g. an ssh ControlMaster):
@@ -387,6 +397,6 @@ def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any
                    "reachable": alive(v.weed) and vaults.reachable(lab, v)} for v in lab.vaults]
     return {"up": is_up(lab), "lab_id": lab_id, "stack": lab.stack, "phase": lab.phase.value, "range": lab.range,
             "controller_netns": lab.controller_netns, "mirror_url": lab.mirror_url,
-            "state_file": str(Path(lab.dir) / "state.json"),
+            "syslog_target": lab.syslog_target, "state_file": str(Path(lab.dir) / "state.json"),
             "hosts": hosts_out, "vaults": vaults_out}
 

@@ -18,6 +18,24 @@ from embassy.lab.state import MIRROR_PORT, Proc
 from embassy.lab.system import LabError, locked, proc_of, run
 
 PACKAGES_FILE = Path(__file__).with_name("mirror-packages.txt")
+LAYOUT = "2"  # 2: debian/ and debian-security/ apart (1 was one flat folder); part of the cache key
+ARCHIVES = ("debian", "debian-security")
+
+
+def apt_sources(mirror_url: str) -> str:
+    """A lab host's /etc/apt/sources.list: the mirror's main and security archives (flat repos)."""
+    return "".join(f"deb [trusted=yes] {mirror_url}/{archive}/ ./\n" for archive in ARCHIVES)
+
+
+def archive_of_downloads(print_uris: str) -> dict[str, str]:
+    """File name -> archive folder, from `apt-get --print-uris` ('URI' file size hash per line)."""
+    where = {}
+    for line in print_uris.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith("'"):
+            uri, name = parts[0].strip("'"), parts[1].replace(":", "%3a")
+            where[name] = "debian-security" if "/debian-security/" in uri else "debian"
+    return where
 
 
 def packages() -> list[str]:
@@ -33,7 +51,7 @@ def packages() -> list[str]:
 def mirror_key(image_root: Path) -> str:
     image_key = image_root.parent.name
     main, security = image.debian_mirrors()
-    text = "\n".join([image_key, main, security or "", *packages()])
+    text = "\n".join([f"layout {LAYOUT}", image_key, main, security or "", *packages()])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -41,6 +59,8 @@ _DOWNLOAD = r"""
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 apt-get update -qq
 mkdir -p /var/cache/embassy-mirror/partial
+apt-get install -y -qq --print-uris -o Dir::Cache::archives=/var/cache/embassy-mirror {packages} \
+  > /var/cache/embassy-mirror/uris.txt
 apt-get install -y -qq --download-only -o Dir::Cache::archives=/var/cache/embassy-mirror {packages} >/dev/null
 """
 
@@ -69,16 +89,21 @@ def ensure_mirror(image_root: Path, say: image.Say) -> Path:
         try:
             (root / "etc/apt/sources.list").write_text(image.sources_list(main, security))
             image.chroot_script(root, _DOWNLOAD.format(packages=" ".join(pkgs)))
+            cache = root / "var/cache/embassy-mirror"
+            where = archive_of_downloads((cache / "uris.txt").read_text())
             repo = tmp / "repo"
-            repo.mkdir()
-            for deb in (root / "var/cache/embassy-mirror").glob("*.deb"):
-                shutil.copy2(deb, repo / deb.name.replace(":", "%3a"))
+            for archive in ARCHIVES:
+                (repo / archive).mkdir(parents=True)
+            for deb in cache.glob("*.deb"):
+                name = deb.name.replace(":", "%3a")
+                shutil.copy2(deb, repo / where.get(name, "debian") / name)
         finally:
             _umount_quiet(root)
-        count = len(list(repo.glob("*.deb")))
+        count = len(list(repo.glob("*/*.deb")))
         if count == 0:
             raise LabError("the mirror build downloaded no package", f"check {PACKAGES_FILE} and the machine's apt sources")
-        (repo / "Packages").write_text(_scan(repo))
+        for archive in ARCHIVES:
+            (repo / archive / "Packages").write_text(_scan(repo / archive))
         shutil.rmtree(upper)
         shutil.rmtree(work)
         root.rmdir()

@@ -26,8 +26,12 @@ DEFAULT_LAB_ROOT = Path("/var/lib/embassy")
 MAX_LAB_ID = 99
 DOMAIN = "lab.internal"  # `.internal` is reserved for private use: it can never resolve outside
 SSH_USER = "admin"  # as on Debian's cloud images; root logins are left to the hardening to forbid
+# Lab hosts' sshd listens here from first boot (not 22: off the port every scanner tries first);
+# every lab client (ssh_config, known_hosts, pyinfra, ansible, the firewall role) follows the state.
+SSH_PORT = 2222
 VAULT_PORT = 8443
 MIRROR_PORT = 8080
+SYSLOG_PORT = 514  # plain TCP syslog, as rsyslog forwards it
 
 
 # --------------------------------------------------------------------------- names from the lab id
@@ -160,7 +164,10 @@ class LabState(BaseModel):
     mirror: Proc | None = None
     mirror_repo: str = ""  # the cached folder being served (changes when mirror-packages.txt does)
     image: str = ""  # the cached read-only root the overlays sit on
+    syslog: Proc | None = None  # the central collector every host forwards its log to
+    syslog_dir: str = ""  # one <host address>.log per host
     ssh_user: str = SSH_USER
+    ssh_port: int = SSH_PORT
     ssh_key: str  # the controller's private key (0600)
     ssh_known_hosts: str
     ssh_config: str
@@ -171,6 +178,11 @@ class LabState(BaseModel):
 
     def in_controller(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.controller_netns, *argv]
+
+    @property
+    def syslog_target(self) -> str:
+        """host:port of the syslog collector, as the monitoring role takes it."""
+        return f"{self.controller_address}:{SYSLOG_PORT}"
 
     def host(self, name: str) -> HostState:
         for host in self.hosts:
