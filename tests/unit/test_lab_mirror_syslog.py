@@ -58,14 +58,16 @@ def test_syslog_collector_keeps_each_peers_messages(tmp_path: Path) -> None:
                 time.sleep(0.1)
         else:
             pytest.fail("the collector did not listen within 10 s")
+        long = "<13>Nov 28 10:00:01 home app: " + "x" * 100_000  # beyond the reader's buffer: kept whole
+        sent = ["<13>Nov 28 10:00:00 home app: first", long, "<13>Nov 28 10:00:02 home app: last, unterminated"]
         with sender:
-            sender.sendall(b"<13>Nov 28 10:00:00 home app: first\n<13>Nov 28 10:00:01 home app: second\n")
+            sender.sendall("\n".join(sent).encode())
         log = folder / "127.0.0.1.log"
         for _ in range(100):
-            if log.exists() and log.read_bytes().count(b"\n") == 2:
+            if log.exists() and log.read_bytes().count(b"\n") == 3:
                 break
             time.sleep(0.1)
-        assert log.read_text().splitlines() == ["<13>Nov 28 10:00:00 home app: first", "<13>Nov 28 10:00:01 home app: second"]
+        assert log.read_text().splitlines() == sent
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -20,27 +20,30 @@ from pathlib import Path
 from embassy.lab.state import Proc
 from embassy.lab.system import proc_of
 
-MAX_LINE = 64 * 1024  # rsyslog's default maximum message size is 8 KiB; anything longer is cut
+LINE_LIMIT = 64 * 1024  # the reader's buffer; a longer message is written in pieces, never dropped
 
 
 async def _receive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, folder: Path) -> None:
     peer = writer.get_extra_info("peername")[0]
     name = str(ipaddress.ip_address(peer))  # an address, never a path a peer could choose
     with (folder / f"{name}.log").open("ab", buffering=0) as log:
-        try:
-            while line := await reader.readuntil(b"\n"):
-                log.write(line[:MAX_LINE])
-        except asyncio.IncompleteReadError as end:
-            if end.partial:
-                log.write(end.partial[:MAX_LINE] + b"\n")
-        except (asyncio.LimitOverrunError, ConnectionError):
-            pass
+        while True:
+            try:
+                log.write(await reader.readuntil(b"\n"))
+            except asyncio.LimitOverrunError as over:
+                log.write(await reader.readexactly(over.consumed))
+            except asyncio.IncompleteReadError as end:  # the peer closed: keep a last unterminated message
+                if end.partial:
+                    log.write(end.partial + b"\n")
+                break
+            except ConnectionError:
+                break
     writer.close()
 
 
 async def _serve(address: str, port: int, folder: Path) -> None:
     folder.mkdir(mode=0o750, parents=True, exist_ok=True)
-    server = await asyncio.start_server(lambda r, w: _receive(r, w, folder), address, port, limit=MAX_LINE)
+    server = await asyncio.start_server(lambda r, w: _receive(r, w, folder), address, port, limit=LINE_LIMIT)
     async with server:
         await server.serve_forever()
 
