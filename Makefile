@@ -42,7 +42,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup lab-deps
-	$(BIN)/pytest -q tests/bench -p no:cacheprovider
+	$(BIN)/pytest -q -s tests/bench -p no:cacheprovider
 
 plan: setup
 	$(BIN)/embassy plan --stack rehearsal --out out/plan-rehearsal.json
