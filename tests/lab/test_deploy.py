@@ -220,5 +220,6 @@ def test_vaults_hold_only_ciphertext(lab: LabState, deployed: tuple[dict[str, An
         assert any(k.endswith("archive.info") for k in heads) and any(k.endswith(".zst") for k in heads)
         assert {bytes.fromhex(h) for h in heads.values()} == {b"Salted__"}, heads
         for value in passes:
-            found = subprocess.run(["grep", "-rlaF", value, vault.data_dir], capture_output=True, text=True)
+            # -e: a URL-safe passphrase may start with '-', which grep would take for an option.
+            found = subprocess.run(["grep", "-rlaF", "-e", value, "--", vault.data_dir], capture_output=True, text=True)
             assert found.returncode == 1, f"vault {vault.embassy} stores a passphrase: {found.stdout}"
