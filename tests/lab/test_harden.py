@@ -258,6 +258,9 @@ def test_pyinfra_and_ansible_still_connect(lab: LabState, second_run: dict[str, 
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     for host in lab.hosts:
         assert re.search(rf"^\[{host.name}\]\s+0$", res.stdout + res.stderr, re.M), f"{host.name}: no root shell through pyinfra"
+    # libpam-tmpdir is on: every session, sudo's included, gets its own TMPDIR that others cannot enter.
+    for host in lab.hosts:
+        assert ssh(lab, host.name, "sudo sh -c 'echo $TMPDIR; stat -c %a /tmp/user'").stdout.split() == ["/tmp/user/0", "711"]
     probe = tmp_path / "upload-probe"
     probe.write_text("uploaded through pyinfra\n")
     dest = "/root/embassy-upload-probe"
