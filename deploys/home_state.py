@@ -18,8 +18,9 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from embassy import model
-from embassy.home import context, dataplane, schema
+from embassy.home import context, schema
 from embassy.home.ops import as_user, ensure
+from embassy.replication import dataplane
 
 SEED_DIR = "/var/lib/embassy/seed"
 SERVICE_PORT = 8088

@@ -50,7 +50,8 @@ _ca = _os.environ.get("EMBASSY_AWS_CA_FILE", "/etc/ssl/certs/ca-certificates.crt
 _vaults = [
     {"embassy": name, "endpoint": f"https://s3.{e['region']}.amazonaws.com", "dns_name": f"s3.{e['region']}.amazonaws.com",
      "region": e["region"], "bucket": e["vault_bucket"], "ca_file": _ca,
-     "agent_credentials": str(_creds_dir / f"{name}.json")}
+     "agent_credentials": str(_creds_dir / f"{name}.json"),
+     "reader_credentials": str(_creds_dir / f"{name}-reader.json")}
     for name, e in _embassies.items()
 ]
 # _temp_dir: uploads land in /tmp, then sudo moves them (libpam-tmpdir gives root /tmp/user/0).

@@ -23,7 +23,7 @@ if _lab is None:
 _vaults = [
     {"embassy": v.embassy, "endpoint": v.endpoint, "dns_name": v.dns_name, "address": v.address,
      "bucket": v.bucket, "retention_days": v.retention_days, "ca_file": v.ca_file,
-     "agent_credentials": v.agent_credentials}
+     "agent_credentials": v.agent_credentials, "reader_credentials": v.reader_credentials}
     for v in _lab.vaults
 ]
 
@@ -51,6 +51,8 @@ def _entry(h: _state.HostState) -> tuple[str, dict]:
         "stack": _lab.stack,
         "mirror_url": _lab.mirror_url,
         "ca_file": _lab.ca_file,
+        # home's manifest public key, recorded by the agent deploy into the lab state (never the private key)
+        "manifest_public_key_file": _os.path.join(_lab.dir, "manifest_public_key.pem"),
     })
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from embassy.home.dataplane import PGBACKREST_CONF, STANZA
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
+from embassy.replication.dataplane import PGBACKREST_CONF, STANZA
 from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
 
 # Small (the tests check behaviour, not volume) and the default, so a developer's lab deployed with the

@@ -13,7 +13,8 @@ import pytest
 
 from embassy import deploy
 from embassy.errors import UserError
-from embassy.home import context, dataplane, secrets
+from embassy.home import context
+from embassy.replication import dataplane, secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBASSY = str(Path(sys.executable).parent / "embassy")
@@ -24,8 +25,11 @@ def _data(tmp_path: Path, stack: str = "rehearsal") -> SimpleNamespace:
     for name in ("de", "se", "ie"):
         creds = tmp_path / f"{name}.json"
         creds.write_text(json.dumps({"access_key_id": f"AK{name}", "secret_access_key": f"SK{name}"}))
+        reader = tmp_path / f"{name}-reader.json"
+        reader.write_text(json.dumps({"access_key_id": f"RK{name}", "secret_access_key": f"RS{name}"}))
         vaults.append({"embassy": name, "dns_name": f"vault-{name}.lab.internal", "endpoint": f"https://vault-{name}.lab.internal:8443",
-                       "bucket": f"{stack}-{name}-vault", "ca_file": str(tmp_path / "ca.crt"), "agent_credentials": str(creds)})
+                       "bucket": f"{stack}-{name}-vault", "ca_file": str(tmp_path / "ca.crt"), "agent_credentials": str(creds),
+                       "reader_credentials": str(reader)})
     return SimpleNamespace(stack=stack, vaults=vaults, secrets_dir=str(tmp_path / "secrets"), embassy="se")
 
 
@@ -62,6 +66,8 @@ def test_an_embassy_gets_only_its_own_repo(tmp_path: Path) -> None:
     assert own.vault.embassy == "se" and own.cipher_pass == home["se"]
     assert home["de"] not in conf and home["ie"] not in conf
     assert "repo2" not in conf and "SKde" not in conf and "archive-async" not in conf
+    # An embassy reads its vault with the read-only identity, never with the agent's (which can write).
+    assert "RKse" in conf and "AKse" not in conf and "SKse" not in conf
 
 
 def test_restic_and_standby_configs() -> None:

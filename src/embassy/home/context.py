@@ -14,9 +14,10 @@ from typing import Any
 
 from embassy import model
 from embassy.errors import UserError
-from embassy.home import generator, secrets
-from embassy.home.dataplane import Repo
+from embassy.home import generator
 from embassy.home.generator import RegisterRef, Spec
+from embassy.replication import secrets
+from embassy.replication.dataplane import Repo
 
 SEED_ENV = "EMBASSY_HOME_SEED"
 SIZE_ENV = "EMBASSY_HOME_SIZE_MB"
@@ -70,11 +71,12 @@ def generated(data: Any) -> tuple[Path, dict[str, Any]]:
     return folder, _generated(data.stack, s.seed, s.size_mb, str(folder))
 
 
-def vaults(data: Any) -> list[secrets.Vault]:
+def vaults(data: Any, identity: str = "agent") -> list[secrets.Vault]:
+    """The inventory's vaults with the credentials of `identity`: `agent` (home writes) or `reader` (embassies)."""
     entries = getattr(data, "vaults", None) or []
     if not entries:
         raise UserError("the inventory gives no vaults", "use inventories/lab.py (lab up first) or inventories/aws.py")
-    return [secrets.vault_from_data(e) for e in entries]
+    return [secrets.vault_from_data(e, identity) for e in entries]
 
 
 def holds(dep: model.Deployment, register: model.Register, embassy: str) -> bool:
@@ -96,8 +98,8 @@ def home_repos(data: Any) -> list[Repo]:
 
 
 def embassy_repo(data: Any) -> Repo:
-    """An embassy host's only repo: its own vault, its own passphrase (as repo1)."""
-    own = [v for v in vaults(data) if v.embassy == data.embassy]
+    """An embassy host's only repo: its own vault with the read-only identity, its own passphrase (as repo1)."""
+    own = [v for v in vaults(data, "reader") if v.embassy == data.embassy]
     if not own:
         raise UserError(f"no vault for embassy '{data.embassy}' in the inventory", "bring the lab up again")
     return Repo(1, own[0], secrets.secret(secrets.secrets_dir(data), f"pgbackrest-{data.embassy}.pass"))

@@ -84,6 +84,7 @@ def plan(dep: Deployment, lab_id: int) -> LabState:
             embassy=emb.name, dns_name=dns, address=addr(40 + i), netns=vault_netns(lab_id, emb.name),
             endpoint=f"https://{dns}:{VAULT_PORT}", bucket=f"{dep.stack}-{emb.name}-vault", retention_days=emb.retention_days,
             ca_file=str(ca), agent_credentials=str(v / "agent.json"), admin_credentials=str(v / "admin.json"),
+            reader_credentials=str(v / "reader.json"),
             data_dir=str(v / "data"), log_file=str(v / "weed.log")))
     ctl = addr(2)
     return LabState(

@@ -146,6 +146,8 @@ class VaultState(BaseModel):
     ca_file: str
     agent_credentials: str  # JSON {"access_key_id", "secret_access_key"}, mode 0600, never in git
     admin_credentials: str
+    # Read and List only: what verify and restore use (the stack's restore role on AWS)
+    reader_credentials: str = ""
     data_dir: str
     log_file: str
     weed: Proc | None = None

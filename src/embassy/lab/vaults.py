@@ -3,8 +3,9 @@
 Each vault gets its own namespace and address rather than the embassy host's: on AWS the vault (S3)
 is a service beside the enclave, not a process on it; the host's firewall (nftables in its
 namespace) must not be able to cut the vault off; and the host's own socket list and Lynis scan
-stay about the host. Two identities: `admin` only creates the buckets (Object Lock COMPLIANCE at
-the embassy's retention); `agent` can Read, Write and List, never delete versions or change locks.
+stay about the host. Three identities: `admin` only creates the buckets (Object Lock COMPLIANCE at
+the embassy's retention); `agent` can Read, Write and List, never delete versions or change locks;
+`reader` can Read and List only (verify and restore use it, as the restore role on AWS).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from embassy.lab.state import LabState, Proc, VaultState
 from embassy.lab.system import LabError, proc_of, run, write_private
 
 AGENT_ACTIONS = ["Read", "Write", "List"]
+READER_ACTIONS = ["Read", "List"]
 ADMIN_ACTIONS = ["Admin"]  # SeaweedFS needs Admin to create a bucket and set its lock configuration
 
 
@@ -46,11 +48,14 @@ def configure(vault: VaultState, lab: LabState) -> None:
     Path(vault.data_dir).mkdir(parents=True, exist_ok=True)
     admin = _credentials(Path(vault.admin_credentials), "admin")
     agent = _credentials(Path(vault.agent_credentials), "agent")
+    reader = _credentials(Path(vault.reader_credentials), "reader")
     identities = {"identities": [
         {"name": "admin", "credentials": [{"accessKey": admin["access_key_id"], "secretKey": admin["secret_access_key"]}],
          "actions": ADMIN_ACTIONS},
         {"name": "agent", "credentials": [{"accessKey": agent["access_key_id"], "secretKey": agent["secret_access_key"]}],
          "actions": AGENT_ACTIONS},
+        {"name": "reader", "credentials": [{"accessKey": reader["access_key_id"], "secretKey": reader["secret_access_key"]}],
+         "actions": READER_ACTIONS},
     ]}
     write_private(folder / "identities.json", json.dumps(identities, indent=2) + "\n")
     short = vault.dns_name.split(".")[0]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
-from embassy.home.secrets import Vault
+from embassy import model
+from embassy.replication.secrets import Vault
 
 STANZA = "home"  # one PostgreSQL cluster at home holds every postgres register
 PG_VERSION = "15"
@@ -130,49 +132,9 @@ def restic_env(vault: Vault) -> str:
     ])
 
 
-# Wrappers: every restic call gets the lab CA and path-style buckets explicitly (the environment may say otherwise).
-RESTIC_WRAPPER = """#!/bin/sh
-# embassy-restic EMBASSY REGISTER ARGS...: restic against that embassy's repository of that register.
-set -eu
-embassy="$1"; register="$2"; shift 2
-set -a; . /etc/embassy/restic/"$embassy".env; set +a
-unset SSL_CERT_FILE AWS_CA_BUNDLE REQUESTS_CA_BUNDLE
-exec restic -r "$RESTIC_BASE/$register" --cacert "$RESTIC_CACERT" -o s3.bucket-lookup=path -o s3.region="$AWS_DEFAULT_REGION" "$@"
-"""
 
-RESTIC_BACKUP = """#!/bin/sh
-# embassy-restic-backup REGISTER: back the file register up to every embassy that holds it.
-set -eu
-register="$1"
-status=0
-for env in /etc/embassy/restic/*.env; do
-    embassy=$(basename "$env" .env)
-    grep -qx "$register" /etc/embassy/restic/"$embassy".registers || continue
-    embassy-restic "$embassy" "$register" backup --compression auto --host home --tag embassy "/srv/registers/$register" \\
-        || { echo "error: restic backup of $register to $embassy failed" >&2; status=1; }
-done
-exit $status
-"""
 
-PGBACKREST_BACKUP = """#!/bin/sh
-# embassy-pgbackrest-backup full|diff|incr: one backup into every embassy's repo, one repo after the other.
-set -eu
-type="$1"
-status=0
-for n in $(grep -o '^repo[0-9]*-type' /etc/pgbackrest/pgbackrest.conf | tr -dc '0-9\\n'); do
-    pgbackrest --stanza=home --repo="$n" --type="$type" backup \\
-        || { echo "error: pgBackRest $type backup to repo$n failed" >&2; status=1; }
-done
-exit $status
-"""
 
-RESTORE_FILES = """#!/bin/sh
-# embassy-restore-files REGISTER TARGET [SNAPSHOT]: restore a file register from this embassy's vault.
-set -eu
-register="$1"; target="$2"; snapshot="${3:-latest}"
-embassy=$(basename /etc/embassy/restic/*.env .env)
-embassy-restic "$embassy" "$register" restore "$snapshot" --target "$target"
-"""
 
 
 def unit(description: str, exec_start: str, *, user: str = "root", oneshot: bool = True, after: str = "network-online.target",
@@ -192,3 +154,22 @@ def timer(description: str, unit_name: str, *, calendar: str | None = None, ever
         lines += ["OnBootSec=60", f"OnUnitActiveSec={every_seconds}"]
     lines += ["RandomizedDelaySec=10", "", "[Install]", "WantedBy=timers.target", ""]
     return "\n".join(lines)
+
+
+def script(name: str) -> str:
+    """A shell tool installed on the hosts (src/embassy/replication/files/NAME, installed as /usr/local/sbin/NAME)."""
+    return resources.files("embassy.replication").joinpath("files", name).read_text()
+
+
+def host_module_files() -> list[str]:
+    """The modules of this package that run on the hosts (uploaded to /opt/embassy/replication/)."""
+    return ["__init__.py", "manifest.py", "digest.py", "hostcmd.py", "round.py", "heartbeat.py", "lag.py", "monitor.py"]
+
+
+def backup_timers(dep: model.Deployment) -> dict[str, tuple[str, str]]:
+    """Base backups on a schedule derived from the objectives: a full weekly, a differential often enough
+    that a restore replays at most a few hours of WAL (hourly per 5 minutes of the tightest RTO, 1-24 h)."""
+    rtos = [r.rto_seconds for r in dep.registers if r.kind is model.RegisterKind.POSTGRES]
+    hours = max(1, min(24, min(rtos) // 300)) if rtos else 24
+    return {"embassy-pgbackrest-full": ("full", "Sun *-*-* 01:30:00"),
+            "embassy-pgbackrest-diff": ("diff", f"*-*-* 00/{hours}:15:00")}

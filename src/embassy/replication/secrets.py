@@ -72,13 +72,14 @@ class Vault:
         return f"https://{self.dns_name}:{self.port}"
 
 
-def vault_from_data(entry: dict[str, Any]) -> Vault:
-    """A Vault from one item of the inventory's `vaults` list (credentials read from their file)."""
-    creds_path = Path(entry["agent_credentials"])
+def vault_from_data(entry: dict[str, Any], identity: str = "agent") -> Vault:
+    """A Vault from one item of the inventory's `vaults` list, with the credentials of `identity`
+    (`agent`: read and write; `reader`: read only), read from their file."""
+    creds_path = Path(entry.get(f"{identity}_credentials") or "")
     try:
         creds = json.loads(creds_path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the agent credentials of vault '{entry['embassy']}': {exc}",
+        raise UserError(f"cannot read the {identity} credentials of vault '{entry['embassy']}': {exc}",
                         "bring the lab up again (`embassy lab up`) or fix the credentials file") from None
     endpoint = str(entry.get("endpoint", ""))
     port = int(endpoint.rsplit(":", 1)[1]) if endpoint.count(":") == 2 else 443

@@ -1,0 +1,106 @@
+"""`embassy` commands of this area (registered on embassy.cli.app): replicate, verify."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.errors import EXIT_FINDING, UserError
+
+__all__ = ["app"]
+
+
+def _lab(stack: str) -> Any:
+    from embassy.lab.state import lab_state
+
+    try:
+        return lab_state(stack)
+    except UserError as exc:
+        raise user_error(exc) from None
+
+
+def _table(doc: dict[str, Any]) -> Table:
+    table = Table(title=f"replication: round {doc.get('round')} at {doc.get('time', '')[:19]}")
+    for column in ("embassy", "mode", "register", "lag (s)", "objective (s)", "last shipped", "state"):
+        table.add_column(column)
+    for e in doc["embassies"]:
+        for r in e["registers"]:
+            lag = "-" if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}"
+            state = "[red]ALERT[/red]" if r["alert"] else "[green]ok[/green]"
+            table.add_row(e["name"], e["mode"], r["name"], lag, str(r["rpo_bound_seconds"]),
+                          str(r["last_shipped"] or "-")[:24], state)
+        for err in e.get("errors", []):
+            table.add_row(e["name"], e["mode"], "[red]vault[/red]", "", "", err[:60], "[red]ALERT[/red]")
+    return table
+
+
+@app.command()
+def replicate(
+    stack: StackOpt,
+    once: Annotated[bool, typer.Option("--once", help="run one round now, wait for it, print the result")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the round and the lag as JSON")] = False,
+) -> None:
+    """Run one replication round now (--once), or show the live lag per embassy until interrupted."""
+    from embassy.replication import replicate as lib
+
+    load(stack)
+    lab = _lab(stack)
+    try:
+        if once:
+            with console.status("replication round on home: digests, WAL, snapshots, signed manifests"):
+                report = lib.run_round(lab)
+                doc = lib.combine(report, lib.lag(lab))
+            if as_json:
+                print(json.dumps(doc, indent=2))
+            else:
+                console.print(_table(doc))
+            if any(e["errors"] for e in doc["embassies"]):
+                raise typer.Exit(EXIT_FINDING)
+            return
+        if as_json:
+            print(json.dumps(lib.combine(None, lib.lag(lab)), indent=2))
+            return
+        with Live(_table(lib.combine(None, lib.lag(lab))), console=console, refresh_per_second=1) as live:
+            while True:  # until Ctrl-C
+                time.sleep(2)
+                live.update(_table(lib.combine(None, lib.lag(lab))))
+    except UserError as exc:
+        raise user_error(exc) from None
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def verify(
+    stack: StackOpt,
+    embassy: Annotated[str, typer.Option("--embassy", "-e", help="the embassy whose vault to check")],
+    full: Annotated[bool, typer.Option("--full", help="read every byte (restic --read-data, restores for digests)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Check an embassy's vault: manifest chain, signatures, freshness, backups. Exit 0 intact, 1 not."""
+    from embassy.replication import verify as lib
+
+    dep = load(stack)
+    lab = _lab(stack)
+    try:
+        with console.status(f"verifying the vault of {embassy}") as status:
+            result = lib.verify(dep, lab, embassy, full=full, say=lambda m: status.update(m))
+    except UserError as exc:
+        raise user_error(exc) from None
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+    elif result.intact:
+        head = result.head or {}
+        console.print(f"[green]intact[/green]: {result.manifests} manifests, head round {head.get('round')} "
+                      f"({str(head.get('sha256'))[:16]}…), {len(result.checked)} objects checked")
+    else:
+        failure = result.first_failure or {}
+        console.print(f"[red]NOT intact[/red]: {failure.get('object')}: {failure.get('reason')}")
+    if not result.intact:
+        raise typer.Exit(EXIT_FINDING)

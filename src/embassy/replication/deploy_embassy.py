@@ -1,0 +1,89 @@
+"""Every embassy host, as an importable pyinfra @deploy (entry point: deploys/standby.py).
+
+PostgreSQL 15, pgBackRest, restic and the restore tooling, reading only that embassy's vault with its
+read-only identity (one repo, that embassy's passphrase: never another's). Warm embassies also run a
+streaming standby of home (pg_basebackup, then primary_conninfo to home; the vault is the fallback).
+"""
+
+from __future__ import annotations
+
+import io
+
+from pyinfra import host, inventory
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+
+from embassy import model
+from embassy.home import context
+from embassy.home.ops import as_user, ensure
+from embassy.replication import dataplane
+from embassy.replication.deploy_home import ca_bundle, upload_modules
+
+
+@deploy("Embassy host: restore tooling and, when warm, a standby of home")
+def embassy_host() -> None:
+    dep = context.deployment(host.data.stack)
+    embassy = host.data.embassy
+    repo = context.embassy_repo(host.data)
+    held_files = [r.name for r in dep.registers
+                  if r.kind is model.RegisterKind.FILES and context.holds(dep, r, embassy)]
+    warm = host.data.get("mode") == model.Mode.WARM.value
+
+    apt.packages(name="Install PostgreSQL 15, pgBackRest, restic",
+                 packages=["postgresql-15", "postgresql-client-15", "pgbackrest", "restic", "python3-psycopg",
+                           "python3-cryptography"],
+                 update=True, cache_time=86400, no_recommends=True)
+
+    # ---------------------------------------------------------------- this embassy's vault only, read-only
+    files.directory(name="pgBackRest config folder", path=dataplane.PGBACKREST_DIR, user="postgres", group="postgres",
+                    mode="750")
+    files.put(name="pgBackRest: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])), dest=dataplane.PGBACKREST_CA,
+              user="postgres", group="postgres", mode="644")
+    files.put(name=f"pgBackRest: the vault of {embassy} (its own repo and passphrase only; read-only identity)",
+              src=io.StringIO(dataplane.pgbackrest_conf([repo], archive_async=False)),
+              dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
+    for folder in ("/var/log/pgbackrest", "/var/lib/pgbackrest", dataplane.SPOOL):
+        files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
+    files.directory(name="restic config folder", path=dataplane.RESTIC_DIR, user="root", group="root", mode="700")
+    files.directory(name="restic cache", path="/var/cache/restic", user="root", group="root", mode="700")
+    files.put(name="restic: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])),
+              dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt", user="root", group="root", mode="644")
+    files.put(name=f"restic: key of embassy {embassy}", src=io.StringIO(context.restic_password(host.data, embassy) + "\n"),
+              dest=f"{dataplane.RESTIC_DIR}/{embassy}.pass", user="root", group="root", mode="600")
+    files.put(name=f"restic: vault of embassy {embassy}", src=io.StringIO(dataplane.restic_env(repo.vault)),
+              dest=f"{dataplane.RESTIC_DIR}/{embassy}.env", user="root", group="root", mode="600")
+    files.put(name=f"restic: registers held by {embassy}", src=io.StringIO("".join(f"{r}\n" for r in held_files)),
+              dest=f"{dataplane.RESTIC_DIR}/{embassy}.registers", user="root", group="root", mode="600")
+
+    # ---------------------------------------------------------------- restore and verification tooling
+    for tool in ("embassy-restic", "embassy-restore-files", "embassy-restore-postgres"):
+        files.put(name=f"Tool {tool}", src=io.StringIO(dataplane.script(tool)), dest=f"/usr/local/sbin/{tool}",
+                  user="root", group="root", mode="755")
+    upload_modules()  # the digests a restore recomputes are the ones home computed
+
+    # ---------------------------------------------------------------- warm: a streaming standby of home
+    if warm:
+        homes = inventory.get_group("home", [])
+        if not homes:
+            raise SystemExit("error: a warm standby needs the home host in the inventory\nHINT: use inventories/lab.py")
+        primary = homes[0].data.get("private_address") or homes[0].data.ssh_hostname
+        password = context.replication_password(host.data)
+        files.put(name="Standby: replication password", dest="/var/lib/postgresql/.pgpass",
+                  src=io.StringIO(f"{primary}:5432:replication:{dataplane.REPLICATION_USER}:{password}\n"),
+                  user="postgres", group="postgres", mode="600")
+        conf = files.put(name="Standby: follow home, fall back to this embassy's vault",
+                         src=io.StringIO(dataplane.standby_conf(primary, embassy)),
+                         dest=f"{dataplane.PG_CONF_D}/30-embassy-standby.conf", user="postgres", group="postgres",
+                         mode="644")
+        cloned = ensure(
+            name="Standby: clone home (pg_basebackup)",
+            check=f"test -f {dataplane.PG_DATA}/standby.signal",
+            command=(f"systemctl stop {dataplane.PG_SERVICE} && rm -rf {dataplane.PG_DATA} && "
+                     + as_user("postgres", f"PGPASSFILE=/var/lib/postgresql/.pgpass pg_basebackup -w -X stream -c fast "
+                                           f"-d 'host={primary} user={dataplane.REPLICATION_USER} application_name={embassy}' "
+                                           f"-D {dataplane.PG_DATA}")
+                     + f" && install -o postgres -g postgres -m 600 /dev/null {dataplane.PG_DATA}/standby.signal"
+                     + f" && systemctl start {dataplane.PG_SERVICE}"))
+        systemd.service(name="Standby: running and enabled", service=dataplane.PG_SERVICE, running=True, enabled=True)
+        systemd.service(name="Standby: restart for new settings", service=dataplane.PG_SERVICE, restarted=True,
+                        _if=lambda: conf.did_change() and not cloned.did_change())

@@ -1,0 +1,227 @@
+"""The replication agent on home, as an importable pyinfra @deploy (entry point: deploys/agent.py).
+
+pgBackRest (one encrypted repo per embassy, async WAL archiving to all of them), restic (one
+repository per file register and embassy), the manifest key, the heartbeat, the replication rounds
+(systemd timer) and the Prometheus metrics of lag.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+from pyinfra.operations.util import any_changed
+
+from embassy import model
+from embassy.home import context
+from embassy.home.ops import as_user, ensure
+from embassy.replication import dataplane, facts
+
+MODULES_DIR = "/opt/embassy/replication"
+CONFIG_DIR = "/etc/embassy/replication"
+KEY_FILE = "/etc/embassy/manifest.key"  # the home state's private manifest key: 0600 root, never leaves home
+PUB_FILE = "/etc/embassy/manifest.pub"
+STATE_DIR = "/var/lib/embassy/replication"
+METRICS_PORT = 9750
+PGBR = f"pgbackrest --stanza={dataplane.STANZA}"
+
+
+def ca_bundle(vaults: list[Any]) -> str:
+    """The CA(s) the vaults' certificates chain to (one lab CA; several if the inventory says so)."""
+    seen: list[str] = []
+    for vault in vaults:
+        if vault.ca_file and vault.ca_file not in seen:
+            seen.append(vault.ca_file)
+    return "".join(Path(p).read_text() for p in seen)
+
+
+def rpo_bound(dep: model.Deployment, register: model.Register, embassy: model.Embassy) -> int:
+    """What the embassy promises for the register: its rpo_seconds warm; cold only sees whole WAL segments."""
+    if embassy.mode is model.Mode.COLD and register.kind is model.RegisterKind.POSTGRES:
+        return max(register.rpo_seconds, context.archive_timeout(dep))
+    return register.rpo_seconds
+
+
+def round_interval(dep: model.Deployment) -> int:
+    """Rounds often enough for the file registers' RPO (two tries inside it), at least a minute apart."""
+    rpos = [r.rpo_seconds for r in dep.registers if r.kind is model.RegisterKind.FILES]
+    return max(60, min(rpos) // 2) if rpos else 300
+
+
+def upload_modules() -> list[Any]:
+    """This package's host-side modules, as the package `replication` under /opt/embassy."""
+    files.directory(name="Replication modules folder", path=MODULES_DIR, user="root", group="root", mode="755")
+    return [files.put(name=f"Replication module {name}",
+                      src=str(resources.files("embassy.replication").joinpath(name)),
+                      dest=f"{MODULES_DIR}/{name}", user="root", group="root", mode="644")
+            for name in dataplane.host_module_files()]
+
+
+def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str, int]) -> dict[str, Any]:
+    registers = []
+    for reg in dep.registers:
+        entry: dict[str, Any] = {"name": reg.name, "kind": reg.kind.value, "rpo_seconds": reg.rpo_seconds,
+                                 "rpo_bound": {e.name: rpo_bound(dep, reg, e) for e in dep.holders(reg)}}
+        if reg.kind is model.RegisterKind.POSTGRES:
+            from embassy.home import schema
+
+            entry["database"] = schema.database_name(reg.name)
+        else:
+            entry["path"] = f"{dataplane.REGISTERS_ROOT}/{reg.name}"
+        registers.append(entry)
+    embassies = []
+    for e in dep.embassies:
+        held = [r for r in dep.registers if context.holds(dep, r, e.name)]
+        v = vaults[e.name]
+        embassies.append({
+            "name": e.name, "mode": e.mode.value, "repo": repos.get(e.name),
+            "postgres": [r.name for r in held if r.kind is model.RegisterKind.POSTGRES],
+            "files": [r.name for r in held if r.kind is model.RegisterKind.FILES],
+            "vault": {"endpoint": v.url, "bucket": v.bucket, "region": v.region,
+                      "credentials_file": f"{CONFIG_DIR}/{e.name}.s3.json"}})
+    return {"stack": dep.stack, "state": {"name": dep.state.name, "code": dep.state.code}, "key_file": KEY_FILE,
+            "state_dir": STATE_DIR, "ca_file": f"{CONFIG_DIR}/vault-ca.crt", "archive_wait_seconds": 60,
+            "embassies": embassies, "registers": registers}
+
+
+@deploy("Replication agent on home")
+def home_agent() -> None:
+    dep = context.deployment(host.data.stack)
+    repos = context.home_repos(host.data)
+    vaults = context.vaults(host.data)
+    file_registers = [r for r in dep.registers if r.kind is model.RegisterKind.FILES]
+    address = host.data.get("service_address") or host.data.ssh_hostname
+
+    apt.packages(name="Install pgBackRest, restic and the agent's Python libraries",
+                 packages=["pgbackrest", "restic", "postgresql-15", "python3-psycopg", "python3-cryptography",
+                           "python3-boto3", "python3-prometheus-client"],
+                 update=True, cache_time=86400, no_recommends=True)
+
+    # ---------------------------------------------------------------- pgBackRest
+    files.directory(name="pgBackRest config folder", path=dataplane.PGBACKREST_DIR, user="postgres", group="postgres",
+                    mode="750")
+    ca = files.put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
+                   user="postgres", group="postgres", mode="644")
+    conf = files.put(name="pgBackRest: one encrypted repo per embassy",
+                     src=io.StringIO(dataplane.pgbackrest_conf(repos, archive_async=True)),
+                     dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
+    for folder in (dataplane.SPOOL, "/var/log/pgbackrest", "/var/lib/pgbackrest"):
+        files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
+
+    # Archiving starts with a restart; the stanza is created right after it, before WAL piles up in back-off.
+    archive = files.put(name="PostgreSQL: archive every WAL segment to every embassy",
+                        src=io.StringIO(dataplane.archive_conf(context.archive_timeout(dep))),
+                        dest=f"{dataplane.PG_CONF_D}/20-embassy-archive.conf", user="postgres", group="postgres",
+                        mode="644")
+    systemd.service(name="PostgreSQL: restart with archiving", service=dataplane.PG_SERVICE, restarted=True,
+                    _if=archive.did_change)
+    ensure(name="PostgreSQL: accepting connections",
+           check=as_user("postgres", "pg_isready -q"),
+           command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
+    stanza = facts.pgbackrest_stanza(name="pgBackRest: stanza in every embassy's repo", repos=[r.index for r in repos])
+    ensure(name="pgBackRest: check archiving into every repo", check="false",
+           command=as_user("postgres", f"{PGBR} check"), _if=any_changed(conf, archive, ca, stanza))
+    for repo in repos:
+        facts.pgbackrest_first_full(name=f"pgBackRest: first full backup in repo{repo.index} ({repo.vault.embassy})",
+                                    repo=repo.index)
+
+    files.put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
+              dest="/usr/local/sbin/embassy-pgbackrest-backup", user="root", group="root", mode="755")
+    units = [files.put(
+        name="pgBackRest: backup unit",
+        src=io.StringIO(dataplane.unit("embassy: pgBackRest %i backup into every embassy's repo",
+                                       "/usr/local/sbin/embassy-pgbackrest-backup %i", user="postgres",
+                                       after=f"{dataplane.PG_SERVICE}.service")),
+        dest="/etc/systemd/system/embassy-pgbackrest-backup@.service", user="root", group="root", mode="644")]
+    timers = dataplane.backup_timers(dep)
+    for name, (kind, calendar) in timers.items():
+        units.append(files.put(
+            name=f"pgBackRest: {kind} backup timer",
+            src=io.StringIO(dataplane.timer(f"embassy: pgBackRest {kind} backup", f"embassy-pgbackrest-backup@{kind}.service",
+                                            calendar=calendar)),
+            dest=f"/etc/systemd/system/{name}.timer", user="root", group="root", mode="644"))
+
+    # ---------------------------------------------------------------- restic
+    files.directory(name="restic config folder", path=dataplane.RESTIC_DIR, user="root", group="root", mode="700")
+    files.directory(name="restic cache", path="/var/cache/restic", user="root", group="root", mode="700")
+    files.put(name="restic: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt",
+              user="root", group="root", mode="644")
+    files.put(name="restic: wrapper", src=io.StringIO(dataplane.script("embassy-restic")),
+              dest="/usr/local/sbin/embassy-restic", user="root", group="root", mode="755")
+    for vault in vaults:
+        held = [r.name for r in file_registers if context.holds(dep, r, vault.embassy)]
+        files.put(name=f"restic: key of embassy {vault.embassy}", src=io.StringIO(context.restic_password(host.data,
+                  vault.embassy) + "\n"), dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.pass", user="root", group="root",
+                  mode="600")
+        files.put(name=f"restic: vault of embassy {vault.embassy}", src=io.StringIO(dataplane.restic_env(vault)),
+                  dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.env", user="root", group="root", mode="600")
+        for register in held:
+            facts.restic_repository(name=f"restic: repository {register} at {vault.embassy}", embassy=vault.embassy,
+                                    register=register)
+            facts.restic_first_snapshot(name=f"restic: first snapshot of {register} at {vault.embassy}",
+                                        embassy=vault.embassy, register=register,
+                                        path=f"{dataplane.REGISTERS_ROOT}/{register}")
+
+    # ---------------------------------------------------------------- manifests: key, config, rounds
+    modules = upload_modules()
+    files.directory(name="Replication config folder", path=CONFIG_DIR, user="root", group="root", mode="700")
+    files.directory(name="Replication state folder", path=STATE_DIR, user="root", group="root", mode="755")
+    ensure(name="Manifest key of the home state (created here, never leaves home)", check=f"test -s {KEY_FILE}",
+           command=f"PYTHONPATH=/opt/embassy python3 -m replication.round keygen {KEY_FILE} {PUB_FILE} >/dev/null")
+    record = host.data.get("manifest_public_key_file")
+    if record:
+        facts.record_public_key(name="Manifest public key recorded on the controller", path_on_host=PUB_FILE,
+                                dest=record)
+    files.put(name="Replication: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{CONFIG_DIR}/vault-ca.crt",
+              user="root", group="root", mode="644")
+    by_name = {v.embassy: v for v in vaults}
+    for vault in vaults:
+        files.put(name=f"Replication: manifest writer of {vault.embassy} (agent identity)",
+                  src=io.StringIO(json.dumps({"access_key_id": vault.access_key,
+                                              "secret_access_key": vault.secret_key}) + "\n"),
+                  dest=f"{CONFIG_DIR}/{vault.embassy}.s3.json", user="root", group="root", mode="600")
+    config = files.put(name="Replication: rounds config",
+                       src=io.StringIO(json.dumps(round_config(dep, by_name, {r.vault.embassy: r.index for r in repos}),
+                                                  indent=2, sort_keys=True) + "\n"),
+                       dest="/etc/embassy/replication.json", user="root", group="root", mode="644")
+    ensure(name="Heartbeat database", check=as_user("postgres", "psql -Atc \"SELECT 1 FROM pg_database WHERE datname = "
+                                                                  "'embassy_monitor'\" | grep -qx 1"),
+           command=as_user("postgres", "createdb embassy_monitor"))
+    py = "/usr/bin/env PYTHONPATH=/opt/embassy /usr/bin/python3 -m"
+    units.append(files.put(
+        name="Heartbeat unit", dest="/etc/systemd/system/embassy-heartbeat.service", user="root", group="root", mode="644",
+        src=io.StringIO(dataplane.unit("embassy: heartbeat row every second (lag and RPO)", f"{py} replication.heartbeat",
+                                       user="postgres", oneshot=False, after=f"{dataplane.PG_SERVICE}.service",
+                                       extra=["Restart=always", "RestartSec=2"]))))
+    units.append(files.put(
+        name="Replication round unit", dest="/etc/systemd/system/embassy-replication-round.service", user="root",
+        group="root", mode="644",
+        src=io.StringIO(dataplane.unit("embassy: one replication round (restic snapshots, signed manifests)",
+                                       f"{py} replication.round run", after=f"{dataplane.PG_SERVICE}.service",
+                                       extra=["TimeoutStartSec=3600"]))))
+    units.append(files.put(
+        name="Replication round timer", dest="/etc/systemd/system/embassy-replication-round.timer", user="root",
+        group="root", mode="644",
+        src=io.StringIO(dataplane.timer("embassy: replication rounds", "embassy-replication-round.service",
+                                        every_seconds=round_interval(dep)))))
+    units.append(files.put(
+        name="Replication metrics unit", dest="/etc/systemd/system/embassy-replication-monitor.service", user="root",
+        group="root", mode="644",
+        src=io.StringIO(dataplane.unit("embassy: Prometheus metrics of replication lag",
+                                       f"{py} replication.monitor --bind {address} --port {METRICS_PORT}",
+                                       oneshot=False, after=f"{dataplane.PG_SERVICE}.service",
+                                       extra=["Restart=always", "RestartSec=5"]))))
+
+    reload = systemd.daemon_reload(name="systemd: reload units", _if=any_changed(*units))
+    for name in [*timers, "embassy-replication-round"]:
+        systemd.service(name=f"Timer {name}: enabled and running", service=f"{name}.timer", running=True, enabled=True)
+    for name in ("embassy-heartbeat", "embassy-replication-monitor"):
+        systemd.service(name=f"Service {name}: enabled and running", service=name, running=True, enabled=True)
+        systemd.service(name=f"Service {name}: restarted for new code", service=name, restarted=True,
+                        _if=any_changed(reload, config, *modules))

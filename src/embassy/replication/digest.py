@@ -1,0 +1,135 @@
+"""Digests of a register's content, computed the same way at home and after a restore.
+
+- postgres: per table of the `public` schema, the row count and an order-independent digest: the
+  sum modulo 2**256 of the SHA-256 of each row's text form, with the session settings that decide
+  that text form pinned (a restored cluster must print rows as home did);
+- files: a Merkle root over the tree: leaves are (relative path, SHA-256 of content) in byte order
+  of the path, nodes hash their two children; an odd node is carried up.
+
+Runs on hosts (home's agent, an embassy's restore) and on the controller: stdlib, and psycopg for
+postgres (imported only there).
+
+    python3 -m replication.digest postgres DBNAME [--conninfo 'host=/var/run/postgresql']
+    python3 -m replication.digest files DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+MOD = 2**256
+# The text form of a row depends on these: pin them so that home and a restored cluster agree.
+SESSION = ("SET datestyle = 'ISO, YMD'", "SET timezone = 'UTC'", "SET extra_float_digits = 3",
+           "SET intervalstyle = 'postgres'", "SET bytea_output = 'hex'")
+
+
+def combine_rows(rows: Any) -> tuple[int, str]:
+    """Row count and order-independent digest of an iterable of row texts."""
+    total, count = 0, 0
+    for text in rows:
+        total = (total + int.from_bytes(hashlib.sha256(text.encode()).digest(), "big")) % MOD
+        count += 1
+    return count, f"{total:064x}"
+
+
+def postgres(dbname: str, conninfo: str = "host=/var/run/postgresql") -> dict[str, Any]:
+    """{"lsn", "tables": {name: {"rows", "sha256"}}} of one database, in one repeatable-read snapshot."""
+    import psycopg  # on the hosts: Debian's python3-psycopg
+
+    tables: dict[str, dict[str, Any]] = {}
+    with psycopg.connect(f"{conninfo} dbname={dbname}", autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for statement in SESSION:
+            conn.execute(statement)
+        # The first query fixes the snapshot; the LSN read with it names the point the digest is of.
+        row = conn.execute("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                           "ELSE pg_current_wal_insert_lsn() END::text").fetchone()
+        lsn = row[0] if row else None
+        names = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY c.relname").fetchall()]
+        for name in names:
+            with conn.cursor(name=f"digest_{len(tables)}") as cur:
+                cur.itersize = 5000
+                cur.execute(f'SELECT t::text FROM public."{name}" t')
+                rows, digest = combine_rows(r[0] for r in cur)
+            tables[name] = {"rows": rows, "sha256": digest}
+    return {"lsn": lsn, "tables": tables}
+
+
+def merkle_root(leaves: list[bytes]) -> str:
+    if not leaves:
+        return hashlib.sha256(b"").hexdigest()
+    level = leaves
+    while len(level) > 1:
+        nxt = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0].hex()
+
+
+def files(root: str | Path) -> dict[str, Any]:
+    """{"files", "bytes", "merkle_root"} of a folder (regular files; links and empty folders are not content)."""
+    base = Path(root)
+    entries: list[tuple[bytes, bytes]] = []
+    size = 0
+    for folder, dirs, names in os.walk(base):
+        dirs.sort()
+        for name in names:
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            h = hashlib.sha256()
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+                    size += len(chunk)
+            rel = os.fsencode(path.relative_to(base))
+            entries.append((rel, h.digest()))
+    entries.sort()
+    leaves = [hashlib.sha256(b"\x00" + rel + b"\x00" + content).digest() for rel, content in entries]
+    return {"files": len(entries), "bytes": size, "merkle_root": merkle_root(leaves)}
+
+
+def differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """What differs between two digests of the same register (empty when equal; the LSN is not content)."""
+    if "tables" in expected:
+        out = []
+        want, got = expected.get("tables", {}), actual.get("tables", {})
+        for name in sorted(set(want) | set(got)):
+            if name not in got:
+                out.append(f"table {name} missing")
+            elif name not in want:
+                out.append(f"table {name} not in the manifest")
+            elif want[name] != got[name]:
+                out.append(f"table {name}: {got[name]['rows']} rows, digest {got[name]['sha256'][:12]}… "
+                           f"(manifest: {want[name]['rows']} rows, {want[name]['sha256'][:12]}…)")
+        return out
+    keys = ("files", "bytes", "merkle_root")
+    return [f"{k}: {actual.get(k)} (manifest: {expected.get(k)})" for k in keys if expected.get(k) != actual.get(k)]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m replication.digest")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    pg = sub.add_parser("postgres")
+    pg.add_argument("dbname")
+    pg.add_argument("--conninfo", default="host=/var/run/postgresql")
+    fs = sub.add_parser("files")
+    fs.add_argument("root")
+    args = parser.parse_args(argv)
+    result = postgres(args.dbname, args.conninfo) if args.kind == "postgres" else files(args.root)
+    json.dump(result, sys.stdout, sort_keys=True)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
