@@ -170,9 +170,6 @@ class Embassy(_Strict):
             if net.prefixlen == 0:
                 refuse(f"CIDR '{cidr}' opens the enclave to the whole internet",
                        "give the admin network as a CIDR such as 203.0.113.0/28, never 0.0.0.0/0 or ::/0")
-            if net.version == 6 and net.overlaps(IPV4_MAPPED):
-                refuse(f"CIDR '{cidr}' holds IPv4-mapped addresses ({IPV4_MAPPED})",
-                       "write an IPv4 admin network as IPv4, e.g. 203.0.113.0/28")
             nets.append(net)
         broad = admin_networks_too_broad(nets)
         if broad:
@@ -180,6 +177,10 @@ class Embassy(_Strict):
                    f"admin networks are offices, bastions or VPN exits: together at most a /{ADMIN_PUBLIC_MAX_PREFIX[4]} "
                    f"of public IPv4 and a /{ADMIN_PUBLIC_MAX_PREFIX[6]} of IPv6 (private ranges do not count), "
                    "e.g. 203.0.113.0/28")
+        for net in nets:  # ::ffff:0:0/96 is the whole IPv4 internet written as IPv6
+            if net.version == 6 and net.overlaps(IPV4_MAPPED):
+                refuse(f"CIDR '{net}' holds IPv4-mapped addresses ({IPV4_MAPPED})",
+                       "write an IPv4 admin network as IPv4, e.g. 203.0.113.0/28")
         return cidrs
 
     @property
