@@ -438,6 +438,9 @@ def _semantic_issues(dep: Deployment) -> list[ConfigIssue]:
             if held_by not in names:
                 add(f"registers[{i}].embassies[{j}]", f"unknown embassy '{held_by}'",
                     f"name one of the embassies: {', '.join(sorted(names))}")
+            elif held_by in (reg.embassies or ())[:j]:
+                add(f"registers[{i}].embassies[{j}]", f"embassy '{held_by}' is named twice",
+                    "name each embassy once")
         holders = dep.holders(reg)
         able = [e for e in holders if dep.rpo_bound(reg, e) == reg.rpo_seconds]
         if not able:
@@ -452,6 +455,9 @@ def _semantic_issues(dep: Deployment) -> list[ConfigIssue]:
 # --------------------------------------------------------------------------- loading
 
 ConfigGetter = Callable[[str], Any]
+MAX_STACK_FILE_BYTES = 4 * 1024 * 1024
+# Pulumi stack files' own top-level keys; a misspelled `config:` would leave every key unread.
+STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 CONFIG_KEYS = ("state", "embassies", "registers", "principals", "classification", "cold_rpo_seconds")
 # Secret config the program reads (`pulumi config set --secret`); never part of the model.
 SECRET_CONFIG_KEYS = ("break_glass_external_id",)
@@ -482,12 +488,17 @@ def _from_values(stack: str, values: Mapping[str, Any], source: str) -> Deployme
     return dep
 
 
-def from_pulumi_config(stack: str, get_object: ConfigGetter) -> Deployment:
+TEXT_KEYS = ("classification",)  # plain strings: a JSON parse would turn "10" into 10 and "null" into nothing
+
+
+def from_pulumi_config(stack: str, get_object: ConfigGetter, get_text: ConfigGetter | None = None) -> Deployment:
     """Build the model inside a Pulumi program.
 
     `get_object(key)` returns the parsed value of `data-embassy:<key>`: structured values parsed from
-    JSON, plain strings as they are (see stacks/__main__.py)."""
-    return _from_values(stack, {k: get_object(k) for k in CONFIG_KEYS}, source=f"stack '{stack}'")
+    JSON, plain strings as they are (see stacks/__main__.py). `get_text(key)` (pulumi.Config.get), when
+    given, reads the TEXT_KEYS as the stack file wrote them."""
+    values = {k: (get_text if get_text is not None and k in TEXT_KEYS else get_object)(k) for k in CONFIG_KEYS}
+    return _from_values(stack, values, source=f"stack '{stack}'")
 
 
 def check_stack_name(stack: str) -> None:
@@ -566,6 +577,9 @@ def read_stack_values(path: Path) -> dict[str, Any]:
     not a mapping, duplicated keys, and keys of a misspelled or missing namespace."""
     source, name = str(path), path.name
     try:
+        if path.stat().st_size > MAX_STACK_FILE_BYTES:
+            raise _invalid(source, name, f"is {path.stat().st_size} bytes, more than a stack config needs "
+                           f"({MAX_STACK_FILE_BYTES} bytes)", "check that --stack names the stack file you meant")
         data = path.read_bytes()
     except OSError as exc:
         raise _invalid(source, name, f"cannot read {path}: {exc.strerror or exc}",
@@ -584,6 +598,10 @@ def read_stack_values(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise _invalid(source, name, f"is {_kind_of(doc)}, not a mapping with a `config:` key",
                        f"a stack file looks like `config:` then `  {NAMESPACE}:embassies: …`; {README_HINT}")
+    for key in doc:
+        near = difflib.get_close_matches(str(key), STACK_FILE_KEYS, n=1, cutoff=0.75)
+        if key not in STACK_FILE_KEYS and near:
+            raise _invalid(source, str(key), f"unknown top-level key '{key}'", f"did you mean '{near[0]}'?")
     config = doc.get("config") or {}
     if not isinstance(config, dict):
         raise _invalid(source, "config", f"'config' is {_kind_of(config)}, not a mapping",

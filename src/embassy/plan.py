@@ -243,7 +243,13 @@ def _program_path(root: Path) -> tuple[str, Path]:
     project_file = root / "Pulumi.yaml"
     if not project_file.is_file():
         raise PlanFailed(f"no Pulumi.yaml in {root}", "run from the project folder or pass --root")
-    doc = yaml.safe_load(project_file.read_text()) or {}
+    try:
+        doc = yaml.safe_load(project_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PlanFailed(f"cannot read {project_file}: {str(exc).splitlines()[0]}",
+                         "Pulumi.yaml is YAML text: name, runtime, main (see Pulumi's project file reference)") from None
+    if not isinstance(doc, dict):
+        raise PlanFailed(f"{project_file} is not a mapping", "Pulumi.yaml holds `name:`, `runtime:` and `main:` keys")
     main = root / str(doc.get("main") or ".")
     return str(doc.get("name") or model.NAMESPACE), (main / "__main__.py" if main.is_dir() else main)
 

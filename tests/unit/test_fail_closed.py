@@ -71,6 +71,8 @@ CASES: dict[str, tuple[bytes, str, str]] = {
     "config is a list": (b"config:\n  - data-embassy:state\n", "config", "data-embassy:<key>"),
     "config is a string": (b"config: data-embassy\n", "config", "data-embassy:<key>"),
     "empty file": (b"", "data-embassy:embassies", "add the key"),
+    "file of 5 MiB": (REHEARSAL_TEXT.encode() + b"#" * (5 << 20), "Pulumi.bad.yaml", "--stack"),
+    "misspelled config:": (text_replaced("config:", "confg:"), "confg", "did you mean 'config'"),
     # keys that would be ignored
     "duplicate key in an embassy": (text_replaced("      retention_days: 3650\n",
                                                   "      retention_days: 3650\n      retention_days: 1\n"),
@@ -84,6 +86,8 @@ CASES: dict[str, tuple[bytes, str, str]] = {
                              "config.data-embasy:classification", "the namespace is data-embassy"),
     "key without namespace": (REHEARSAL_TEXT.encode() + b"  classification: secret\n",
                               "config.classification", "data-embassy:classification"),
+    "register names an embassy twice": (mutated(register(2, embassies=["de", "se", "de"])),
+                                        "data-embassy:registers[2].embassies[2]", "name each embassy once"),
     "misspelled embassy key": (mutated(embassy(0, retention=30)), f"{E0}.retention", "did you mean 'retention_days'"),
     # types YAML or lax parsing would bend
     "retention_days: true": (mutated(embassy(0, retention_days=True)), f"{E0}.retention_days", "boolean is not a number"),
@@ -275,6 +279,26 @@ def test_the_kms_deletion_window_bound(rehearsal_plan: dict[str, Any]) -> None:
     assert kms03(30) == []
     (finding,) = kms03(29)
     assert "29 days" in finding.message
+
+
+def test_a_text_key_is_read_as_text_inside_a_pulumi_program() -> None:
+    """`classification: "10"` is text; pulumi.Config.get_object would parse it into the number 10."""
+    values = {**rehearsal_values(), "classification": "10"}
+    parsed = {**values, "classification": 10}
+    with pytest.raises(model.ConfigInvalid) as exc:
+        model.from_pulumi_config("t", parsed.get)
+    assert [i.path for i in exc.value.issues] == ["data-embassy:classification"]
+    assert model.from_pulumi_config("t", parsed.get, values.get).classification == "10"
+
+
+@pytest.mark.parametrize("project_file", [b"- name\n- runtime\n", b"name: [\n", "name: \xe9".encode("latin-1")])
+def test_a_broken_project_file_fails_the_plan_with_a_hint(tmp_path: Path, project_file: bytes) -> None:
+    from embassy.plan import PlanFailed, _program_path
+
+    (tmp_path / "Pulumi.yaml").write_bytes(project_file)
+    with pytest.raises(PlanFailed) as exc:
+        _program_path(tmp_path)
+    assert "Pulumi.yaml" in exc.value.message and exc.value.code == 2 and exc.value.hint
 
 
 def test_cold_bound_is_sixty_seconds_and_importable() -> None:
