@@ -148,7 +148,7 @@ class HomeState(_Strict):
 class Embassy(_Strict):
     name: StrictStr = Field(pattern=NAME_PATTERN)
     nation: StrictStr = Field(pattern=r"^[A-Z]{2}$")
-    region: StrictStr = Field(min_length=1, max_length=64)
+    region: StrictStr = Field(max_length=64, pattern=r"^[a-z]{2,}(-[a-z]+)+-\d+$")
     retention_days: StrictInt = Field(ge=1, le=MAX_RETENTION_DAYS)
     admin_cidrs: tuple[StrictStr, ...] = ()
     mode: Mode = Mode.WARM
@@ -265,7 +265,15 @@ class ConfigIssue(BaseModel):
     hint: str
 
     def render(self) -> str:
-        return f"error: {self.path}: {self.message}\nHINT: {self.hint}"
+        return f"error: {_printable(self.path)}: {_printable(self.message)}\nHINT: {_printable(self.hint)}"
+
+
+# Control characters from the input are shown escaped: a key or value holding "\nHINT: …" forges no line.
+_CONTROL = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7f)}
+
+
+def _printable(text: str) -> str:
+    return text.translate(_CONTROL)
 
 
 class ConfigInvalid(UserError):
@@ -332,6 +340,8 @@ def _hint(err: Any) -> str:
             code = str(value).strip().upper()
             which = f": '{code}'" if code in nations() else " listed in src/embassy/nations.yaml"
             return f"use the uppercase ISO 3166-1 alpha-2 code{which}"
+        if field == "region":
+            return "use an AWS region name such as eu-central-1 (see src/embassy/nations.yaml)"
         if field == "instance_type":
             return "use an EC2 instance type, family.size, such as m5.xlarge or m6i.2xlarge"
         if field == "classification":

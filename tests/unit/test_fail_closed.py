@@ -105,6 +105,8 @@ CASES: dict[str, tuple[bytes, str, str]] = {
     "nation: NO (YAML false)": (text_replaced("nation: DE", "nation: NO"), f"{E0}.nation", 'nation: "NO"'),
     "mode: on (YAML true)": (text_replaced("mode: warm", "mode: on"), f"{E0}.mode", "quote"),
     "region: 1": (mutated(embassy(0, region=1)), f"{E0}.region", "as text"),
+    "region with shell": (mutated(embassy(0, region="eu-central-1; reboot")), f"{E0}.region", "eu-central-1"),
+    "key forging a HINT line": (mutated(embassy(0, **{"x\nHINT: all is well": 1})), f"{E0}.x\\nHINT", "remove the key"),
     "admin_cidrs as a string": (mutated(embassy(1, admin_cidrs="203.0.113.0/28")), f"{E1}.admin_cidrs", "YAML list"),
     "admin_cidrs with a number": (mutated(embassy(1, admin_cidrs=["203.0.113.0/28", 5])), f"{E1}.admin_cidrs[1]",
                                   "as text"),
@@ -161,6 +163,7 @@ def assert_refused(args: list[str], names: str, hint: str) -> str:
     assert "Traceback" not in result.output
     err = result.stderr
     assert err.startswith("error: "), err
+    assert all(line.startswith(("error: ", "HINT: ")) for line in err.splitlines()[:-1]), err  # none forged
     assert names in err and "HINT:" in err, err
     assert hint in err, err
     return err
