@@ -350,7 +350,9 @@ def write_plan(plan: Mapping[str, Any], path: Path) -> None:
                                          delete=False, encoding="utf-8") as out:
             tmp = Path(out.name)
             out.write(dumps(plan))
-        os.chmod(tmp, 0o644)  # as a plain write would leave it (NamedTemporaryFile makes 0600)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain write would leave it (NamedTemporaryFile makes 0600)
         tmp.replace(path)
     except OSError as exc:
         if tmp is not None:

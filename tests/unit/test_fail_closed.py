@@ -363,7 +363,7 @@ def test_a_plan_is_written_whole_and_alone(tmp_path: Path) -> None:
 
     write_plan({"stack": "t", "resources": []}, tmp_path / "out" / "plan.json")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["plan.json"]
-    assert oct((tmp_path / "out" / "plan.json").stat().st_mode & 0o777) == oct(0o644 & ~_umask())
+    assert oct((tmp_path / "out" / "plan.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
 def _umask() -> int:
