@@ -11,7 +11,8 @@ from rich.console import Console
 from embassy import model
 from embassy.errors import EXIT_USAGE, UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# rich_markup_mode=None: plain help; Typer's Rich panels print `<bool>` beside every flag (--help, --json).
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Build, feed, prove and restore data embassies.")
 console = Console(stderr=True)
 
@@ -43,8 +44,9 @@ def user_error(exc: UserError) -> typer.Exit:
 def validate(stack: StackOpt) -> None:
     """Load and check the stack config: exit 0 valid, 2 invalid (each error names its key path)."""
     dep = load(stack)
-    console.print(f"stack '{dep.stack}' is valid: {len(dep.embassies)} embassies, "
-                  f"{len(dep.registers)} registers, home state {dep.state.name} ({dep.state.code})")
+    # The verdict is the command's output: stdout, one line, never wrapped (errors go to stderr).
+    print(f"stack '{dep.stack}' is valid: {len(dep.embassies)} embassies, "
+          f"{len(dep.registers)} registers, home state {dep.state.name} ({dep.state.code})")
 
 
 # Each area registers its commands on `app` from its own module (one owner per module).

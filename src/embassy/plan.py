@@ -23,6 +23,7 @@ import os
 import runpy
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ STACK_TYPE = "pulumi:pulumi:Stack"
 PROVIDER_PREFIX = "pulumi:providers:"
 
 # Secret config the program reads: the plan always supplies them (from EMBASSY_SECRET_<KEY> or a placeholder).
-SECRET_KEYS = ("break_glass_external_id",)
+SECRET_KEYS = model.SECRET_CONFIG_KEYS
 PLACEHOLDER_SECRET = "plan-placeholder-secret"
 # The account the mocks answer getCallerIdentity with (AWS's documentation example account).
 MOCK_ACCOUNT = "123456789012"
@@ -242,7 +243,13 @@ def _program_path(root: Path) -> tuple[str, Path]:
     project_file = root / "Pulumi.yaml"
     if not project_file.is_file():
         raise PlanFailed(f"no Pulumi.yaml in {root}", "run from the project folder or pass --root")
-    doc = yaml.safe_load(project_file.read_text()) or {}
+    try:
+        doc = yaml.safe_load(project_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PlanFailed(f"cannot read {project_file}: {str(exc).splitlines()[0]}",
+                         "Pulumi.yaml is YAML text: name, runtime, main (see Pulumi's project file reference)") from None
+    if not isinstance(doc, dict):
+        raise PlanFailed(f"{project_file} is not a mapping", "Pulumi.yaml holds `name:`, `runtime:` and `main:` keys")
     main = root / str(doc.get("main") or ".")
     return str(doc.get("name") or model.NAMESPACE), (main / "__main__.py" if main.is_dir() else main)
 
@@ -316,11 +323,42 @@ def dumps(plan: Mapping[str, Any]) -> str:
     return json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def check_out_path(path: Path) -> None:
+    """Refuse, before anything runs, an --out that names a folder or lies where this user cannot write."""
+    hint = "give --out a file path in a folder you can write, e.g. --out out/plan.json"
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder, not a file", f"give a file path, e.g. --out {path / 'plan.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # write_plan creates the missing folders
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--out {path}: {folder} is not a folder", hint)
+    try:  # a real probe: access(2) says yes to root even where nothing can be created (/proc, read-only mounts)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot write in {folder}: {exc.strerror or exc}", hint) from None
+
+
 def write_plan(plan: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(plan))
-    tmp.replace(path)
+    """Write the plan atomically (a temporary file beside it, then a rename); on failure, nothing is left behind."""
+    check_out_path(path)
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False, encoding="utf-8") as out:
+            tmp = Path(out.name)
+            out.write(dumps(plan))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain write would leave it (NamedTemporaryFile makes 0600)
+        tmp.replace(path)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the plan to {path}: {exc.strerror or exc}",
+                        "give --out a file path in a folder you can write, e.g. --out out/plan.json") from None
 
 
 def compute_plan(project_root: Path, stack: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -350,17 +388,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the plan here instead of stdout")
     opts = parser.parse_args(argv)
     try:
+        if opts.out:
+            check_out_path(opts.out)
         plan = run_program(opts.root, opts.stack)
-    except model.ConfigInvalid as exc:
-        for issue in exc.issues:
-            print(issue.render(), file=sys.stderr)
-        return EXIT_USAGE
-    except UserError as exc:
+        if opts.out:
+            write_plan(plan, opts.out)
+    except UserError as exc:  # ConfigInvalid too: every issue with its key path and hint
         print(exc.render(), file=sys.stderr)
         return exc.code
-    if opts.out:
-        write_plan(plan, opts.out)
-    else:
+    if not opts.out:
         sys.stdout.write(dumps(plan))
     return 0
 

