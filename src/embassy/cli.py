@@ -52,6 +52,7 @@ from embassy.commands import compliance as _compliance  # noqa: E402,F401  check
 from embassy.commands import lab as _lab  # noqa: E402,F401  lab up|down|status
 from embassy.commands import operations as _operations  # noqa: E402,F401  harden, deploy
 from embassy.commands import plan as _plan  # noqa: E402,F401  plan
+from embassy.commands import report as _report  # noqa: E402,F401  report verify
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m embassy`
