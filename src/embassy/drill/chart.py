@@ -50,7 +50,7 @@ def timeline_svg(report: Report) -> str:
         ax.grid(axis="x", linestyle=":", linewidth=0.5)
         ax.spines[["top", "right"]].set_visible(False)
         buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     svg = buf.getvalue()
     # Inline in HTML: no XML prolog, no DOCTYPE (its DTD address is a reference to the outside).
     return re.sub(r"^.*?(?=<svg)", "", svg, flags=re.S).strip()

@@ -76,8 +76,8 @@ def signing_key(folder: Path) -> Ed25519PrivateKey:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / PRIVATE_KEY_FILE
     if not path.exists():
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        new = Ed25519PrivateKey.generate()
+        pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         try:  # O_EXCL: two writers racing on a fresh folder agree on one key
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -91,12 +91,13 @@ def signing_key(folder: Path) -> Ed25519PrivateKey:
                          f"run `chmod 600 {path}`; reports it signed may have been forged by whoever read it: "
                          "move it away to make a new key, and give auditors the new public key")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:
         raise KeyInvalid(f"signing key {path} cannot be read: {exc}",
                          f"move {path} away; a new key is made on next use") from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise KeyInvalid(f"signing key {path} is not an Ed25519 key", f"move {path} away; a new key is made on next use")
+    key = loaded
     pub = folder / PUBLIC_KEY_FILE
     if not pub.exists() or pub.read_text() != public_pem(key.public_key()):
         pub.write_text(public_pem(key.public_key()))
