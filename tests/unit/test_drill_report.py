@@ -112,7 +112,7 @@ def test_a_passed_report_has_the_design_shape_and_the_evidence(tmp_path: Path, k
     assert [v["ok"] for v in data["verifications"]] == [True, True]
     assert data["signer"]["fingerprint"] == signing.fingerprint(public_key(keys))
     assert Report.model_validate(data) == report.model_copy(update={"signer": report.model_validate(data).signer})
-    assert verify_report(folder, public_key(keys))
+    assert verify_report(folder, public_key(keys)) and verify_report(folder, keys / signing.PUBLIC_KEY_FILE)
 
 
 def test_a_failed_report_names_each_failure(tmp_path: Path, keys: Path) -> None:
@@ -154,6 +154,14 @@ def test_each_shortfall_of_a_register_fails_the_drill() -> None:
         assert not report.passed, name
         assert report.failures or not report.registers, f"{name}: the failure is named"
     assert Report.build(**sample_fields()).passed
+
+
+def test_a_failure_is_named_by_its_registry_code() -> None:
+    fields = sample_fields(failure={"object": "vault-de", "reason": "no answer within 5 s", "code": 300})
+    assert Report.build(**fields).failures[0].error == "VaultUnreachable"
+    for code, error in ((300, "DigestMismatch"), (999, None)):
+        with pytest.raises(ReportInvalid, match="error code"):
+            Report.build(**sample_fields(failure={"object": "x", "reason": "y", "code": code, "error": error}))
 
 
 def test_the_verdict_cannot_be_set_against_the_evidence() -> None:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from embassy.drill import signing
 from embassy.errors import (
+    REGISTRY,
     CheckFailed,
     DigestMismatch,
     EmbassyError,
@@ -109,6 +110,19 @@ class Failure(_Strict):
     reason: str
     code: int | None = None  # the error registry's code (src/embassy/errors.py)
     error: str | None = None  # its name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_its_code(cls, data: Any) -> Any:
+        """The error's name follows from its code (the registry); a name that contradicts it is refused."""
+        if isinstance(data, dict) and data.get("code") is not None:
+            known = REGISTRY.get(data["code"])
+            if known is None:
+                raise ValueError(f"error code {data['code']} is not in the registry (src/embassy/errors.py)")
+            if data.get("error") not in (None, known.__name__):
+                raise ValueError(f"error code {data['code']} is {known.__name__}, not {data['error']}")
+            data = {**data, "error": known.__name__}
+        return data
 
     @classmethod
     def of(cls, obj: str, reason: str, error: type[EmbassyError]) -> Failure:
@@ -284,12 +298,14 @@ class ReportCheck:
     failures: list[Failure] = field(default_factory=list)
 
 
-def check_report(folder: Path, public_key: Ed25519PublicKey) -> ReportCheck:
-    """Whether every file of the report is as it was signed by `public_key`; names each that is not.
+def check_report(folder: Path, public_key: Ed25519PublicKey | Path) -> ReportCheck:
+    """Whether every file of the report is as it was signed by `public_key` (a key, or its PEM file); names each that is not.
 
     Bad input (no folder, no report.json) raises ReportMissing (exit 2); anything else that is wrong
     (a file edited, added to or removed from the statement, a signature by another key) is a failure.
     """
+    if isinstance(public_key, Path):
+        public_key = signing.load_public_key(public_key)
     if not folder.is_dir():
         raise ReportMissing(f"{folder} is not a folder")
     if not (folder / "report.json").is_file():
@@ -332,6 +348,6 @@ def check_report(folder: Path, public_key: Ed25519PublicKey) -> ReportCheck:
     return check
 
 
-def verify_report(folder: Path, public_key: Ed25519PublicKey) -> bool:
+def verify_report(folder: Path, public_key: Ed25519PublicKey | Path) -> bool:
     """True if the report in `folder` is exactly as `public_key`'s holder signed it."""
     return check_report(folder, public_key).intact
