@@ -197,9 +197,6 @@ class Report(_Strict):
         except ValidationError as exc:
             raise ReportInvalid(f"report fields are invalid: {exc}") from None
 
-    def register(self, name: str) -> RegisterResult:
-        return next(r for r in self.registers if r.name == name)
-
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = self.model_dump(mode="json")
         return data
