@@ -10,7 +10,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.venv/.ansible/tmp
 
 # Debian packages the lab needs on the machine that builds it (see notes/lab.md).
 LAB_APT := debootstrap systemd-container dpkg-dev iproute2 curl openssh-client python3-venv \
-           nftables openssl postgresql-15 procps
+           nftables openssl postgresql-15 procps chromium
 
 .PHONY: setup lab-deps test test-unit test-lab lint bench plan clean
 

@@ -55,6 +55,7 @@ from embassy.commands import lab as _lab  # noqa: E402,F401  lab up|down|status
 from embassy.commands import operations as _operations  # noqa: E402,F401  harden, deploy
 from embassy.commands import plan as _plan  # noqa: E402,F401  plan
 from embassy.commands import replication as _replication  # noqa: E402,F401  replicate, verify
+from embassy.commands import report as _report  # noqa: E402,F401  report verify
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m embassy`

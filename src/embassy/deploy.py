@@ -1,7 +1,8 @@
 """`embassy deploy`: run the pyinfra deploys (home state, agents, standbys) against a target.
 
-The lab: `pyinfra -y --json inventories/lab.py deploys/…` inside the lab's controller namespace (lab
-addresses exist nowhere else). AWS: the same deploys with inventories/aws.py (stack outputs, SSM).
+`pyinfra -y --json <the target's inventory> deploys/…`, run as the target runs its clients
+(src/embassy/targets.py): for the lab, inventories/lab.py inside its controller namespace (lab
+addresses exist nowhere else); for AWS, inventories/aws.py (stack outputs, SSM) on this machine.
 What changed is read from pyinfra's own JSON results: per host, the operations that changed something.
 """
 
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from embassy.errors import EXIT_FINDING, EXIT_USAGE, UserError
+from embassy.targets import Target
 
 DEPLOYS = ("deploys/home_state.py", "deploys/agent.py", "deploys/standby.py")
-INVENTORIES = {"lab": "inventories/lab.py", "aws": "inventories/aws.py"}
 
 
 @dataclass
@@ -71,33 +72,18 @@ def parse_results(payload: dict[str, Any]) -> DeployResult:
     return DeployResult(hosts=sorted(hosts.values(), key=lambda h: h.name), failed_hosts=failed)
 
 
-def command(target: str, stack: str, deploys: Sequence[str] = DEPLOYS) -> tuple[list[str], dict[str, str]]:
+def command(target: Target, deploys: Sequence[str] = DEPLOYS) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of one pyinfra run against `target`."""
-    env = {**os.environ, "EMBASSY_STACK": stack, "PYINFRA_PROGRESS": "off"}
-    argv = [pyinfra_bin(), "-y", "--json", INVENTORIES[target], *deploys]
-    if target == "lab":
-        from embassy.lab.state import lab_state
-
-        lab = lab_state(stack)
-        if os.geteuid() != 0:
-            raise UserError("deploying to the lab needs root (the controller runs in a lab network namespace)",
-                            "run `sudo .venv/bin/embassy deploy --target lab …`")
-        env["EMBASSY_LAB_ID"] = str(lab.lab_id)
-        return lab.in_controller(argv), env
-    if target == "aws":
-        if shutil.which("pulumi") is None:
-            raise UserError("the pulumi CLI is not installed: inventories/aws.py reads `pulumi stack output --json`",
-                            "install Pulumi (https://www.pulumi.com/docs/install/), log in, and `pulumi up` the stack first")
-        return argv, env
-    raise UserError(f"unknown target '{target}'", "use --target lab or --target aws")
+    env = {**os.environ, **target.client_env(), "PYINFRA_PROGRESS": "off"}
+    return target.client_argv([pyinfra_bin(), "-y", "--json", target.inventory, *deploys]), env
 
 
-def run(target: str, stack: str, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
+def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
         say: Callable[[str], None] = lambda _: None) -> DeployResult:
     """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words."""
     import time
 
-    argv, env = command(target, stack, deploys)
+    argv, env = command(target, deploys)
     if size_mb is not None:
         env["EMBASSY_HOME_SIZE_MB"] = f"{size_mb:g}"
     say(f"pyinfra {' '.join(argv[argv.index('-y'):])}")

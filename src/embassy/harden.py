@@ -4,11 +4,13 @@ For each run: write the inventory (a file, per run: ansible-runner would otherwi
 inventory in its private data folder), measure the Lynis hardening index of every host, run
 roles/site.yml, measure again, and report per host what changed.
 
-Lab target: every client of a lab address must run inside the lab's controller namespace. The
-whole run (ansible-runner, the ansible-playbook it spawns, its SSH connections, the Lynis probes)
-therefore happens in a child process started with `ip netns exec <controller ns> python -m
-embassy.harden …`: one process tree, all inside the namespace, rather than wrapping only ssh and
-keeping a controller in the root namespace. The child writes its result as JSON to a file.
+The hosts and how Ansible reaches them come from the target (src/embassy/targets.py). The whole
+run (ansible-runner, the ansible-playbook it spawns, its connections, the Lynis probes) happens in a
+child process started with the target's `client_argv`: for the lab, `ip netns exec <controller ns>
+python -m embassy.harden …`, one process tree inside the namespace where lab addresses exist, rather
+than wrapping only ssh and keeping a controller in the root namespace. The parent builds the play
+(inventory, environment) and checks every precondition first, so bad input fails before anything
+starts; the child runs it and writes its result as JSON to a file.
 
 AWS target: hosts are reached over SSM Session Manager (no inbound SSH), which needs the
 community.aws collection (`ansible_connection=community.aws.aws_ssm`), the session-manager-plugin
@@ -34,6 +36,8 @@ import yaml
 
 from embassy import model
 from embassy.errors import UserError
+from embassy.targets import AwsTarget, Host, Role, Target, target_for
+from embassy.targets import aws_collection_path as aws_collection_path  # where `harden --target aws` looks
 
 PLAYBOOK = "site.yml"
 EXIT_FAILED = 1
@@ -78,7 +82,7 @@ class HostResult:
 
 
 @dataclass
-class Target:
+class Play:
     """What one run needs: the inventory, the environment of Ansible, and where its files go."""
 
     kind: str  # lab | aws
@@ -86,6 +90,19 @@ class Target:
     inventory: dict[str, Any]
     hosts: list[str]
     env: dict[str, str] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        """As JSON for the child process (paths to keys, never their content); 0600 all the same."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({**asdict(self), "workdir": str(self.workdir)}, f)
+
+    @classmethod
+    def load(cls, path: Path) -> Play:
+        data = json.loads(path.read_text())
+        return cls(**{**data, "workdir": Path(data["workdir"])})
 
 
 def roles_dir() -> Path:
@@ -95,11 +112,41 @@ def roles_dir() -> Path:
 # --------------------------------------------------------------------------- inventories
 
 
-def _groups(members: dict[str, list[str]], hostvars: dict[str, dict[str, Any]], allvars: dict[str, Any]) -> dict[str, Any]:
-    """The inventory: home_state, and warm/cold embassies as children of `embassies`."""
-    def group(name: str) -> dict[str, Any]:
-        return {"hosts": {h: hostvars[h] for h in members.get(name, [])}}
+def ansible_inventory(target: Target) -> dict[str, Any]:
+    """The inventory: home_state, and warm/cold embassies as children of `embassies`.
 
+    Connection variables come from the target; the roles' variables from the stack and the target's
+    network (the controller, the syslog collector and the mirror exist only where the target has them).
+    """
+    hosts = target.hosts
+
+    def hostvars(h: Host) -> dict[str, Any]:
+        return {**target.ansible_host_vars(h), "embassy_name": h.embassy, "embassy_mode": h.mode.value if h.mode else None}
+
+    def group(name: str) -> dict[str, Any]:
+        return {"hosts": {h.name: hostvars(h) for h in hosts if h.group == name}}
+
+    # Home's firewall admits its warm standbys; where home is not among the hosts (AWS: it runs on
+    # premises) the standbys connect out to it and there is nothing to admit here.
+    has_home = any(h.role is Role.HOME for h in hosts)
+    warm = [h.address for h in hosts if has_home and h.role is Role.EMBASSY and h.mode is model.Mode.WARM]
+    allvars: dict[str, Any] = {
+        **target.ansible_vars(),
+        "ansible_become": True,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        **({"embassy_ssh_port": target.ssh_port} if target.ssh_port else {}),
+        **({"embassy_syslog_target": target.syslog_target} if target.syslog_target else {}),
+        **({"embassy_controller_address": target.controller_address} if target.controller_address else {}),
+        "embassy_warm_addresses": warm,
+        **({"embassy_mirror_url": target.mirror_url} if target.mirror_url else {}),
+        "embassy_state_name": target.dep.state.name,
+        "embassy_admin_users": [target.admin_user],
+        "embassy_permit_root_login": "no",
+    }
+    if target.controller_address:
+        allvars["embassy_firewall_extra_rules"] = [{
+            "proto": "tcp", "port": STATE_SERVICE_PORT, "sources": [target.controller_address],
+            "comment": "state service: the controller's queries and smoke checks"}]
     return {"all": {"vars": allvars, "children": {
         GROUPS["home"]: group("home"),
         "embassies": {"children": {GROUPS["warm"]: group("warm"), GROUPS["cold"]: group("cold")}},
@@ -126,122 +173,24 @@ def _ansible_env(workdir: Path) -> dict[str, str]:
     }
 
 
-def lab_target(dep: model.Deployment) -> Target:
-    """The lab's hosts, from its state: SSH as the lab's admin user (sudo), from the controller."""
-    from embassy.lab.state import Role, lab_state
-
-    lab = lab_state(dep.stack)
-    members: dict[str, list[str]] = {}
-    hostvars: dict[str, dict[str, Any]] = {}
-    for h in lab.hosts:
-        kind = "home" if h.role is Role.HOME else (h.mode or "cold")
-        members.setdefault(kind, []).append(h.name)
-        hostvars[h.name] = {"ansible_host": h.address, "embassy_name": h.embassy, "embassy_mode": h.mode}
-    warm = [h.address for h in lab.hosts if h.role is Role.EMBASSY and h.mode == model.Mode.WARM.value]
-    allvars = {
-        "ansible_user": lab.ssh_user,
-        "ansible_become": True,
-        "ansible_python_interpreter": "/usr/bin/python3",
-        "ansible_ssh_private_key_file": lab.ssh_key,
-        "ansible_ssh_common_args": f"-F {lab.ssh_config}",
-        "ansible_port": lab.ssh_port,
-        "embassy_ssh_port": lab.ssh_port,
-        "embassy_syslog_target": lab.syslog_target,
-        "embassy_controller_address": lab.controller_address,
-        "embassy_warm_addresses": warm,
-        "embassy_mirror_url": lab.mirror_url,
-        "embassy_state_name": dep.state.name,
-        "embassy_admin_users": [lab.ssh_user],
-        "embassy_permit_root_login": "no",
-        "embassy_firewall_extra_rules": [{"proto": "tcp", "port": STATE_SERVICE_PORT, "sources": [lab.controller_address],
-                                          "comment": "state service: the controller's queries and smoke checks"}],
-    }
-    workdir = Path(lab.dir) / "harden"
-    return Target("lab", workdir, _groups(members, hostvars, allvars), [h.name for h in lab.hosts], _ansible_env(workdir))
-
-
-def aws_collection_path() -> Path | None:
-    """Where the community.aws collection is installed, if anywhere Ansible looks."""
-    bases = [p for p in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
-    if os.environ.get("ANSIBLE_HOME"):
-        bases.append(str(Path(os.environ["ANSIBLE_HOME"]) / "collections"))
-    bases += [str(Path.home() / ".ansible" / "collections"), "/usr/share/ansible/collections", *sys.path]
-    for base in bases:
-        candidate = Path(base) / "ansible_collections" / "community" / "aws"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def stack_outputs(stack: str) -> dict[str, Any]:
-    """`pulumi stack output --json` of the stack, or a UserError saying what is missing."""
-    if shutil.which("pulumi") is None:
-        raise UserError("the pulumi CLI is not installed: the AWS inventory comes from the stack's outputs",
-                        "install the Pulumi CLI, `pulumi login`, then `pulumi up --stack " + stack + "`")
-    res = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], capture_output=True, text=True,
-                         cwd=model.project_root(), timeout=120)
-    if res.returncode != 0:
-        raise UserError(f"cannot read the outputs of stack '{stack}': {res.stderr.strip()}",
-                        f"run `pulumi up --stack {stack}` first (and `pulumi login`)")
-    outputs: dict[str, Any] = json.loads(res.stdout or "{}")
-    return outputs
-
-
 def aws_inventory(dep: model.Deployment, outputs: dict[str, Any], ssm_bucket: str) -> tuple[dict[str, Any], list[str]]:
     """Inventory of the embassies' hosts from the stack outputs, reached over SSM (no SSH)."""
-    embassies = outputs.get("embassies") or {}
-    if not embassies:
-        raise UserError(f"stack '{dep.stack}' has no `embassies` output", f"run `pulumi up --stack {dep.stack}` first")
-    members: dict[str, list[str]] = {}
-    hostvars: dict[str, dict[str, Any]] = {}
-    for emb in dep.embassies:
-        out = embassies.get(emb.name)
-        if out is None:
-            raise UserError(f"stack output has no embassy '{emb.name}'", f"run `pulumi up --stack {dep.stack}`")
-        ids = list(out.get("host_instance_ids") or [])
-        for i, instance in enumerate(ids):
-            name = f"enclave-{emb.name}" if len(ids) == 1 else f"enclave-{emb.name}-{i}"
-            members.setdefault(emb.mode.value, []).append(name)
-            hostvars[name] = {
-                "ansible_aws_ssm_instance_id": instance, "ansible_aws_ssm_region": out.get("region", emb.region),
-                "embassy_name": emb.name, "embassy_mode": emb.mode.value,
-                # SSM needs no inbound SSH: only the embassy's admin networks, if any, reach port 22.
-                "embassy_ssh_sources": list(emb.admin_cidrs), "embassy_require_ssh": bool(emb.admin_cidrs),
-            }
-    allvars = {
-        "ansible_connection": "community.aws.aws_ssm",
-        "ansible_aws_ssm_bucket_name": ssm_bucket,
-        "ansible_become": True,
-        "ansible_python_interpreter": "/usr/bin/python3",
-        "embassy_state_name": dep.state.name,
-        "embassy_admin_users": ["admin"],
-        "embassy_permit_root_login": "no",
-        # The home state runs outside AWS: the embassies' standbys connect out to it.
-        "embassy_warm_addresses": [],
-    }
-    return _groups(members, hostvars, allvars), list(hostvars)
+    target = AwsTarget(dep, outputs, ssm_bucket=ssm_bucket)
+    return ansible_inventory(target), [h.name for h in target.hosts]
 
 
-def aws_target(dep: model.Deployment, workdir: Path | None = None) -> Target:
-    if aws_collection_path() is None:
-        raise UserError("the community.aws collection is not installed: AWS hosts are reached over SSM "
-                        "(ansible_connection=community.aws.aws_ssm), which ansible-core does not ship",
-                        "ansible-galaxy collection install community.aws amazon.aws; install the AWS "
-                        "session-manager-plugin; then run `embassy harden --target aws` again")
-    bucket = os.environ.get("EMBASSY_SSM_BUCKET", "")
-    if not bucket:
-        raise UserError("EMBASSY_SSM_BUCKET is not set: the SSM connection moves files through an S3 bucket",
-                        "create a transfer bucket in the embassies' account (not a vault: vaults are Object-Locked) "
-                        "and export EMBASSY_SSM_BUCKET=<its name>")
-    inventory, hosts = aws_inventory(dep, stack_outputs(dep.stack), bucket)
-    workdir = workdir or model.project_root() / ".embassy" / f"harden-{dep.stack}"
-    return Target("aws", workdir, inventory, hosts, _ansible_env(workdir))
+def play_for(target: Target) -> Play:
+    """The play of one run against `target`; every precondition is checked here, before anything runs."""
+    target.require_ansible()  # its connection plugin, before anything else
+    inventory = ansible_inventory(target)
+    workdir = target.workdir / "harden"
+    return Play(target.kind, workdir, inventory, [h.name for h in target.hosts], _ansible_env(workdir))
 
 
 # --------------------------------------------------------------------------- running Ansible
 
 
-def _run_dir(target: Target, phase: str) -> Path:
+def _run_dir(target: Play, phase: str) -> Path:
     """A fresh private data folder per phase: nothing of an earlier run (inventory, env) leaks in."""
     folder = target.workdir / "runs" / phase
     if folder.exists():
@@ -264,7 +213,7 @@ def _failures(events: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-def run_playbook(target: Target, say: Say = _quiet) -> dict[str, int]:
+def run_playbook(target: Play, say: Say = _quiet) -> dict[str, int]:
     """Run roles/site.yml on every host; return the number of changed tasks per host."""
     import ansible_runner
 
@@ -282,7 +231,7 @@ def run_playbook(target: Target, say: Say = _quiet) -> dict[str, int]:
     return {h: int(changed.get(h, 0)) for h in target.hosts}
 
 
-def lynis_indexes(target: Target, say: Say = _quiet, phase: str = "lynis") -> dict[str, int | None]:
+def lynis_indexes(target: Play, say: Say = _quiet, phase: str = "lynis") -> dict[str, int | None]:
     """Run Lynis on every host at once (an ad-hoc shell task, the same connection as the play)."""
     import ansible_runner
 
@@ -305,7 +254,7 @@ def lynis_indexes(target: Target, say: Say = _quiet, phase: str = "lynis") -> di
     return found
 
 
-def close_connections(target: Target) -> None:
+def close_connections(target: Play) -> None:
     """End the SSH masters the run kept open (ControlPersist), rather than leave them to time out."""
     folder = Path(target.env["ANSIBLE_SSH_CONTROL_PATH_DIR"])
     for socket in sorted(folder.glob("*")) if folder.is_dir() else []:
@@ -314,7 +263,7 @@ def close_connections(target: Target) -> None:
                            capture_output=True, timeout=30, check=False)
 
 
-def harden_here(target: Target, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
+def harden_here(target: Play, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
     """Lynis, the roles, Lynis: run in this process (inside the controller namespace for the lab)."""
     try:
         before = lynis_indexes(target, say, "lynis-before") if measure else dict.fromkeys(target.hosts)
@@ -330,25 +279,18 @@ def harden_here(target: Target, say: Say = _quiet, measure: bool = True) -> list
 
 def harden(dep: model.Deployment, target: str, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
     """Harden every host of the stack's target and measure it; raises UserError/HardenFailed."""
-    if target == "aws":
-        return harden_here(aws_target(dep), say, measure)
-    if target != "lab":
-        raise UserError(f"unknown target '{target}'", "use --target lab or --target aws")
-    return _harden_lab(dep, say, measure)
+    return harden_target(target_for(target, dep), say, measure)
 
 
-def _harden_lab(dep: model.Deployment, say: Say, measure: bool) -> list[HostResult]:
-    from embassy.lab.state import lab_state
-
-    if os.geteuid() != 0:
-        raise UserError("hardening the lab needs root (its hosts are reached from the lab's controller namespace)",
-                        "run it as root, e.g. `sudo .venv/bin/embassy harden --target lab --stack " + dep.stack + "`")
-    lab = lab_state(dep.stack)  # clear error when the lab is not up, before anything starts
-    out = Path(lab.dir) / "harden" / "result.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+def harden_target(target: Target, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
+    """Build the play here (bad input fails now), run it in a child where the hosts are reachable."""
+    play = play_for(target)
+    out = play.workdir / "result.json"
+    play_file = play.workdir / "play.json"
+    argv = target.client_argv([sys.executable, "-m", "embassy.harden", "--play", str(play_file), "--out", str(out),
+                               *([] if measure else ["--no-lynis"])])  # refuses (root, tools) before any file is written
+    play.save(play_file)
     out.unlink(missing_ok=True)
-    argv = lab.in_controller([sys.executable, "-m", "embassy.harden", "--stack", dep.stack, "--out", str(out),
-                              *([] if measure else ["--no-lynis"])])
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             cwd=model.project_root())
@@ -358,8 +300,8 @@ def _harden_lab(dep: model.Deployment, say: Say, measure: bool) -> list[HostResu
     rc = proc.wait()
     result = json.loads(out.read_text()) if out.is_file() else None
     if result is None:
-        raise HardenFailed(f"the hardening run in {lab.controller_netns} ended (exit {rc}) without a result",
-                           "run it again; its Ansible artifacts are under " + str(Path(lab.dir) / "harden" / "runs"))
+        raise HardenFailed(f"the hardening run ({target.client_place}) ended (exit {rc}) without a result",
+                           "run it again; its Ansible artifacts are under " + str(play.workdir / "runs"))
     if "error" in result:
         raise HardenFailed(result["error"]["message"], result["error"]["hint"])
     say(f"done in {time.monotonic() - start:.0f}s")
@@ -367,9 +309,9 @@ def _harden_lab(dep: model.Deployment, say: Say, measure: bool) -> list[HostResu
 
 
 def _child(argv: list[str] | None = None) -> int:
-    """`python -m embassy.harden`: the lab run, started inside the controller namespace."""
+    """`python -m embassy.harden --play F --out F`: the run itself, started where the hosts are reachable."""
     parser = argparse.ArgumentParser(prog="python -m embassy.harden")
-    parser.add_argument("--stack", required=True)
+    parser.add_argument("--play", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-lynis", action="store_true")
     args = parser.parse_args(argv)
@@ -379,14 +321,10 @@ def _child(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        dep = model.load_stack(args.stack)
-        results = harden_here(lab_target(dep), say, measure=not args.no_lynis)
+        results = harden_here(Play.load(Path(args.play)), say, measure=not args.no_lynis)
     except UserError as exc:
         out.write_text(json.dumps({"error": {"message": exc.message, "hint": exc.hint}}))
         return exc.code
-    except model.ConfigInvalid as exc:
-        out.write_text(json.dumps({"error": {"message": str(exc), "hint": "fix the stack config"}}))
-        return 2
     out.write_text(json.dumps({"hosts": [asdict(r) for r in results]}))
     return 0
 

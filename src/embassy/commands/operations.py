@@ -34,6 +34,7 @@ def harden(
 ) -> None:
     """Apply the hardening roles (roles/site.yml, via ansible-runner); Lynis index before and after."""
     from embassy import harden as harden_lib
+    from embassy.targets import target_for
 
     dep = load(stack)
     start = time.monotonic()
@@ -43,7 +44,7 @@ def harden(
             console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
 
     try:
-        results = harden_lib.harden(dep, target.value, say, measure=lynis)
+        results = harden_lib.harden_target(target_for(target.value, dep), say, measure=lynis)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:
@@ -79,8 +80,9 @@ def deploy(
     """Run the pyinfra deploys: home state, replication agents, embassy standbys. Idempotent."""
     from embassy import deploy as deploy_lib
     from embassy.model import project_root
+    from embassy.targets import target_for
 
-    load(stack)
+    dep = load(stack)
     if size_mb is not None and not 0.1 <= size_mb <= 100_000:
         raise user_error(UserError(f"--size-mb {size_mb:g} is out of range", "give a size between 0.1 and 100000 MB"))
     start = time.monotonic()
@@ -90,7 +92,7 @@ def deploy(
             console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
 
     try:
-        result = deploy_lib.run(target.value, stack, project_root(), size_mb=size_mb, say=say)
+        result = deploy_lib.run(target_for(target.value, dep), project_root(), size_mb=size_mb, say=say)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:

@@ -1,0 +1,349 @@
+"""One notion of a target: where the stack's hosts are and how the controller reaches them.
+
+Every operation (harden, deploy, and next replicate, verify, restore, drill) takes a `Target` from
+`target_for(kind, dep)` instead of branching on lab/aws itself. A target knows:
+- its hosts: name, role (home/embassy), embassy name, mode (warm/cold), address;
+- the pyinfra inventory that describes them (inventories/lab.py or inventories/aws.py) and the
+  environment that inventory reads;
+- how to run a client (pyinfra, ansible-runner, a probe) so that it can reach the hosts: in the lab,
+  inside the controller's network namespace (lab addresses exist nowhere else); on AWS, as it is;
+- how to run a shell command on one host: in the lab, SSH from the controller namespace; on AWS,
+  SSH tunnelled through SSM Session Manager (the enclaves have no inbound SSH), as inventories/aws.py
+  documents it;
+- how Ansible connects (the connection variables of its inventory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from embassy import model
+from embassy.errors import EmbassyUnknown, HostUnknown, RootRequired, TargetUnknown, ToolMissing, UserError
+from embassy.lab.state import Role
+
+if TYPE_CHECKING:
+    from embassy.lab.state import LabState
+
+__all__ = ["KINDS", "AwsTarget", "Host", "LabTarget", "Role", "Target", "aws_hosts", "stack_outputs", "target_for"]
+
+KINDS = ("lab", "aws")
+AWS_SSH_CONFIG_ENV = "EMBASSY_SSH_CONFIG"  # the ssh_config with the SSM ProxyCommand (inventories/aws.py)
+SSM_BUCKET_ENV = "EMBASSY_SSM_BUCKET"  # Ansible's SSM connection moves files through an S3 bucket
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of a target, as every operation sees it."""
+
+    name: str  # inventory name: home, enclave-<embassy>[-<n>]
+    role: Role
+    embassy: str | None = None  # the embassy it serves (None for home)
+    mode: model.Mode | None = None  # warm | cold for embassy hosts
+    address: str | None = None  # where the controller reaches it (lab address; private IP on AWS)
+    instance_id: str | None = None  # AWS: the EC2 instance, the SSM target
+    region: str | None = None  # AWS: the instance's region
+
+    @property
+    def group(self) -> str:
+        """home, warm or cold: the inventories' groups."""
+        return "home" if self.role is Role.HOME else (self.mode.value if self.mode else model.Mode.COLD.value)
+
+
+class Target(ABC):
+    """Where a stack's hosts are and how the controller reaches them (lab or aws)."""
+
+    kind: ClassVar[str]
+    inventory: ClassVar[str]  # the pyinfra inventory, relative to the project root
+
+    def __init__(self, dep: model.Deployment) -> None:
+        self.dep = dep
+
+    @property
+    def stack(self) -> str:
+        return self.dep.stack
+
+    @property
+    @abstractmethod
+    def hosts(self) -> list[Host]:
+        """Every host of the target, home first if it has one."""
+
+    @property
+    @abstractmethod
+    def workdir(self) -> Path:
+        """Where runs against this target keep their files (never the user's home, never the repo for the lab)."""
+
+    # Facts of the target's network, for roles that must admit the controller; None where it has none.
+    controller_address: str | None = None
+    syslog_target: str | None = None
+    mirror_url: str | None = None
+    ssh_port: int | None = None
+    admin_user: str = "admin"
+
+    def host(self, name: str) -> Host:
+        """The host named `name`, or the (first) host of embassy `name`."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        for h in self.hosts:
+            if h.embassy == name:
+                return h
+        raise HostUnknown(f"target {self.kind} of stack '{self.stack}' has no host '{name}'",
+                          f"use one of: {', '.join(h.name for h in self.hosts) or '(none)'}")
+
+    def embassy_hosts(self, embassy: str) -> list[Host]:
+        """The hosts of one embassy of the stack (refuses a name the stack does not declare)."""
+        if embassy not in {e.name for e in self.dep.embassies}:
+            raise EmbassyUnknown(f"stack '{self.stack}' has no embassy '{embassy}'",
+                                 f"use one of: {', '.join(e.name for e in self.dep.embassies)}")
+        return [h for h in self.hosts if h.embassy == embassy]
+
+    def client_env(self) -> dict[str, str]:
+        """What a client's inventory reads from the environment (added to the caller's)."""
+        return {"EMBASSY_STACK": self.stack}
+
+    @abstractmethod
+    def client_argv(self, argv: Sequence[str]) -> list[str]:
+        """`argv` wrapped so that it runs where the hosts are reachable."""
+
+    @abstractmethod
+    def host_argv(self, host: Host | str, command: str) -> list[str]:
+        """The argv that runs the shell `command` on `host` (as the admin user; sudo for root)."""
+
+    @property
+    def client_place(self) -> str:
+        """Where clients run, for messages."""
+        return "on this machine"
+
+    @abstractmethod
+    def require_ansible(self) -> None:
+        """Raise a UserError if Ansible cannot connect to these hosts from here (a plugin missing)."""
+
+    @abstractmethod
+    def ansible_vars(self) -> dict[str, Any]:
+        """Ansible connection variables for every host."""
+
+    @abstractmethod
+    def ansible_host_vars(self, host: Host) -> dict[str, Any]:
+        """Ansible connection variables of one host."""
+
+    def run_client(self, argv: Sequence[str], *, timeout: float | None = None, cwd: Path | None = None,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a client where the hosts are reachable; its output is captured as text."""
+        return subprocess.run(self.client_argv(argv), capture_output=True, text=True, timeout=timeout, check=False,
+                              cwd=cwd or model.project_root(), env={**os.environ, **self.client_env(), **(env or {})})
+
+    def run_on(self, host: Host | str, command: str, *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on one host; never raises on its exit code (the caller reads it)."""
+        return subprocess.run(self.host_argv(host, command), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    def _host(self, host: Host | str) -> Host:
+        return host if isinstance(host, Host) else self.host(host)
+
+
+# --------------------------------------------------------------------------- the lab
+
+
+class LabTarget(Target):
+    """The lab on this machine (src/embassy/lab/): hosts from its state, clients in its controller namespace."""
+
+    kind = "lab"
+    inventory = "inventories/lab.py"
+
+    def __init__(self, dep: model.Deployment, lab: LabState) -> None:
+        super().__init__(dep)
+        self.lab = lab
+        self.controller_address = lab.controller_address
+        self.syslog_target = lab.syslog_target
+        self.mirror_url = lab.mirror_url
+        self.ssh_port = lab.ssh_port
+        self.admin_user = lab.ssh_user
+
+    @cached_property
+    def hosts(self) -> list[Host]:
+        return [Host(h.name, h.role, h.embassy, model.Mode(h.mode) if h.mode else None, h.address) for h in self.lab.hosts]
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.lab.dir)
+
+    def client_env(self) -> dict[str, str]:
+        return {**super().client_env(), "EMBASSY_LAB_ID": str(self.lab.lab_id)}
+
+    @property
+    def client_place(self) -> str:
+        return f"in {self.lab.controller_netns}"
+
+    def _require_root(self) -> None:
+        if os.geteuid() != 0:
+            raise RootRequired(f"reaching the lab's hosts needs root: its clients run in the namespace "
+                               f"{self.lab.controller_netns}",
+                               f"run it as root, e.g. `sudo .venv/bin/embassy … --stack {self.stack}`")
+
+    def client_argv(self, argv: Sequence[str]) -> list[str]:
+        self._require_root()
+        return self.lab.in_controller(list(argv))
+
+    def host_argv(self, host: Host | str, command: str) -> list[str]:
+        self._require_root()
+        return self.lab.ssh_argv(self._host(host).name, command)
+
+    def require_ansible(self) -> None:
+        return None  # SSH: ansible-core's own connection
+
+    def ansible_vars(self) -> dict[str, Any]:
+        # SSH as the lab's admin user with the controller's key and ssh_config (its known_hosts).
+        return {"ansible_user": self.lab.ssh_user, "ansible_ssh_private_key_file": self.lab.ssh_key,
+                "ansible_ssh_common_args": f"-F {self.lab.ssh_config}", "ansible_port": self.lab.ssh_port}
+
+    def ansible_host_vars(self, host: Host) -> dict[str, Any]:
+        return {"ansible_host": host.address}
+
+
+# --------------------------------------------------------------------------- AWS
+
+
+def require_pulumi(stack: str) -> None:
+    if shutil.which("pulumi") is None:
+        raise UserError("the pulumi CLI is not installed: the AWS target's hosts come from `pulumi stack output --json`",
+                        f"install Pulumi (https://www.pulumi.com/docs/install/), `pulumi login`, and "
+                        f"`pulumi up --stack {stack}` first")
+
+
+def stack_outputs(stack: str) -> dict[str, Any]:
+    """`pulumi stack output --json` of the stack, or a UserError saying what is missing."""
+    require_pulumi(stack)
+    res = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], capture_output=True, text=True,
+                         cwd=model.project_root(), timeout=120, check=False)
+    if res.returncode != 0:
+        raise UserError(f"cannot read the outputs of stack '{stack}': {res.stderr.strip()}",
+                        f"run `pulumi up --stack {stack}` first (and `pulumi login`)")
+    outputs: dict[str, Any] = json.loads(res.stdout or "{}")
+    return outputs
+
+
+def aws_hosts(dep: model.Deployment, outputs: dict[str, Any]) -> list[Host]:
+    """The embassies' hosts from the stack outputs (stacks/__main__.py exports them per embassy)."""
+    embassies = outputs.get("embassies") or {}
+    if not embassies:
+        raise UserError(f"stack '{dep.stack}' has no `embassies` output", f"run `pulumi up --stack {dep.stack}` first")
+    hosts = []
+    for emb in dep.embassies:
+        out = embassies.get(emb.name)
+        if out is None:
+            raise UserError(f"stack output has no embassy '{emb.name}'", f"run `pulumi up --stack {dep.stack}`")
+        ids = list(out.get("host_instance_ids") or [])
+        ips = list(out.get("host_private_ips") or [])
+        for i, instance in enumerate(ids):
+            name = f"enclave-{emb.name}" if len(ids) == 1 else f"enclave-{emb.name}-{i}"
+            hosts.append(Host(name, Role.EMBASSY, emb.name, emb.mode, ips[i] if i < len(ips) else None, instance,
+                              out.get("region", emb.region)))
+    return hosts
+
+
+def aws_collection_path() -> Path | None:
+    """Where the community.aws collection is installed, if anywhere Ansible looks."""
+    bases = [p for p in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
+    if os.environ.get("ANSIBLE_HOME"):
+        bases.append(str(Path(os.environ["ANSIBLE_HOME"]) / "collections"))
+    bases += [str(Path.home() / ".ansible" / "collections"), "/usr/share/ansible/collections", *sys.path]
+    for base in bases:
+        candidate = Path(base) / "ansible_collections" / "community" / "aws"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class AwsTarget(Target):
+    """A stack deployed with `pulumi up`: hosts from its outputs, reached over SSM Session Manager.
+
+    The home state runs on premises, outside the stack: it is not among these hosts (inventories/aws.py
+    adds it from EMBASSY_HOME_HOST for the deploys).
+    """
+
+    kind = "aws"
+    inventory = "inventories/aws.py"
+
+    def __init__(self, dep: model.Deployment, outputs: dict[str, Any] | None = None, workdir: Path | None = None,
+                 ssm_bucket: str | None = None) -> None:
+        super().__init__(dep)
+        self._outputs = outputs
+        self._workdir = workdir
+        self.ssm_bucket = ssm_bucket if ssm_bucket is not None else os.environ.get(SSM_BUCKET_ENV, "")
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        if self._outputs is None:
+            self._outputs = stack_outputs(self.stack)
+        return self._outputs
+
+    @cached_property
+    def hosts(self) -> list[Host]:
+        return aws_hosts(self.dep, self.outputs)
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir or model.project_root() / ".embassy" / self.stack
+
+    def client_argv(self, argv: Sequence[str]) -> list[str]:
+        require_pulumi(self.stack)  # every client's inventory (inventories/aws.py) reads the stack outputs
+        return list(argv)
+
+    def host_argv(self, host: Host | str, command: str) -> list[str]:
+        """SSH through SSM: `ssh <instance-id> …` with the ProxyCommand of inventories/aws.py's docstring."""
+        h = self._host(host)
+        missing = [tool for tool in ("aws", "session-manager-plugin", "ssh") if shutil.which(tool) is None]
+        if missing:
+            raise ToolMissing(f"reaching AWS hosts over SSM needs {', '.join(missing)}, not installed here",
+                              "install the AWS CLI and its session-manager-plugin, and put the SSM ProxyCommand of "
+                              "inventories/aws.py in ~/.ssh/config or in the file named by " + AWS_SSH_CONFIG_ENV)
+        if h.instance_id is None:
+            raise HostUnknown(f"host '{h.name}' has no instance id in the outputs of stack '{self.stack}'",
+                              f"run `pulumi up --stack {self.stack}`")
+        config = os.environ.get(AWS_SSH_CONFIG_ENV)
+        return ["ssh", *(["-F", config] if config else []), "-o", "BatchMode=yes", h.instance_id, command]
+
+    def require_ansible(self) -> None:
+        if aws_collection_path() is None:
+            raise UserError("the community.aws collection is not installed: AWS hosts are reached over SSM "
+                            "(ansible_connection=community.aws.aws_ssm), which ansible-core does not ship",
+                            "ansible-galaxy collection install community.aws amazon.aws; install the AWS "
+                            "session-manager-plugin; then run the command again")
+
+    def ansible_vars(self) -> dict[str, Any]:
+        """Ansible reaches the hosts with community.aws's SSM connection, which moves files through S3."""
+        if not self.ssm_bucket:
+            raise UserError(f"{SSM_BUCKET_ENV} is not set: the SSM connection moves files through an S3 bucket",
+                            "create a transfer bucket in the embassies' account (not a vault: vaults are Object-Locked) "
+                            f"and export {SSM_BUCKET_ENV}=<its name>")
+        return {"ansible_connection": "community.aws.aws_ssm", "ansible_aws_ssm_bucket_name": self.ssm_bucket}
+
+    def ansible_host_vars(self, host: Host) -> dict[str, Any]:
+        emb = next(e for e in self.dep.embassies if e.name == host.embassy)
+        return {"ansible_aws_ssm_instance_id": host.instance_id, "ansible_aws_ssm_region": host.region,
+                # SSM needs no inbound SSH: only the embassy's admin networks, if any, reach port 22.
+                "embassy_ssh_sources": list(emb.admin_cidrs), "embassy_require_ssh": bool(emb.admin_cidrs)}
+
+
+# --------------------------------------------------------------------------- choosing one
+
+
+def target_for(kind: str, dep: model.Deployment) -> Target:
+    """The target `kind` (lab | aws) of the stack; the lab must be up (else an error that says how)."""
+    if kind == "lab":
+        from embassy.lab.state import lab_state
+
+        return LabTarget(dep, lab_state(dep.stack))  # a UserError with its HINT when that lab is not up
+    if kind == "aws":
+        return AwsTarget(dep)
+    raise TargetUnknown(f"unknown target '{kind}'", f"use --target {' or --target '.join(KINDS)}")

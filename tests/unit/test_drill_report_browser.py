@@ -1,0 +1,116 @@
+"""The HTML drill report in a real browser: Debian's headless chromium renders it, with no console
+error; the chart is in the DOM; the screenshots are kept in out/test-artifacts/.
+
+As root, chromium runs in a fresh network namespace (`unshare -n`): nothing it does can reach any
+network, whatever the page or the browser's own services would try (elsewhere, the flags that turn
+its background services off are all there is). `make test` installs chromium
+as root (the Makefile's LAB_APT), so it is missing only for a user who cannot install it: then,
+and only then, the test is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image
+
+from embassy.drill.report import Report, write_report
+from tests.unit.test_drill_report import failed_report, passed_report
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "out" / "test-artifacts"
+WIDTH, HEIGHT = 1280, 2400
+PASSED_GREEN = (0x1A, 0x7F, 0x37)  # .verdict.passed in the template
+FAILED_RED = (0xB4, 0x23, 0x18)  # .verdict.failed
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if found:
+        return found
+    if os.geteuid() == 0:
+        pytest.fail("chromium is not installed: run `make test` (it installs the Makefile's LAB_APT as root), "
+                    "or `apt-get install -y --no-install-recommends chromium`")
+    pytest.skip("chromium is not installed and only root can install it (`make test` does, as root)")
+
+
+@functools.cache
+def isolated_network_available() -> bool:
+    """Whether this process may make a network namespace (root, and a container that allows it)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def browse(url: str, *mode: str) -> subprocess.CompletedProcess[str]:
+    """One headless chromium run on `url`, its console logged to stderr, in a throw-away profile."""
+    with tempfile.TemporaryDirectory(prefix="embassy-chromium-") as profile:
+        argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-default-apps", "--no-pings", f"--user-data-dir={profile}", "--enable-logging=stderr",
+                "--v=0", f"--window-size={WIDTH},{HEIGHT}", *mode, url]
+        if isolated_network_available():
+            argv = ["unshare", "--net", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to its console (errors, uncaught exceptions), as chromium logs it."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def render(report: Report, name: str, tmp_path: Path) -> tuple[Path, str, Path]:
+    folder = write_report(report, tmp_path / name, tmp_path / "keys")
+    url = (folder / "report.html").as_uri()
+    dom = browse(url, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not console_messages(dom.stderr), console_messages(dom.stderr)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"drill-report-{name}.png"
+    shot.unlink(missing_ok=True)
+    done = browse(url, f"--screenshot={shot}", "--hide-scrollbars")
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    assert not console_messages(done.stderr), console_messages(done.stderr)
+    return folder, dom.stdout, shot
+
+
+def share_of(shot: Path, colour: tuple[int, int, int]) -> float:
+    """The share of the screenshot's pixels that have `colour` (within rounding)."""
+    pixels = (image.imread(shot)[..., :3] * 255).round()
+    return float(np.all(np.abs(pixels - np.array(colour)) <= 2, axis=-1).mean())
+
+
+def test_the_console_capture_sees_errors() -> None:
+    """Control: a page that logs an error and throws is caught, so 'no console message' means something."""
+    with tempfile.TemporaryDirectory() as folder:
+        page = Path(folder) / "broken.html"
+        page.write_text('<!DOCTYPE html><p>x</p><script>console.error("control-error"); notDefined();</script>')
+        messages = console_messages(browse(page.as_uri(), "--dump-dom").stderr)
+    assert any("control-error" in m for m in messages), messages
+    assert any("Uncaught ReferenceError: notDefined is not defined" in m for m in messages), messages
+
+
+def test_a_passed_report_renders_in_chromium(tmp_path: Path) -> None:
+    _, dom, shot = render(passed_report(), "passed", tmp_path)
+    assert '<header id="verdict" class="verdict passed">' in dom and "Drill passed" in dom
+    figure = dom[dom.index('<figure id="timeline-chart"'):]
+    figure = figure[:figure.index("</figure>")]
+    assert "<svg" in figure and "smoke checks" in figure and "incident" in figure
+    assert dom.count('class="register"') == 3
+    assert image.imread(shot).shape[:2] == (HEIGHT, WIDTH)
+    assert share_of(shot, PASSED_GREEN) > 0.01 and share_of(shot, FAILED_RED) < 0.001  # the green verdict is shown
+
+
+def test_a_failed_report_renders_in_chromium_with_its_failures(tmp_path: Path) -> None:
+    _, dom, shot = render(failed_report(), "failed", tmp_path)
+    assert '<header id="verdict" class="verdict failed">' in dom and "Drill FAILED" in dom
+    assert '<section id="failures">' in dom and "000000010000000000000007" in dom and "[308] ObjectiveMissed" in dom
+    assert '<figure id="timeline-chart"' in dom and "<svg" in dom
+    assert share_of(shot, FAILED_RED) > 0.01 and share_of(shot, PASSED_GREEN) < 0.01  # the red verdict is shown
