@@ -10,7 +10,7 @@ from typing import Any
 
 from embassy.compliance.catalog import Control, Measure, control, controls
 from embassy.compliance.checks import MEASURES, break_glass_roles, bucket_role, data_loss
-from embassy.compliance.context import Context, Resource
+from embassy.compliance.context import Context, Resource, SecretValue
 from embassy.compliance.evaluate import Finding, evaluate
 from embassy.compliance.props import Unknown
 from embassy.errors import EXIT_FINDING, EXIT_OK, UserError
@@ -89,10 +89,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _has_secret(value: Any) -> bool:
+    if isinstance(value, SecretValue):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_secret(v) for v in value.values())
+    return isinstance(value, list) and any(_has_secret(v) for v in value)
+
+
 def diff_keys(before: Resource, after: Resource) -> list[str]:
     """The declared inputs that differ (secrets compare as secrets), and the provider when both sides name one."""
     a, b = _clean(dict(before.asked)), _clean(dict(after.asked))
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    # a secret is named, never shown: "key (secret)" when either side stores it as one
+    keys = sorted(f"{k} (secret)" if _has_secret(a.get(k)) or _has_secret(b.get(k)) else k
+                  for k in set(a) | set(b) if a.get(k) != b.get(k))
     if before.provider and after.provider and before.provider != after.provider:
         keys.append("provider")
     return keys
