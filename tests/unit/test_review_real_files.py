@@ -170,7 +170,7 @@ def test_export_against_the_event_log_of_the_same_update() -> None:
 @needs_fixtures
 def test_same_state_with_and_without_secrets() -> None:
     secret, plain = str(FIXTURES / "checkpoint-v3.json"), str(REAL / "checkpoint-v3.json")
-    code, out = review_json(secret, secret)
+    _, out = review_json(secret, secret)
     assert out["changes"] == [] and out["weakening"] == []
     _, out = review_json(plain, secret)
     keys = {k for c in out["changes"] for k in c["keys"]}

@@ -100,7 +100,7 @@ def review_cmd(
 ) -> None:
     """Review a stack diff control by control: exit 0 no mandatory finding, 1 a mandatory finding, 2 bad input."""
     from embassy.review import read, render, review
-    from embassy.review.sources import Terminated, is_git_ref
+    from embassy.review.sources import FORMATS_HINT, Terminated, is_git_ref
 
     if fmt not in FORMATS:
         raise user_error(UserError(f"unknown format '{fmt}'", f"use one of: {', '.join(FORMATS)}"))
@@ -115,6 +115,8 @@ def review_cmd(
             review(base_src, head_src, allow_different_stacks=allow_different_stacks)
     except UserError as exc:
         raise user_error(exc) from None
+    except RecursionError:
+        raise user_error(UserError("an input is nested too deep to be a Pulumi file", FORMATS_HINT)) from None
     except Terminated:
         raise user_error(UserError("review interrupted (SIGTERM): its temporary worktrees were removed",
                                    "run it again", code=143)) from None

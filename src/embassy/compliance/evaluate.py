@@ -77,8 +77,10 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}: JSON nested too deep to be a plan", PLAN_HINT) from None
     except FileNotFoundError:
         raise UserError(f"no such file: {path}", "give the path of a plan written by `embassy plan --out F`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", "check the path and its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start})", PLAN_HINT) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not JSON: {exc}", "give a plan written by `embassy plan --out F`") from None
 

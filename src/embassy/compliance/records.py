@@ -29,7 +29,8 @@ _SHAPES: dict[str, tuple[type, ...]] = {
 _NAMES = {str: "a string", Mapping: "an object", list: "a list", bool: "a boolean"}
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """A JSON value's kind, as an error names it."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number"}.get(type(value), type(value).__name__)
 
@@ -39,20 +40,20 @@ def check_records(rows: Any, where: str, label: str) -> list[Mapping[str, Any]]:
     if rows is None:
         return []
     if not isinstance(rows, list):
-        raise UserError(f"{label}: {where} is {_kind(rows)}, not a list of resources", HINT)
+        raise UserError(f"{label}: {where} is {kind_of(rows)}, not a list of resources", HINT)
     for i, rec in enumerate(rows):
         at = f"{where}[{i}]" if where.endswith("resources") else where
         if not isinstance(rec, Mapping):
-            raise UserError(f"{label}: {at} is {_kind(rec)}, not a resource object", HINT)
+            raise UserError(f"{label}: {at} is {kind_of(rec)}, not a resource object", HINT)
         if not isinstance(rec.get("urn"), str) or not rec["urn"]:
             raise UserError(f"{label}: {at}.urn is missing or not a string", HINT)
         for key, types in _SHAPES.items():
             value = rec.get(key)
             if value is not None and not isinstance(value, types):
                 want = " or ".join(_NAMES[t] for t in types)
-                raise UserError(f"{label}: {at}.{key} is {_kind(value)}, not {want}", HINT)
+                raise UserError(f"{label}: {at}.{key} is {kind_of(value)}, not {want}", HINT)
         deps = rec.get("dependencies") or []
         bad = next((j for j, d in enumerate(deps) if not isinstance(d, str)), None)
         if bad is not None:
-            raise UserError(f"{label}: {at}.dependencies[{bad}] is {_kind(deps[bad])}, not a URN", HINT)
+            raise UserError(f"{label}: {at}.dependencies[{bad}] is {kind_of(deps[bad])}, not a URN", HINT)
     return rows

@@ -24,7 +24,7 @@ from typing import Any
 from embassy.compliance.catalog import Control, Scope, Severity
 from embassy.compliance.context import Resource
 from embassy.compliance.evaluate import Finding, model_for
-from embassy.compliance.records import check_records
+from embassy.compliance.records import check_records, kind_of
 from embassy.errors import UserError
 from embassy.model import Deployment
 
@@ -172,7 +172,7 @@ def from_preview(doc: Mapping[str, Any], label: str = "preview") -> dict[str, Ch
     if steps is None:
         steps = []
     if not isinstance(steps, list):
-        raise UserError(f"{label}: steps is {type(steps).__name__}, not a list of steps", FORMATS_HINT)
+        raise UserError(f"{label}: steps is {kind_of(steps)}, not a list of steps", FORMATS_HINT)
     changes: dict[str, Change] = {}
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping) or not isinstance(step.get("urn"), str):
@@ -330,6 +330,8 @@ def read_file(path: Path, root: Path) -> Source:
         doc, stored = doc["events"], f"{stored}, events wrapper"  # the service API's {"events": [...]}
     if isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], Mapping) and not _is_events(doc):
         doc = doc[0]
+    if isinstance(doc, Mapping) and _is_events([doc]):  # an event log of a single event
+        doc = [doc]
     if _is_events(doc):
         return _events_source(label, doc, stored, root)
     if isinstance(doc, Mapping):
@@ -354,7 +356,7 @@ def read_file(path: Path, root: Path) -> Source:
 
 def _mapping(value: Any, where: str, label: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise UserError(f"{label}: {where} is {type(value).__name__}, not an object", FORMATS_HINT)
+        raise UserError(f"{label}: {where} is {kind_of(value)}, not an object", FORMATS_HINT)
     return value
 
 
@@ -421,14 +423,35 @@ class Terminated(BaseException):
     """SIGTERM (a cancelled CI job) while a review checks out git refs: unwinds so the worktrees go."""
 
 
+_SIGTERM = {"hold": 0, "pending": 0}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _SIGTERM["hold"]:
+        _SIGTERM["pending"] = 1  # raised when the step that must not be cut in half is done
+        return
+    raise Terminated()
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """`git worktree add` runs a checkout in a child of its own: killed half-way, that child keeps writing after
+    the cleanup. So a SIGTERM waits for the end of the step, then unwinds."""
+    _SIGTERM["hold"] += 1
+    try:
+        yield
+    finally:
+        _SIGTERM["hold"] -= 1
+        if not _SIGTERM["hold"] and _SIGTERM["pending"]:
+            _SIGTERM["pending"] = 0
+            raise Terminated()
+
+
 @contextmanager
 def cleanup_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into an exception for the duration, so that every `finally` (worktree removal) runs."""
-    def raise_terminated(signum: int, frame: Any) -> None:
-        raise Terminated()
-
     try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: nothing to install
         yield
         return
@@ -441,28 +464,32 @@ def cleanup_on_sigterm() -> Iterator[None]:
 @contextmanager
 def checkout(root: Path, ref: str) -> Iterator[Path]:
     """A temporary `git worktree` of a ref, removed afterwards whatever happens (SIGTERM included)."""
-    tmp = Path(tempfile.mkdtemp(prefix="embassy-review-"))
-    tree = tmp / "tree"
+    tmp: Path | None = None
     try:
-        added = _git(root, "worktree", "add", "--detach", "--quiet", str(tree), ref)
+        with _uninterrupted():
+            tmp = Path(tempfile.mkdtemp(prefix="embassy-review-"))
+            added = _git(root, "worktree", "add", "--detach", "--quiet", str(tmp / "tree"), ref)
         if added.returncode != 0:
             raise UserError(f"cannot check out {ref}: {added.stderr.strip()}",
                             "give a commit, branch or tag of this repository")
-        yield tree
+        yield tmp / "tree"
     finally:
-        _git(root, "worktree", "remove", "--force", str(tree))
-        shutil.rmtree(tmp, ignore_errors=True)
-        _git(root, "worktree", "prune")
+        if tmp is not None:
+            with _uninterrupted():
+                _git(root, "worktree", "remove", "--force", "--force", str(tmp / "tree"))
+                shutil.rmtree(tmp, ignore_errors=True)
+                _git(root, "worktree", "prune")
 
 
 _PLANS: dict[tuple[str, str, str], tuple[dict[str, Any], Deployment | None]] = {}
 
 
-def _at_ref(exc: UserError, tree: Path, ref: str) -> UserError:
-    """An error raised inside a temporary worktree, naming files as `REF:path` (the folder is gone by then)."""
-    def fix(text: str) -> str:
-        return text.replace(f"{tree}/", f"{ref}:").replace(str(tree), f"the checkout of {ref}")
-    return UserError(fix(exc.message), fix(exc.hint), exc.code)
+def _at_ref(exc: UserError, tree: Path, ref: str, stack: str) -> UserError:
+    """An error raised inside a temporary worktree, naming files as `REF:path`: the folder is gone by then, so the
+    hint says how to see the error at the ref itself."""
+    message = exc.message.replace(f"{tree}/", f"{ref}:").replace(str(tree), f"the checkout of {ref}")
+    return UserError(message, f"check out {ref} and run `embassy validate --stack {stack}` and "
+                              f"`embassy plan --stack {stack} --out F` there to see the whole error", exc.code)
 
 
 def read_ref(root: Path, ref: str, stack: str) -> Source:
@@ -476,7 +503,7 @@ def read_ref(root: Path, ref: str, stack: str) -> Source:
             try:
                 _PLANS[key] = (compute_plan(tree, stack), model_for(stack, tree))
             except UserError as exc:
-                raise _at_ref(exc, tree, ref) from None
+                raise _at_ref(exc, tree, ref, stack) from None
     plan, deployment = _PLANS[key]
     src = _state_source(f"{ref} ({sha[:7]})", "git", plan.get("resources"), "resources", stack, root)
     src.model = deployment
