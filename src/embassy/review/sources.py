@@ -362,10 +362,12 @@ def _mapping(value: Any, where: str, label: str) -> Mapping[str, Any]:
 
 def _events_source(label: str, events: list[Mapping[str, Any]], stored: str, root: Path) -> Source:
     changes = from_events(events, label)
-    stack = next((stack_of_urn(u) for u in changes), None)
+    urns = [*changes, *(str(e["policyEvent"].get("resourceUrn") or "") for e in events
+                        if isinstance(e.get("policyEvent"), Mapping))]
+    stack = next((st for u in urns if (st := stack_of_urn(u))), None)
     return Source(label, "events", stack, changes=changes, model=model_for(stack, root),
                   engine_notes=policy_events(events), engine_findings=engine_findings(events),
-                  default_region=_prelude_region(events), project=next((project_of_urn(u) for u in changes), None),
+                  default_region=_prelude_region(events), project=next((p for u in urns if (p := project_of_urn(u))), None),
                   file_format=stored or "json lines")
 
 
