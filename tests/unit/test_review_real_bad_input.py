@@ -105,3 +105,28 @@ def test_review_of_two_files_refuses_the_bad_one(tmp_path: Path) -> None:
     good.write_text(json.dumps({"deployment": {"resources": [BUCKET]}}))
     bad = _file(tmp_path, "deployment-resources-5")
     _refused(CliRunner().invoke(app, ["review", str(good), str(bad)]), bad, "deployment.resources")
+
+
+def test_nonsense_properties_fail_closed(tmp_path: Path, rehearsal_plan: dict[str, Any]) -> None:
+    """Properties of a shape no provider writes (ingress rules as a string): the control cannot judge, so it fails."""
+    import copy
+
+    broken = copy.deepcopy(rehearsal_plan)
+    sg = next(r for r in broken["resources"] if r["type"].endswith("securityGroup:SecurityGroup") and r["name"] == "de-hosts")
+    sg["inputs"]["ingress"] = ["0.0.0.0/0"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(broken))
+    for args in (["check", "--plan", str(path), "--format", "json"], ["review", str(path), "--format", "json"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        out = json.loads(result.stdout)
+        hits = [f for f in out["findings"] if f["control"] == "EMB-NET-01" and f["urn"] == sg["urn"]]
+        assert hits and hits[0]["mandatory"] and hits[0]["message"].startswith("cannot judge EMB-NET-01")
+
+
+def test_empty_export_is_said(tmp_path: Path) -> None:
+    path = tmp_path / "empty-export.json"
+    path.write_text(json.dumps({"version": 3, "deployment": {"manifest": {}, "resources": []}}))
+    result = CliRunner().invoke(app, ["review", str(path), "--format", "json"])
+    out = json.loads(result.stdout)
+    assert any("holds no resources" in n for n in out["notes"]) and "0 resource(s)" in out["read"][0]

@@ -222,3 +222,22 @@ def test_one_half_alone_is_no_net_01_finding(rehearsal_plan: Plan) -> None:
     plan["resources"].pop()
     dep = model.load_stack("rehearsal", ROOT)
     assert [f for f in evaluate(Context.of(resources_of_plan(plan), dep)) if f.control == "EMB-NET-01"] == []
+
+
+@pytest.mark.parametrize(("principal", "external_id", "exempt"), [
+    ("break-glass", True, True),  # the real trust, readable (as the pack sees a secret's value)
+    ("break-glass", False, False),  # no external ID: not the break-glass trust
+    ("agent", True, False),  # the agents' principals: not the break-glass trust
+])
+def test_break_glass_trust_is_read_when_readable(rehearsal_plan: Plan, principal: str, external_id: bool,
+                                                 exempt: bool) -> None:
+    dep = model.load_stack("rehearsal", ROOT)
+    who = list(dep.principals.break_glass) if principal == "break-glass" else ["arn:aws:iam::999988887777:role/agents"]
+    statement: dict[str, Any] = {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": who}}
+    if external_id:
+        statement["Condition"] = {"StringEquals": {"sts:ExternalId": "s3cr3t"}}
+    plan = copy.deepcopy(rehearsal_plan)
+    find(plan, "iam/role:Role", "de-break-glass")["inputs"]["assumeRolePolicy"] = json.dumps(
+        {"Version": "2012-10-17", "Statement": [statement]})
+    urn = find(plan, "rolePolicy:RolePolicy", "de-break-glass-vault")["urn"]
+    assert (urn not in [f.urn for f in iam_findings(plan)]) is exempt

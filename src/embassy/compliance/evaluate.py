@@ -30,6 +30,16 @@ class Finding:
         return asdict(self)
 
 
+# What a check meets on properties of a shape no provider writes (a rule that is a list, a flag that is an
+# object): the control cannot judge, so it fails closed instead of passing or crashing.
+SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+
+
+def shape_message(control: Control, exc: Exception) -> str:
+    return (f"cannot judge {control.id}: the resource's properties have a shape the AWS provider never writes "
+            f"({type(exc).__name__}: {str(exc)[:80]})")
+
+
 def unknown_message(control: Control, exc: Unknown) -> str:
     return (f"{exc.path} is unknown at preview; mandatory control {control.id} needs it known "
             "(set it from configuration, not from another resource's output)")
@@ -46,6 +56,8 @@ def run_check(control: Control, res: Resource, ctx: Context) -> list[Finding]:
         if control.mandatory and exc.kind == "decision":
             return [finding(unknown_message(control, exc))]
         return []  # a reference not known yet: judged once it exists (pulumi up, or the plan)
+    except SHAPE_ERRORS as exc:
+        return [finding(shape_message(control, exc))]
 
 
 def evaluate(ctx: Context, only: Iterable[Control] | None = None) -> list[Finding]:

@@ -11,7 +11,7 @@ from typing import Any
 from embassy.compliance.catalog import Control, Measure, control, controls
 from embassy.compliance.checks import MEASURES, break_glass_roles, bucket_role, data_loss
 from embassy.compliance.context import Context, Resource, SecretValue
-from embassy.compliance.evaluate import Finding, evaluate
+from embassy.compliance.evaluate import SHAPE_ERRORS, Finding, evaluate
 from embassy.compliance.props import Unknown
 from embassy.errors import EXIT_FINDING, EXIT_OK, UserError
 from embassy.review.sources import Change, Source
@@ -138,7 +138,7 @@ def _measure(ctl: Control, res: Resource | None, ctx: Context) -> Any:
         return None
     try:
         return fn(res, ctx)
-    except Unknown:
+    except (Unknown, *SHAPE_ERRORS):
         return None
 
 
@@ -307,6 +307,9 @@ def review(base: Source | None, head: Source, allow_different_stacks: bool = Fal
     for src in {id(s): s for s in (base, head) if s is not None}.values():
         head_findings += src.engine_findings
         notes += src.engine_notes
+    for src in (base, head):
+        if src is not None and not src.state_after() and not src.state_before():
+            notes.append(f"{src.label} holds no resources: nothing was read there to judge")
     for role in break_glass_roles(head_ctx):
         emb = head_ctx.embassy_of(role)
         notes.append(f"break-glass role {role.name}{f' (embassy {emb})' if emb else ''} exists: the policies attached "
