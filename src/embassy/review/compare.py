@@ -307,8 +307,7 @@ def review(base: Source | None, head: Source, allow_different_stacks: bool = Fal
     for src in {id(s): s for s in (base, head) if s is not None}.values():
         head_findings += src.engine_findings
         notes += src.engine_notes
-    for src in (base, head):
-        if src is not None and not src.state_after() and not src.state_before():
+        if not src.state_after() and not src.state_before():
             notes.append(f"{src.label} holds no resources: nothing was read there to judge")
     for role in break_glass_roles(head_ctx):
         emb = head_ctx.embassy_of(role)
