@@ -93,7 +93,8 @@ def test_every_real_file_is_in_the_table() -> None:
 def test_failed_runs_are_findings_in_every_format() -> None:
     path = str(REAL / "events-policy-mandatory.jsonl")
     md = cli("review", path)
-    assert md.exit_code == 1 and "**Blocked**" in md.stdout and "always-fails" in md.stdout and "<{%" not in md.stdout
+    assert md.exit_code == 1 and "**Blocked**" in md.stdout and "<{%" not in md.stdout
+    assert "| PULUMI-POLICY | high | mandatory |" in md.stdout and "| PULUMI-RUN | high | mandatory |" in md.stdout
     sarif = json.loads(cli("review", path, "--format", "sarif").stdout)
     run = sarif["runs"][0]
     ids = [r["id"] for r in run["tool"]["driver"]["rules"]]

@@ -100,7 +100,8 @@ def review_cmd(
 ) -> None:
     """Review a stack diff control by control: exit 0 no mandatory finding, 1 a mandatory finding, 2 bad input."""
     from embassy.review import read, render, review
-    from embassy.review.sources import FORMATS_HINT, Terminated, is_git_ref
+    from embassy.review.gitrefs import Terminated, is_git_ref
+    from embassy.review.sources import FORMATS_HINT
 
     if fmt not in FORMATS:
         raise user_error(UserError(f"unknown format '{fmt}'", f"use one of: {', '.join(FORMATS)}"))

@@ -11,7 +11,7 @@ import jinja2
 from embassy import __name__ as _pkg
 from embassy.compliance.catalog import FRAMEWORKS, Control, controls
 from embassy.review.compare import Review
-from embassy.review.sources import ENGINE_CONTROLS
+from embassy.review.engine import ENGINE_CONTROLS
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
@@ -22,7 +22,7 @@ def _cell(value: Any) -> str:
 
 
 def _code(value: Any) -> str:
-    return f"`{str(value).replace('`', '')}`"
+    return f"`{str(value).replace('`', '')}`" if value else "—"
 
 
 def _short(urn: str) -> str:

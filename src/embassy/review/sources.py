@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
-import shutil
-import signal
-import subprocess
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embassy.compliance.catalog import Control, Scope, Severity
 from embassy.compliance.context import Resource
 from embassy.compliance.evaluate import Finding, model_for
 from embassy.compliance.records import check_records, kind_of
 from embassy.errors import UserError
 from embassy.model import Deployment
+from embassy.review.engine import engine_findings, policy_events, prelude_region
 
 FORMATS_HINT = ("give a plan (`embassy plan --out F`), a `pulumi preview --json` digest, an engine event log "
                 "(`pulumi up --json` / `--event-log F`), a `pulumi stack export`, or a git ref")
@@ -88,26 +82,6 @@ class Source:
             else f"{len(res)} resource(s)"
         fmt = f", {self.file_format}" if self.file_format else ""
         return f"{self.label}: {self.kind}{fmt}, stack {self.stack or '?'}: {what}" + (f" ({top}{more})" if top else "")
-
-
-# Findings of the run itself (engine events), beside the catalog's controls.
-ENGINE_CONTROLS = {
-    "PULUMI-POLICY": Control("PULUMI-POLICY", "A policy pack blocked the run",
-                             "A mandatory policy violation stops `pulumi up`: the change is not deployable as it is.",
-                             Severity.HIGH, True, Scope.CHANGE, ("*",), remediation="fix what the policy reports"),
-    "PULUMI-RUN": Control("PULUMI-RUN", "The Pulumi run failed",
-                          "A failed update leaves the stack between two states: what was reviewed is not what runs.",
-                          Severity.HIGH, True, Scope.CHANGE, ("*",), remediation="fix the error and run the update again"),
-    "PULUMI-ERROR": Control("PULUMI-ERROR", "The engine reported an error",
-                            "An error diagnostic means some step did not happen as planned.",
-                            Severity.HIGH, True, Scope.CHANGE, ("*",), remediation="read the error and fix its cause"),
-}
-_MARKUP = re.compile(r"<\{%[^%]*%\}>")
-
-
-def strip_markup(text: Any) -> str:
-    """Pulumi's colour markup (`<{%reset%}>`, `<{%fg 1%}>`) out of a message."""
-    return " ".join(_MARKUP.sub("", str(text or "")).split())
 
 
 def stack_of_urn(urn: str) -> str | None:
@@ -214,51 +188,6 @@ def from_events(events: list[Mapping[str, Any]], label: str = "events") -> dict[
     return changes
 
 
-def policy_events(events: list[Mapping[str, Any]]) -> list[str]:
-    """What a policy pack said during the run (`policyEvent`), so the review shows it beside its own findings."""
-    notes = []
-    for event in events:
-        pe = event.get("policyEvent")
-        if isinstance(pe, Mapping):
-            notes.append(f"policy pack {pe.get('policyPackName', '?')}: {pe.get('policyName', '?')} "
-                         f"({pe.get('enforcementLevel', '?')}) on {pe.get('resourceUrn') or 'the stack'}: "
-                         f"{strip_markup(pe.get('message'))}")
-    return notes
-
-
-def engine_findings(events: list[Mapping[str, Any]]) -> list[Finding]:
-    """A run that a mandatory policy blocked, that failed, or that reported an error never passes."""
-    found: list[Finding] = []
-
-    def add(control_id: str, urn: str, message: str, severity: str = "high") -> None:
-        sev = severity if severity in ("low", "medium", "high", "critical") else "high"
-        found.append(Finding(control_id, sev, True, urn, message, ""))
-
-    for event in events:
-        pe = event.get("policyEvent")
-        if isinstance(pe, Mapping) and str(pe.get("enforcementLevel", "")).lower() in ("mandatory", "remediate"):
-            add("PULUMI-POLICY", str(pe.get("resourceUrn") or ""),
-                f"policy pack {pe.get('policyPackName', '?')}: {pe.get('policyName', '?')} (mandatory): "
-                f"{strip_markup(pe.get('message'))}", str(pe.get("severity") or "high"))
-        diag = event.get("diagnosticEvent")
-        if isinstance(diag, Mapping) and str(diag.get("severity", "")).lower() == "error":
-            add("PULUMI-ERROR", str(diag.get("urn") or ""), f"engine error: {strip_markup(diag.get('message'))}")
-        summary = event.get("summaryEvent")
-        if isinstance(summary, Mapping) and str(summary.get("result", "")).lower() == "failed":
-            add("PULUMI-RUN", "", "the Pulumi run failed (summaryEvent result: failed)")
-    return found
-
-
-def _prelude_region(events: list[Mapping[str, Any]]) -> str | None:
-    for event in events:
-        prelude = event.get("preludeEvent")
-        if isinstance(prelude, Mapping) and isinstance(prelude.get("config"), Mapping):
-            region = prelude["config"].get("aws:region")
-            if isinstance(region, str) and region:
-                return region
-    return None
-
-
 # --------------------------------------------------------------------------- reading a file
 
 
@@ -338,15 +267,15 @@ def read_file(path: Path, root: Path) -> Source:
         if "checkpoint" in doc:
             cp = _mapping(doc["checkpoint"], "checkpoint", label)
             latest = _mapping(cp.get("latest") or {}, "checkpoint.latest", label)
-            return _state_source(label, "checkpoint", latest.get("resources"), "checkpoint.latest.resources",
+            return state_source(label, "checkpoint", latest.get("resources"), "checkpoint.latest.resources",
                                  cp.get("stack") or cp.get("target"), root, stored)
         if "latest" in doc and "target" in doc:  # checkpoint version 0 (2017)
             latest = _mapping(doc["latest"], "latest", label)
-            return _state_source(label, "checkpoint", latest.get("resources"), "latest.resources", doc["target"], root,
+            return state_source(label, "checkpoint", latest.get("resources"), "latest.resources", doc["target"], root,
                                  stored)
         if "deployment" in doc:
             dep = _mapping(doc["deployment"], "deployment", label)
-            return _state_source(label, "export", dep.get("resources"), "deployment.resources", None, root, stored)
+            return state_source(label, "export", dep.get("resources"), "deployment.resources", None, root, stored)
         if "steps" in doc or "changeSummary" in doc:
             return _preview_source(label, doc, stored, root)
         if "resources" in doc:
@@ -367,7 +296,7 @@ def _events_source(label: str, events: list[Mapping[str, Any]], stored: str, roo
     stack = next((st for u in urns if (st := stack_of_urn(u))), None)
     return Source(label, "events", stack, changes=changes, model=model_for(stack, root),
                   engine_notes=policy_events(events), engine_findings=engine_findings(events),
-                  default_region=_prelude_region(events), project=next((p for u in urns if (p := project_of_urn(u))), None),
+                  default_region=prelude_region(events), project=next((p for u in urns if (p := project_of_urn(u))), None),
                   file_format=stored or "json lines")
 
 
@@ -401,115 +330,13 @@ def _plan_source(label: str, doc: Mapping[str, Any], root: Path, stored: str) ->
     return src
 
 
-def _state_source(label: str, kind: str, rows: Any, where: str, stack: Any, root: Path, stored: str = "") -> Source:
+def state_source(label: str, kind: str, rows: Any, where: str, stack: Any, root: Path, stored: str = "") -> Source:
     resources = _records(rows, where, label)
     name = stack if isinstance(stack, str) and stack else next((stack_of_urn(u) for u in resources), None)
     if isinstance(name, str) and "/" in name:  # org/project/stack in checkpoints
         name = name.rsplit("/", 1)[-1]
     return Source(label, kind, name, resources=resources, model=model_for(name, root),
                   project=next((project_of_urn(u) for u in resources), None), file_format=stored)
-
-
-# --------------------------------------------------------------------------- git refs
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
-
-
-def is_git_ref(root: Path, ref: str) -> bool:
-    return _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode == 0
-
-
-class Terminated(BaseException):
-    """SIGTERM (a cancelled CI job) while a review checks out git refs: unwinds so the worktrees go."""
-
-
-_SIGTERM = {"hold": 0, "pending": 0}
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    if _SIGTERM["hold"]:
-        _SIGTERM["pending"] = 1  # raised when the step that must not be cut in half is done
-        return
-    raise Terminated()
-
-
-@contextmanager
-def _uninterrupted() -> Iterator[None]:
-    """`git worktree add` runs a checkout in a child of its own: killed half-way, that child keeps writing after
-    the cleanup. So a SIGTERM waits for the end of the step, then unwinds."""
-    _SIGTERM["hold"] += 1
-    try:
-        yield
-    finally:
-        _SIGTERM["hold"] -= 1
-        if not _SIGTERM["hold"] and _SIGTERM["pending"]:
-            _SIGTERM["pending"] = 0
-            raise Terminated()
-
-
-@contextmanager
-def cleanup_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into an exception for the duration, so that every `finally` (worktree removal) runs."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def checkout(root: Path, ref: str) -> Iterator[Path]:
-    """A temporary `git worktree` of a ref, removed afterwards whatever happens (SIGTERM included)."""
-    tmp: Path | None = None
-    try:
-        with _uninterrupted():
-            tmp = Path(tempfile.mkdtemp(prefix="embassy-review-"))
-            added = _git(root, "worktree", "add", "--detach", "--quiet", str(tmp / "tree"), ref)
-        if added.returncode != 0:
-            raise UserError(f"cannot check out {ref}: {added.stderr.strip()}",
-                            "give a commit, branch or tag of this repository")
-        yield tmp / "tree"
-    finally:
-        if tmp is not None:
-            with _uninterrupted():
-                _git(root, "worktree", "remove", "--force", "--force", str(tmp / "tree"))
-                shutil.rmtree(tmp, ignore_errors=True)
-                _git(root, "worktree", "prune")
-
-
-_PLANS: dict[tuple[str, str, str], tuple[dict[str, Any], Deployment | None]] = {}
-
-
-def _at_ref(exc: UserError, tree: Path, ref: str, stack: str) -> UserError:
-    """An error raised inside a temporary worktree, naming files as `REF:path`: the folder is gone by then, so the
-    hint says how to see the error at the ref itself."""
-    message = exc.message.replace(f"{tree}/", f"{ref}:").replace(str(tree), f"the checkout of {ref}")
-    return UserError(message, f"check out {ref} and run `embassy validate --stack {stack}` and "
-                              f"`embassy plan --stack {stack} --out F` there to see the whole error", exc.code)
-
-
-def read_ref(root: Path, ref: str, stack: str) -> Source:
-    """The plan of `stack` as the code and config at `ref` produce it (once per commit in this process)."""
-    from embassy.plan import compute_plan  # the plan module of this checkout plans the other one in a subprocess
-
-    sha = _git(root, "rev-parse", f"{ref}^{{commit}}").stdout.strip()
-    key = (str(root.resolve()), sha, stack)
-    if key not in _PLANS:
-        with cleanup_on_sigterm(), checkout(root, sha) as tree:
-            try:
-                _PLANS[key] = (compute_plan(tree, stack), model_for(stack, tree))
-            except UserError as exc:
-                raise _at_ref(exc, tree, ref, stack) from None
-    plan, deployment = _PLANS[key]
-    src = _state_source(f"{ref} ({sha[:7]})", "git", plan.get("resources"), "resources", stack, root)
-    src.model = deployment
-    return src
 
 
 def read(arg: str, root: Path, stack: str) -> Source:
@@ -519,6 +346,8 @@ def read(arg: str, root: Path, stack: str) -> Source:
         return read_file(path, root)
     if path.exists():
         raise UserError(f"{arg} is not a file", FORMATS_HINT)
-    if _git(root, "rev-parse", "--git-dir").returncode == 0 and is_git_ref(root, arg):
+    from embassy.review.gitrefs import in_repository, is_git_ref, read_ref
+
+    if in_repository(root) and is_git_ref(root, arg):
         return read_ref(root, arg, stack)
     raise UserError(f"{arg}: no such file or git ref", FORMATS_HINT)
