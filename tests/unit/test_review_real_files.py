@@ -200,3 +200,16 @@ def test_delete_step_without_old_state_is_still_a_bucket(tmp_path: Path) -> None
     assert code == 1
     assert [c["type"] for c in out["changes"]] == ["aws:s3/bucket:Bucket"]
     assert [f["message"] for f in out["findings"] if f["control"] == "EMB-CHG-01"] == ["bucket de-vault deleted: data loss"]
+
+
+def test_preview_with_an_error_diagnostic_never_passes(tmp_path: Path) -> None:
+    doc = json.loads((DATA / "preview-creates-only.json").read_text())
+    doc["diagnostics"] = [{"urn": doc["steps"][1]["urn"], "prefix": "<{%fg 1%}>error: <{%reset%}>",
+                           "message": "<{%reset%}>creating S3 Bucket: AccessDenied<{%reset%}>\n", "color": "raw",
+                           "severity": "error"}]
+    digest = tmp_path / "preview.json"
+    digest.write_text(json.dumps(doc))
+    code, out = review_json(str(digest))
+    assert code == 1
+    assert [f["message"] for f in out["findings"] if f["control"] == "PULUMI-ERROR"] == [
+        "preview error: creating S3 Bucket: AccessDenied"]

@@ -75,3 +75,13 @@ def prelude_region(events: list[Mapping[str, Any]]) -> str | None:
             if isinstance(region, str) and region:
                 return region
     return None
+
+
+def digest_findings(doc: Mapping[str, Any]) -> list[Finding]:
+    """A preview digest that reports an error (its `diagnostics`) is no plan to pass."""
+    found = []
+    for diag in doc.get("diagnostics") or []:
+        if isinstance(diag, Mapping) and str(diag.get("severity", "")).lower() == "error":
+            found.append(Finding("PULUMI-ERROR", "high", True, str(diag.get("urn") or ""),
+                                 f"preview error: {strip_markup(diag.get('message'))}", ""))
+    return found

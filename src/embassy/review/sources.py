@@ -20,7 +20,7 @@ from embassy.compliance.evaluate import Finding, model_for
 from embassy.compliance.records import check_records, kind_of
 from embassy.errors import UserError
 from embassy.model import Deployment
-from embassy.review.engine import engine_findings, policy_events, prelude_region
+from embassy.review.engine import digest_findings, engine_findings, policy_events, prelude_region
 
 FORMATS_HINT = ("give a plan (`embassy plan --out F`), a `pulumi preview --json` digest, an engine event log "
                 "(`pulumi up --json` / `--event-log F`), a `pulumi stack export`, or a git ref")
@@ -313,7 +313,11 @@ def _preview_source(label: str, doc: Mapping[str, Any], stored: str, root: Path)
         complete = has_sames or (bool(changes) and all(c.op == "create" for c in changes.values()))
     config = doc.get("config")
     region = config.get("aws:region") if isinstance(config, Mapping) and isinstance(config.get("aws:region"), str) else None
+    diagnostics = doc.get("diagnostics")
+    if diagnostics is not None and not isinstance(diagnostics, list):
+        raise UserError(f"{label}: diagnostics is {kind_of(diagnostics)}, not a list", FORMATS_HINT)
     return Source(label, "preview", stack, changes=changes, model=model_for(stack, root), complete=complete,
+                  engine_findings=digest_findings(doc),
                   default_region=region, project=next((project_of_urn(u) for u in changes), None), file_format=stored)
 
 
