@@ -241,3 +241,18 @@ def test_break_glass_trust_is_read_when_readable(rehearsal_plan: Plan, principal
         {"Version": "2012-10-17", "Statement": [statement]})
     urn = find(plan, "rolePolicy:RolePolicy", "de-break-glass-vault")["urn"]
     assert (urn not in [f.urn for f in iam_findings(plan)]) is exempt
+
+
+def test_a_role_tag_in_provider_default_tags_names_nothing(rehearsal_plan: Plan) -> None:
+    """defaultTags would tag every resource of the embassy at once: only a resource's own tag says what it is."""
+    plan = copy.deepcopy(rehearsal_plan)
+    prov = find(plan, "providers:aws", "de")
+    tags = json.loads(prov["inputs"]["defaultTags"])
+    tags["tags"]["data-embassy:role"] = "break-glass"
+    prov["inputs"]["defaultTags"] = json.dumps(tags)
+    glass = find(plan, "iam/role:Role", "de-break-glass")
+    ops = {**copy.deepcopy(glass), "urn": glass["urn"].replace("::de-break-glass", "::de-ops"), "name": "de-ops"}
+    ops["inputs"].pop("tags")  # untagged itself: only the provider's default tag says break-glass
+    plan["resources"].append(ops)
+    urn = _policy_on(plan, "de-ops", "de-ops-vault")["urn"]
+    assert urn in [f.urn for f in iam_findings(plan)]

@@ -199,8 +199,15 @@ class Context:
         return self.default_region if on_default and res.type.startswith(("aws:", "pulumi:providers:aws")) else None
 
     def role_of(self, res: Resource) -> str:
-        """What the components say a resource is (`data-embassy:role` tag): vault, audit-log, agent, ...; "" if untagged."""
-        return self.tags_of(res).get("role", "").strip().lower()
+        """What the components say a resource is (`data-embassy:role` tag): vault, audit-log, agent, ...; "" if untagged.
+
+        The resource's own tag only: a provider's defaultTags would name every resource of the embassy at once.
+        """
+        own = res.inputs.get("tags")
+        if not isinstance(own, Mapping):
+            return ""
+        roles = [str(v) for k, v in own.items() if _tag_key(k) == "role"]
+        return roles[-1].strip().lower() if roles else ""
 
     def tags_of(self, res: Resource) -> dict[str, str]:
         """The resource's tags merged over its provider's defaultTags (what AWS ends up with).
