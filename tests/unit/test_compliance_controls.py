@@ -229,11 +229,13 @@ def test_config_retention_above_the_plan_fails(rehearsal_plan: Plan) -> None:
 
 
 def test_break_glass_is_the_only_exception_to_iam_01(rehearsal_plan: Plan) -> None:
+    """The break-glass policy, re-attached to the agent role, is no exception: the role decides, not the name."""
     plan = copy.deepcopy(rehearsal_plan)
     bg = find(plan, "rolePolicy:RolePolicy", "de-break-glass-vault")
-    bg["name"], bg["inputs"]["role"] = "de-operator-vault", "de-operator-1234567"
+    agent, glass = find(plan, "iam/role:Role", "de-agent"), find(plan, "iam/role:Role", "de-break-glass")
+    bg["dependencies"] = [agent["urn"] if d == glass["urn"] else d for d in bg["dependencies"]]
     hits = [f for f in findings(plan) if f.control == "EMB-IAM-01"]
-    assert hits and "s3:DeleteObjectVersion" in hits[0].message
+    assert hits and hits[0].urn == bg["urn"] and "s3:DeleteObjectVersion" in hits[0].message
 
 
 @pytest.mark.parametrize(("policy", "control_id", "words"), [

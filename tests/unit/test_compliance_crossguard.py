@@ -153,7 +153,7 @@ def test_mandatory_control_fails_on_an_unknown_setting(pack: dict[str, Any], con
 def test_unknown_reference_keeps_pulumis_advisory(pack: dict[str, Any]) -> None:
     """A policy document built from ARNs not created yet is judged later: Pulumi's own UnknownValueError."""
     with pytest.raises(UnknownValueError):
-        _validate(pack["EMB-IAM-01"], "aws:iam/rolePolicy:RolePolicy", {"policy": UNKNOWN_STRING_VALUE, "role": "r"})
+        _validate(pack["EMB-IAM-02"], "aws:iam/rolePolicy:RolePolicy", {"policy": UNKNOWN_STRING_VALUE, "role": "r"})
     # an unknown key ARN is a reference to a key: the trail is encrypted with *some* customer key
     assert _validate(pack["EMB-ENC-05"], "aws:cloudtrail/trail:Trail", {"kmsKeyId": UNKNOWN_STRING_VALUE}) == []
 

@@ -272,7 +272,7 @@ def test_preview_digest_with_unknown_setting_and_no_sames(tmp_path: Path) -> Non
     state = {"urn": urn, "type": "aws:kms/key:Key", "custom": True,
              "inputs": {"enableKeyRotation": unknown, "policy": unknown}}
     digest = write(tmp_path / "p.json", {"steps": [{"op": "create", "urn": urn, "newState": state, "detailedDiff": None}],
-                                         "changeSummary": {"create": 1}})
+                                         "changeSummary": {"create": 1, "same": 140}})
     proc = run("review", str(digest), "--format", "json")
     assert proc.returncode == 1
     out = json.loads(proc.stdout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,13 +15,24 @@ import typer
 from embassy import model
 from embassy.cli import app, console, user_error
 from embassy.compliance.catalog import FRAMEWORKS, controls
+from embassy.compliance.checks import break_glass_roles
 from embassy.compliance.context import Context
-from embassy.compliance.evaluate import evaluate, mandatory_failed, model_for, read_plan, resources_of_plan
+from embassy.compliance.evaluate import evaluate, mandatory_failed, plan_model, read_plan, resources_of_plan
 from embassy.errors import EXIT_FINDING, EXIT_OK, UserError
 
 __all__ = ["app", "check", "controls_cmd", "review_cmd"]
 
 FORMATS = ("md", "json", "sarif")
+
+
+@contextmanager
+def progress(message: str) -> Iterator[None]:
+    """A spinner on stderr while a long step runs, on a terminal only: piped output stays quiet and clean."""
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
 
 
 def _write(text: str, out: Path | None) -> None:
@@ -47,17 +60,22 @@ def check(
     try:
         if plan is not None:
             doc = read_plan(plan)
-            deployment = model_for(doc.get("stack") if isinstance(doc.get("stack"), str) else None, root)
+            deployment = plan_model(doc.get("stack"), root, str(plan))
         else:
             from embassy.cli import load
             from embassy.plan import compute_plan
 
             deployment = load(str(stack))
-            doc = compute_plan(root, str(stack))
+            with progress(f"planning stack '{stack}' under Pulumi's mocks (15-20 s)"):
+                doc = compute_plan(root, str(stack))
     except UserError as exc:
         raise user_error(exc) from None
-    findings = evaluate(Context.of(resources_of_plan(doc), deployment))
+    ctx = Context.of(resources_of_plan(doc), deployment)
+    findings = evaluate(ctx)
     failed = mandatory_failed(findings)
+    for role in break_glass_roles(ctx):
+        console.print(f"note: break-glass role {role.name} exists: the policies attached to it are exempt from "
+                      "EMB-IAM-01", soft_wrap=True)
     if fmt == "json":
         sys.stdout.write(json.dumps({"stack": doc.get("stack"), "passed": not failed,
                                      "findings": [f.as_json() for f in findings]}, indent=2) + "\n")
@@ -77,20 +95,32 @@ def review_cmd(
     fmt: Annotated[str, typer.Option("--format", "-f", help="md | json | sarif")] = "md",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write here instead of stdout")] = None,
     stack: Annotated[str, typer.Option("--stack", "-s", help="the stack planned at git refs")] = "rehearsal",
+    allow_different_stacks: Annotated[bool, typer.Option(
+        "--allow-different-stacks", metavar="", help="compare BASE and HEAD even when they are different stacks")] = False,
 ) -> None:
     """Review a stack diff control by control: exit 0 no mandatory finding, 1 a mandatory finding, 2 bad input."""
     from embassy.review import read, render, review
+    from embassy.review.gitrefs import Terminated, is_git_ref
+    from embassy.review.sources import FORMATS_HINT
 
     if fmt not in FORMATS:
         raise user_error(UserError(f"unknown format '{fmt}'", f"use one of: {', '.join(FORMATS)}"))
     root = model.project_root()
     started = time.perf_counter()
+    refs = [a for a in (base, head) if a is not None and not Path(a).exists() and is_git_ref(root, a)]
     try:
-        head_src = read(head, root, stack) if head is not None else None
-        base_src = read(base, root, stack)
-        result = review(None, base_src) if head_src is None else review(base_src, head_src)
+        with progress(f"planning {' and '.join(refs)} in temporary git worktrees" if refs else "reading"):
+            head_src = read(head, root, stack) if head is not None else None
+            base_src = read(base, root, stack)
+        result = review(None, base_src) if head_src is None else \
+            review(base_src, head_src, allow_different_stacks=allow_different_stacks)
     except UserError as exc:
         raise user_error(exc) from None
+    except RecursionError:
+        raise user_error(UserError("an input is nested too deep to be a Pulumi file", FORMATS_HINT)) from None
+    except Terminated:
+        raise user_error(UserError("review interrupted (SIGTERM): its temporary worktrees were removed",
+                                   "run it again", code=143)) from None
     stack_file = model.stack_file(result.stack, root) if result.stack else None
     text = stack_file.read_text() if stack_file is not None and stack_file.is_file() else ""
     _write(render(result, fmt, text), out)

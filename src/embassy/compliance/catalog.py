@@ -53,6 +53,7 @@ class Control:
     frameworks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     remediation: str = ""
     measure: Measure | None = None
+    fails_closed: bool = False  # judged on a partial resource set too (what it cannot see counts against)
 
     def applies_to(self, resource_type: str) -> bool:
         return any(fnmatch.fnmatchcase(resource_type, pattern) for pattern in self.resource_types)
@@ -77,6 +78,7 @@ def _control(raw: dict[str, Any]) -> Control:
         # YAML reads `better: true` as a boolean: keep the word
         measure=Measure(label=measure["label"], better=str(measure["better"]).lower(), unit=measure.get("unit", ""))
         if measure else None,
+        fails_closed=bool(raw.get("fails_closed", False)),
     )
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from embassy import model
 from embassy.compliance.context import Context, Resource
 from embassy.compliance.props import (
+    SECRET,
     UNKNOWN,
+    Unknown,
     as_list,
     is_unknown,
     items,
@@ -77,18 +79,22 @@ def measure(control_id: str) -> Callable[[MeasureFn], MeasureFn]:
 
 
 def bucket_role(res: Resource, ctx: Context) -> str:
-    """vault | log | other: from a `role`/`purpose` tag, else from the name."""
-    tags = {k.lower(): v.lower() for k, v in ctx.tags_of(res).items()}
-    for key in ("role", "purpose", "data-embassy:role"):
-        if key in tags:
-            value = tags[key]
-            return "vault" if "vault" in value else "log" if any(w in value for w in ("log", "trail", "audit")) else value
-    name = res.name.lower()
-    if "vault" in name:
+    """vault | log | other, from the `data-embassy:role` tag the components set, never from the name.
+
+    A name is chosen by whoever writes the change. An untagged bucket with Object Lock is judged as a vault
+    (fails closed): it holds something meant to be immutable.
+    """
+    role = ctx.role_of(res)
+    if role == "vault":
         return "vault"
-    if any(w in name for w in ("log", "trail", "audit")):
+    if role == "audit-log":
         return "log"
-    return "other"
+    if role:
+        return "other"
+    try:
+        return "vault" if res.type == BUCKET and _lock_enabled(res) else "other"
+    except Unknown:
+        return "vault"
 
 
 def _depends_on(res: Resource, ctx: Context, rtype: str) -> list[Resource]:
@@ -194,7 +200,10 @@ def foreign_principals(res: Resource, ctx: Context) -> set[str]:
 
 def _allowed_actions(res: Resource) -> list[tuple[list[str], list[str], bool]]:
     """(actions, resources, is_not_action) of every Allow statement of the resource's policy."""
-    doc = policy_document(res.inputs.get("policy"), "policy")
+    return _allowed(policy_document(res.inputs.get("policy"), "policy"))
+
+
+def _allowed(doc: dict[str, Any] | None) -> list[tuple[list[str], list[str], bool]]:
     found = []
     for st in statements(doc):
         if st.get("Effect") != "Allow":
@@ -206,8 +215,11 @@ def _allowed_actions(res: Resource) -> list[tuple[list[str], list[str], bool]]:
     return found
 
 
-# AWS managed policies that grant what EMB-IAM-01 / EMB-IAM-02 forbid, when attached to a role of the stack.
-MANAGED_DESTRUCTIVE = ("AdministratorAccess", "PowerUserAccess", "AmazonS3FullAccess", "AWSKeyManagementServicePowerUser")
+# AWS managed policies that grant what EMB-IAM-01 / EMB-IAM-02 forbid, when attached to a role of the stack:
+# they count as the grants they imply (the Lambda full-access ones include s3:*).
+MANAGED_DESTRUCTIVE = ("AdministratorAccess", "PowerUserAccess", "AmazonS3FullAccess", "AWSKeyManagementServicePowerUser",
+                       "AWSLambda_FullAccess", "AWSLambdaFullAccess", "AmazonS3OutpostsFullAccess",
+                       "AmazonElasticMapReduceFullAccess", "AWSDataPipeline_FullAccess")
 MANAGED_ADMIN = ("AdministratorAccess",)
 
 
@@ -216,12 +228,26 @@ def _managed_policy(res: Resource) -> str:
     return str(arn).rsplit("/", 1)[-1] if str(arn).startswith("arn:aws") and ":iam::aws:policy/" in str(arn) else ""
 
 
+def _managed_grants(arns: Any) -> set[str]:
+    names = {str(a).rsplit("/", 1)[-1] for a in as_list(arns) if ":iam::aws:policy/" in str(a)}
+    return {f"{n} (AWS managed)" for n in names & set(MANAGED_DESTRUCTIVE)}
+
+
 def destructive_grants(res: Resource) -> set[str]:
-    if res.type.endswith("rolePolicyAttachment:RolePolicyAttachment"):
-        name = _managed_policy(res)
-        return {f"{name} (AWS managed)"} if name in MANAGED_DESTRUCTIVE else set()
+    if res.type.endswith(("rolePolicyAttachment:RolePolicyAttachment", "policyAttachment:PolicyAttachment")):
+        return _managed_grants(ref(res.inputs, "policyArn", ""))
+    if res.type == ROLE:  # inline policies and managed policies given on the role itself
+        granted = _managed_grants(res.inputs.get("managedPolicyArns"))
+        for i, inline in enumerate(as_list(res.inputs.get("inlinePolicies"))):
+            if isinstance(inline, dict):
+                granted |= _grants_of(policy_document(inline.get("policy"), f"inlinePolicies.{i}.policy"))
+        return granted
+    return _grants_of(policy_document(res.inputs.get("policy"), "policy"))
+
+
+def _grants_of(doc: dict[str, Any] | None) -> set[str]:
     granted: set[str] = set()
-    for actions, _resources, negated in _allowed_actions(res):
+    for actions, _resources, negated in _allowed(doc):
         for target in DESTRUCTIVE_ACTIONS:
             hit = any(fnmatch.fnmatch(target.lower(), a.lower()) for a in actions)
             if hit != negated:  # NotAction allows everything it does not list
@@ -485,26 +511,85 @@ def bucket_not_force_destroy(res: Resource, ctx: Context) -> Iterator[str]:
 
 
 BREAK_GLASS = "break-glass"
+ROLE = "aws:iam/role:Role"
+POLICY = "aws:iam/policy:Policy"
+ATTACHMENTS = ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/policyAttachment:PolicyAttachment")
 
 
-def is_break_glass(res: Resource) -> bool:
-    """The break-glass role's policy: the one documented exception to EMB-IAM-01 (its use is on CloudTrail)."""
-    role = res.inputs.get("role")
-    return BREAK_GLASS in res.name or (isinstance(role, str) and BREAK_GLASS in role)
+def attached_roles(res: Resource, ctx: Context) -> list[Resource]:
+    """The roles of the stack a policy is attached to: by dependency, or by the role input naming one of them.
+
+    A standalone policy counts through the attachments that depend on it.
+    """
+    if res.type == ROLE:
+        return [res]
+    if res.type == POLICY:
+        found: list[Resource] = []
+        for att in ctx.by_type(*ATTACHMENTS):
+            if res.urn in att.dependencies:
+                found.extend(attached_roles(att, ctx))
+        return found
+    roles = [d for d in (ctx.resources.get(u) for u in res.dependencies) if d is not None and d.type == ROLE]
+    named = res.inputs.get("role")
+    if isinstance(named, str) and named:
+        roles += [r for r in ctx.by_type(ROLE) if named in (r.inputs.get("name"), r.inputs.get("arn"), r.inputs.get("id"))
+                  and r not in roles]
+    return roles
+
+
+def _trust_is_break_glass(role: Resource, ctx: Context) -> bool:
+    """The break-glass trust: assumed only with the external ID (which makes the document a secret), by the
+    model's break-glass principals when the model and the document are at hand."""
+    trust = role.inputs.get("assumeRolePolicy")
+    if trust == SECRET:
+        return True
+    try:
+        doc = policy_document(trust, "assumeRolePolicy")
+    except Unknown:
+        return False
+    sts = [st for st in statements(doc) if st.get("Effect") == "Allow"]
+    if not sts:
+        return False
+    allowed = set(ctx.model.principals.break_glass) if ctx.model else None
+    for st in sts:
+        cond = st.get("Condition") or {}
+        equals = cond.get("StringEquals") if isinstance(cond, dict) else None
+        if not isinstance(equals, dict) or not any(k.lower() == "sts:externalid" for k in equals):
+            return False
+        if allowed is not None and not {p.partition(":")[2] for p in _principals(st)} <= allowed:
+            return False
+    return True
+
+
+def is_break_glass_role(role: Resource, ctx: Context) -> bool:
+    return ctx.role_of(role) == BREAK_GLASS and _trust_is_break_glass(role, ctx)
+
+
+def is_break_glass(res: Resource, ctx: Context) -> bool:
+    """The one documented exception to EMB-IAM-01 (its use is on CloudTrail): a policy attached only to the
+    role tagged break-glass whose trust policy is the break-glass one. A grant that cannot be tied to a role
+    of the stack is no exception (fails closed); a name is never one."""
+    if res.type == BUCKET_POLICY:
+        return False
+    roles = attached_roles(res, ctx)
+    return bool(roles) and all(is_break_glass_role(r, ctx) for r in roles)
+
+
+def break_glass_roles(ctx: Context) -> list[Resource]:
+    """The roles exempt from EMB-IAM-01: a review and a check name them."""
+    return [r for r in ctx.by_type(ROLE) if is_break_glass_role(r, ctx)]
 
 
 @check("EMB-IAM-01")
 def no_destructive_grants(res: Resource, ctx: Context) -> Iterator[str]:
-    if is_break_glass(res):
-        return
     granted = destructive_grants(res)
-    if granted:
+    if granted and not is_break_glass(res, ctx):
         yield f"policy allows {', '.join(sorted(granted))}"
 
 
 @measure("EMB-IAM-01")
 def _destructive(res: Resource, ctx: Context) -> Any:
-    return frozenset() if is_break_glass(res) else frozenset(destructive_grants(res))
+    return frozenset() if is_break_glass(res, ctx) else frozenset(destructive_grants(res))
 
 
 @check("EMB-IAM-02")
@@ -533,18 +618,29 @@ def _imds(res: Resource, ctx: Context) -> Any:
     return need(res.inputs, "metadataOptions.httpTokens", "optional") == "required"
 
 
+def _public_ip(res: Resource) -> str:
+    """The public address an instance was given (an output of an applied state), "" when none."""
+    value = res.inputs.get("publicIp")
+    return value if isinstance(value, str) and value and not is_unknown(value) else ""
+
+
+def _has_public_ip(res: Resource) -> bool:
+    return truthy(need(res.inputs, "associatePublicIpAddress", False)) or bool(_public_ip(res))
+
+
 @check("EMB-EC2-02")
 def no_public_ip(res: Resource, ctx: Context) -> Iterator[str]:
     if res.type == INSTANCE:
-        if truthy(need(res.inputs, "associatePublicIpAddress", False)):
-            yield "host gets a public IP address"
+        if _has_public_ip(res):
+            address = _public_ip(res)
+            yield "host gets a public IP address" + (f" ({address})" if address else "")
     else:
         yield "an Elastic IP gives the enclave a public address"
 
 
 @measure("EMB-EC2-02")
 def _public(res: Resource, ctx: Context) -> Any:
-    return truthy(need(res.inputs, "associatePublicIpAddress", False)) if res.type == INSTANCE else True
+    return _has_public_ip(res) if res.type == INSTANCE else True
 
 
 @check("EMB-EC2-03")
@@ -563,20 +659,63 @@ def no_key_pair(res: Resource, ctx: Context) -> Iterator[str]:
 # --------------------------------------------------------------------------- network
 
 
-def open_exposures(res: Resource) -> set[str]:
-    return {f"{ports} to {cidr}" for ports, cidr in ingress_sources(res) if _is_open(cidr)}
+INGRESS_TYPES = ("aws:ec2/securityGroup:SecurityGroup", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+                 "aws:ec2/securityGroupRule:SecurityGroupRule", "aws:ec2/networkAclRule:NetworkAclRule",
+                 "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+
+
+def _public_net(cidr: str) -> Any:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+    return None if any(net.version == r.version and net.subnet_of(r) for r in PRIVATE_RANGES) else net  # type: ignore[arg-type]
+
+
+def _pieced_exposures(res: Resource, ctx: Context) -> set[str]:
+    """The internet opened piecewise: the union of an embassy's public sources for a port covers every address
+    (0.0.0.0/1 + 128.0.0.0/1), though no single rule says 0.0.0.0/0."""
+    mine = [(ports, net) for ports, cidr in ingress_sources(res) if (net := _public_net(cidr)) is not None]
+    if not mine:
+        return set()
+    peers = [res]
+    if ctx.complete:
+        emb = ctx.embassy_of(res)
+        peers += [r for r in ctx.by_type(*INGRESS_TYPES) if r.urn != res.urn and ctx.embassy_of(r) == emb]
+    sources: list[tuple[str, Any]] = []
+    for peer in peers:
+        try:
+            sources += [(p, n) for p, c in ingress_sources(peer) if (n := _public_net(c)) is not None]
+        except Unknown:
+            continue
+    found = set()
+    for ports in {p for p, _ in mine}:
+        nets = [n for p, n in sources if p in (ports, "all traffic")]
+        for version in (4, 6):
+            same = [n for n in nets if n.version == version]
+            if any(n.prefixlen == 0 for n in same) or not same:
+                continue  # a single rule already says the whole internet, or none of this family
+            if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(same)):
+                pieces = ", ".join(sorted({str(n) for n in same}))
+                found.add(f"{ports} to the whole internet in pieces ({pieces})")
+    return found
+
+
+def open_exposures(res: Resource, ctx: Context | None = None) -> set[str]:
+    found = {f"{ports} to {cidr}" for ports, cidr in ingress_sources(res) if _is_open(cidr)}
+    return found | (_pieced_exposures(res, ctx) if ctx is not None else set())
 
 
 @check("EMB-NET-01")
 def no_open_ingress(res: Resource, ctx: Context) -> Iterator[str]:
     what = "network ACL" if "networkAcl" in res.type else "security group"
-    for exposure in sorted(open_exposures(res)):
+    for exposure in sorted(open_exposures(res, ctx)):
         yield f"{what} opens {exposure}"
 
 
 @measure("EMB-NET-01")
 def _exposures(res: Resource, ctx: Context) -> Any:
-    return frozenset(open_exposures(res))
+    return frozenset(open_exposures(res, ctx))
 
 
 @check("EMB-NET-02")

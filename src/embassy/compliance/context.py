@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from embassy.compliance.props import UNKNOWN, is_unknown
+from embassy.compliance.props import SECRET, SECRET_SIG, SIG_KEY, UNKNOWN, is_unknown
 from embassy.model import Deployment
 
 TAG_NAMESPACE = "data-embassy:"
@@ -48,9 +49,58 @@ def urn_type(urn: str) -> str:
     return parts[2].rsplit("$", 1)[-1] if len(parts) >= 4 else ""
 
 
+class SecretValue(str):
+    """A value Pulumi stores as a secret: prints as "[secret]", equal to another when the stored secret is equal.
+
+    Two exports of the same state hold the same ciphertext; a plaintext is compared by its digest and never kept.
+    A redacted "[secret]" (a plan) equals any secret: nothing more can be known.
+    """
+
+    digest: str
+
+    def __new__(cls, digest: str) -> SecretValue:
+        obj = super().__new__(cls, SECRET)
+        obj.digest = digest
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SecretValue):
+            return self.digest == other.digest
+        return other == SECRET
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(SECRET)
+
+
+def unwrap_secrets(value: Any) -> Any:
+    """Secret envelopes (`{SIG_KEY: SECRET_SIG, ciphertext | plaintext}`) as SecretValue; the rest as is."""
+    if isinstance(value, Mapping):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            stored = value.get("ciphertext", value.get("plaintext", value.get("value")))
+            text = stored if isinstance(stored, str) else json.dumps(stored, sort_keys=True)
+            return SecretValue(hashlib.sha256(text.encode()).hexdigest())
+        return {k: unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v) for v in value]
+    return value
+
+
+def _props(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: unwrap_secrets(v) for k, v in value.items() if k != "__defaults"}
+
+
 @dataclass(frozen=True)
 class Resource:
-    """One resource as the engine sees it: camelCase inputs, references by URN."""
+    """One resource as the engine sees it: camelCase properties, references by URN.
+
+    `inputs` is what the checks judge: what was applied (the record's outputs) over what was asked (its
+    inputs), when the record says what was applied; `declared` is the inputs alone, what a diff compares.
+    """
 
     urn: str
     type: str
@@ -59,34 +109,55 @@ class Resource:
     parent: str | None = None
     provider: str | None = None  # provider URN (the `::id` suffix dropped)
     dependencies: tuple[str, ...] = ()
-    protect: bool | None = None  # protect or retainOnDelete, when the record says
+    protect: bool | None = None  # protect or retainOnDelete; None only where nothing can say (a bare URN)
     provider_region: str | None = None  # the plan records its provider's region beside the reference
+    custom: bool = True  # False for a component (`custom: false`): not a cloud resource
+    declared: Mapping[str, Any] | None = None
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any]) -> Resource:
-        """From a plan, export, preview-step or engine-event record (all share these keys)."""
+    def from_record(cls, rec: Mapping[str, Any], applied: bool = True, provider_hint: str | None = None) -> Resource:
+        """From a plan, export, checkpoint, preview-step or engine-event record (all share these keys).
+
+        Pulumi writes `protect` and `retainOnDelete` only when true: absent is false. With `applied`, the
+        record's outputs (what the provider applied) win over its inputs.
+        """
         urn = str(rec.get("urn", ""))
-        inputs = rec.get("inputs")
-        if not isinstance(inputs, Mapping):
-            inputs = {}
-        flags = [rec.get(k) for k in ("protect", "retainOnDelete") if isinstance(rec.get(k), bool)]
-        protect = any(flags) if flags else None
+        declared = _props(rec.get("inputs"))
+        if not declared and isinstance(rec.get("defaults"), Mapping):  # checkpoint v0
+            declared = _props(rec.get("defaults"))
+        outputs = _props(rec.get("outputs")) if applied else {}
+        merged = {**declared, **{k: v for k, v in outputs.items() if v is not None}}
+        protect = any(rec.get(k) is True for k in ("protect", "retainOnDelete"))
         prov = rec.get("provider")
         prov_region = None
         if isinstance(prov, Mapping):  # the plan's {"urn", "region"}
             prov_region = prov.get("region") if isinstance(prov.get("region"), str) else None
             prov = prov.get("urn")
+        if not prov and provider_hint:  # older event logs carry it only in the step metadata
+            prov = provider_hint
         return cls(
             urn=urn,
             type=str(rec.get("type") or urn_type(urn)),
-            inputs={k: v for k, v in inputs.items() if k != "__defaults"},
+            inputs=merged,
             name=str(rec.get("name") or urn_name(urn)),
             parent=rec.get("parent") or None,
             provider=provider_urn(prov if isinstance(prov, str) and prov else None),
-            dependencies=tuple(rec.get("dependencies") or ()),
+            dependencies=tuple(str(d) for d in deps) if isinstance(deps := rec.get("dependencies"), list) else (),
             protect=protect,
             provider_region=prov_region,
+            custom=rec.get("custom") is not False,
+            declared=declared,
         )
+
+    @classmethod
+    def of_urn(cls, urn: str) -> Resource:
+        """All that a step without state says: the type and name are in the URN."""
+        return cls(urn=urn, type=urn_type(urn), inputs={}, name=urn_name(urn))
+
+    @property
+    def asked(self) -> Mapping[str, Any]:
+        """The declared inputs (what a diff compares)."""
+        return self.inputs if self.declared is None else self.declared
 
     @property
     def is_provider(self) -> bool:
@@ -100,11 +171,12 @@ class Context:
     resources: dict[str, Resource] = field(default_factory=dict)
     model: Deployment | None = None
     complete: bool = True  # False in a CrossGuard resource policy: only the resource and its provider are known
+    default_region: str | None = None  # `aws:region` of the stack config, where the input carries it
 
     @classmethod
     def of(cls, resources: Iterable[Resource], deployment: Deployment | None = None,
-           complete: bool = True) -> Context:
-        return cls({r.urn: r for r in resources}, deployment, complete)
+           complete: bool = True, default_region: str | None = None) -> Context:
+        return cls({r.urn: r for r in resources}, deployment, complete, default_region)
 
     def by_type(self, *types: str) -> list[Resource]:
         return [r for r in self.resources.values() if r.type in types]
@@ -121,7 +193,21 @@ class Context:
         if prov is not None and prov.inputs.get("region"):
             value = prov.inputs["region"]
             return UNKNOWN if is_unknown(value) else str(value)
-        return res.provider_region
+        if res.provider_region:
+            return res.provider_region
+        on_default = not res.provider or urn_name(res.provider).startswith("default")
+        return self.default_region if on_default and res.type.startswith(("aws:", "pulumi:providers:aws")) else None
+
+    def role_of(self, res: Resource) -> str:
+        """What the components say a resource is (`data-embassy:role` tag): vault, audit-log, agent, ...; "" if untagged.
+
+        The resource's own tag only: a provider's defaultTags would name every resource of the embassy at once.
+        """
+        own = res.inputs.get("tags")
+        if not isinstance(own, Mapping):
+            return ""
+        roles = [str(v) for k, v in own.items() if _tag_key(k) == "role"]
+        return roles[-1].strip().lower() if roles else ""
 
     def tags_of(self, res: Resource) -> dict[str, str]:
         """The resource's tags merged over its provider's defaultTags (what AWS ends up with).

@@ -33,7 +33,7 @@ from embassy import model
 from embassy.compliance.catalog import FRAMEWORKS, Control, Scope, controls
 from embassy.compliance.checks import CHECKS
 from embassy.compliance.context import Context, Resource
-from embassy.compliance.evaluate import unknown_message
+from embassy.compliance.evaluate import SHAPE_ERRORS, shape_message, unknown_message
 from embassy.compliance.props import Unknown, plain
 
 PACK_NAME = "data-embassy"
@@ -75,6 +75,9 @@ def _judge(control: Control, res: Resource, ctx: Context, report: Callable[[str]
         elif strict:
             # keep Pulumi's own handling: an advisory "can't run policy ... during preview"
             raise UnknownValueError(UNKNOWN_STRING_VALUE, exc.path.split(".")) from None
+        return
+    except SHAPE_ERRORS as exc:
+        report(shape_message(control, exc))
         return
     for message in messages:
         report(message)

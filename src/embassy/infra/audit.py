@@ -27,7 +27,8 @@ class Audit(pulumi.ComponentResource):
     def __init__(self, name: str, args: AuditArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("data-embassy:infra:Audit", name, None, opts)
         site = args.site
-        locked = locked_bucket(site, "audit-logs", args.key_arn, site.embassy.retention_days, parent=self)
+        locked = locked_bucket(site, "audit-logs", args.key_arn, site.embassy.retention_days, parent=self,
+                              role="audit-log")
         self.bucket = locked.bucket
         # The trail's name is fixed so that the bucket policy can name the trail before it exists.
         trail_name = f"data-embassy-{site.stack}-{site.name}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.site import Site
+from embassy.infra.site import Site, role_tag
 
 LOCK_MODE = "COMPLIANCE"  # nobody, not even the account root, can shorten or lift it
 
@@ -20,14 +20,14 @@ class LockedBucket:
 
 
 def locked_bucket(site: Site, name: str, key_arn: pulumi.Input[str], retention_days: int,
-                  parent: pulumi.Resource) -> LockedBucket:
+                  parent: pulumi.Resource, role: str) -> LockedBucket:
     """Versioned, Object Lock COMPLIANCE for `retention_days`, SSE-KMS with bucket keys, never public, ACLs off.
 
     Every part is retained on delete: `pulumi destroy` cannot empty a locked bucket before retention ends,
     and must not half-dismantle it (suspend versioning, drop the public access block) while it tries.
     """
     child = pulumi.ResourceOptions(parent=parent, retain_on_delete=True)
-    bucket = aws.s3.Bucket(site.child(name), object_lock_enabled=True, opts=child)
+    bucket = aws.s3.Bucket(site.child(name), object_lock_enabled=True, tags=role_tag(role), opts=child)
     versioning = aws.s3.BucketVersioning(site.child(name), bucket=bucket.id, opts=child,
                                          versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(
                                              status="Enabled"))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.site import Site, policy_json
+from embassy.infra.site import Site, policy_json, role_tag
 
 DEBIAN_OWNER = "136693071363"  # the Debian cloud team's AWS account
 # Families documented as Nitro Enclaves capable (x86, Intel/AMD) that we accept; sizes from xlarge up
@@ -53,6 +53,7 @@ class Enclave(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         role = aws.iam.Role(site.child("host"), description=f"enclave hosts of embassy {site.name}: SSM only", opts=child,
+                            tags=role_tag("host"),
                             assume_role_policy=policy_json({"Version": "2012-10-17", "Statement": [{
                                 "Effect": "Allow", "Action": "sts:AssumeRole",
                                 "Principal": {"Service": site.service_principal("ec2")}}]}))
@@ -102,7 +103,7 @@ class Enclave(pulumi.ComponentResource):
                     encrypted=True, kms_key_id=args.key_arn, volume_size=emb.volume_size_gb, volume_type="gp3",
                     delete_on_termination=True),
                 enclave_options=aws.ec2.InstanceEnclaveOptionsArgs(enabled=nitro_enclaves_capable(emb.instance_type)),
-                tags={"Name": f"{site.stack}-{site.name}-{index + 1}"},
+                tags={"Name": f"{site.stack}-{site.name}-{index + 1}", **role_tag("host")},
                 opts=child))
         self.register_outputs({"instance_ids": [h.id for h in self.hosts],
                                "private_ips": [h.private_ip for h in self.hosts]})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.site import Site, policy_json
+from embassy.infra.site import Site, policy_json, role_tag
 
 # What nobody but break-glass may ever do to a vault: destroy versions or touch the locks.
 LOCK_ACTIONS = (
@@ -59,12 +59,15 @@ class Roles(pulumi.ComponentResource):
         site = args.site
         child = pulumi.ResourceOptions(parent=self)
         self.agent = aws.iam.Role(site.child("agent"), assume_role_policy=_trust(args.agents), max_session_duration=3600,
+                                  tags=role_tag("agent"),
                                   description=f"replication agent of {site.state.code} into embassy {site.name}", opts=child)
         self.restore = aws.iam.Role(site.child("restore"), description=f"read-only restore from embassy {site.name}",
-                                    assume_role_policy=_trust(args.restorers), max_session_duration=3600, opts=child)
+                                    assume_role_policy=_trust(args.restorers), max_session_duration=3600,
+                                    tags=role_tag("restore"), opts=child)
         self.break_glass = aws.iam.Role(
             site.child("break-glass"), description=f"break-glass of embassy {site.name}: the only principal allowed lock changes",
-            assume_role_policy=_trust(args.break_glass, args.break_glass_external_id), max_session_duration=3600, opts=child)
+            assume_role_policy=_trust(args.break_glass, args.break_glass_external_id), max_session_duration=3600,
+            tags=role_tag("break-glass"), opts=child)
         self.register_outputs({"agent_arn": self.agent.arn, "restore_arn": self.restore.arn,
                                "break_glass_arn": self.break_glass.arn})
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.site import Site, policy_json
+from embassy.infra.site import Site, policy_json, role_tag
 
 DELETION_WINDOW_DAYS = 30  # the longest KMS allows: time to notice and cancel a scheduled deletion
 ROTATION_PERIOD_DAYS = 365
@@ -59,6 +59,7 @@ class Keys(pulumi.ComponentResource):
             rotation_period_in_days=ROTATION_PERIOD_DAYS,
             deletion_window_in_days=DELETION_WINDOW_DAYS,
             policy=policy,
+            tags=role_tag("key"),
             # Deleting the key would make every locked replica unreadable: destroy leaves it.
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True))
         aws.kms.Alias(site.child("key-alias"), name=f"alias/data-embassy/{site.stack}/{site.name}",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.site import Site, policy_json
+from embassy.infra.site import Site, policy_json, role_tag
 
 VPC_CIDR = "10.64.0.0/16"
 SUBNET_PREFIX = 20
@@ -85,6 +85,7 @@ class Network(pulumi.ComponentResource):
         group = aws.cloudwatch.LogGroup(site.child("flow-logs"), retention_in_days=FLOW_LOG_RETENTION_DAYS,
                                         kms_key_id=key_arn, opts=child)
         role = aws.iam.Role(site.child("flow-logs"), description=f"VPC flow logs of embassy {site.name}", opts=child,
+                            tags=role_tag("flow-logs"),
                             assume_role_policy=policy_json({"Version": "2012-10-17", "Statement": [{
                                 "Effect": "Allow", "Action": "sts:AssumeRole",
                                 "Principal": {"Service": site.service_principal("vpc-flow-logs")},

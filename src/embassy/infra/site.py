@@ -65,6 +65,11 @@ def default_tags(stack: str, state: model.HomeState, embassy: model.Embassy, cla
     }
 
 
+def role_tag(role: str) -> dict[str, str]:
+    """What a resource is, for the checks: they read this tag (vault, audit-log, key, agent, ...), never the name."""
+    return {f"{TAG_PREFIX}:role": role}
+
+
 def policy_json(document: dict[str, Any]) -> pulumi.Output[str]:
     """An IAM/KMS/S3 policy document (which may hold Outputs) as stable JSON."""
     return pulumi.Output.json_dumps(document)

@@ -27,7 +27,7 @@ class Vault(pulumi.ComponentResource):
     def __init__(self, name: str, args: VaultArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("data-embassy:infra:Vault", name, None, opts)
         site = args.site
-        locked = locked_bucket(site, "vault", args.key_arn, site.embassy.retention_days, parent=self)
+        locked = locked_bucket(site, "vault", args.key_arn, site.embassy.retention_days, parent=self, role="vault")
         self.bucket = locked.bucket
         arn = self.bucket.arn
         aws.s3.BucketPolicy(site.child("vault"), bucket=self.bucket.id, policy=policy_json({

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embassy.compliance.catalog import Control, Measure, control, controls
-from embassy.compliance.checks import MEASURES, bucket_role, data_loss
-from embassy.compliance.context import Context, Resource
-from embassy.compliance.evaluate import Finding, evaluate
+from embassy.compliance.checks import MEASURES, break_glass_roles, bucket_role, data_loss
+from embassy.compliance.context import Context, Resource, SecretValue
+from embassy.compliance.evaluate import SHAPE_ERRORS, Finding, evaluate
 from embassy.compliance.props import Unknown
-from embassy.errors import EXIT_FINDING, EXIT_OK
+from embassy.errors import EXIT_FINDING, EXIT_OK, UserError
 from embassy.review.sources import Change, Source
 
 SUMMARY_OPS = ("create", "update", "replace", "delete")
@@ -63,6 +63,7 @@ class Review:
     embassies: dict[str, str]  # urn -> embassy ("" when stack-wide)
     stack: str | None = None
     notes: list[str] = field(default_factory=list)
+    sides: list[str] = field(default_factory=list)  # what was read, side by side
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
@@ -88,10 +89,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _has_secret(value: Any) -> bool:
+    if isinstance(value, SecretValue):
+        return True
+    if isinstance(value, Mapping):
+        return any(_has_secret(v) for v in value.values())
+    return isinstance(value, list) and any(_has_secret(v) for v in value)
+
+
 def diff_keys(before: Resource, after: Resource) -> list[str]:
-    a, b = _clean(dict(before.inputs)), _clean(dict(after.inputs))
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    if before.provider != after.provider:
+    """The declared inputs that differ (secrets compare as secrets), and the provider when both sides name one."""
+    a, b = _clean(dict(before.asked)), _clean(dict(after.asked))
+    # a secret is named, never shown: "key (secret)" when either side stores it as one
+    keys = sorted(f"{k} (secret)" if _has_secret(a.get(k)) or _has_secret(b.get(k)) else k
+                  for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if before.provider and after.provider and before.provider != after.provider:
         keys.append("provider")
     return keys
 
@@ -107,7 +119,8 @@ def infer_changes(base: Mapping[str, Resource], head: Mapping[str, Resource],
             changes[urn] = Change(urn, "delete", before, None, [])
         elif before is not None and after is not None:
             keys = diff_keys(before, after)
-            moved = base_ctx.region_of(before) != head_ctx.region_of(after)
+            was, now = base_ctx.region_of(before), head_ctx.region_of(after)
+            moved = was is not None and now is not None and was != now
             if moved and "region" not in keys:
                 keys.append("region")  # the provider's region changed: every resource on it moves
             forcing = set(REPLACE_KEYS.get(after.type, ())) | {"region"}
@@ -125,7 +138,7 @@ def _measure(ctl: Control, res: Resource | None, ctx: Context) -> Any:
         return None
     try:
         return fn(res, ctx)
-    except Unknown:
+    except (Unknown, *SHAPE_ERRORS):
         return None
 
 
@@ -175,23 +188,72 @@ def _by_key(findings: list[Finding]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def review(base: Source | None, head: Source) -> Review:
+def same_stack(base: Source, head: Source, allow: bool) -> str | None:
+    """Refuse two different stacks or projects (their diff is no change); with `allow`, a loud note instead."""
+    differ = [f"{what} '{a}' and '{b}'" for what, a, b in (("stacks", base.stack, head.stack),
+                                                            ("projects", base.project, head.project))
+              if a and b and a != b]
+    if not differ:
+        return None
+    what = f"{base.label} and {head.label} belong to different {' and '.join(differ)}"
+    if not allow:
+        raise UserError(what, "compare two states of the same stack; to compare different stacks anyway, "
+                              "pass --allow-different-stacks")
+    return f"DIFFERENT STACKS: {what}; the changes below are differences between stacks, not a change to one"
+
+
+def _fill(state: dict[str, Resource], other: dict[str, Resource], mentioned: Mapping[str, Change],
+          everything: bool) -> dict[str, Resource]:
+    """A change set's state completed from the other side: what it does not mention is as the other side has it
+    (default providers always: previews and event logs never carry them)."""
+    filled = dict(state)
+    for urn, res in other.items():
+        if urn not in mentioned and (everything or res.is_provider):
+            filled.setdefault(urn, res)
+    return filled
+
+
+def _own_ops(changes: dict[str, Change], steps: Mapping[str, Change], before: Mapping[str, Resource]) -> None:
+    """A step's own op wins over an inference: `same` is same, whatever the two formats' details say."""
+    for urn, step in steps.items():
+        if step.op == "same":
+            changes.pop(urn, None)
+            continue
+        inferred = changes.get(urn)
+        changes[urn] = Change(urn, step.op, before.get(urn) or step.before, step.after,
+                              step.keys or (inferred.keys if inferred else []))
+
+
+def review(base: Source | None, head: Source, allow_different_stacks: bool = False) -> Review:
     """Compare base and head; with base None, head must carry its own before and after (digest, event log)."""
+    notes: list[str] = []
+    region = head.default_region or (base.default_region if base else None)
     if base is None and head.changes is not None:
         before_state, after_state = head.state_before(), head.state_after()
         complete = head.complete
-        base_ctx = Context.of(before_state.values(), head.model, complete)
-        head_ctx = Context.of(after_state.values(), head.model, complete)
+        base_ctx = Context.of(before_state.values(), head.model, complete, region)
+        head_ctx = Context.of(after_state.values(), head.model, complete, region)
         changes = dict(head.changes)
         base_label, head_label = f"{head.label} (before)", f"{head.label} (after)"
+        sides = [head.describe()]
     else:
         base = base or head
+        note = same_stack(base, head, allow_different_stacks)
+        notes += [note] if note else []
         before_state, after_state = base.state_after(), head.state_after()
-        complete = base.complete and head.complete
-        base_ctx = Context.of(before_state.values(), base.model, complete)
-        head_ctx = Context.of(after_state.values(), head.model, complete)
+        if head.changes is not None:
+            after_state = _fill(after_state, before_state, head.changes, everything=True)
+        if base.changes is not None:
+            before_state = _fill(before_state, after_state, base.changes, everything=not base.complete)
+        complete = (base.complete or head.changes is not None) and (head.complete or base.changes is not None)
+        base_ctx = Context.of(before_state.values(), base.model, complete, region)
+        head_ctx = Context.of(after_state.values(), head.model, complete, region)
         changes = infer_changes(before_state, after_state, base_ctx, head_ctx)
+        for side in (base, head):
+            if side.changes is not None:
+                _own_ops(changes, side.changes, before_state)
         base_label, head_label = base.label, head.label
+        sides = [base.describe(), head.describe()] if base is not head else [head.describe()]
 
     head_findings = evaluate(head_ctx)
     base_index = _by_key(evaluate(base_ctx))
@@ -220,8 +282,8 @@ def review(base: Source | None, head: Source) -> Review:
         if not new:
             continue
         b, a = _measure(ctl, before_state.get(urn), base_ctx), _measure(ctl, after_state.get(urn), head_ctx)
-        if old and ctl.measure and not regressed(ctl.measure, b, a):
-            continue  # still failing, but not worse than before
+        if old and (ctl.measure is None or not regressed(ctl.measure, b, a)):
+            continue  # still failing, but not worse than before: no weakening
         first = "absent" if urn not in before_state else ("violation" if old else "compliant")
         before_txt, after_txt = _describe(ctl.measure, b, a, (first, "violation"), after_state.get(urn), head_ctx)
         any_f = next(f for f in head_findings if f.control == ctl_id and f.urn == urn)
@@ -242,7 +304,15 @@ def review(base: Source | None, head: Source) -> Review:
                 weakenings.append(Weakening(ctl.id, ctl.severity.value, ctl.mandatory, urn, ch.type, ch.op, before_txt,
                                             after_txt, what, embassies.get(urn, "")))
 
-    notes = list(head.engine_notes)
+    for src in {id(s): s for s in (base, head) if s is not None}.values():
+        head_findings += src.engine_findings
+        notes += src.engine_notes
+        if not src.state_after() and not src.state_before():
+            notes.append(f"{src.label} holds no resources: nothing was read there to judge")
+    for role in break_glass_roles(head_ctx):
+        emb = head_ctx.embassy_of(role)
+        notes.append(f"break-glass role {role.name}{f' (embassy {emb})' if emb else ''} exists: the policies attached "
+                     "to it are exempt from EMB-IAM-01 (they may delete versions and change locks)")
     if not complete:
         notes.append("the input leaves unchanged resources out (no --show-sames): stack-wide controls were not evaluated")
     rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -253,4 +323,4 @@ def review(base: Source | None, head: Source) -> Review:
             embassies[f.urn] = head_ctx.embassy_of(after_state[f.urn]) or ""
     real = [c for c in changes.values() if c.op != "same"]
     stack = head.stack or (base.stack if base else None)
-    return Review(base_label, head_label, real, head_findings, weakenings, embassies, stack, notes)
+    return Review(base_label, head_label, real, head_findings, weakenings, embassies, stack, notes, sides)

@@ -11,6 +11,7 @@ import jinja2
 from embassy import __name__ as _pkg
 from embassy.compliance.catalog import FRAMEWORKS, Control, controls
 from embassy.review.compare import Review
+from embassy.review.engine import ENGINE_CONTROLS
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
@@ -21,7 +22,7 @@ def _cell(value: Any) -> str:
 
 
 def _code(value: Any) -> str:
-    return f"`{str(value).replace('`', '')}`"
+    return f"`{str(value).replace('`', '')}`" if value else "—"
 
 
 def _short(urn: str) -> str:
@@ -62,6 +63,7 @@ def as_json(r: Review) -> dict[str, Any]:
         "findings": [{"control": f.control, "severity": f.severity, "mandatory": f.mandatory, "urn": f.urn,
                       "message": f.message, "type": f.type} for f in r.findings],
         "notes": r.notes,
+        "read": r.sides,
         "exit_code": r.exit_code,
     }
 
@@ -102,6 +104,7 @@ def embassy_lines(stack_file_text: str) -> dict[str, int]:
 
 def sarif(r: Review, lines: dict[str, int] | None = None) -> dict[str, Any]:
     catalog = list(controls())
+    catalog += [ENGINE_CONTROLS[i] for i in sorted({f.control for f in r.findings} & set(ENGINE_CONTROLS))]
     index = {c.id: i for i, c in enumerate(catalog)}
     artifact = f"Pulumi.{r.stack}.yaml" if r.stack else "Pulumi.yaml"
     weak = {(w.control, w.urn): w for w in r.weakenings}

@@ -7,20 +7,20 @@ Both end as a `Side`: resources before and after, and the engine's op per URN wh
 
 from __future__ import annotations
 
+import gzip
 import json
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embassy.compliance.context import Resource
-from embassy.compliance.evaluate import model_for
+from embassy.compliance.evaluate import Finding, model_for
+from embassy.compliance.records import check_records, kind_of
 from embassy.errors import UserError
 from embassy.model import Deployment
+from embassy.review.engine import digest_findings, engine_findings, policy_events, prelude_region
 
 FORMATS_HINT = ("give a plan (`embassy plan --out F`), a `pulumi preview --json` digest, an engine event log "
                 "(`pulumi up --json` / `--event-log F`), a `pulumi stack export`, or a git ref")
@@ -57,6 +57,10 @@ class Source:
     model: Deployment | None = None
     complete: bool = True  # False when a digest leaves unchanged resources out
     engine_notes: list[str] = field(default_factory=list)  # e.g. policyEvents an event log carries
+    engine_findings: list[Finding] = field(default_factory=list)  # a run that failed or a policy pack blocked
+    default_region: str | None = None  # the prelude's aws:region, for resources on the default provider
+    project: str | None = None
+    file_format: str = ""  # how the file was stored: json, json lines, concatenated json, gzip, events wrapper
 
     def state_after(self) -> dict[str, Resource]:
         if self.resources is not None:
@@ -68,18 +72,33 @@ class Source:
             return self.resources
         return {u: c.before for u, c in (self.changes or {}).items() if c.before is not None}
 
+    def describe(self) -> str:
+        """What was read: a reviewer must see an empty or unread input, never mistake it for "no changes"."""
+        res = self.state_after() if self.changes is None else {**self.state_before(), **self.state_after()}
+        kinds = Counter(r.type.rsplit(":", 1)[-1] for r in res.values())
+        top = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
+        more = f", +{len(kinds) - 6} more kinds" if len(kinds) > 6 else ""
+        what = f"{len(self.changes)} step(s) over {len(res)} resource(s)" if self.changes is not None \
+            else f"{len(res)} resource(s)"
+        fmt = f", {self.file_format}" if self.file_format else ""
+        return f"{self.label}: {self.kind}{fmt}, stack {self.stack or '?'}: {what}" + (f" ({top}{more})" if top else "")
+
 
 def stack_of_urn(urn: str) -> str | None:
     parts = urn.split("::")
     return parts[0].removeprefix("urn:pulumi:") if len(parts) >= 4 and parts[0].startswith("urn:pulumi:") else None
 
 
-def _records(rows: Any) -> dict[str, Resource]:
+def project_of_urn(urn: str) -> str | None:
+    parts = urn.split("::")
+    return parts[1] if len(parts) >= 4 and parts[0].startswith("urn:pulumi:") else None
+
+
+def _records(rows: Any, where: str, label: str) -> dict[str, Resource]:
     out: dict[str, Resource] = {}
-    for rec in rows or []:
-        if isinstance(rec, Mapping) and rec.get("urn"):
-            res = Resource.from_record(rec)
-            out[res.urn] = res
+    for rec in check_records(rows, where, label):
+        res = Resource.from_record(rec)
+        out[res.urn] = res
     return out
 
 
@@ -87,18 +106,19 @@ def _op(raw: str) -> str:
     return "replace" if raw in REPLACE_OPS else raw
 
 
-def _merge(changes: dict[str, Change], op: str, urn: str, old: Any, new: Any, keys: list[str]) -> None:
-    before = Resource.from_record(old) if isinstance(old, Mapping) and old else None
-    after = Resource.from_record(new) if isinstance(new, Mapping) and new else None
+def _merge(changes: dict[str, Change], op: str, urn: str, before: Resource | None, after: Resource | None,
+           keys: list[str]) -> None:
     folded = _op(op)
     if folded == "delete" and after is not None:
         after = None  # a delete step may repeat the old state as new
+    if before is None and after is None:
+        before = Resource.of_urn(urn)  # a step without state is still known by the type in its URN
     prev = changes.get(urn)
     if prev is None:
         changes[urn] = Change(urn, folded, before, after, sorted(set(keys)))
         return
     # A replacement arrives as several steps; keep the widest before/after and the strongest op.
-    prev.before = prev.before or before
+    prev.before = prev.before if prev.before is not None and prev.before.inputs else before or prev.before
     prev.after = after if folded not in ("delete",) and after is not None else prev.after
     if folded == "replace" or prev.op == "replace":
         prev.op = "replace"
@@ -109,148 +129,218 @@ def _diff_keys(step: Mapping[str, Any], reasons_key: str) -> list[str]:
     detailed = step.get("detailedDiff")
     if isinstance(detailed, Mapping) and detailed:
         return [str(k) for k in detailed]
-    return [str(k) for k in step.get(reasons_key) or []]
+    reasons = step.get(reasons_key)
+    return [str(k) for k in reasons] if isinstance(reasons, list) else []
 
 
-def from_preview(doc: Mapping[str, Any]) -> dict[str, Change]:
+def _state(value: Any, where: str, label: str, applied: bool, provider: str | None = None) -> Resource | None:
+    if value is None or (isinstance(value, Mapping) and not value):
+        return None
+    check_records([value], where, label)
+    return Resource.from_record(value, applied=applied, provider_hint=provider)
+
+
+def from_preview(doc: Mapping[str, Any], label: str = "preview") -> dict[str, Change]:
+    """A preview's states are planned, not applied: their inputs count, not the outputs they had."""
+    steps = doc.get("steps")
+    if steps is None:
+        steps = []
+    if not isinstance(steps, list):
+        raise UserError(f"{label}: steps is {kind_of(steps)}, not a list of steps", FORMATS_HINT)
     changes: dict[str, Change] = {}
-    for step in doc.get("steps") or []:
-        if isinstance(step, Mapping) and step.get("urn"):
-            _merge(changes, str(step.get("op", "")), str(step["urn"]), step.get("oldState"), step.get("newState"),
-                   _diff_keys(step, "diffReasons"))
+    for i, step in enumerate(steps):
+        if not isinstance(step, Mapping) or not isinstance(step.get("urn"), str):
+            raise UserError(f"{label}: steps[{i}] is not a step with a urn", FORMATS_HINT)
+        where = f"steps[{i}]"
+        prov = step.get("provider") if isinstance(step.get("provider"), str) else None
+        before = _state(step.get("oldState"), f"{where}.oldState", label, applied=True, provider=prov)
+        after = _state(step.get("newState"), f"{where}.newState", label, applied=False, provider=prov)
+        _merge(changes, str(step.get("op", "")), step["urn"], before, after, _diff_keys(step, "diffReasons"))
     return changes
 
 
-def from_events(events: list[Mapping[str, Any]]) -> dict[str, Change]:
+def from_events(events: list[Mapping[str, Any]], label: str = "events") -> dict[str, Change]:
     """Engine events: step metadata in resourcePreEvent (planned) and resOutputsEvent (done).
 
-    Traps: there the diff kind is `diffKind`, diff reasons are `diffs`, and `keys` are the *replace* keys.
+    Traps: there the diff kind is `diffKind`, diff reasons are `diffs`, and `keys` are the *replace* keys;
+    older logs leave the state's `provider` empty and carry it in the metadata.
     """
     changes: dict[str, Change] = {}
-    for event in events:
+    done: set[str] = set()
+    for n, event in enumerate(events):
         for kind in ("resourcePreEvent", "resOutputsEvent"):
             body = event.get(kind)
             if not isinstance(body, Mapping) or not isinstance(body.get("metadata"), Mapping):
                 continue
             md = body["metadata"]
-            urn = str(md.get("urn", ""))
-            if not urn or (kind == "resOutputsEvent" and urn in changes):
+            urn = md.get("urn")
+            if not isinstance(urn, str) or not urn or urn in done:
                 continue
-            _merge(changes, str(md.get("op", "")), urn, md.get("old"), md.get("new"), _diff_keys(md, "diffs"))
+            where = f"event {n + 1} {kind}.metadata"
+            prov = md.get("provider") if isinstance(md.get("provider"), str) else None
+            applied = kind == "resOutputsEvent"
+            before = _state(md.get("old"), f"{where}.old", label, applied=True, provider=prov)
+            after = _state(md.get("new"), f"{where}.new", label, applied=applied, provider=prov)
+            if applied:  # what was done replaces what was planned
+                changes.pop(urn, None)
+                done.add(urn)
+            _merge(changes, str(md.get("op", "")), urn, before, after, _diff_keys(md, "diffs"))
     return changes
 
 
-def policy_events(events: list[Mapping[str, Any]]) -> list[str]:
-    """What a policy pack said during the run (`policyEvent`), so the review shows it beside its own findings."""
-    notes = []
-    for event in events:
-        pe = event.get("policyEvent")
-        if isinstance(pe, Mapping):
-            notes.append(f"policy pack {pe.get('policyPackName', '?')}: {pe.get('policyName', '?')} "
-                         f"({pe.get('enforcementLevel', '?')}) on {pe.get('resourceUrn') or 'the stack'}: "
-                         f"{str(pe.get('message', '')).strip()}")
-    return notes
+# --------------------------------------------------------------------------- reading a file
 
 
-def _parse_jsonl(text: str) -> list[Any] | None:
-    rows = []
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                return None
-    return rows
+def _parse_stream(text: str) -> list[Any] | None:
+    """JSON lines, or JSON objects written one after another (pretty-printed events): None when neither."""
+    decoder = json.JSONDecoder()
+    rows: list[Any] = []
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos].isspace():
+            pos += 1
+        if pos >= end:
+            return rows
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        rows.append(value)
+
+
+def _text_of(path: Path) -> tuple[str, str]:
+    """The file's text and how it was stored (gzip: the local backend's `PULUMI_SELF_MANAGED_STATE_GZIP`)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions") from None
+    stored = ""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise UserError(f"{path} is a damaged gzip file: {exc}", "copy the checkpoint again from the backend") from None
+        stored = "gzip"
+    try:
+        return data.decode("utf-8-sig"), stored
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start})", FORMATS_HINT) from None
+
+
+def _parse(path: Path) -> tuple[Any, str]:
+    text, stored = _text_of(path)
+    try:
+        return json.loads(text), stored or "json"
+    except json.JSONDecodeError:
+        pass
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deep to be a Pulumi file", FORMATS_HINT) from None
+    try:
+        rows = _parse_stream(text)
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deep to be a Pulumi file", FORMATS_HINT) from None
+    if not rows:
+        why = "is empty" if not text.strip() else "is neither JSON nor JSON lines"
+        raise UserError(f"{path} {why}: unknown format", FORMATS_HINT)
+    lines = all(line.strip().startswith("{") and line.strip().endswith("}") for line in text.splitlines() if line.strip())
+    return rows, ", ".join(x for x in (stored, "json lines" if lines else "concatenated json") if x)
+
+
+def _is_events(doc: Any) -> bool:
+    return isinstance(doc, list) and bool(doc) and all(isinstance(e, Mapping) for e in doc) and \
+        any("sequence" in e or "resourcePreEvent" in e or "preludeEvent" in e or "summaryEvent" in e for e in doc)
 
 
 def read_file(path: Path, root: Path) -> Source:
     """Detect the format of a file and read it."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", "check the path and its permissions") from None
-    try:
-        doc: Any = json.loads(text)
-    except json.JSONDecodeError:
-        doc = _parse_jsonl(text)
-        if doc is None:
-            raise UserError(f"{path} is neither JSON nor JSON lines", FORMATS_HINT) from None
+    doc, stored = _parse(path)
     label = str(path)
-    if isinstance(doc, list) and doc and all(isinstance(e, Mapping) for e in doc) and \
-            any("sequence" in e or "resourcePreEvent" in e or "preludeEvent" in e for e in doc):
-        changes = from_events(doc)
-        stack = next((stack_of_urn(u) for u in changes), None)
-        return Source(label, "events", stack, changes=changes, model=model_for(stack, root),
-                      engine_notes=policy_events(doc))
+    if isinstance(doc, Mapping) and isinstance(doc.get("events"), list) and "steps" not in doc:
+        doc, stored = doc["events"], f"{stored}, events wrapper"  # the service API's {"events": [...]}
+    if isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], Mapping) and not _is_events(doc):
+        doc = doc[0]
+    if isinstance(doc, Mapping) and _is_events([doc]):  # an event log of a single event
+        doc = [doc]
+    if _is_events(doc):
+        return _events_source(label, doc, stored, root)
     if isinstance(doc, Mapping):
-        if "checkpoint" in doc and isinstance(doc["checkpoint"], Mapping):
-            latest = doc["checkpoint"].get("latest") or {}
-            return _state(label, "checkpoint", latest.get("resources"), doc["checkpoint"].get("stack"), root)
-        if "deployment" in doc and isinstance(doc["deployment"], Mapping):
-            return _state(label, "export", doc["deployment"].get("resources"), None, root)
-        if isinstance(doc.get("steps"), list) or "changeSummary" in doc:
-            changes = from_preview(doc)
-            stack = next((stack_of_urn(u) for u in changes), None)
-            has_sames = any(c.op == "same" for c in changes.values())
-            return Source(label, "preview", stack, changes=changes, model=model_for(stack, root), complete=has_sames)
-        if isinstance(doc.get("resources"), list):
-            stack = doc.get("stack") if isinstance(doc.get("stack"), str) else None
-            return _state(label, "plan", doc["resources"], stack, root)
+        if "checkpoint" in doc:
+            cp = _mapping(doc["checkpoint"], "checkpoint", label)
+            latest = _mapping(cp.get("latest") or {}, "checkpoint.latest", label)
+            return state_source(label, "checkpoint", latest.get("resources"), "checkpoint.latest.resources",
+                                 cp.get("stack") or cp.get("target"), root, stored)
+        if "latest" in doc and "target" in doc:  # checkpoint version 0 (2017)
+            latest = _mapping(doc["latest"], "latest", label)
+            return state_source(label, "checkpoint", latest.get("resources"), "latest.resources", doc["target"], root,
+                                 stored)
+        if "deployment" in doc:
+            dep = _mapping(doc["deployment"], "deployment", label)
+            return state_source(label, "export", dep.get("resources"), "deployment.resources", None, root, stored)
+        if "steps" in doc or "changeSummary" in doc:
+            return _preview_source(label, doc, stored, root)
+        if "resources" in doc:
+            return _plan_source(label, doc, root, stored)
     raise UserError(f"{path}: unknown format", FORMATS_HINT)
 
 
-def _state(label: str, kind: str, rows: Any, stack: Any, root: Path) -> Source:
-    resources = _records(rows)
+def _mapping(value: Any, where: str, label: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UserError(f"{label}: {where} is {kind_of(value)}, not an object", FORMATS_HINT)
+    return value
+
+
+def _events_source(label: str, events: list[Mapping[str, Any]], stored: str, root: Path) -> Source:
+    changes = from_events(events, label)
+    urns = [*changes, *(str(e["policyEvent"].get("resourceUrn") or "") for e in events
+                        if isinstance(e.get("policyEvent"), Mapping))]
+    stack = next((st for u in urns if (st := stack_of_urn(u))), None)
+    return Source(label, "events", stack, changes=changes, model=model_for(stack, root),
+                  engine_notes=policy_events(events), engine_findings=engine_findings(events),
+                  default_region=prelude_region(events), project=next((p for u in urns if (p := project_of_urn(u))), None),
+                  file_format=stored or "json lines")
+
+
+def _preview_source(label: str, doc: Mapping[str, Any], stored: str, root: Path) -> Source:
+    changes = from_preview(doc, label)
+    stack = next((stack_of_urn(u) for u in changes), None)
+    summary = doc.get("changeSummary")
+    has_sames = any(c.op == "same" for c in changes.values())
+    # Nothing is left out when the change summary counts no unchanged resource (a new stack: creates only).
+    if isinstance(summary, Mapping):
+        sames = summary.get("same", 0)
+        complete = has_sames or not (isinstance(sames, int | float) and sames > 0)
+    else:
+        complete = has_sames or (bool(changes) and all(c.op == "create" for c in changes.values()))
+    config = doc.get("config")
+    region = config.get("aws:region") if isinstance(config, Mapping) and isinstance(config.get("aws:region"), str) else None
+    diagnostics = doc.get("diagnostics")
+    if diagnostics is not None and not isinstance(diagnostics, list):
+        raise UserError(f"{label}: diagnostics is {kind_of(diagnostics)}, not a list", FORMATS_HINT)
+    return Source(label, "preview", stack, changes=changes, model=model_for(stack, root), complete=complete,
+                  engine_findings=digest_findings(doc),
+                  default_region=region, project=next((project_of_urn(u) for u in changes), None), file_format=stored)
+
+
+def _plan_source(label: str, doc: Mapping[str, Any], root: Path, stored: str) -> Source:
+    from embassy.compliance.evaluate import plan_model
+
+    resources = _records(doc.get("resources"), "resources", label)
+    if not resources:
+        raise UserError(f"{label}: the plan has no resources", "write it again with `embassy plan --stack S --out F`")
+    stack = doc.get("stack")
+    src = Source(label, "plan", stack if isinstance(stack, str) else None, resources=resources,
+                 project=doc.get("project") if isinstance(doc.get("project"), str) else None, file_format=stored)
+    src.model = plan_model(stack, root, label)
+    return src
+
+
+def state_source(label: str, kind: str, rows: Any, where: str, stack: Any, root: Path, stored: str = "") -> Source:
+    resources = _records(rows, where, label)
     name = stack if isinstance(stack, str) and stack else next((stack_of_urn(u) for u in resources), None)
     if isinstance(name, str) and "/" in name:  # org/project/stack in checkpoints
         name = name.rsplit("/", 1)[-1]
-    return Source(label, kind, name, resources=resources, model=model_for(name, root))
-
-
-# --------------------------------------------------------------------------- git refs
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
-
-
-def is_git_ref(root: Path, ref: str) -> bool:
-    return _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode == 0
-
-
-@contextmanager
-def checkout(root: Path, ref: str) -> Iterator[Path]:
-    """A temporary `git worktree` of a ref, removed afterwards whatever happens."""
-    tmp = Path(tempfile.mkdtemp(prefix="embassy-review-"))
-    tree = tmp / "tree"
-    added = _git(root, "worktree", "add", "--detach", "--quiet", str(tree), ref)
-    if added.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot check out {ref}: {added.stderr.strip()}", "give a commit, branch or tag of this repository")
-    try:
-        yield tree
-    finally:
-        _git(root, "worktree", "remove", "--force", str(tree))
-        shutil.rmtree(tmp, ignore_errors=True)
-        _git(root, "worktree", "prune")
-
-
-_PLANS: dict[tuple[str, str, str], tuple[dict[str, Any], Deployment | None]] = {}
-
-
-def read_ref(root: Path, ref: str, stack: str) -> Source:
-    """The plan of `stack` as the code and config at `ref` produce it (once per commit in this process)."""
-    from embassy.plan import compute_plan  # the plan module of this checkout plans the other one in a subprocess
-
-    sha = _git(root, "rev-parse", f"{ref}^{{commit}}").stdout.strip()
-    key = (str(root.resolve()), sha, stack)
-    if key not in _PLANS:
-        with checkout(root, sha) as tree:
-            _PLANS[key] = (compute_plan(tree, stack), model_for(stack, tree))
-    plan, deployment = _PLANS[key]
-    src = _state(f"{ref} ({sha[:7]})", "git", plan.get("resources"), stack, root)
-    src.model = deployment
-    return src
+    return Source(label, kind, name, resources=resources, model=model_for(name, root),
+                  project=next((project_of_urn(u) for u in resources), None), file_format=stored)
 
 
 def read(arg: str, root: Path, stack: str) -> Source:
@@ -260,6 +350,8 @@ def read(arg: str, root: Path, stack: str) -> Source:
         return read_file(path, root)
     if path.exists():
         raise UserError(f"{arg} is not a file", FORMATS_HINT)
-    if _git(root, "rev-parse", "--git-dir").returncode == 0 and is_git_ref(root, arg):
+    from embassy.review.gitrefs import in_repository, is_git_ref, read_ref
+
+    if in_repository(root) and is_git_ref(root, arg):
         return read_ref(root, arg, stack)
     raise UserError(f"{arg}: no such file or git ref", FORMATS_HINT)
