@@ -62,8 +62,9 @@ def browse(url: str, *mode: str) -> subprocess.CompletedProcess[str]:
 
 
 def console_messages(stderr: str) -> list[str]:
-    """What the page wrote to its console (errors, uncaught exceptions), as chromium logs it."""
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+    """What the page wrote to its console (errors, uncaught exceptions), as chromium logs it. Chromium's
+    own internal pages (chrome://…, e.g. "Slow network is detected" with no network) are not the report."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line and "source: chrome://" not in line]
 
 
 def render(report: Report, name: str, tmp_path: Path) -> tuple[Path, str, Path]:

@@ -116,4 +116,5 @@ def replication_password(data: Any) -> str:
 def archive_timeout(dep: model.Deployment) -> int:
     """Cold embassies only see archived WAL: close a segment at least as often as the tightest RPO allows."""
     pg = [r.rpo_seconds for r in dep.registers if r.kind is model.RegisterKind.POSTGRES]
-    return max(model.COLD_MIN_RPO_SECONDS, min(pg)) if pg else 300
+    # ...and never later than what a cold embassy promises (cold_rpo_seconds).
+    return min(dep.cold_rpo_seconds, max(model.COLD_MIN_RPO_SECONDS, min(pg))) if pg else dep.cold_rpo_seconds

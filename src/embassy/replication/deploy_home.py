@@ -42,10 +42,8 @@ def ca_bundle(vaults: list[Any]) -> str:
 
 
 def rpo_bound(dep: model.Deployment, register: model.Register, embassy: model.Embassy) -> int:
-    """What the embassy promises for the register: its rpo_seconds warm; cold only sees whole WAL segments."""
-    if embassy.mode is model.Mode.COLD and register.kind is model.RegisterKind.POSTGRES:
-        return max(register.rpo_seconds, context.archive_timeout(dep))
-    return register.rpo_seconds
+    """What the embassy promises for the register (the model's rule: cold only sees whole WAL segments)."""
+    return dep.rpo_bound(register, embassy)
 
 
 def round_interval(dep: model.Deployment) -> int:
@@ -86,7 +84,7 @@ def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str,
             "vault": {"endpoint": v.url, "bucket": v.bucket, "region": v.region,
                       "credentials_file": f"{CONFIG_DIR}/{e.name}.s3.json"}})
     return {"stack": dep.stack, "state": {"name": dep.state.name, "code": dep.state.code}, "key_file": KEY_FILE,
-            "state_dir": STATE_DIR, "ca_file": f"{CONFIG_DIR}/vault-ca.crt", "archive_wait_seconds": 60,
+            "state_dir": STATE_DIR, "ca_file": f"{CONFIG_DIR}/vault-ca.crt", "archive_wait_seconds": 30,
             "embassies": embassies, "registers": registers}
 
 

@@ -26,14 +26,30 @@ def psql(db: str, sql: str, timeout: float = 60) -> str:
     return res.stdout.strip()
 
 
-def pgbackrest_info(timeout: float = 120) -> dict[str, Any]:
-    """`pgbackrest info --output=json` of the stanza (every repo); {} when the stanza is unreadable."""
-    res = run(["pgbackrest", f"--stanza={STANZA}", "--output=json", "info"], user="postgres", timeout=timeout)
+def _repo_info(repo: int, timeout: float) -> dict[str, Any]:
+    # One repo per call, with a short I/O timeout: an unreachable vault must not hold up the others.
     try:
+        res = run(["pgbackrest", f"--stanza={STANZA}", f"--repo={repo}", "--io-timeout=5", "--output=json", "info"],
+                  user="postgres", timeout=timeout)
         data = json.loads(res.stdout)
-    except ValueError:
-        return {}
-    return data[0] if isinstance(data, list) and data else {}
+    except (subprocess.TimeoutExpired, ValueError):
+        data = None
+    if not isinstance(data, list) or not data:
+        return {"repo": [{"key": repo, "status": {"code": 99, "message": "vault unreachable or unreadable"}}]}
+    return data[0] if isinstance(data[0], dict) else {}
+
+
+def pgbackrest_info(repos: list[int], timeout: float = 30) -> dict[str, Any]:
+    """`pgbackrest info --output=json` of the stanza, read repo by repo in parallel and merged into one
+    stanza document (archive, backup and repo entries keep their repo key)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    merged: dict[str, Any] = {"archive": [], "backup": [], "repo": []}
+    with ThreadPoolExecutor(max_workers=max(1, len(repos))) as pool:
+        for info in pool.map(lambda r: _repo_info(r, timeout), repos):
+            for part in merged:
+                merged[part].extend(info.get(part, []) or [])
+    return merged
 
 
 def segment_end_lsn(segment: str) -> int:

@@ -45,7 +45,7 @@ def standbys() -> dict[str, tuple[int | None, float | None]]:
 
 
 def measure(cfg: dict[str, Any]) -> dict[str, Any]:
-    info = hostcmd.pgbackrest_info()
+    info = hostcmd.pgbackrest_info([e["repo"] for e in cfg["embassies"] if e.get("repo")])
     archive = hostcmd.repo_archive(info)
     streaming = standbys()
     state = load_json(Path(cfg["state_dir"]) / "state.json", {"round": 0, "embassies": {}})

@@ -80,7 +80,7 @@ def wait_archived(segment: str, repos: list[int], timeout: float) -> dict[str, A
     """Poll pgBackRest (bounded) until every repo's archive reaches `segment`; the last info read."""
     deadline = time.monotonic() + timeout
     while True:
-        info = hostcmd.pgbackrest_info()
+        info = hostcmd.pgbackrest_info(repos)
         archive = hostcmd.repo_archive(info)
         if all(archive.get(r, {}).get("max", "")[8:] >= segment[8:] for r in repos) or time.monotonic() > deadline:
             return info
@@ -144,7 +144,7 @@ def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
     private = manifest.load_private_key(Path(cfg["key_file"]).read_bytes())
     errors: dict[str, list[str]] = {e["name"]: [] for e in cfg["embassies"]}
 
-    digests, info, segment = postgres_part(cfg, float(cfg.get("archive_wait_seconds", 60)))
+    digests, info, segment = postgres_part(cfg, float(cfg.get("archive_wait_seconds", 30)))
     archive = hostcmd.repo_archive(info)
     statuses = hostcmd.repo_status(info)
     for e in cfg["embassies"]:

@@ -100,13 +100,15 @@ def ssh(lab: LabState, embassy: str, command: str, timeout: float = 1800) -> sub
     return subprocess.run(lab.ssh_argv(lab.host(embassy).name, command), capture_output=True, text=True, timeout=timeout)
 
 
-# pgBackRest verify names a bad file in lines such as "invalid checksum … '<file>'" or "missing … '<file>'".
-BAD_FILE = re.compile(r"(invalid|missing|unable|error)[^\n]*?'?(?P<file>(archive|backup)/[^\s',]+)'?", re.I)
+# At log level info, pgBackRest verify names each bad file: "invalid result <archive id>/<dir>/<segment>: …" for
+# WAL, "<label>/pg_data/…" for backup files.
+BAD_FILE = re.compile(r"invalid (?:result|checksum|size)[^\n]*?(?P<file>\d+-\d+/[0-9A-F]{16}/[0-9A-F]{24}[^\s:,']*|"
+                      r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?/[^\s:,']+)")
 
 
 def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
     pgbr = "sudo runuser -u postgres -- pgbackrest --stanza=home"
-    done = ssh(lab, embassy, f"{pgbr} --log-level-console=warn --output=text --verbose verify 2>&1; echo; "
+    done = ssh(lab, embassy, f"{pgbr} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
                              f"{pgbr} --output=json info")
     text, _, info_json = done.stdout.rpartition("\n[")
     status = re.search(r"status:\s*(\w+)", text)

@@ -1,0 +1,389 @@
+"""Replication on the lab: signed, hash-chained manifests in every vault, digests equal to home's,
+`embassy verify` naming every tampering a host nation could do below S3, identities that cannot do
+more than they should, lag and metrics, and faults that lose nothing.
+
+Tampering goes through SeaweedFS's filer (tests/lab/vault_storage.py) and is undone by each test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from embassy.home.generator import Spec
+from embassy.lab.state import LabState
+from embassy.replication import manifest
+from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
+from tests.lab.vault_storage import Filer, flip_middle_byte
+
+pytestmark = pytest.mark.lab
+EMBASSIES = ("de", "se", "ie")
+
+
+def embassy_cli(lab: LabState, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EMBASSY_LAB_ID": str(lab.lab_id)}
+    return subprocess.run([EMBASSY, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def replicate_once(lab: LabState) -> dict[str, Any]:
+    done = embassy_cli(lab, "replicate", "--stack", STACK, "--once", "--json")
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+def verify(lab: LabState, embassy: str, *extra: str) -> tuple[int, dict[str, Any]]:
+    done = embassy_cli(lab, "verify", "--stack", STACK, "--embassy", embassy, "--json", *extra)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def replicated(lab: LabState) -> dict[str, Any]:
+    done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
+                       timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    replicate_once(lab)
+    time.sleep(6)  # rounds further apart than the tightest RPO (5 s): a vault one round behind is stale
+    return replicate_once(lab)
+
+
+READ_MANIFESTS = r"""
+import base64, json, sys
+from embassy.lab.buckets import client
+spec = json.loads(sys.argv[1])
+s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
+out = []
+for item in s3.list_objects_v2(Bucket=spec["bucket"], Prefix="manifests/").get("Contents", []):
+    got = s3.get_object(Bucket=spec["bucket"], Key=item["Key"])
+    out.append({"key": item["Key"], "data": base64.b64encode(got["Body"].read()).decode(),
+                "lock": got.get("ObjectLockMode"), "until": str(got.get("ObjectLockRetainUntilDate"))})
+print(json.dumps(out))
+"""
+
+
+def manifests_in_vault(lab: LabState, embassy: str) -> list[dict[str, Any]]:
+    v = lab.vault(embassy)
+    spec = {"endpoint": v.endpoint, "ca_file": v.ca_file, "credentials": v.reader_credentials, "bucket": v.bucket}
+    done = in_controller_python(lab, READ_MANIFESTS, json.dumps(spec))
+    assert done.returncode == 0, done.stderr[-2000:]
+    items: list[dict[str, Any]] = json.loads(done.stdout)
+    return items
+
+
+def public_key(lab: LabState) -> Ed25519PublicKey:
+    key = load_pem_public_key((Path(lab.dir) / "manifest_public_key.pem").read_bytes())
+    assert isinstance(key, Ed25519PublicKey)
+    return key
+
+
+def test_every_vault_holds_signed_chained_locked_manifests(lab: LabState, replicated: dict[str, Any]) -> None:
+    key = public_key(lab)
+    assert {e["name"] for e in replicated["embassies"]} == set(EMBASSIES)
+    for entry in replicated["embassies"]:
+        assert entry["errors"] == [] and entry["manifest"]["round"] == replicated["round"]
+        items = manifests_in_vault(lab, entry["name"])
+        assert len(items) >= 2
+        previous = None
+        for item in items:
+            data = base64.b64decode(item["data"])
+            doc = json.loads(data)
+            body = doc["manifest"]
+            # Checked with `cryptography` and the JSON module directly, not with embassy's own verifier.
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            key.verify(base64.b64decode(doc["signature"]["value"]), canonical)
+            assert body["embassy"] == entry["name"] and body["stack"] == STACK
+            assert body["previous_sha256"] == previous
+            previous = manifest.sha256(data)
+        assert previous == entry["manifest"]["sha256"]  # the newest is the one the round reported
+        # Locked by the bucket's default retention. (Only the newest is asserted: the tampering tests put
+        # bytes back through the filer, which keeps the content but not the lock metadata of a version.)
+        assert items[-1]["lock"] == "COMPLIANCE", items[-1]["key"]
+
+
+def test_manifest_digests_equal_what_home_computes(lab: LabState, replicated: dict[str, Any]) -> None:
+    head = json.loads(base64.b64decode(manifests_in_vault(lab, "de")[-1]["data"]))["manifest"]
+    by_name = {r["name"]: r for r in head["registers"]}
+    digest = "sudo env PYTHONPATH=/opt/embassy python3 -m replication.digest"
+    for name, db in (("population", "population"), ("land-register", "land_register")):
+        now = json.loads(ssh(lab, "home", f"sudo runuser -u postgres -- env PYTHONPATH=/opt/embassy python3 -m "
+                                          f"replication.digest postgres {db}").stdout)
+        assert now["tables"] == by_name[name]["digest"]["tables"] and now["tables"]
+        assert by_name[name]["backup_label"] and by_name[name]["wal"]["last"]
+    files = json.loads(ssh(lab, "home", f"{digest} files /srv/registers/court-files").stdout)
+    assert files == by_name["court-files"]["digest"] and files["files"] > 0
+
+
+def test_verify_finds_every_vault_intact(lab: LabState, replicated: dict[str, Any]) -> None:
+    for embassy in EMBASSIES:
+        code, result = verify(lab, embassy, *(["--full"] if embassy == "ie" else []))
+        assert code == 0 and result["intact"], result["first_failure"]
+        assert result["head"]["round"] == replicated["round"]
+        objects = {c["object"] for c in result["checked"]}
+        assert "pgbackrest:repo" in objects and f"vault:{embassy}/freshness" in objects
+        assert any(o.startswith("restic:court-files") for o in objects)
+
+
+def _wal_key(f: Filer) -> str:
+    folder = "pgbackrest/archive/home/15-1/0000000100000000"
+    names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(folder) if e["FullPath"].endswith(".zst.versions"))
+    return f"{folder}/{names[0].removesuffix('.versions')}"
+
+
+def _backup_key(f: Filer) -> str:
+    label = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries("pgbackrest/backup/home")
+                   if e["FullPath"].rsplit("/", 1)[1][:8].isdigit())[-1]
+    folder = f"pgbackrest/backup/home/{label}/pg_data/global"
+    name = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(folder) if e["FullPath"].endswith(".versions"))[0]
+    return f"{folder}/{name.removesuffix('.versions')}"
+
+
+def _pack_key(f: Filer) -> str:
+    sub = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries("restic/court-files/data"))[0]
+    name = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(f"restic/court-files/data/{sub}"))[0]
+    return f"restic/court-files/data/{sub}/{name.removesuffix('.versions')}"
+
+
+def _manifest_key(f: Filer) -> str:
+    names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries("manifests"))
+    return f"manifests/{names[0].removesuffix('.versions')}"
+
+
+@pytest.mark.parametrize(("what", "locate", "named"), [
+    ("WAL segment", _wal_key, "pgbackrest:15-1/0000000100000000/"),
+    ("backup file", _backup_key, "pgbackrest:"),
+    ("restic pack", _pack_key, "restic:court-files"),
+    ("manifest", _manifest_key, "manifests/"),
+])
+def test_storage_tampering_is_named(lab: LabState, replicated: dict[str, Any], what: str, locate: Any, named: str) -> None:
+    f = Filer(lab, "se")
+    key = locate(f)
+    path = f.latest_version_file(key)
+    original = f.read(path)
+    f.write(path, flip_middle_byte(original))
+    try:
+        code, result = verify(lab, "se", "--full")
+    finally:
+        f.write(path, original)
+    assert code == 1 and not result["intact"], f"tampered {what} {key} not detected"
+    failure = result["first_failure"]
+    assert failure["object"].startswith(named), failure
+    if what in ("WAL segment", "manifest"):
+        assert key.rsplit("/", 1)[1].split("-")[0].removesuffix(".json") in failure["object"], failure
+    assert verify(lab, "se")[0] == 0  # put back: intact again
+
+
+def test_forged_removed_and_rolled_back_manifests_are_named(lab: LabState, replicated: dict[str, Any]) -> None:
+    f = Filer(lab, "de")
+    items = manifests_in_vault(lab, "de")
+    head = json.loads(base64.b64decode(items[-1]["data"]))["manifest"]
+    n = head["round"]
+
+    # A forged manifest: valid JSON, the right shape and chain link, signed with another key.
+    forged_body = {**head, "round": n + 1, "previous_sha256": manifest.sha256(base64.b64decode(items[-1]["data"]))}
+    forged_key = manifest.object_key(n + 1)
+    f.write(f"{f.root}/{forged_key}.versions/v_forged", manifest.sign(forged_body, Ed25519PrivateKey.generate()))
+    try:
+        code, result = verify(lab, "de")
+    finally:
+        f.move(f"{f.root}/{forged_key}.versions", f"{f.root}/aside-{secrets.token_hex(4)}")
+    assert code == 1 and result["first_failure"]["object"] == forged_key
+    assert "signed by another key" in result["first_failure"]["reason"]
+
+    # A manifest removed from the middle of the chain: the next one names the broken link.
+    middle = manifest.object_key(n - 1)
+    aside = f"{f.root}/aside-{secrets.token_hex(4)}"
+    f.move(f"{f.root}/{middle}.versions", aside)
+    try:
+        code, result = verify(lab, "de")
+    finally:
+        f.move(aside, f"{f.root}/{middle}.versions")
+    assert code == 1 and result["first_failure"]["object"] == manifest.object_key(n)
+    assert "chain broken" in result["first_failure"]["reason"]
+
+    # Rolled back to an older, validly signed chain: behind the other embassies by more than an objective.
+    newest = f"{f.root}/{manifest.object_key(n)}.versions"
+    f.move(newest, aside)
+    try:
+        code, result = verify(lab, "de")
+    finally:
+        f.move(aside, newest)
+    assert code == 1 and "stale" in result["first_failure"]["reason"], result["first_failure"]
+    assert result["first_failure"]["object"] == f"vault:de/{manifest.object_key(n - 1)}"
+    assert verify(lab, "de")[0] == 0
+
+
+def test_no_plaintext_reaches_a_vault(lab: LabState, replicated: dict[str, Any]) -> None:
+    marker = f"embassy-marker-{secrets.token_hex(8)}"
+    ssh(lab, "home", f"sudo runuser -u postgres -- psql -X -q -d population -c \"UPDATE persons SET first_name = "
+                     f"'{marker}' WHERE id = (SELECT min(id) FROM persons)\"")
+    ssh(lab, "home", f"echo {marker} | sudo tee /srv/registers/court-files/{marker}.txt >/dev/null")
+    try:
+        replicate_once(lab)
+        for v in lab.vaults:
+            found = subprocess.run(["grep", "-rlaF", "-e", marker, v.data_dir], capture_output=True, text=True, check=False)
+            assert found.returncode == 1, f"plaintext marker in vault {v.embassy}: {found.stdout[:300]}"
+    finally:
+        ssh(lab, "home", f"sudo rm -f /srv/registers/court-files/{marker}.txt")
+
+
+IDENTITY_PROBE = r"""
+import json, sys
+from botocore.exceptions import ClientError
+from embassy.lab.buckets import client
+spec = json.loads(sys.argv[1])
+agent = client(spec["endpoint"], spec["ca_file"], spec["agent"])
+reader = client(spec["endpoint"], spec["ca_file"], spec["reader"])
+b = spec["bucket"]
+out = {}
+def attempt(name, call):
+    try:
+        call()
+        out[name] = "allowed"
+    except ClientError as exc:
+        out[name] = exc.response["Error"]["Code"]
+versions = agent.list_object_versions(Bucket=b, Prefix="manifests/")["Versions"]
+v = versions[0]
+attempt("agent_delete_version", lambda: agent.delete_object(Bucket=b, Key=v["Key"], VersionId=v["VersionId"]))
+attempt("agent_shorten_lock", lambda: agent.put_object_retention(Bucket=b, Key=v["Key"], VersionId=v["VersionId"],
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": "2027-01-01T00:00:00Z"}))
+attempt("reader_write", lambda: reader.put_object(Bucket=b, Key="manifests/9999999999.json", Body=b"x"))
+attempt("reader_read", lambda: reader.get_object(Bucket=b, Key=v["Key"])["Body"].read())
+still = [x["VersionId"] for x in agent.list_object_versions(Bucket=b, Prefix=v["Key"])["Versions"]]
+out["version_still_there"] = v["VersionId"] in still
+print(json.dumps(out))
+"""
+
+
+def test_agent_cannot_delete_or_unlock_and_reader_cannot_write(lab: LabState, replicated: dict[str, Any]) -> None:
+    v = lab.vault("ie")
+    spec = {"endpoint": v.endpoint, "ca_file": v.ca_file, "agent": v.agent_credentials, "reader": v.reader_credentials,
+            "bucket": v.bucket}
+    done = in_controller_python(lab, IDENTITY_PROBE, json.dumps(spec))
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["agent_delete_version"] != "allowed" and out["agent_shorten_lock"] != "allowed", out
+    assert out["reader_write"] == "AccessDenied" and out["reader_read"] == "allowed", out
+    assert out["version_still_there"] is True
+
+
+def test_lag_is_measured_per_embassy_and_exposed_as_metrics(lab: LabState, replicated: dict[str, Any]) -> None:
+    done = embassy_cli(lab, "replicate", "--stack", STACK, "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    for e in doc["embassies"]:
+        for r in e["registers"]:
+            assert r["lag_seconds"] is not None and r["lag_seconds"] >= 0, (e["name"], r)
+            assert r["alert"] is (r["lag_seconds"] > r["rpo_bound_seconds"])
+        if e["mode"] == "warm":
+            assert e["replay_lag_ms"] is not None
+    home = lab.host("home")
+    metrics = ssh(lab, "home", f"python3 -c \"import urllib.request; print(urllib.request.urlopen("
+                               f"'http://{home.address}:9750/metrics', timeout=10).read().decode())\"").stdout
+    assert 'embassy_replication_lag_seconds{embassy="de",register="population"}' in metrics
+    assert 'embassy_replication_alert{embassy="ie"}' in metrics
+    assert 'embassy_replication_replay_lag_milliseconds{embassy="se"}' in metrics
+
+
+def test_deploy_left_no_error_in_agent_or_standby_logs(lab: LabState, replicated: dict[str, Any]) -> None:
+    for host in ("enclave-de", "enclave-se"):
+        log = ssh(lab, host, "sudo sh -c 'cat /var/log/postgresql/*.log'").stdout
+        assert "ERROR" not in log, f"{host}: " + "\n".join(x for x in log.splitlines() if "ERROR" in x)[:1000]
+    agent = ssh(lab, "home", "sudo sh -c 'cat /var/log/pgbackrest/*.log; journalctl -q -u embassy-replication-round "
+                             "-u embassy-heartbeat -u embassy-replication-monitor --no-pager'").stdout
+    assert "ERROR" not in agent and "Traceback" not in agent, agent[-2000:]
+
+
+@pytest.fixture
+def vault_link_down(lab: LabState) -> Iterator[str]:
+    """The de vault's link to the lab switch, cut for the test and always restored after it."""
+    port = _vault_port(lab, "de")
+    subprocess.run(["ip", "-n", lab.switch_netns, "link", "set", port, "down"], check=True)
+    try:
+        yield port
+    finally:
+        subprocess.run(["ip", "-n", lab.switch_netns, "link", "set", port, "up"], check=True)
+
+
+def _vault_port(lab: LabState, embassy: str) -> str:
+    """The switch-side veth of a vault's namespace (its peer is eth0 in the vault's namespace)."""
+    peer = subprocess.run(["ip", "-n", lab.vault(embassy).netns, "-o", "link", "show", "eth0"], capture_output=True,
+                          text=True, check=True).stdout
+    index = peer.split("@if", 1)[1].split(":", 1)[0]
+    links = subprocess.run(["ip", "-n", lab.switch_netns, "-o", "link"], capture_output=True, text=True, check=True).stdout
+    for line in links.splitlines():
+        if line.startswith(f"{index}:"):
+            return line.split(":")[1].strip().split("@")[0]
+    raise AssertionError(f"no switch port for vault {embassy}")
+
+
+OUTAGE_SECONDS = 30  # bounded: the vault is cut off for this long while home takes writes
+
+
+def _write_probe_rows(lab: LabState, n: int) -> str:
+    """Commit n rows at home (a table of the heartbeat database: same cluster, same WAL); the segment holding them."""
+    sql = ("CREATE TABLE IF NOT EXISTS fault_probe (id serial PRIMARY KEY, note text); "
+           f"INSERT INTO fault_probe (note) SELECT 'row ' || g FROM generate_series(1, {n}) g; "
+           "SELECT pg_walfile_name(pg_current_wal_lsn());")
+    out = ssh(lab, "home", f"sudo runuser -u postgres -- psql -X -Atq -d embassy_monitor -c \"{sql}\"").stdout.split()
+    return out[-1]
+
+
+def _archived_max(lab: LabState) -> dict[int, str]:
+    info = json.loads(ssh(lab, "home", "sudo runuser -u postgres -- pgbackrest --stanza=home --output=json info").stdout)
+    return {int(a["database"]["repo-key"]): a["max"] for a in info[0]["archive"]}
+
+
+def test_an_unreachable_vault_holds_nobody_back_and_catches_up(lab: LabState, replicated: dict[str, Any],
+                                                               vault_link_down: str) -> None:
+    segment = _write_probe_rows(lab, 200)
+    done = embassy_cli(lab, "replicate", "--stack", STACK, "--once", "--json")
+    doc = json.loads(done.stdout)
+    by_name = {e["name"]: e for e in doc["embassies"]}
+    assert done.returncode == 1 and by_name["de"]["errors"] and by_name["de"]["alert"], by_name["de"]
+    assert by_name["se"]["errors"] == [] and by_name["ie"]["errors"] == []
+    assert by_name["se"]["manifest"]["round"] == by_name["ie"]["manifest"]["round"] == doc["round"]
+    assert ssh(lab, "home", "sudo runuser -u postgres -- psql -X -Atq -d embassy_monitor -c 'SELECT count(*) > 0 FROM "
+                            "fault_probe'").stdout.strip() == "t"  # home keeps serving
+    time.sleep(max(0, OUTAGE_SECONDS - 20))
+    subprocess.run(["ip", "-n", lab.switch_netns, "link", "set", vault_link_down, "up"], check=True)
+    for _ in range(3):  # bounded: the archiver retries with back-off
+        done = embassy_cli(lab, "replicate", "--stack", STACK, "--once", "--json")
+        if done.returncode == 0:
+            break
+    assert done.returncode == 0, done.stdout[-2000:]
+    archived = _archived_max(lab)
+    assert all(m[8:] >= segment[8:] for m in archived.values()), (segment, archived)  # no gap in any repo
+    assert ssh(lab, "home", "sudo runuser -u postgres -- pgbackrest --stanza=home check", check=False).returncode == 0
+    assert verify(lab, "de")[0] == 0
+
+
+def test_an_agent_killed_mid_backup_or_snapshot_leaves_the_vault_consistent(lab: LabState,
+                                                                           replicated: dict[str, Any]) -> None:
+    big = "/srv/registers/court-files/fault-probe.bin"
+    ssh(lab, "home", f"sudo head -c 64000000 /dev/urandom | sudo tee {big} >/dev/null")
+    try:
+        for unit, command in (
+            ("embassy-test-backup", "runuser -u postgres -- pgbackrest --stanza=home --repo=2 --type=full backup"),
+            ("embassy-test-snapshot", "embassy-restic se court-files backup --host home /srv/registers/court-files"),
+        ):
+            ssh(lab, "home", f"sudo systemd-run --quiet --unit={unit} {command}")
+            time.sleep(2)
+            # Only what this test started: the transient unit's own processes.
+            ssh(lab, "home", f"sudo systemctl kill -s KILL {unit}; sudo systemctl reset-failed {unit}", check=False)
+        replicate_once(lab)
+        code, result = verify(lab, "se")
+        assert code == 0, result["first_failure"]
+    finally:
+        ssh(lab, "home", f"sudo rm -f {big}")
