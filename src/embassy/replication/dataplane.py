@@ -62,6 +62,10 @@ def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool) -> str:
     if archive_async:
         lines += ["archive-async=y", f"spool-path={SPOOL}"]
     lines += ["", f"[{STANZA}]", f"pg1-path={PG_DATA}", "pg1-port=5432", ""]
+    if archive_async:
+        # pgBackRest pushes a segment to the repos one after the other: a vault that does not answer
+        # must time out soon, or every other embassy waits behind it (measured: 161 s at io-timeout=30).
+        lines += ["[global:archive-push]", "io-timeout=5", ""]
     return "\n".join(lines)
 
 

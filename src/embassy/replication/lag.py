@@ -50,7 +50,12 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     streaming = standbys()
     state = load_json(Path(cfg["state_dir"]) / "state.json", {"round": 0, "embassies": {}})
     last = load_json(Path(cfg["state_dir"]) / "last-round.json", {"embassies": []})
-    last_errors = {e["name"]: e.get("errors", []) for e in last.get("embassies", [])}
+    last_errors = {e["name"]: list(e.get("errors", [])) for e in last.get("embassies", [])}
+    statuses = hostcmd.repo_status(info)
+    for e in cfg["embassies"]:  # a vault that cannot be read now alerts at once, not only at the next round
+        code, message = statuses.get(e.get("repo") or 0, (0, ""))
+        if code not in (0, 2):
+            last_errors.setdefault(e["name"], []).append(f"repo{e['repo']}: {message or code}")
     bounds = {r["name"]: r["rpo_bound"] for r in cfg["registers"]}
     embassies = []
     now = now_utc()  # after the slow reads: a beat is never younger than now

@@ -51,7 +51,8 @@ def combine(round_report: dict[str, Any] | None, measured: dict[str, Any]) -> di
     for e in measured["embassies"]:
         r = by_name.get(e["name"], {})
         entry = {"name": e["name"], "mode": e["mode"], "manifest": r.get("manifest"),
-                 "errors": r.get("errors", e.get("vault_errors", [])), "alert": e["alert"] or bool(r.get("errors")),
+                 "errors": r.get("errors", e.get("vault_errors", [])), "notes": r.get("notes", []),
+                 "alert": e["alert"] or bool(r.get("errors")),
                  "registers": e["registers"]}
         if "replay_lag_ms" in e:
             entry["replay_lag_ms"] = e["replay_lag_ms"]
