@@ -387,3 +387,47 @@ def test_an_agent_killed_mid_backup_or_snapshot_leaves_the_vault_consistent(lab:
         assert code == 0, result["first_failure"]
     finally:
         ssh(lab, "home", f"sudo rm -f {big}")
+
+
+def _restart_vault_with(lab: LabState, embassy: str, agent_actions: list[str]) -> None:
+    """Rewrite the vault's identities (the agent's allowed actions) and restart it: SeaweedFS reads them at start."""
+    from embassy.lab import system, vaults
+
+    v = lab.vault(embassy)
+    path = Path(v.data_dir).parent / "identities.json"
+    doc = json.loads(path.read_text())
+    for identity in doc["identities"]:
+        if identity["name"] == "agent":
+            identity["actions"] = agent_actions
+    system.write_private(path, json.dumps(doc, indent=2) + "\n")
+    system.stop(v.weed)
+    v.weed = vaults.start(v)
+    lab.save()
+    vaults.wait_ready(lab, v)
+
+
+def test_a_vault_refusing_writes_alerts_and_holds_nobody_back(lab: LabState, replicated: dict[str, Any]) -> None:
+    _restart_vault_with(lab, "ie", ["Read", "List"])  # the agent's credentials revoked for writing
+    try:
+        segment = _write_probe_rows(lab, 50)
+        done = embassy_cli(lab, "replicate", "--stack", STACK, "--once", "--json")
+        doc = json.loads(done.stdout)
+        by_name = {e["name"]: e for e in doc["embassies"]}
+        assert done.returncode == 1 and by_name["ie"]["alert"], by_name["ie"]
+        assert any("manifest upload failed" in err for err in by_name["ie"]["errors"]), by_name["ie"]["errors"]
+        assert by_name["de"]["errors"] == [] and by_name["se"]["errors"] == []
+        home = lab.host("home")
+        metrics = ssh(lab, "home", f"sleep 6; python3 -c \"import urllib.request; print(urllib.request.urlopen("
+                                   f"'http://{home.address}:9750/metrics', timeout=10).read().decode())\"").stdout
+        assert 'embassy_replication_vault_ok{embassy="ie"} 0.0' in metrics
+        assert 'embassy_replication_alert{embassy="ie"} 1.0' in metrics
+        assert 'embassy_replication_vault_ok{embassy="de"} 1.0' in metrics
+    finally:
+        _restart_vault_with(lab, "ie", ["Read", "Write", "List"])
+    for _ in range(3):
+        done = embassy_cli(lab, "replicate", "--stack", STACK, "--once", "--json")
+        if done.returncode == 0:
+            break
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert all(m[8:] >= segment[8:] for m in _archived_max(lab).values())
+    assert verify(lab, "ie")[0] == 0
