@@ -2,7 +2,8 @@
 embassy's vault with its read-only identity; warm embassies also run a streaming standby of home
 (src/embassy/replication/deploy_embassy.py).
 
-    pyinfra inventories/lab.py deploys/home_state.py deploys/agent.py deploys/standby.py
+    pyinfra inventories/lab.py deploys/home_state.py deploys/agent.py    (first: home)
+    pyinfra inventories/lab.py deploys/standby.py                            (then the embassies)
 """
 
 from pyinfra import host

@@ -22,6 +22,10 @@ from embassy.errors import EXIT_FINDING, EXIT_USAGE, UserError
 from embassy.targets import Target
 
 DEPLOYS = ("deploys/home_state.py", "deploys/agent.py", "deploys/standby.py")
+# Two pyinfra runs, one after the other: pyinfra orders the operations of one run across hosts by its own
+# rules, and a standby started before home's agent made the stanza in its vault logs `ERROR: [103]` for
+# every WAL it asks for. Home first (state and agents), then the embassies.
+PHASES: tuple[tuple[str, ...], ...] = (DEPLOYS[:2], DEPLOYS[2:])
 
 
 @dataclass
@@ -78,16 +82,26 @@ def command(target: Target, deploys: Sequence[str] = DEPLOYS) -> tuple[list[str]
     return target.client_argv([pyinfra_bin(), "-y", "--json", target.inventory, *deploys]), env
 
 
-def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
-        say: Callable[[str], None] = lambda _: None) -> DeployResult:
-    """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words."""
-    import time
+def merge(results: Sequence[DeployResult]) -> DeployResult:
+    """One result per host over several pyinfra runs: changes and errors added up."""
+    hosts: dict[str, HostResult] = {}
+    failed: list[str] = []
+    for result in results:
+        for h in result.hosts:
+            into = hosts.setdefault(h.name, HostResult(h.name))
+            into.changed += h.changed
+            into.unchanged += h.unchanged
+            into.errors += h.errors
+        failed += [n for n in result.failed_hosts if n not in failed]
+    return DeployResult(sorted(hosts.values(), key=lambda h: h.name), failed)
 
+
+def _run_phase(target: Target, root: Path, deploys: Sequence[str], size_mb: float | None,
+               say: Callable[[str], None]) -> DeployResult:
     argv, env = command(target, deploys)
     if size_mb is not None:
         env["EMBASSY_HOME_SIZE_MB"] = f"{size_mb:g}"
     say(f"pyinfra {' '.join(argv[argv.index('-y'):])}")
-    start = time.monotonic()
     done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
     try:
         payload = json.loads(done.stdout)
@@ -98,7 +112,6 @@ def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb
         raise UserError(f"pyinfra did not run the deploys (exit {done.returncode}):\n{tail}",
                         "fix the error above; the deploys are idempotent, run `embassy deploy` again", EXIT_FINDING)
     result = parse_results(payload)
-    result.seconds = time.monotonic() - start
     if done.returncode != 0 or result.failed_hosts or any(h.errors for h in result.hosts):
         # pyinfra marks every later operation of a failed host as failed too: the first one is the cause.
         failed = [f"{h.name} at '{h.errors[0] if h.errors else '?'}'" for h in result.hosts
@@ -108,4 +121,17 @@ def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb
         code = EXIT_USAGE if "HINT: deploy with the seed" in done.stderr else EXIT_FINDING
         raise UserError(f"deploy failed on {'; '.join(failed) or 'the run'}\n{details}",
                         "fix the cause above and run `embassy deploy` again (finished steps are not redone)", code)
+    return result
+
+
+def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
+        say: Callable[[str], None] = lambda _: None) -> DeployResult:
+    """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words."""
+    import time
+
+    phases = PHASES if tuple(deploys) == DEPLOYS else (tuple(deploys),)
+    start = time.monotonic()
+    results = [_run_phase(target, root, phase, size_mb, say) for phase in phases]
+    result = merge(results)
+    result.seconds = time.monotonic() - start
     return result

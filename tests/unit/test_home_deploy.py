@@ -123,3 +123,15 @@ def test_seed_spec_from_host_data_and_env(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv(context.SIZE_ENV, "lots")
     with pytest.raises(UserError, match="bad seed or size"):
         context.spec(SimpleNamespace())
+
+
+def test_home_is_deployed_before_the_embassies_and_results_add_up() -> None:
+    # Two pyinfra runs: the standbys start only once home's agent made the stanza in their vaults.
+    assert deploy.PHASES == (("deploys/home_state.py", "deploys/agent.py"), ("deploys/standby.py",))
+    first = deploy.DeployResult([deploy.HostResult("home", 80, 3), deploy.HostResult("enclave-de", 0, 0)], [])
+    second = deploy.DeployResult([deploy.HostResult("home", 0, 0), deploy.HostResult("enclave-de", 20, 1, ["x"])],
+                                 ["enclave-de"])
+    merged = deploy.merge([first, second])
+    assert [(h.name, h.changed, h.unchanged, h.errors) for h in merged.hosts] == [
+        ("enclave-de", 20, 1, ["x"]), ("home", 80, 3, [])]
+    assert merged.failed_hosts == ["enclave-de"]

@@ -16,7 +16,7 @@ from pyinfra.operations import apt, files, systemd
 from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
-from embassy.replication import dataplane, facts
+from embassy.replication import dataplane
 from embassy.replication.deploy_home import ca_bundle, upload_modules
 
 
@@ -75,7 +75,6 @@ def embassy_host() -> None:
                          src=io.StringIO(dataplane.standby_conf(primary, embassy)),
                          dest=f"{dataplane.PG_CONF_D}/30-embassy-standby.conf", user="postgres", group="postgres",
                          mode="644")
-        facts.wait_for_backup(name="Standby: home's first backup is in this embassy's vault")
         cloned = ensure(
             name="Standby: clone home (pg_basebackup)",
             check=f"test -f {dataplane.PG_DATA}/standby.signal",

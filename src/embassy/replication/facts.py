@@ -89,18 +89,6 @@ def pgbackrest_first_full(repo: int, stanza: str = "home") -> Generator[str, Non
 
 
 @operation()
-def wait_for_backup(timeout: int = 600, stanza: str = "home") -> Generator[str, None, None]:
-    """Wait (bounded) until this host's repo holds a backup of home: pyinfra runs hosts side by side, and a
-    standby started before home's agent made the stanza logs `ERROR: [103]` for every WAL it asks for."""
-    if any(r.get("backups", 0) > 0 for r in host.get_fact(PgBackRestRepos, stanza=stanza).values()):
-        host.noop("the repo holds a backup of home")
-        return
-    info = as_user("postgres", f"pgbackrest --stanza={stanza} --output=json info")
-    yield (f"for i in $(seq {timeout}); do {info} 2>/dev/null | grep -q '\"label\"' && exit 0; sleep 1; done; "
-           f"echo 'error: no backup of home in this embassy repo after {timeout} s' >&2; exit 1")
-
-
-@operation()
 def restic_repository(embassy: str, register: str) -> Generator[str, None, None]:
     if host.get_fact(ResticSnapshots, embassy=embassy, register=register) is not None:
         host.noop(f"restic repository {register} at {embassy} exists")
