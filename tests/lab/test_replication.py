@@ -278,6 +278,13 @@ def test_agent_cannot_delete_or_unlock_and_reader_cannot_write(lab: LabState, re
     assert out["version_still_there"] is True
 
 
+def home_metrics(lab: LabState) -> str:
+    """The Prometheus metrics page of home's exporter, read on home (its firewall admits no one else)."""
+    url = f"http://{lab.host('home').address}:9750/metrics"
+    return ssh(lab, "home", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}', timeout=10)"
+                            ".read().decode())\"").stdout
+
+
 def test_lag_is_measured_per_embassy_and_exposed_as_metrics(lab: LabState, replicated: dict[str, Any]) -> None:
     done = embassy_cli(lab, "replicate", "--stack", STACK, "--json")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -288,9 +295,7 @@ def test_lag_is_measured_per_embassy_and_exposed_as_metrics(lab: LabState, repli
             assert r["alert"] is (r["lag_seconds"] > r["rpo_bound_seconds"])
         if e["mode"] == "warm":
             assert e["replay_lag_ms"] is not None
-    home = lab.host("home")
-    metrics = ssh(lab, "home", f"python3 -c \"import urllib.request; print(urllib.request.urlopen("
-                               f"'http://{home.address}:9750/metrics', timeout=10).read().decode())\"").stdout
+    metrics = home_metrics(lab)
     assert 'embassy_replication_lag_seconds{embassy="de",register="population"}' in metrics
     assert 'embassy_replication_alert{embassy="ie"}' in metrics
     assert 'embassy_replication_replay_lag_milliseconds{embassy="se"}' in metrics
@@ -416,9 +421,8 @@ def test_a_vault_refusing_writes_alerts_and_holds_nobody_back(lab: LabState, rep
         assert done.returncode == 1 and by_name["ie"]["alert"], by_name["ie"]
         assert any("manifest upload failed" in err for err in by_name["ie"]["errors"]), by_name["ie"]["errors"]
         assert by_name["de"]["errors"] == [] and by_name["se"]["errors"] == []
-        home = lab.host("home")
-        metrics = ssh(lab, "home", f"sleep 6; python3 -c \"import urllib.request; print(urllib.request.urlopen("
-                                   f"'http://{home.address}:9750/metrics', timeout=10).read().decode())\"").stdout
+        time.sleep(6)  # the exporter reads the lag every 5 s
+        metrics = home_metrics(lab)
         assert 'embassy_replication_vault_ok{embassy="ie"} 0.0' in metrics
         assert 'embassy_replication_alert{embassy="ie"} 1.0' in metrics
         assert 'embassy_replication_vault_ok{embassy="de"} 1.0' in metrics
