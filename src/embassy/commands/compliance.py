@@ -121,7 +121,10 @@ def review_cmd(
     except Terminated:
         raise user_error(UserError("review interrupted (SIGTERM): its temporary worktrees were removed",
                                    "run it again", code=143)) from None
-    stack_file = model.stack_file(result.stack, root) if result.stack else None
+    try:  # the stack file only gives the report line numbers: a name that is not a stack's gives none
+        stack_file = model.stack_file(result.stack, root) if result.stack else None
+    except UserError:
+        stack_file = None
     text = stack_file.read_text() if stack_file is not None and stack_file.is_file() else ""
     _write(render(result, fmt, text), out)
     console.print(f"review: {len(result.changes)} change(s), {len(result.weakenings)} weakening, "
