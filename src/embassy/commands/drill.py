@@ -1,0 +1,138 @@
+"""`embassy` commands of this area (registered on embassy.cli.app): restore (and drill)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.errors import EXIT_FINDING, UserError
+
+__all__ = ["app"]
+
+
+@app.command()
+def restore(
+    stack: StackOpt,
+    embassy: Annotated[str, typer.Option("--embassy", "-e", help="the embassy to restore at (its vault and host only)")],
+    target_time: Annotated[str | None, typer.Option(
+        "--target-time", help="restore to this point in time (ISO 8601, UTC if no zone), from the vault")] = None,
+    from_vault: Annotated[bool, typer.Option(
+        "--from-vault", help="at a warm embassy, restore from the vault into a fresh cluster instead of promoting "
+                             "the standby")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+) -> None:
+    """Verify the embassy's vault, restore every register it holds, compare digests, start the state service.
+
+    Exit 0 restored and serving; 1 refused or failed (naming the object); 2 bad input.
+    """
+    from embassy.drill import restore as lib
+    from embassy.targets import LabTarget, target_for
+
+    dep = load(stack)
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        if not as_json:
+            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}", highlight=False)
+
+    try:
+        when = lib.parse_time(target_time) if target_time else None
+        target = target_for("lab", dep)
+        assert isinstance(target, LabTarget)
+        target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
+        with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else _nothing():
+            outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, say=say)
+    except UserError as exc:
+        raise user_error(exc) from None
+    if as_json:
+        print(json.dumps(outcome.as_json(), indent=2))
+    else:
+        console.print(_table(outcome))
+        if outcome.error:
+            console.print(outcome.error.render(), markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[green]restored[/green] at {embassy} in {outcome.as_json()['seconds']:.1f} s: "
+                          f"state service {outcome.service_url}, newest heartbeat {outcome.newest_heartbeat}")
+    if not outcome.ok:
+        raise typer.Exit(outcome.error.code if outcome.error else EXIT_FINDING)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _table(outcome: object) -> Table:
+    from embassy.drill.restore import Outcome
+
+    assert isinstance(outcome, Outcome)
+    m = outcome.manifest
+    table = Table(title=f"restore at {outcome.embassy} ({outcome.mode})" + (f" from {m.key}" if m else ""))
+    for column in ("register", "kind", "method", "verified", "restored"):
+        table.add_column(column)
+    for r in outcome.registers:
+        table.add_row(r.name, r.kind, r.method or "-", "[green]yes[/green]" if r.verified else "[red]no[/red]",
+                      "[green]yes[/green]" if r.restored else "[red]no[/red]")
+    return table
+
+
+@app.command()
+def drill(
+    stack: StackOpt,
+    report: Annotated[Path, typer.Option("--report", "-r", help="folder for report.json, report.md, report.html, report.sig")],
+    embassy: Annotated[str | None, typer.Option(
+        "--embassy", "-e", help="the embassy to restore at (default: the first warm embassy of the stack)")] = None,
+    keep_lab: Annotated[bool, typer.Option("--keep-lab", help="leave the lab up afterwards (to inspect it)")] = False,
+    size_mb: Annotated[float | None, typer.Option("--size-mb", help="size of the seeded registers in MB (default 8)")]
+    = None,
+    harden: Annotated[bool, typer.Option("--harden/--no-harden", help="harden the hosts first (default: yes)")] = True,
+) -> None:
+    """The whole rehearsal on the lab: deploy, replicate under load, lose home, restore, report. Exit 0 passed, 1 not."""
+    from embassy.drill.rehearsal import drill as run_drill
+    from embassy.drill.rehearsal import report_keys
+
+    dep = load(stack)
+    if size_mb is not None and not 0.1 <= size_mb <= 100_000:
+        raise user_error(UserError(f"--size-mb {size_mb:g} is out of range", "give a size between 0.1 and 100000 MB"))
+    if embassy is not None and embassy not in {e.name for e in dep.embassies}:
+        raise user_error(UserError(f"stack '{stack}' has no embassy '{embassy}'",
+                                   f"use one of: {', '.join(e.name for e in dep.embassies)}"))
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}", highlight=False, markup=False)
+
+    try:
+        result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden, say=say)
+    except UserError as exc:
+        raise user_error(exc) from None
+    table = Table(title=f"drill at {result.embassy} ({result.mode}): {'PASSED' if result.passed else 'FAILED'}")
+    for column in ("register", "verified", "restored", "RTO (s)", "objective", "RPO (s)", "objective", "lost tx"):
+        table.add_column(column)
+    for r in result.registers:
+        table.add_row(r.name, str(r.verified), str(r.restored), _num(r.rto_seconds), _num(r.objective.rto_seconds),
+                      _num(r.rpo_seconds), _num(r.objective.rpo_seconds),
+                      "-" if r.lost_transactions is None else str(r.lost_transactions))
+    console.print(table)
+    for failure in result.failures:
+        console.print(f"failure: {failure.object}: {failure.reason}", markup=False, highlight=False, soft_wrap=True)
+    # The verdict is the command's output: stdout, one line each.
+    print(f"verdict: {'PASSED' if result.passed else 'FAILED'}")
+    print(f"RTO: {_num(result.rto_seconds)} s (incident -> state service answering at {result.embassy})")
+    print(f"RPO: {_num(result.rpo_seconds)} s (worst register)")
+    print(f"report: {(report / 'report.html').resolve()} (signed; public key {report_keys() / 'report-signing.pub'})")
+    if not result.passed:
+        raise typer.Exit(EXIT_FINDING)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,328 @@
+"""`embassy drill`: the whole rehearsal on the lab, measured, and its signed report.
+
+lab up (a lab already up is reused) ► harden ► deploy ► a steady, bounded write load on home ►
+replication rounds under it ► the incident ► restore at the embassy ► report ► lab down (unless kept).
+
+The incident, in this order: the write load and the heartbeat are killed and home's last committed
+heartbeat and load transaction are read (the last read of home, ~0.1 s before its end), home's network
+is cut, its container stopped and its disk (the overlay's upper folder) wiped; the warm standbys are
+told home is gone (primary_conninfo emptied: a real standby would keep calling a dead primary). From
+then on a watcher on the lab's bridge counts every frame that tries to reach home's address: the
+drill fails if there is one.
+
+Measures (README, "Reboot the state"):
+- RTO per register: incident -> the register restored and its digest equal to the manifest's; in
+  total: incident -> the state service answering the smoke queries correctly;
+- RPO per postgres register: home's last committed heartbeat - the newest heartbeat restored;
+  per file register: incident - the time of the restored snapshot (any later change would be lost);
+- lost transactions: the write load's last committed id at home - the newest restored.
+The write load writes to `embassy_monitor.drill_load`, never to a register: a register's digest stays
+the one its manifest signed (a promoted standby is past the digest LSN).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from embassy import model
+from embassy.drill import report as rpt
+from embassy.drill.restore import Outcome, restore
+from embassy.errors import DrillFailed, EmbassyError
+from embassy.lab.state import LabState
+from embassy.replication import manifest
+from embassy.replication import replicate as replication
+from embassy.targets import LabTarget
+
+Say = Callable[[str], None]
+LOAD_UNIT = "embassy-drill-load"
+LOAD_RATE = 10  # transactions a second: steady and bounded (2 shared cores)
+LOAD_CODE = """
+import sys, time, psycopg
+rate = float(sys.argv[1])
+with psycopg.connect("host=/var/run/postgresql dbname=embassy_monitor", autocommit=True) as conn:
+    conn.execute("CREATE TABLE IF NOT EXISTS drill_load (id bigserial PRIMARY KEY, ts timestamptz NOT NULL "
+                 "DEFAULT clock_timestamp(), payload text NOT NULL)")
+    while True:
+        conn.execute("INSERT INTO drill_load (payload) VALUES (repeat(md5(random()::text), 8))")
+        time.sleep(1 / rate)
+"""
+REPORT_KEYS_ENV = "EMBASSY_REPORT_KEYS"
+HOME_DEPLOYS = ("deploys/home_state.py", "deploys/agent.py")
+
+
+def report_keys() -> Path:
+    """Where the controller's report-signing key lives (kept across labs: auditors hold its public half)."""
+    explicit = os.environ.get(REPORT_KEYS_ENV)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return Path(explicit) if explicit else base / "embassy" / "report-signing"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Timeline:
+    def __init__(self, say: Say) -> None:
+        self.steps: list[rpt.Step] = []
+        self.say = say
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.say(name)
+        start, ok = now(), False
+        try:
+            yield
+            ok = True
+        finally:
+            self.steps.append(rpt.Step(step=name, start=start, end=now(), ok=ok))
+
+
+def _ssh(lab: LabState, host: str, command: str, timeout: float = 120, stdin: str | None = None) \
+        -> subprocess.CompletedProcess[str]:
+    return subprocess.run(lab.ssh_argv(host, command), input=stdin, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def start_load(lab: LabState) -> None:
+    done = _ssh(lab, "home", f"sudo install -m 644 /dev/stdin /var/tmp/{LOAD_UNIT}.py && "
+                             f"sudo systemctl stop {LOAD_UNIT} 2>/dev/null; sudo systemctl reset-failed {LOAD_UNIT} 2>/dev/null; "
+                             f"sudo systemd-run --unit {LOAD_UNIT} -p User=postgres /usr/bin/python3 "
+                             f"/var/tmp/{LOAD_UNIT}.py {LOAD_RATE}", stdin=LOAD_CODE)
+    if done.returncode != 0:
+        raise DrillFailed(f"home: the write load did not start: {done.stderr.strip()[-300:]}")
+
+
+def replicate_rounds(lab: LabState, rounds: int, say: Say) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    for n in range(rounds):
+        if n:
+            time.sleep(6)  # rounds further apart than the tightest RPO: as the timer spaces them
+        last = replication.run_round(lab)
+        errors = [f"{e['name']}: {'; '.join(e['errors'])}" for e in last.get("embassies", []) if e.get("errors")]
+        say(f"round {last.get('round')}: " + ("; ".join(errors) if errors else "a signed manifest in every vault"))
+        if errors:
+            raise DrillFailed(f"replication round {last.get('round')} failed: {'; '.join(errors)[:400]}")
+    return last
+
+
+def incident(lab: LabState) -> tuple[dt.datetime, str, int]:
+    """Home is lost. Returns (when, home's last committed heartbeat, the load's last committed id)."""
+    from embassy.lab import hosts as lab_hosts
+    from embassy.lab import system
+
+    home = lab.host("home")
+    sql = "SELECT (SELECT max(ts) FROM heartbeat)::text || '|' || (SELECT coalesce(max(id), 0) FROM drill_load)"
+    when = now()
+    done = _ssh(lab, "home", f"sudo systemctl kill -s KILL {LOAD_UNIT} embassy-heartbeat; "
+                             f"sudo runuser -u postgres -- psql -X -A -t -d embassy_monitor -c {shlex.quote(sql)}", timeout=30)
+    # From here on, nothing reads home: cut its network, stop its container, wipe its disk.
+    system.run(["ip", "-n", home.netns, "link", "set", "eth0", "down"])
+    system.stop(home.nspawn, grace=5)
+    if lab_hosts.is_mounted(home.root_dir):
+        lab_hosts.umount(home.root_dir)
+    system.run(["find", home.upper_dir, "-mindepth", "1", "-delete"])
+    heartbeat, _, load = done.stdout.strip().partition("|")
+    if done.returncode != 0 or not heartbeat:
+        raise DrillFailed(f"home's last heartbeat could not be read before the incident: {done.stderr.strip()[-300:]}")
+    return when, heartbeat, int(load or 0)
+
+
+def detach_standbys(lab: LabState, dep: model.Deployment) -> None:
+    """Tell every warm standby that home is gone (they keep their data and their vault)."""
+    for emb in dep.embassies:
+        if emb.mode is model.Mode.WARM:
+            _ssh(lab, lab.host(emb.name).name,
+                 "sudo runuser -u postgres -- psql -X -q -c \"ALTER SYSTEM SET primary_conninfo = ''\" "
+                 "-c 'SELECT pg_reload_conf()'", timeout=30)
+
+
+class Watcher:
+    """Counts frames to home's address on the lab's bridge (embassy.drill.watch)."""
+
+    def __init__(self, lab: LabState, address: str) -> None:
+        from embassy.lab.network import BRIDGE
+
+        self.out = Path(lab.dir) / "drill-watch-home.json"
+        self.out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.switch_netns, sys.executable, "-m", "embassy.drill.watch",
+                                      BRIDGE, address, str(self.out)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while not self.out.exists() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.out.exists():
+            why = self.proc.stderr.read() if self.proc.stderr else ""
+            raise DrillFailed(f"the watcher of home's address did not start: {why[-300:]}")
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        seen: dict[str, Any] = json.loads(self.out.read_text())
+        return seen
+
+
+def _digest_text(value: dict[str, Any] | None) -> str | None:
+    if not value:
+        return None
+    if "merkle_root" in value:
+        return f"merkle:{value['merkle_root']}"
+    tables = json.dumps(value.get("tables", {}), sort_keys=True, separators=(",", ":")).encode()
+    return f"tables-sha256:{hashlib.sha256(tables).hexdigest()}"
+
+
+def _ts(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    text = text.strip().replace(" ", "T")
+    if text[-3] in "+-" and text[-6] != ":":  # PostgreSQL prints +00 for the zone
+        text += ":00"
+    return dt.datetime.fromisoformat(text)
+
+
+def host_tool_versions(lab: LabState, embassy: str) -> dict[str, str]:
+    done = _ssh(lab, lab.host(embassy).name, "psql --version | head -1; pgbackrest version; restic version", timeout=30)
+    lines = done.stdout.strip().splitlines()
+    names = ("postgresql", "pgbackrest", "restic")
+    return {name: line.strip() for name, line in zip(names, lines, strict=False)}
+
+
+def measure(dep: model.Deployment, out: Outcome, incident_at: dt.datetime, incident_mono: float, home_heartbeat: str,
+            home_load: int, lab: LabState | None) -> list[rpt.RegisterResult]:
+    emb = dep.embassy(out.embassy)
+    restored_hb = _ts(out.newest_heartbeat)
+    home_hb = _ts(home_heartbeat)
+    restored_load = None
+    if lab is not None and out.ok and out.port:
+        done = _ssh(lab, lab.host(out.embassy).name, f"sudo runuser -u postgres -- psql -X -A -t -p {out.port} "
+                    "-d embassy_monitor -c 'SELECT coalesce(max(id), 0) FROM drill_load'", timeout=30)
+        restored_load = int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
+    snapshots = {r["name"]: r.get("snapshot_time") for r in (out.manifest.body["registers"] if out.manifest else [])}
+    results = []
+    for reg in out.registers:
+        spec = next(r for r in dep.registers if r.name == reg.name)
+        rto = round(reg.done_at - incident_mono, 3) if reg.done_at else None
+        rpo: float | None = None
+        lost = None
+        if reg.restored and reg.kind == model.RegisterKind.POSTGRES.value and home_hb and restored_hb:
+            rpo = round(max(0.0, (home_hb - restored_hb).total_seconds()), 3)
+            lost = max(0, home_load - restored_load) if restored_load is not None else None
+        elif reg.restored and reg.kind == model.RegisterKind.FILES.value and snapshots.get(reg.name):
+            taken = _ts(snapshots[reg.name])
+            rpo = round(max(0.0, (incident_at - taken).total_seconds()), 3) if taken else None
+        results.append(rpt.RegisterResult(
+            name=reg.name, kind=reg.kind, priority=reg.priority, verified=reg.verified, restored=reg.restored,
+            rto_seconds=rto, rpo_seconds=rpo, lost_transactions=lost,
+            objective=rpt.Objective(rto_seconds=spec.rto_seconds, rpo_seconds=dep.rpo_bound(spec, emb)),
+            digest=_digest_text(reg.digest), manifest_digest=_digest_text(reg.manifest_digest)))
+    return results
+
+
+def evidence(out: Outcome, dep: model.Deployment, lab: LabState) -> tuple[list[rpt.Verification], rpt.ManifestEvidence | None]:
+    from embassy.replication.verify import public_key_pem
+
+    checks = []
+    if out.verification:
+        checks += [rpt.Verification(object=c["object"], ok=c["ok"], detail=c.get("reason", ""))
+                   for c in out.verification.checked]
+    for reg in out.registers:
+        if reg.digest is not None:
+            checks.append(rpt.Verification(object=f"digest:{reg.name}", ok=reg.verified,
+                                           detail=f"{reg.method}: recomputed {_digest_text(reg.digest)}"))
+    if out.smoke:
+        checks.append(rpt.Verification(object=f"smoke:{out.service_url}", ok=out.service_ok_at is not None,
+                                       detail=f"{len(out.smoke)} queries: " + ", ".join(
+                                           f"{p} {a[0]}" for p, a in out.smoke.items())))
+    found = None
+    if out.manifest and out.chain_head:
+        key = manifest.key_id(manifest.load_public_key(public_key_pem(dep, lab)))
+        found = rpt.ManifestEvidence(key=out.manifest.key, sha256=out.manifest.sha256, round=out.manifest.round,
+                                     chain_head=rpt.ChainHead(round=out.chain_head.round, sha256=out.chain_head.sha256),
+                                     signature_ok=True, public_key_fingerprint=key)
+    return checks, found
+
+
+def failure_of(error: EmbassyError, out: Outcome) -> rpt.Failure:
+    failed = out.verification.first_failure if out.verification and out.verification.first_failure else None
+    obj = failed["object"] if failed else (error.message.split(":", 1)[0] if ":" in error.message else out.embassy)
+    return rpt.Failure.of(obj, error.message, type(error))
+
+
+def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None, keep_lab: bool = False,
+          size_mb: float | None = None, harden: bool = True, say: Say = lambda _m: None) -> rpt.Report:
+    """Run the rehearsal and write its signed report into `report_dir`; returns the report."""
+    from embassy import deploy as deploy_lib
+    from embassy.harden import harden_target
+    from embassy.lab import lifecycle
+    from embassy.lab.state import lab_state
+
+    name = embassy or next((e.name for e in dep.embassies if e.mode is model.Mode.WARM), dep.embassies[0].name)
+    emb = dep.embassy(name) if name in {e.name for e in dep.embassies} else None
+    if emb is None:
+        from embassy.errors import EmbassyUnknown
+
+        raise EmbassyUnknown(f"stack '{dep.stack}' has no embassy '{name}'",
+                             f"use one of: {', '.join(e.name for e in dep.embassies)}")
+    started_at = now()
+    timeline = Timeline(say)
+    failures: list[rpt.Failure] = []
+    hardening: dict[str, int | None] = {}
+    # Anything failing before the incident is an error of the setup (UserError, exit 1 or 2), not a verdict.
+    with timeline.step("lab up (reused when already up)"):
+        lifecycle.up(dep, say=lambda m: say(f"  {m}"))
+        lab = lab_state(dep.stack)
+    target = LabTarget(dep, lab)
+    if harden:
+        with timeline.step("harden every host (roles/site.yml), Lynis before and after"):
+            hardening = {r.name: r.lynis_after for r in harden_target(target, lambda m: say(f"  {m}"))}
+    with timeline.step("deploy: home state, replication agents, embassy hosts"):
+        # Home first: in one pyinfra run the standbys' wait for home's first backup can come before
+        # home's own operations (pyinfra orders operations by line across the deploy files).
+        for deploys in (HOME_DEPLOYS, deploy_lib.DEPLOYS):
+            deploy_lib.run(target, model.project_root(), deploys=deploys, size_mb=size_mb, say=lambda m: say(f"  {m}"))
+    with timeline.step(f"write load on home ({LOAD_RATE} tx/s) and replication rounds under it"):
+        start_load(lab)
+        replicate_rounds(lab, 2, lambda m: say(f"  {m}"))
+        time.sleep(3)
+    with timeline.step("incident: home stopped, its disk wiped, its network cut"):
+        incident_mono = time.monotonic()
+        incident_at, home_heartbeat, home_load = incident(lab)
+        detach_standbys(lab, dep)
+    say(f"  home's last heartbeat {home_heartbeat}, last load transaction {home_load}")
+    watcher = Watcher(lab, lab.host("home").address)
+    try:
+        restored = restore(dep, target, name, say=lambda m: say(f"  {m}"))
+    finally:
+        seen = watcher.stop()
+    timeline.steps += [rpt.Step(step=f"restore: {s.name}", start=s.start, end=s.end, ok=s.ok) for s in restored.steps]
+    registers = measure(dep, restored, incident_at, incident_mono, home_heartbeat, home_load, lab)
+    checks, found = evidence(restored, dep, lab)
+    checks.append(rpt.Verification(object=f"network:home {lab.host('home').address}", ok=seen["frames"] == 0,
+                                   detail=f"{seen['frames']} frames tried to reach home in {seen['seconds']} s after "
+                                          f"the incident" + (f" (from {seen['sources']})" if seen["frames"] else "")))
+    if restored.error:
+        failures.append(failure_of(restored.error, restored))
+    total = round(restored.service_ok_at - incident_mono, 3) if restored.service_ok_at else None
+    rpos = [r.rpo_seconds for r in registers if r.rpo_seconds is not None]
+    versions = {**rpt.controller_tool_versions(), **host_tool_versions(lab, name)}
+    report = rpt.Report.build(
+        stack=dep.stack, embassy=name, mode=emb.mode.value, incident_at=incident_at, started_at=started_at,
+        finished_at=now(), rto_seconds=total, rpo_seconds=max(rpos) if rpos and len(rpos) == len(registers) else None,
+        registers=registers, timeline=timeline.steps, tool_versions=versions, manifest=found, hardening=hardening,
+        verifications=checks, failures=failures, plan_hash=None)
+    rpt.write_report(report, report_dir, report_keys())
+    if not keep_lab:
+        say("lab down")
+        lifecycle.down()
+    return report
+

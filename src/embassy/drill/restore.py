@@ -1,0 +1,541 @@
+"""`embassy restore`: bring the state back at one embassy, proven equal to what home signed.
+
+1. Verify the embassy's vault as `embassy verify` does (manifest chain, signatures, freshness,
+   pgBackRest and restic checks): any failure refuses the restore, naming the object.
+2. Restore the registers in priority order, with that embassy's host, vault, identity and secrets only:
+   - postgres, warm embassy: promote the streaming standby, once it replayed at least the head
+     manifest's `archived_lsn` (else, or with --from-vault, as a cold embassy does);
+   - postgres from the vault (cold, a point in time, a lagging standby): pgBackRest restore into a
+     fresh cluster on port 5433 with archive_mode=off, recovery paused at each register's digest LSN
+     to recompute its digest there (the digest is of the state at that LSN), then recovery continues
+     to the end of the archive, or to --target-time;
+   - files: restic restore of the manifest's snapshot.
+3. Recompute every register's digest and compare it with the manifest's. A promoted standby is past
+   the digest LSN: its digest equals the manifest's only if the register did not change since that
+   round (the drill's write load goes to `embassy_monitor`, never to a register). Any mismatch is a
+   DigestMismatch: nothing is served.
+4. Start the state service (the code home runs) on the embassy host and smoke-check it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from embassy import model
+from embassy.errors import (
+    DigestMismatch,
+    EmbassyError,
+    HostUnreachable,
+    ManifestInvalid,
+    RestoreFailed,
+    SmokeCheckFailed,
+    VaultUnreachable,
+)
+from embassy.home import schema
+from embassy.replication import manifest
+from embassy.replication import verify as vault_verify
+from embassy.replication.dataplane import PG_VERSION, REGISTERS_ROOT
+from embassy.replication.digest import differences
+from embassy.replication.manifest import Verified
+from embassy.targets import Host, LabTarget
+
+SCRATCH_PORT = 5433  # a restore from the vault: a fresh cluster beside the embassy's own (5432)
+STANDBY_PORT = 5432
+SCRATCH_DIR = f"/var/lib/postgresql/{PG_VERSION}/embassy-restore"
+FILES_ROOT = "/srv/embassy-restore"  # restic restores <root>/srv/registers/<name>
+SERVICE_UNIT = "embassy-state-restored"
+SERVICE_PORT = 8088
+SERVICE_CONFIG = "/etc/embassy/state-service-restored.json"
+SERVICE_USER = "embassy_state"
+PG_BIN = f"/usr/lib/postgresql/{PG_VERSION}/bin"
+DIGEST = "env PYTHONPATH=/opt/embassy python3 -m replication.digest"
+Say = Callable[[str], None]
+
+
+@dataclass
+class RegisterOutcome:
+    name: str
+    kind: str
+    priority: int
+    method: str = ""  # standby | vault | restic
+    verified: bool = False
+    restored: bool = False
+    done_at: float | None = None  # monotonic: verified, restored and readable
+    digest: dict[str, Any] | None = None
+    manifest_digest: dict[str, Any] | None = None
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "priority": self.priority, "method": self.method,
+                "verified": self.verified, "restored": self.restored, "digest": self.digest,
+                "manifest_digest": self.manifest_digest, "detail": self.detail}
+
+
+@dataclass
+class Step:
+    name: str
+    start: dt.datetime
+    end: dt.datetime
+    ok: bool = True
+
+
+@dataclass
+class Outcome:
+    stack: str
+    embassy: str
+    mode: str
+    started: float = field(default_factory=time.monotonic)
+    verification: vault_verify.Result | None = None
+    manifest: Verified | None = None
+    chain_head: Verified | None = None
+    registers: list[RegisterOutcome] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    port: int | None = None
+    service_url: str | None = None
+    smoke: dict[str, Any] = field(default_factory=dict)
+    service_ok_at: float | None = None  # monotonic: the service answered the smoke queries correctly
+    newest_heartbeat: str | None = None  # in the restored cluster: what RPO counts from
+    target_time: str | None = None
+    error: EmbassyError | None = None
+
+    @property
+    def manifest_key(self) -> str:
+        return self.manifest.key if self.manifest else "(no manifest)"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.registers) and all(r.verified and r.restored for r in self.registers) \
+            and self.service_ok_at is not None
+
+    def as_json(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "stack": self.stack, "embassy": self.embassy, "mode": self.mode, "ok": self.ok,
+            "target_time": self.target_time,
+            "verify": self.verification.as_json() if self.verification else None,
+            "manifest": {"key": m.key, "round": m.round, "sha256": m.sha256} if m else None,
+            "registers": [r.as_json() for r in self.registers],
+            "port": self.port, "service": self.service_url, "smoke": self.smoke,
+            "newest_heartbeat": self.newest_heartbeat,
+            "seconds": round((self.service_ok_at or time.monotonic()) - self.started, 3),
+            "steps": [{"step": s.name, "start": s.start.isoformat(), "end": s.end.isoformat(), "ok": s.ok}
+                      for s in self.steps],
+            "error": self.error.as_json() if self.error else None,
+        }
+
+
+class Session:
+    """The embassy host, reached through the target: shell commands, each a step with its time."""
+
+    def __init__(self, target: LabTarget, host: Host, outcome: Outcome, say: Say) -> None:
+        self.target, self.host, self.outcome, self.say = target, host, outcome, say
+
+    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(self.target.host_argv(self.host, command), input=stdin, capture_output=True,
+                                  text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise RestoreFailed(f"{self.host.name}: no answer in {timeout:.0f} s to `{command[:120]}`") from None
+
+    def must(self, command: str, what: str, *, timeout: float = 600, stdin: str | None = None) -> str:
+        done = self.sh(command, timeout=timeout, stdin=stdin)
+        if done.returncode != 0:
+            raise RestoreFailed(f"{self.host.name}: {what} failed: {(done.stderr or done.stdout).strip()[-600:]}")
+        return done.stdout
+
+    def psql(self, port: int, db: str, sql: str, timeout: float = 60) -> str:
+        return self.must(f"sudo runuser -u postgres -- psql -X -A -t -q -p {port} -d {db} -c {shlex.quote(sql)}",
+                         f"psql {db} on port {port}", timeout=timeout).strip()
+
+    def step(self, name: str) -> _StepTimer:
+        self.say(name)
+        return _StepTimer(self.outcome, name)
+
+
+class _StepTimer:
+    def __init__(self, outcome: Outcome, name: str) -> None:
+        self.outcome, self.name = outcome, name
+
+    def __enter__(self) -> _StepTimer:
+        self.start = dt.datetime.now(dt.UTC)
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        self.outcome.steps.append(Step(self.name, self.start, dt.datetime.now(dt.UTC), ok=kind is None))
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def held_registers(dep: model.Deployment, embassy: str) -> list[model.Register]:
+    """The registers this embassy holds, in restore (priority) order."""
+    return [r for r in dep.registers_in_restore_order() if any(e.name == embassy for e in dep.holders(r))]
+
+
+def parse_time(text: str) -> dt.datetime:
+    """--target-time: ISO 8601; a time without zone is UTC."""
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        from embassy.errors import OptionInvalid
+
+        raise OptionInvalid(f"--target-time '{text}' is not an ISO 8601 time",
+                            "give e.g. 2026-12-02T18:30:00Z (UTC if no zone is given)") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _manifest_time(m: Verified) -> dt.datetime:
+    return dt.datetime.fromisoformat(str(m.body["time"]).replace("Z", "+00:00"))
+
+
+def choose_manifest(chain: list[Verified], target_time: dt.datetime | None) -> Verified:
+    """The head; for a point in time, the newest manifest whose round started before it."""
+    if target_time is None:
+        return chain[-1]
+    before = [m for m in chain if _manifest_time(m) < target_time]
+    if not before:
+        raise RestoreFailed(f"no manifest before {target_time.isoformat()}: the oldest, {chain[0].key}, is of "
+                            f"{chain[0].body['time']}", "choose a later --target-time")
+    return before[-1]
+
+
+# --------------------------------------------------------------------------- the restore
+
+
+def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_time: dt.datetime | None = None,
+            from_vault: bool = False, say: Say = lambda _m: None) -> Outcome:
+    """Verify, restore, compare digests, start and smoke-check the state service at `embassy`.
+
+    Never raises for what the restore meets (the Outcome's `error` names it); raises only on bad input.
+    """
+    hosts = target.embassy_hosts(embassy)  # EmbassyUnknown for a name the stack does not declare
+    emb = dep.embassy(embassy)
+    out = Outcome(dep.stack, embassy, emb.mode.value, target_time=target_time.isoformat() if target_time else None)
+    out.registers = [RegisterOutcome(r.name, r.kind.value, r.priority) for r in held_registers(dep, embassy)]
+    if not hosts:
+        out.error = RestoreFailed(f"embassy {embassy} has no host in the target")
+        return out
+    session = Session(target, hosts[0], out, say)
+    try:
+        _run(dep, session, emb, target_time, from_vault)
+    except EmbassyError as exc:
+        out.error = exc
+        for s in out.steps[-1:]:
+            s.ok = False
+    return out
+
+
+def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
+         from_vault: bool) -> None:
+    out = s.outcome
+    with s.step(f"reach {s.host.name}"):
+        try:
+            done = s.target.run_on(s.host, "true", timeout=15)
+        except subprocess.TimeoutExpired:
+            done = None
+        if done is None or done.returncode != 0:
+            raise HostUnreachable(f"embassy host {s.host.name} does not answer over SSH within 15 s"
+                                  + (f": {done.stderr.strip()[-200:]}" if done else ""))
+    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups"):
+        result = vault_verify.verify(dep, s.target.lab, emb.name, say=s.say)
+        out.verification = result
+        if not result.intact:
+            failure = result.first_failure or {}
+            obj, reason = failure.get("object", "?"), failure.get("reason", "")
+            error = VaultUnreachable if reason.startswith("unreachable") else ManifestInvalid
+            raise error(f"{obj}: {reason}", "nothing was restored; restore from another embassy and investigate this vault")
+        public = manifest.load_public_key(vault_verify.public_key_pem(dep, s.target.lab))
+        try:
+            objects = vault_verify.fetch_manifests(s.target.lab, emb.name)
+        except vault_verify.VaultUnreachable as exc:
+            raise VaultUnreachable(f"vault:{emb.name}: {exc.reason}") from None
+        chain, failure2 = manifest.verify_chain(objects, public, stack=dep.stack, embassy=emb.name)
+        if failure2 or not chain:
+            raise ManifestInvalid(f"{failure2[0] if failure2 else emb.name}: {failure2[1] if failure2 else 'no manifest'}")
+        out.chain_head = chain[-1]
+        out.manifest = choose_manifest(chain, target_time)
+    body = {r["name"]: r for r in out.manifest.body["registers"]}
+    for reg in out.registers:
+        if reg.name not in body:
+            raise RestoreFailed(f"register {reg.name}: not in {out.manifest.key}")
+        reg.manifest_digest = body[reg.name].get("digest")
+    postgres = [r for r in out.registers if r.kind == model.RegisterKind.POSTGRES.value]
+    files = [r for r in out.registers if r.kind == model.RegisterKind.FILES.value]
+    s.sh(stop_command(), timeout=60)  # a previous restore's scratch cluster and service
+    if postgres:
+        archived = max((_lsn(body[r.name].get("archived_lsn") or "0/0") for r in postgres), default=0)
+        use_standby = emb.mode is model.Mode.WARM and not from_vault and target_time is None and \
+            _standby_caught_up(s, archived)
+        if use_standby:
+            promote_standby(s, postgres)
+            out.port = STANDBY_PORT
+        else:
+            restore_from_vault(s, postgres, body, target_time)
+            out.port = SCRATCH_PORT
+    for reg in files:
+        restore_files(s, reg, body[reg.name])
+    if out.port:
+        out.newest_heartbeat = s.psql(out.port, "embassy_monitor", "SELECT max(ts) FROM heartbeat") or None
+    start_service(s, dep)
+
+
+def _lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _standby_caught_up(s: Session, archived: int) -> bool:
+    with s.step("check the standby: replayed at least what the head manifest names"):
+        done = s.sh(f"sudo runuser -u postgres -- psql -X -A -t -p {STANDBY_PORT} -d postgres -c "
+                    "\"SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()\"", timeout=30)
+        fields = done.stdout.strip().split("|")
+        if done.returncode != 0 or len(fields) != 2 or fields[0] != "t" or not fields[1]:
+            s.say(f"no standby in recovery on {s.host.name} ({(done.stderr or done.stdout).strip()[-120:]}): "
+                  "restoring from the vault")
+            return False
+        if _lsn(fields[1]) < archived:
+            s.say(f"standby replayed {fields[1]}, behind the manifest's archived LSN: restoring from the vault")
+            return False
+        return True
+
+
+def _compare(s: Session, reg: RegisterOutcome, actual: dict[str, Any], where: str) -> None:
+    reg.digest = actual
+    diff = differences(reg.manifest_digest or {}, actual) if reg.manifest_digest else ["the manifest names no digest"]
+    if diff:
+        raise DigestMismatch(f"register {reg.name} ({where}) differs from {s.outcome.manifest_key}: "
+                             f"{'; '.join(diff)[:500]}", "nothing is served from it; restore from another embassy")
+    reg.verified = True
+
+
+def _pg_digest(s: Session, reg: RegisterOutcome, port: int) -> dict[str, Any]:
+    db = schema.database_name(reg.name)
+    text = s.must(f"sudo runuser -u postgres -- {DIGEST} postgres {db} --conninfo "
+                  f"{shlex.quote(f'host=/var/run/postgresql port={port}')}", f"digest of {reg.name}", timeout=3600)
+    got: dict[str, Any] = json.loads(text)
+    return got
+
+
+def promote_standby(s: Session, postgres: list[RegisterOutcome]) -> None:
+    with s.step("promote the standby"):
+        s.psql(STANDBY_PORT, "postgres", "SELECT pg_promote(true, 120)", timeout=150)
+    for reg in postgres:
+        reg.method = "standby"
+        with s.step(f"{reg.name}: digest of the promoted standby against the manifest"):
+            _compare(s, reg, _pg_digest(s, reg, STANDBY_PORT), "promoted standby")
+        reg.restored = True
+        reg.done_at = time.monotonic()
+
+
+TARGET_CONF = "embassy-target.conf"
+
+
+def scratch_conf() -> str:
+    return "\n".join([
+        "# embassy restore: a fresh cluster from this embassy's vault (never archives, local socket only)",
+        f"port = {SCRATCH_PORT}", "listen_addresses = ''", "unix_socket_directories = '/var/run/postgresql'",
+        "archive_mode = off", "hot_standby = on", f"hba_file = '{SCRATCH_DIR}/pg_hba.conf'",
+        f"ident_file = '{SCRATCH_DIR}/pg_ident.conf'", "shared_buffers = 32MB", "logging_collector = off",
+        f"include_if_exists = '{TARGET_CONF}'", ""])
+
+
+def _write(s: Session, path: str, text: str) -> None:
+    s.must(f"sudo install -o postgres -g postgres -m 600 /dev/stdin {path}", f"write {path}", stdin=text)
+
+
+def _pg_ctl(s: Session, action: str, timeout: int = 600) -> None:
+    log = f"{SCRATCH_DIR}.log"
+    s.must(f"sudo runuser -u postgres -- {PG_BIN}/pg_ctl -D {SCRATCH_DIR} -l {log} -w -t {timeout} -m fast {action}",
+           f"pg_ctl {action} (log: {log})", timeout=timeout + 30)
+
+
+def _wait(s: Session, sql: str, want: str, what: str, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    got = ""
+    while time.monotonic() < deadline:
+        done = s.sh(f"sudo runuser -u postgres -- psql -X -A -t -q -p {SCRATCH_PORT} -d postgres -c {shlex.quote(sql)}",
+                    timeout=60)
+        got = done.stdout.strip()
+        if done.returncode == 0 and got.startswith(want):
+            return got
+        time.sleep(0.3)
+    raise RestoreFailed(f"{what}: not reached in {timeout:.0f} s (last: {got or 'no answer'}); see {SCRATCH_DIR}.log")
+
+
+def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any],
+                       target_time: dt.datetime | None) -> None:
+    """pgBackRest restore, paused at each register's digest LSN to compare, then on to the end (or T)."""
+    when = target_time.isoformat() if target_time else None
+    with s.step("pgBackRest restore from this embassy's vault into a fresh cluster"):
+        # --type=time lets pgBackRest choose a backup set from before T; the targets are ours (embassy-target.conf).
+        pick = f" --type=time --target={shlex.quote(when)}" if when else ""
+        s.must(f"sudo rm -rf {SCRATCH_DIR} && sudo /usr/local/sbin/embassy-restore-postgres {SCRATCH_DIR} "
+               f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600)
+        s.must(f"sudo sed -i '/^recovery_target/d' {SCRATCH_DIR}/postgresql.auto.conf", "clear pgBackRest's targets")
+        _write(s, f"{SCRATCH_DIR}/postgresql.conf", scratch_conf())
+        _write(s, f"{SCRATCH_DIR}/pg_hba.conf", "local all all peer\n")
+        _write(s, f"{SCRATCH_DIR}/pg_ident.conf", "")
+    running, paused_at = False, None
+    for reg in sorted(postgres, key=lambda r: _lsn((body[r.name].get("digest") or {}).get("lsn") or "0/0")):
+        reg.method = "vault"
+        lsn = (body[reg.name].get("digest") or {}).get("lsn")
+        if not lsn:
+            raise DigestMismatch(f"register {reg.name}: {s.outcome.manifest_key} names no digest LSN")
+        with s.step(f"{reg.name}: recover to its digest LSN {lsn}, recompute the digest"):
+            if lsn != paused_at:  # registers digested in one snapshot share the pause
+                _write(s, f"{SCRATCH_DIR}/{TARGET_CONF}",
+                       f"recovery_target_lsn = '{lsn}'\nrecovery_target_action = 'pause'\n")
+                _pg_ctl(s, "restart" if running else "start")
+                running, paused_at = True, lsn
+                _wait(s, "SELECT pg_get_wal_replay_pause_state()", "paused", f"recovery paused at {lsn}")
+            _compare(s, reg, _pg_digest(s, reg, SCRATCH_PORT), f"recovered to {lsn}")
+    final = f"to {when}" if when else "to the end of the archive"
+    with s.step(f"recover {final} and open the cluster"):
+        _write(s, f"{SCRATCH_DIR}/{TARGET_CONF}",
+               f"recovery_target_time = '{when}'\nrecovery_target_action = 'promote'\n" if when else "")
+        _pg_ctl(s, "restart" if running else "start")
+        _wait(s, "SELECT pg_is_in_recovery()", "f", f"recovery {final}", timeout=3600)
+    for reg in postgres:
+        reg.restored = True
+        reg.done_at = time.monotonic()
+
+
+def restore_files(s: Session, reg: RegisterOutcome, entry: dict[str, Any]) -> None:
+    snapshot = entry.get("snapshot_id")
+    reg.method = "restic"
+    if not snapshot:
+        raise RestoreFailed(f"register {reg.name}: the manifest names no snapshot")
+    folder = f"{FILES_ROOT}{REGISTERS_ROOT}/{reg.name}"
+    with s.step(f"{reg.name}: restic restore of snapshot {snapshot[:8]}"):
+        s.must(f"sudo rm -rf {folder} && sudo install -d -m 755 {FILES_ROOT} && "
+               f"sudo /usr/local/sbin/embassy-restore-files {reg.name} {FILES_ROOT} {snapshot} >/dev/null",
+               f"restic restore of {reg.name}", timeout=3600)
+    with s.step(f"{reg.name}: digest of the restored files against the manifest"):
+        got = json.loads(s.must(f"sudo {DIGEST} files {folder}", f"digest of {reg.name}", timeout=3600))
+        _compare(s, reg, got, f"snapshot {snapshot[:8]}")
+    reg.restored = True
+    reg.done_at = time.monotonic()
+
+
+# --------------------------------------------------------------------------- the state service
+
+
+def service_config(dep: model.Deployment, address: str, port: int | None) -> dict[str, Any]:
+    return {"bind": address, "port": SERVICE_PORT, "conninfo": f"host=/var/run/postgresql port={port or STANDBY_PORT}",
+            "databases": {r.name: schema.database_name(r.name) for r in dep.registers
+                          if r.kind is model.RegisterKind.POSTGRES},
+            "files": {r.name: f"{FILES_ROOT}{REGISTERS_ROOT}/{r.name}" for r in dep.registers
+                      if r.kind is model.RegisterKind.FILES}}
+
+
+SMOKE = r"""
+import json, sys, time, urllib.error, urllib.request
+base, paths = sys.argv[1], sys.argv[2:]
+deadline = time.monotonic() + 30
+while True:  # the service starts in well under a second; give it a bounded while
+    try:
+        urllib.request.urlopen(base + "/health", timeout=5).read(); break
+    except urllib.error.HTTPError:
+        break
+    except OSError:
+        if time.monotonic() > deadline: break
+        time.sleep(0.2)
+out = {}
+for path in paths:
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            out[path] = [resp.status, json.loads(resp.read())]
+    except urllib.error.HTTPError as err:
+        out[path] = [err.code, json.loads(err.read() or b"null")]
+    except OSError as err:
+        out[path] = [0, str(err)]
+print(json.dumps(out))
+"""
+
+
+def start_service(s: Session, dep: model.Deployment) -> None:
+    out = s.outcome
+    held = {r.name for r in out.registers}
+    config = service_config(dep, s.host.address or "127.0.0.1", out.port)
+    config["databases"] = {k: v for k, v in config["databases"].items() if k in held}
+    config["files"] = {k: v for k, v in config["files"].items() if k in held}
+    code = resources.files("embassy.home").joinpath("service.py").read_text()
+    with s.step("start the state service on the restored registers"):
+        s.must(f"id -u {SERVICE_USER} >/dev/null 2>&1 || sudo useradd --system --no-create-home "
+               f"--shell /usr/sbin/nologin {SERVICE_USER}", "create the service user")
+        s.must("sudo install -d -m 755 /opt/embassy /etc/embassy && "
+               "sudo install -m 644 /dev/stdin /opt/embassy/state_service.py", "upload the service", stdin=code)
+        s.must(f"sudo install -m 640 -g {SERVICE_USER} /dev/stdin {SERVICE_CONFIG}", "write the service config",
+               stdin=json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if config["files"]:
+            # Restored with home's numeric owners: the service's group here reads them (content unchanged).
+            s.must(f"sudo chgrp -R {SERVICE_USER} {FILES_ROOT} && sudo chmod -R g+rX,o-rwx {FILES_ROOT}",
+                   "let the service read the restored files")
+        s.must(f"sudo systemctl reset-failed {SERVICE_UNIT} 2>/dev/null; sudo systemd-run --unit {SERVICE_UNIT} "
+               f"-p User={SERVICE_USER} -p NoNewPrivileges=yes -p PrivateTmp=yes -p ProtectSystem=strict "
+               f"/usr/bin/python3 /opt/embassy/state_service.py --config {SERVICE_CONFIG}", "start the service")
+    with s.step("smoke-check the state service"):
+        smoke_check(s, config)
+
+
+def smoke_paths(s: Session, config: dict[str, Any]) -> list[str]:
+    """The queries home's tests ask, with keys read from the restored (digest-verified) registers."""
+    paths = ["/health"]
+    port = s.outcome.port or STANDBY_PORT
+    if "population" in config["databases"]:
+        code = s.psql(port, "population", "SELECT isikukood FROM persons ORDER BY id LIMIT 1")
+        paths += [f"/registers/population/persons/{code}", "/registers/population/persons/37605030299"]
+    if "land-register" in config["databases"]:
+        parcel = s.psql(port, "land_register", "SELECT parcel FROM deeds ORDER BY parcel LIMIT 1")
+        paths.append(f"/registers/land-register/parcels/{parcel}")
+    folder = config["files"].get("court-files")
+    if folder:
+        case = s.must(f"sudo find {folder} -name case.json | sort | head -1 | xargs sudo cat", "read a court file")
+        paths.append(f"/registers/court-files/files/{json.loads(case)['number']}")
+    return paths
+
+
+def smoke_check(s: Session, config: dict[str, Any]) -> None:
+    out = s.outcome
+    paths = smoke_paths(s, config)
+    url = f"http://{config['bind']}:{SERVICE_PORT}"
+    answers = json.loads(s.must(f"python3 - {shlex.quote(url)} {' '.join(shlex.quote(p) for p in paths)}",
+                                "smoke queries", stdin=SMOKE, timeout=120))
+    out.service_url, out.smoke = url, answers
+    wrong = []
+    for path, (status, body) in answers.items():
+        want = 404 if path.endswith("/37605030299") else 200
+        if status != want:
+            wrong.append(f"{path}: HTTP {status} (expected {want}): {str(body)[:160]}")
+        elif path == "/health" and body.get("status") != "ok":
+            wrong.append(f"/health: {body}")
+        elif "/persons/" in path and want == 200 and body.get("isikukood") != path.rsplit("/", 1)[1]:
+            wrong.append(f"{path}: answered another person")
+        elif "/parcels/" in path and not body.get("deeds"):
+            wrong.append(f"{path}: no deeds")
+        elif "/files/" in path and not body.get("stored"):
+            wrong.append(f"{path}: no documents")
+    if wrong:
+        raise SmokeCheckFailed("; ".join(wrong)[:800])
+    out.service_ok_at = time.monotonic()
+
+
+def stop_command() -> str:
+    """Shell that stops a restore's service and scratch cluster (idempotent); the data stays for inspection."""
+    return (f"sudo systemctl stop {SERVICE_UNIT} 2>/dev/null; sudo systemctl reset-failed {SERVICE_UNIT} 2>/dev/null; "
+            f"if [ -f {SCRATCH_DIR}/postmaster.pid ]; then sudo runuser -u postgres -- {PG_BIN}/pg_ctl -D {SCRATCH_DIR} "
+            f"-m immediate -w stop; fi; true")
+
+
+def stop_restored(target: LabTarget, embassy: str) -> None:
+    """Stop what a restore started at `embassy` (the tests share one lab: leave it as the deploy made it)."""
+    for host in target.embassy_hosts(embassy):
+        target.run_on(host, stop_command(), timeout=90)

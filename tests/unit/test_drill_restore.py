@@ -1,0 +1,122 @@
+"""The restore's and the drill's own logic, without a lab: which manifest a point in time uses, the
+scratch cluster's settings, the service config, bad input refused before anything runs, the watcher's
+frame test, and how the drill turns a restore into measured registers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from embassy.cli import app
+from embassy.drill import rehearsal, restore
+from embassy.drill.watch import touches
+from embassy.errors import OptionInvalid, RestoreFailed
+from embassy.model import load_stack
+from embassy.replication.manifest import Verified
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _manifest(n: int, time: str) -> Verified:
+    return Verified(f"manifests/{n:010d}.json", {"round": n, "time": time, "registers": []}, f"{n:064x}")
+
+
+def test_a_point_in_time_uses_the_newest_manifest_before_it() -> None:
+    chain = [_manifest(1, "2026-12-02T10:00:00.000000Z"), _manifest(2, "2026-12-02T10:05:00.000000Z"),
+             _manifest(3, "2026-12-02T10:10:00.000000Z")]
+    assert restore.choose_manifest(chain, None).round == 3
+    at = restore.parse_time("2026-12-02T10:07:00Z")
+    assert restore.choose_manifest(chain, at).round == 2
+    assert restore.choose_manifest(chain, restore.parse_time("2026-12-02T10:05:00.000001")).round == 2
+    with pytest.raises(RestoreFailed, match="no manifest before"):
+        restore.choose_manifest(chain, restore.parse_time("2026-12-02T09:59:59Z"))
+
+
+def test_a_time_without_zone_is_utc_and_garbage_is_refused() -> None:
+    assert restore.parse_time("2026-12-02T10:07:00").tzinfo == dt.UTC
+    assert restore.parse_time("2026-12-02T12:07:00+02:00") == restore.parse_time("2026-12-02T10:07:00Z")
+    with pytest.raises(OptionInvalid, match="--target-time 'yesterday'"):
+        restore.parse_time("yesterday")
+
+
+def test_the_scratch_cluster_never_archives_and_listens_on_no_address() -> None:
+    conf = restore.scratch_conf()
+    assert "archive_mode = off" in conf and f"port = {restore.SCRATCH_PORT}" in conf
+    assert "listen_addresses = ''" in conf and restore.TARGET_CONF in conf
+
+
+def test_the_restored_service_reads_the_restored_registers_on_the_embassys_address() -> None:
+    dep = load_stack("rehearsal", ROOT)
+    config = restore.service_config(dep, "10.0.0.5", restore.SCRATCH_PORT)
+    assert config["bind"] == "10.0.0.5" and config["port"] == restore.SERVICE_PORT
+    assert config["conninfo"].endswith(f"port={restore.SCRATCH_PORT}")
+    assert config["databases"] == {"population": "population", "land-register": "land_register"}
+    assert config["files"] == {"court-files": f"{restore.FILES_ROOT}/srv/registers/court-files"}
+
+
+def test_registers_are_restored_in_priority_order() -> None:
+    dep = load_stack("rehearsal", ROOT)
+    assert [r.name for r in restore.held_registers(dep, "ie")] == ["population", "land-register", "court-files"]
+
+
+def test_bad_input_is_refused_before_anything_runs() -> None:
+    runner = CliRunner()
+    done = runner.invoke(app, ["restore", "--stack", "rehearsal", "--embassy", "de", "--target-time", "soon"])
+    assert done.exit_code == 2 and "--target-time 'soon'" in done.output and "HINT" in done.output
+    done = runner.invoke(app, ["drill", "--stack", "rehearsal", "--embassy", "xx", "--report", "out/r"])
+    assert done.exit_code == 2 and "no embassy 'xx'" in done.output
+    done = runner.invoke(app, ["drill", "--stack", "rehearsal", "--size-mb", "0", "--report", "out/r"])
+    assert done.exit_code == 2 and "--size-mb" in done.output
+
+
+def _arp_request(sender: str, target: str) -> bytes:
+    eth = b"\xff" * 6 + b"\x02" * 6 + struct.pack("!H", 0x0806)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + b"\x02" * 6 + socket.inet_aton(sender) + b"\x00" * 6 \
+        + socket.inet_aton(target)
+    return eth + arp
+
+
+def _ipv4(source: str, dest: str) -> bytes:
+    eth = b"\x02" * 12 + struct.pack("!H", 0x0800)
+    ip = bytes([0x45, 0]) + struct.pack("!H", 40) + b"\x00" * 8 + socket.inet_aton(source) + socket.inet_aton(dest)
+    return eth + ip + b"\x00" * 20
+
+
+def test_the_watcher_counts_arp_and_ip_toward_home_only() -> None:
+    home = socket.inet_aton("10.87.6.10")
+    assert touches(_arp_request("10.87.6.20", "10.87.6.10"), home) == "10.87.6.20"
+    assert touches(_ipv4("10.87.6.2", "10.87.6.10"), home) == "10.87.6.2"
+    assert touches(_arp_request("10.87.6.20", "10.87.6.21"), home) is None
+    assert touches(_ipv4("10.87.6.10", "10.87.6.2"), home) is None  # from home, not to it
+    assert touches(b"\x00" * 10, home) is None
+
+
+def test_postgres_timestamps_are_read_with_their_zone() -> None:
+    assert rehearsal._ts("2026-12-02 18:03:01.123456+00") == dt.datetime(2026, 12, 2, 18, 3, 1, 123456, dt.UTC)
+    assert rehearsal._ts(None) is None
+
+
+def test_the_drill_measures_rto_rpo_and_lost_transactions_from_a_restore() -> None:
+    dep = load_stack("rehearsal", ROOT)
+    out = restore.Outcome("rehearsal", "ie", "cold")
+    body = {"round": 4, "time": "2026-12-02T18:00:00.000000Z", "registers": [
+        {"name": "court-files", "kind": "files", "snapshot_time": "2026-12-02T18:00:02.000000Z"}]}
+    out.manifest = Verified("manifests/0000000004.json", body, "ab" * 32)
+    out.newest_heartbeat = "2026-12-02 18:00:50+00"
+    incident = dt.datetime(2026, 12, 2, 18, 1, 0, tzinfo=dt.UTC)
+    for reg in restore.held_registers(dep, "ie"):
+        r = restore.RegisterOutcome(reg.name, reg.kind.value, reg.priority, verified=True, restored=True,
+                                    done_at=100.0 + reg.priority)
+        out.registers.append(r)
+    results = {r.name: r for r in rehearsal.measure(dep, out, incident, 100.0, "2026-12-02 18:00:59.5+00", 40, None)}
+    assert results["population"].rto_seconds == 1.0 and results["court-files"].rto_seconds == 3.0
+    assert results["population"].rpo_seconds == 9.5  # home's last beat minus the newest restored
+    assert results["court-files"].rpo_seconds == 58.0  # the incident minus the restored snapshot's time
+    # A cold embassy promises no better than the stack's cold bound.
+    assert results["population"].objective.rpo_seconds == dep.cold_rpo_seconds
+    assert results["population"].lost_transactions is None  # not knowable without the restored cluster
