@@ -373,10 +373,12 @@ def _wait(s: Session, sql: str, want: str, what: str, timeout: float = 600) -> s
 def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any],
                        target_time: dt.datetime | None) -> None:
     """pgBackRest restore, paused at each register's digest LSN to compare, then on to the end (or T)."""
-    when = target_time.isoformat() if target_time else None
+    utc = target_time.astimezone(dt.UTC) if target_time else None
+    when = utc.strftime("%Y-%m-%d %H:%M:%S.%f+00") if utc else None
     with s.step("pgBackRest restore from this embassy's vault into a fresh cluster"):
-        # --type=time lets pgBackRest choose a backup set from before T; the targets are ours (embassy-target.conf).
-        pick = f" --type=time --target={shlex.quote(when)}" if when else ""
+        # --type=time lets pgBackRest choose a backup set from before T (its format: milliseconds at
+        # most); the recovery targets are ours (embassy-target.conf).
+        pick = f" --type=time --target={shlex.quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3] + '+00')}" if utc else ""
         s.must(f"sudo rm -rf {SCRATCH_DIR} && sudo /usr/local/sbin/embassy-restore-postgres {SCRATCH_DIR} "
                f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600)
         s.must(f"sudo sed -i '/^recovery_target/d' {SCRATCH_DIR}/postgresql.auto.conf", "clear pgBackRest's targets")
@@ -529,10 +531,13 @@ def smoke_check(s: Session, config: dict[str, Any]) -> None:
 
 
 def stop_command() -> str:
-    """Shell that stops a restore's service and scratch cluster (idempotent); the data stays for inspection."""
+    """Shell that stops a restore's service and scratch cluster (idempotent); the data stays for inspection.
+
+    The scratch postmaster is found by its socket's lock file, so that one whose folder is gone is stopped too."""
+    lock = f"/var/run/postgresql/.s.PGSQL.{SCRATCH_PORT}.lock"
     return (f"sudo systemctl stop {SERVICE_UNIT} 2>/dev/null; sudo systemctl reset-failed {SERVICE_UNIT} 2>/dev/null; "
-            f"if [ -f {SCRATCH_DIR}/postmaster.pid ]; then sudo runuser -u postgres -- {PG_BIN}/pg_ctl -D {SCRATCH_DIR} "
-            f"-m immediate -w stop; fi; true")
+            f"pid=$(sudo head -1 {lock} 2>/dev/null); if [ -n \"$pid\" ]; then sudo kill -QUIT \"$pid\" 2>/dev/null; "
+            f"for i in $(seq 100); do sudo kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; fi; true")
 
 
 def stop_restored(target: LabTarget, embassy: str) -> None:

@@ -1,0 +1,172 @@
+"""`embassy restore` on the lab: verified restores at a cold and a warm embassy (digests equal to the
+manifest's, the state service answering as home does), a point in time, a tampered vault refused
+with nothing started, and an unreachable embassy failing fast while another one works.
+
+The lab is shared with the other lab tests: restores from a vault go into a scratch cluster (port
+5433) that each test stops; only the last test promotes a standby (se's), and the drill's deploy,
+which runs after this module, clones it again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT, stop_restored
+from embassy.home.generator import Spec
+from embassy.lab.state import LabState
+from embassy.model import load_stack
+from embassy.targets import LabTarget
+from tests.lab.conftest import ROOT, STACK, in_controller_python, ssh
+from tests.lab.test_deploy import SERVICE_QUERY
+from tests.lab.test_replication import embassy_cli, replicate_once
+from tests.lab.vault_storage import Filer, flip_middle_byte
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: LabState) -> dict[str, Any]:
+    done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
+                       timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return replicate_once(lab)
+
+
+@pytest.fixture
+def cleanup(lab: LabState) -> Iterator[list[str]]:
+    """Embassies whose restored service and scratch cluster are stopped after the test."""
+    used: list[str] = []
+    yield used
+    target = LabTarget(load_stack(STACK, ROOT), lab)
+    for embassy in used:
+        stop_restored(target, embassy)
+
+
+def restore(lab: LabState, embassy: str, *extra: str, timeout: float = 600) -> tuple[int, dict[str, Any], float]:
+    start = time.monotonic()
+    done = embassy_cli(lab, "restore", "--stack", STACK, "--embassy", embassy, "--json", *extra, timeout=timeout)
+    seconds = time.monotonic() - start
+    assert done.returncode in (0, 1), done.stderr[-3000:] + done.stdout[-2000:]
+    return done.returncode, json.loads(done.stdout), seconds
+
+
+def service_answers(lab: LabState, address: str, paths: list[str]) -> dict[str, Any]:
+    done = in_controller_python(lab, SERVICE_QUERY, f"http://{address}:8088", *paths)
+    assert done.returncode == 0, done.stderr
+    answers: dict[str, Any] = json.loads(done.stdout)
+    return answers
+
+
+def assert_restored_like_home(lab: LabState, out: dict[str, Any]) -> None:
+    assert out["ok"] and out["error"] is None, out["error"]
+    assert out["verify"]["intact"]
+    assert {r["name"] for r in out["registers"]} == {"population", "land-register", "court-files"}
+    for reg in out["registers"]:
+        assert reg["verified"] and reg["restored"], reg
+        if reg["kind"] == "postgres":
+            assert reg["digest"]["tables"] == reg["manifest_digest"]["tables"], reg["name"]
+        else:
+            assert reg["digest"] == reg["manifest_digest"], reg["name"]
+    # The smoke queries, asked again from the controller, answered by the embassy exactly as home answers them.
+    paths = [p for p in out["smoke"] if p != "/health"]
+    at_embassy = service_answers(lab, out["service"].split("//")[1].split(":")[0], paths)
+    at_home = service_answers(lab, lab.host("home").address, paths)
+    assert at_embassy == at_home
+    assert sum(1 for status, _ in at_embassy.values() if status == 200) >= 3
+
+
+def test_cold_embassy_restores_every_register_from_its_vault(lab: LabState, deployed: dict[str, Any],
+                                                             cleanup: list[str]) -> None:
+    cleanup.append("ie")
+    code, out, seconds = restore(lab, "ie")
+    assert code == 0, out
+    assert_restored_like_home(lab, out)
+    assert out["port"] == SCRATCH_PORT and {r["method"] for r in out["registers"]} == {"vault", "restic"}
+    assert seconds < 120, seconds
+
+
+def _psql(lab: LabState, host: str, sql: str, port: int = 5432) -> str:
+    return ssh(lab, host, f"sudo runuser -u postgres -- psql -X -Atq -p {port} -d embassy_monitor -c \"{sql}\"").stdout.strip()
+
+
+def test_point_in_time_restore_brings_back_exactly_the_rows_before_it(lab: LabState, deployed: dict[str, Any],
+                                                                       cleanup: list[str]) -> None:
+    cleanup.append("ie")
+    _psql(lab, "home", "DROP TABLE IF EXISTS pit_probe; CREATE TABLE pit_probe (id int PRIMARY KEY)")
+    replicate_once(lab)  # the manifest the restore verifies against: before any probe row
+    time.sleep(1)
+    for i in range(1, 6):  # five transactions before T
+        _psql(lab, "home", f"INSERT INTO pit_probe VALUES ({i})")
+    time.sleep(0.5)
+    epoch = float(_psql(lab, "home", "SELECT extract(epoch FROM clock_timestamp())"))  # home's clock
+    moment = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    time.sleep(0.5)
+    for i in range(6, 11):  # five after
+        _psql(lab, "home", f"INSERT INTO pit_probe VALUES ({i})")
+    replicate_once(lab)  # closes and archives the WAL holding all ten
+    code, out, _ = restore(lab, "ie", "--target-time", moment)
+    assert code == 0, out
+    assert out["target_time"].startswith(moment[:19])
+    assert all(r["verified"] and r["restored"] for r in out["registers"])
+    rows = _psql(lab, "enclave-ie", "SELECT string_agg(id::text, ',' ORDER BY id) FROM pit_probe", port=SCRATCH_PORT)
+    assert rows == "1,2,3,4,5"
+    newest = dt.datetime.fromisoformat(out["newest_heartbeat"].replace(" ", "T") + ("" if "+" in out["newest_heartbeat"]
+                                                                                   else "+00:00"))
+    assert newest <= dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+
+def test_a_tampered_vault_is_refused_and_nothing_is_started(lab: LabState, deployed: dict[str, Any],
+                                                            cleanup: list[str]) -> None:
+    cleanup.append("de")
+    f = Filer(lab, "de")
+    names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries("manifests"))
+    key = f"manifests/{names[-1].removesuffix('.versions')}"
+    path = f.latest_version_file(key)
+    original = f.read(path)
+    f.write(path, flip_middle_byte(original))
+    try:
+        code, out, _ = restore(lab, "de")
+    finally:
+        f.write(path, original)
+    assert code == 1 and not out["ok"]
+    assert out["error"]["error"] == "ManifestInvalid" and key in out["error"]["message"], out["error"]
+    assert not any(r["restored"] for r in out["registers"])
+    active = ssh(lab, "enclave-de", f"systemctl is-active {SERVICE_UNIT}; sudo ss -Htln", check=False).stdout
+    assert active.splitlines()[0] != "active" and ":8088" not in active and f":{SCRATCH_PORT}" not in active
+    standby = _psql(lab, "enclave-de", "SELECT pg_is_in_recovery()")
+    assert standby == "t"  # the standby was not promoted
+
+
+@pytest.fixture
+def ie_cut_off(lab: LabState) -> Iterator[None]:
+    """enclave-ie and its vault unreachable (their interfaces down), put back after the test."""
+    namespaces = [lab.host("ie").netns, lab.vault("ie").netns]
+    for ns in namespaces:
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
+    try:
+        yield
+    finally:
+        for ns in namespaces:
+            subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+
+
+def test_an_unreachable_embassy_fails_fast_and_a_warm_one_still_restores(lab: LabState, deployed: dict[str, Any],
+                                                                         ie_cut_off: None, cleanup: list[str]) -> None:
+    code, out, seconds = restore(lab, "ie", timeout=120)
+    assert code == 1 and out["error"]["error"] == "HostUnreachable", out["error"]
+    assert "enclave-ie" in out["error"]["message"] and seconds < 30, seconds
+    # Another embassy still works: se, warm, promotes its standby (the last use of it in this lab; the
+    # drill's deploy clones it again).
+    cleanup.append("se")
+    code, out, seconds = restore(lab, "se")
+    assert code == 0, out
+    assert_restored_like_home(lab, out)
+    assert {r["method"] for r in out["registers"]} == {"standby", "restic"} and out["port"] == 5432
+    assert seconds < 90, seconds
