@@ -49,3 +49,9 @@ plan: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+
+# The main command (root: the lab): the whole rehearsal, then its verdict, RTO, RPO and the report's path.
+.PHONY: rehearsal
+rehearsal: setup lab-deps
+	@if [ "$$(id -u)" != 0 ]; then echo "rehearsal: the lab needs root: run \`sudo make rehearsal\`"; exit 2; fi
+	$(BIN)/embassy drill --stack rehearsal --report out/rehearsal

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from embassy.cli import StackOpt, app, console, load, user_error
@@ -39,7 +40,7 @@ def restore(
 
     def say(message: str) -> None:
         if not as_json:
-            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}", highlight=False)
+            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
 
     try:
         when = lib.parse_time(target_time) if target_time else None
@@ -109,7 +110,7 @@ def drill(
     start = time.monotonic()
 
     def say(message: str) -> None:
-        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}", highlight=False, markup=False)
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
 
     try:
         result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden, say=say)

@@ -116,19 +116,28 @@ def replicate_rounds(lab: LabState, rounds: int, say: Say) -> dict[str, Any]:
     return last
 
 
-def incident(lab: LabState) -> tuple[dt.datetime, str, int]:
+def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str, int]:
     """Home is lost. Returns (when, home's last committed heartbeat, the load's last committed id)."""
     from embassy.lab import hosts as lab_hosts
     from embassy.lab import system
+    from embassy.lab.state import Proc, cgroup_name
 
     home = lab.host("home")
     sql = "SELECT (SELECT max(ts) FROM heartbeat)::text || '|' || (SELECT coalesce(max(id), 0) FROM drill_load)"
     when = now()
     done = _ssh(lab, "home", f"sudo systemctl kill -s KILL {LOAD_UNIT} embassy-heartbeat; "
                              f"sudo runuser -u postgres -- psql -X -A -t -d embassy_monitor -c {shlex.quote(sql)}", timeout=30)
-    # From here on, nothing reads home: cut its network, stop its container, wipe its disk.
+    detach_standbys(lab, dep)
+    # From here on, nothing reads home: cut its network, then a power cut (every process of the
+    # container killed at once), then its disk wiped.
     system.run(["ip", "-n", home.netns, "link", "set", "eth0", "down"])
-    system.stop(home.nspawn, grace=5)
+    pids = lab_hosts.cgroup_pids(cgroup_name(lab.lab_id), home.name)
+    if home.nspawn:
+        pids.add(home.nspawn.pid)
+    for pid in sorted(pids):
+        started = system.start_time(pid)
+        if started is not None:  # by (pid, start time): never a recycled PID
+            system.stop(Proc(pid=pid, start_time=started), grace=0)
     if lab_hosts.is_mounted(home.root_dir):
         lab_hosts.umount(home.root_dir)
     system.run(["find", home.upper_dir, "-mindepth", "1", "-delete"])
@@ -139,12 +148,14 @@ def incident(lab: LabState) -> tuple[dt.datetime, str, int]:
 
 
 def detach_standbys(lab: LabState, dep: model.Deployment) -> None:
-    """Tell every warm standby that home is gone (they keep their data and their vault)."""
+    """Tell every warm standby that home is gone, and wait (bounded) until its WAL receiver has closed:
+    a standby would otherwise keep calling a dead primary (it keeps its data and its vault)."""
     for emb in dep.embassies:
         if emb.mode is model.Mode.WARM:
             _ssh(lab, lab.host(emb.name).name,
                  "sudo runuser -u postgres -- psql -X -q -c \"ALTER SYSTEM SET primary_conninfo = ''\" "
-                 "-c 'SELECT pg_reload_conf()'", timeout=30)
+                 "-c 'SELECT pg_reload_conf()' && for i in $(seq 50); do sudo runuser -u postgres -- psql -X -Atq "
+                 "-c 'SELECT count(*) FROM pg_stat_wal_receiver' | grep -qx 0 && break; sleep 0.1; done", timeout=30)
 
 
 class Watcher:
@@ -264,7 +275,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     from embassy import deploy as deploy_lib
     from embassy.harden import harden_target
     from embassy.lab import lifecycle
-    from embassy.lab.state import lab_state
+    from embassy.lab.state import lab_state, load_state
 
     name = embassy or next((e.name for e in dep.embassies if e.mode is model.Mode.WARM), dep.embassies[0].name)
     emb = dep.embassy(name) if name in {e.name for e in dep.embassies} else None
@@ -279,6 +290,10 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     hardening: dict[str, int | None] = {}
     # Anything failing before the incident is an error of the setup (UserError, exit 1 or 2), not a verdict.
     with timeline.step("lab up (reused when already up)"):
+        existing = load_state()
+        if existing is not None and existing.stack == dep.stack and not lifecycle.is_up(existing):
+            say("  the lab is broken (e.g. left by a kept drill): down first")
+            lifecycle.down(say=lambda m: say(f"  {m}"))
         lifecycle.up(dep, say=lambda m: say(f"  {m}"))
         lab = lab_state(dep.stack)
     target = LabTarget(dep, lab)
@@ -296,8 +311,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         time.sleep(3)
     with timeline.step("incident: home stopped, its disk wiped, its network cut"):
         incident_mono = time.monotonic()
-        incident_at, home_heartbeat, home_load = incident(lab)
-        detach_standbys(lab, dep)
+        incident_at, home_heartbeat, home_load = incident(lab, dep)
     say(f"  home's last heartbeat {home_heartbeat}, last load transaction {home_load}")
     watcher = Watcher(lab, lab.host("home").address)
     try:

@@ -1,0 +1,47 @@
+"""`embassy drill` on the lab: the rehearsal passes, every register verified and restored within its
+objectives, the report signed, and nothing tries to reach home after the incident.
+
+Named to sort last: the drill destroys home (container stopped, disk wiped, network cut), so it must
+be the last user of the session's shared lab. Hardening is left out here (`--no-harden`): test_harden
+covers it on the same lab, and the drill's own harden step is the same call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from embassy.drill.report import verify_report
+from embassy.lab.state import LabState
+from tests.lab.conftest import STACK
+from tests.lab.test_replication import embassy_cli
+
+pytestmark = pytest.mark.lab
+
+
+def test_a_drill_passes_with_a_signed_report_and_nothing_reaches_home_after_the_incident(
+        lab: LabState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys, folder = tmp_path / "keys", tmp_path / "report"
+    monkeypatch.setenv("EMBASSY_REPORT_KEYS", str(keys))
+    done = embassy_cli(lab, "drill", "--stack", STACK, "--report", str(folder), "--keep-lab", "--no-harden",
+                       timeout=1800)
+    assert done.returncode == 0, done.stderr[-5000:] + done.stdout[-2000:]
+    assert "verdict: PASSED" in done.stdout and f"report: {folder.resolve() / 'report.html'}" in done.stdout
+    report = json.loads((folder / "report.json").read_text())
+    assert report["passed"] and report["failures"] == [] and report["embassy"] == "de" and report["mode"] == "warm"
+    assert {r["name"] for r in report["registers"]} == {"population", "land-register", "court-files"}
+    for reg in report["registers"]:
+        assert reg["verified"] and reg["restored"] and reg["digest"] == reg["manifest_digest"], reg
+        assert reg["rto_seconds"] <= reg["objective"]["rto_seconds"]
+        assert reg["rpo_seconds"] <= reg["objective"]["rpo_seconds"]
+    population = next(r for r in report["registers"] if r["name"] == "population")
+    assert population["rpo_seconds"] < 1.0 and population["lost_transactions"] is not None
+    assert report["rto_seconds"] is not None and report["rto_seconds"] < 60
+    watched = [v for v in report["verifications"] if v["object"].startswith("network:home")]
+    assert watched and watched[0]["ok"], watched  # not one frame toward home's address after the incident
+    assert report["manifest"]["signature_ok"] and report["manifest"]["chain_head"]["round"] >= report["manifest"]["round"]
+    assert verify_report(folder, keys / "report-signing.pub")
+    print(f"drill at de (warm): RTO {report['rto_seconds']} s; per register: "
+          + ", ".join(f"{r['name']} RTO {r['rto_seconds']} s RPO {r['rpo_seconds']} s" for r in report["registers"]))
