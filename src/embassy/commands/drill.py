@@ -123,7 +123,7 @@ def drill(
         table.add_row(r.name, str(r.verified), str(r.restored), _num(r.rto_seconds), _num(r.objective.rto_seconds),
                       _num(r.rpo_seconds), _num(r.objective.rpo_seconds),
                       "-" if r.lost_transactions is None else str(r.lost_transactions))
-    console.print(table)
+    console.print(table, width=max(console.width, 110))
     for failure in result.failures:
         console.print(f"failure: {failure.object}: {failure.reason}", markup=False, highlight=False, soft_wrap=True)
     # The verdict is the command's output: stdout, one line each.

@@ -289,6 +289,10 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     failures: list[rpt.Failure] = []
     hardening: dict[str, int | None] = {}
     # Anything failing before the incident is an error of the setup (UserError, exit 1 or 2), not a verdict.
+    with timeline.step("plan: the desired state this drill rehearses (Pulumi program under mocks)"):
+        from embassy.plan import compute_plan
+
+        plan = rpt.plan_hash(compute_plan(model.project_root(), dep.stack))
     with timeline.step("lab up (reused when already up)"):
         existing = load_state()
         if existing is not None and existing.stack == dep.stack and not lifecycle.is_up(existing):
@@ -333,7 +337,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         stack=dep.stack, embassy=name, mode=emb.mode.value, incident_at=incident_at, started_at=started_at,
         finished_at=now(), rto_seconds=total, rpo_seconds=max(rpos) if rpos and len(rpos) == len(registers) else None,
         registers=registers, timeline=timeline.steps, tool_versions=versions, manifest=found, hardening=hardening,
-        verifications=checks, failures=failures, plan_hash=None)
+        verifications=checks, failures=failures, plan_hash=plan)
     rpt.write_report(report, report_dir, report_keys())
     if not keep_lab:
         say("lab down")
