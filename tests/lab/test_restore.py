@@ -18,9 +18,6 @@ from typing import Any
 
 import pytest
 
-from embassy.deploy import DEPLOYS
-from embassy.deploy import run as deploy_run
-from embassy.drill.rehearsal import HOME_DEPLOYS
 from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
@@ -36,11 +33,9 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def deployed(lab: LabState) -> dict[str, Any]:
-    # Home's deploys first, as the drill does (on a fresh lab, one pyinfra run can order the standbys'
-    # wait for home's first backup before home's own operations).
-    target = LabTarget(load_stack(STACK, ROOT), lab)
-    for deploys in (HOME_DEPLOYS, DEPLOYS):
-        deploy_run(target, ROOT, deploys=deploys, size_mb=Spec.size_mb)
+    done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
+                       timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
     return replicate_once(lab)
 
 

@@ -58,7 +58,6 @@ with psycopg.connect("host=/var/run/postgresql dbname=embassy_monitor", autocomm
         time.sleep(1 / rate)
 """
 REPORT_KEYS_ENV = "EMBASSY_REPORT_KEYS"
-HOME_DEPLOYS = ("deploys/home_state.py", "deploys/agent.py")
 
 
 def report_keys() -> Path:
@@ -305,10 +304,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         with timeline.step("harden every host (roles/site.yml), Lynis before and after"):
             hardening = {r.name: r.lynis_after for r in harden_target(target, lambda m: say(f"  {m}"))}
     with timeline.step("deploy: home state, replication agents, embassy hosts"):
-        # Home first: in one pyinfra run the standbys' wait for home's first backup can come before
-        # home's own operations (pyinfra orders operations by line across the deploy files).
-        for deploys in (HOME_DEPLOYS, deploy_lib.DEPLOYS):
-            deploy_lib.run(target, model.project_root(), deploys=deploys, size_mb=size_mb, say=lambda m: say(f"  {m}"))
+        deploy_lib.run(target, model.project_root(), size_mb=size_mb, say=lambda m: say(f"  {m}"))
     with timeline.step(f"write load on home ({LOAD_RATE} tx/s) and replication rounds under it"):
         start_load(lab)
         replicate_rounds(lab, 2, lambda m: say(f"  {m}"))
