@@ -1,11 +1,12 @@
-"""`embassy` commands of this area (registered on embassy.cli.app): restore (and drill)."""
+"""`embassy` commands of this area (registered on embassy.cli.app): restore, drill."""
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,9 @@ from rich.table import Table
 
 from embassy.cli import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, UserError
+
+if TYPE_CHECKING:
+    from embassy.drill.restore import Outcome
 
 __all__ = ["app"]
 
@@ -47,7 +51,7 @@ def restore(
         target = target_for("lab", dep)
         assert isinstance(target, LabTarget)
         target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
-        with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else _nothing():
+        with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else nullcontext():
             outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, say=say)
     except UserError as exc:
         raise user_error(exc) from None
@@ -64,18 +68,7 @@ def restore(
         raise typer.Exit(outcome.error.code if outcome.error else EXIT_FINDING)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-
-def _table(outcome: object) -> Table:
-    from embassy.drill.restore import Outcome
-
-    assert isinstance(outcome, Outcome)
+def _table(outcome: Outcome) -> Table:
     m = outcome.manifest
     table = Table(title=f"restore at {outcome.embassy} ({outcome.mode})" + (f" from {m.key}" if m else ""))
     for column in ("register", "kind", "method", "verified", "restored"):
