@@ -120,3 +120,27 @@ def test_the_drill_measures_rto_rpo_and_lost_transactions_from_a_restore() -> No
     # A cold embassy promises no better than the stack's cold bound.
     assert results["population"].objective.rpo_seconds == dep.cold_rpo_seconds
     assert results["population"].lost_transactions is None  # not knowable without the restored cluster
+
+
+def test_a_refused_restore_fails_the_drill_report_naming_the_object() -> None:
+    from embassy.drill import report as rpt
+    from embassy.errors import ManifestInvalid
+    from embassy.replication.verify import Result
+
+    dep = load_stack("rehearsal", ROOT)
+    out = restore.Outcome("rehearsal", "de", "warm")
+    out.registers = [restore.RegisterOutcome(r.name, r.kind.value, r.priority) for r in restore.held_registers(dep, "de")]
+    out.verification = Result("de")
+    out.verification.check("manifests/0000000007.json", False, "signature does not verify (the manifest was altered)")
+    out.error = ManifestInvalid("manifests/0000000007.json: signature does not verify (the manifest was altered)")
+    incident = dt.datetime(2026, 12, 2, 18, 1, 0, tzinfo=dt.UTC)
+    registers = rehearsal.measure(dep, out, incident, 100.0, "2026-12-02 18:00:59+00", 10, None)
+    assert not any(r.verified or r.restored or r.rto_seconds for r in registers)
+    checks, evidence = rehearsal.evidence(out, dep, None)
+    failure = rehearsal.failure_of(out.error, out)
+    assert failure.object == "manifests/0000000007.json" and failure.error == "ManifestInvalid"
+    report = rpt.Report.build(stack="rehearsal", embassy="de", mode="warm", incident_at=incident, started_at=incident,
+                              finished_at=incident, rto_seconds=None, rpo_seconds=None, registers=registers, timeline=[],
+                              verifications=checks, failures=[failure], manifest=evidence)
+    assert not report.passed and report.failures[0].object == "manifests/0000000007.json"
+    assert any(not v.ok and v.object == "manifests/0000000007.json" for v in report.verifications)

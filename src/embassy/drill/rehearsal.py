@@ -238,7 +238,8 @@ def measure(dep: model.Deployment, out: Outcome, incident_at: dt.datetime, incid
     return results
 
 
-def evidence(out: Outcome, dep: model.Deployment, lab: LabState) -> tuple[list[rpt.Verification], rpt.ManifestEvidence | None]:
+def evidence(out: Outcome, dep: model.Deployment,
+             lab: LabState | None) -> tuple[list[rpt.Verification], rpt.ManifestEvidence | None]:
     from embassy.replication.verify import public_key_pem
 
     checks = []
