@@ -4,11 +4,11 @@ lab up (a lab already up is reused) ► harden ► deploy ► a steady, bounded 
 replication rounds under it ► the incident ► restore at the embassy ► report ► lab down (unless kept).
 
 The incident, in this order: the write load and the heartbeat are killed and home's last committed
-heartbeat and load transaction are read (the last read of home, ~0.1 s before its end), home's network
-is cut, its container stopped and its disk (the overlay's upper folder) wiped; the warm standbys are
-told home is gone (primary_conninfo emptied: a real standby would keep calling a dead primary). From
-then on a watcher on the lab's bridge counts every frame that tries to reach home's address: the
-drill fails if there is one.
+heartbeat and load transaction are read (the last read of home); the warm standbys are told home is
+gone (primary_conninfo emptied, their WAL receivers closed: a real standby would keep calling a dead
+primary); home's network is cut, every process of its container killed at once (a power cut) and its
+disk (the overlay's upper folder) wiped. From then on a watcher on the lab's bridge counts every frame
+that tries to reach home's address: the drill fails if there is one.
 
 Measures (README, "Reboot the state"):
 - RTO per register: incident -> the register restored and its digest equal to the manifest's; in
