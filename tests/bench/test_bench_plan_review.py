@@ -10,7 +10,7 @@ from pathlib import Path
 from embassy.plan import compute_plan
 from embassy.review import read, review
 
-from .conftest import ROOT, median_seconds, record
+from .conftest import ROOT, figure, median_seconds, record, timed
 
 
 def test_bench_plan_rehearsal() -> None:
@@ -18,9 +18,10 @@ def test_bench_plan_rehearsal() -> None:
     baseline = median_seconds(
         lambda: subprocess.run([sys.executable, "-c", "import pulumi, pulumi_aws"], check=True), repeats=3)
     plan: dict[str, object] = {}
-    ours = median_seconds(lambda: plan.update(compute_plan(ROOT, "rehearsal")), repeats=3)
+    ours = timed(lambda: plan.update(compute_plan(ROOT, "rehearsal")), runs=3)
     assert len(plan["resources"]) > 100  # type: ignore[arg-type]
-    record("plan of the rehearsal stack (subprocess, under mocks)", ours, "import pulumi + pulumi_aws", baseline)
+    record(figure("plan_rehearsal_s", ours, "s",
+                  baseline={"name": "import pulumi + pulumi_aws", "value": round(baseline, 3), "unit": "s"}))
 
 
 def test_bench_review_two_plans(tmp_path: Path) -> None:
@@ -35,7 +36,8 @@ def test_bench_review_two_plans(tmp_path: Path) -> None:
     # Baseline: only reading and parsing both plans.
     baseline = median_seconds(lambda: [json.loads(p.read_text()) for p in (base, head)], repeats=5)
     results = []
-    ours = median_seconds(lambda: results.append(
-        review(read(str(base), ROOT, "rehearsal"), read(str(head), ROOT, "rehearsal"))), repeats=5)
+    ours = timed(lambda: results.append(
+        review(read(str(base), ROOT, "rehearsal"), read(str(head), ROOT, "rehearsal"))), runs=5)
     assert results[-1].exit_code == 1
-    record("review of two rehearsal plans (in process)", ours, "json parse of both plans", baseline)
+    record(figure("review_rehearsal_s", ours, "s",
+                  baseline={"name": "json parse of both plans", "value": round(baseline, 4), "unit": "s"}))
