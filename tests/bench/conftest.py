@@ -103,3 +103,8 @@ def report() -> Iterator[None]:
     table = markdown(doc)
     (out / "bench.md").write_text(table)
     print("\n" + table)
+
+
+# The benchmarks that need the lab share the lab tests' fixture: one lab per run, its id from
+# EMBASSY_TEST_LAB_ID (default 5), taken down at the end if this run built it.
+from tests.lab.conftest import lab  # noqa: E402, F401
