@@ -36,6 +36,7 @@ import yaml
 
 from embassy import model
 from embassy.errors import UserError
+from embassy.replication.privatefile import create_private
 from embassy.targets import AwsTarget, Host, Role, Target, target_for
 from embassy.targets import aws_collection_path as aws_collection_path  # where `harden --target aws` looks
 
@@ -95,9 +96,7 @@ class Play:
         """As JSON for the child process (paths to keys, never their content); 0600 all the same."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({**asdict(self), "workdir": str(self.workdir)}, f)
+        create_private(path, json.dumps({**asdict(self), "workdir": str(self.workdir)}).encode())
 
     @classmethod
     def load(cls, path: Path) -> Play:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy.model import load_stack
 from embassy.replication import digest, hostcmd, manifest
-from embassy.replication.deploy_home import round_config, round_interval, rpo_bound
+from embassy.replication.deploy_home import round_config, round_interval
 from embassy.replication.secrets import Vault
 
 KEY = Ed25519PrivateKey.generate()
@@ -136,9 +136,9 @@ def test_objectives_per_embassy_and_round_schedule() -> None:
     dep = load_stack("rehearsal")
     embassies = {e.name: e for e in dep.embassies}
     regs = {r.name: r for r in dep.registers}
-    assert rpo_bound(dep, regs["population"], embassies["de"]) == 5  # warm: the register's own
-    assert rpo_bound(dep, regs["population"], embassies["ie"]) == 60  # cold: whole WAL segments only
-    assert rpo_bound(dep, regs["court-files"], embassies["ie"]) == 300
+    assert dep.rpo_bound(regs["population"], embassies["de"]) == 5  # warm: the register's own
+    assert dep.rpo_bound(regs["population"], embassies["ie"]) == 60  # cold: whole WAL segments only
+    assert dep.rpo_bound(regs["court-files"], embassies["ie"]) == 300
     assert round_interval(dep) == 150  # two rounds inside court-files' 300 s
     vaults = {n: Vault(n, f"vault-{n}", 8443, f"b-{n}", "/ca", "AK", "SK") for n in embassies}
     cfg = round_config(dep, vaults, {"de": 1, "se": 2, "ie": 3})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from embassy.errors import KeyInvalid
+from embassy.replication import manifest
+from embassy.replication.privatefile import create_private
 
 ALGORITHM = "ed25519"
 PRIVATE_KEY_FILE = "report-signing.key"
@@ -32,7 +33,11 @@ class JsonRefused(ValueError):
 
 
 def canonical_json(value: Any) -> bytes:
-    """The one byte string of a JSON value that every signer and verifier computes."""
+    """The one byte string of a JSON value that every signer and verifier computes.
+
+    Unlike manifest.canonical, floats are allowed: report.json holds measured seconds, and its digest
+    is only ever computed by this code. What is signed (the statement) goes through manifest.canonical.
+    """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
@@ -78,13 +83,7 @@ def signing_key(folder: Path) -> Ed25519PrivateKey:
     if not path.exists():
         new = Ed25519PrivateKey.generate()
         pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        try:  # O_EXCL: two writers racing on a fresh folder agree on one key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
+        create_private(path, pem)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise KeyInvalid(f"signing key {path} is readable by others (mode {mode:o})",
@@ -123,12 +122,12 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def sign(key: Ed25519PrivateKey, statement: dict[str, Any]) -> str:
     """Base64 of the Ed25519 signature over the statement's canonical JSON."""
-    return base64.b64encode(key.sign(canonical_json(statement))).decode()
+    return base64.b64encode(key.sign(manifest.canonical(statement))).decode()
 
 
 def signature_valid(key: Ed25519PublicKey, statement: dict[str, Any], signature: str) -> bool:
     try:
-        key.verify(base64.b64decode(signature, validate=True), canonical_json(statement))
+        key.verify(base64.b64decode(signature, validate=True), manifest.canonical(statement))
     except (InvalidSignature, ValueError):
         return False
     return True

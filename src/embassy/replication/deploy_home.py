@@ -41,11 +41,6 @@ def ca_bundle(vaults: list[Any]) -> str:
     return "".join(Path(p).read_text() for p in seen)
 
 
-def rpo_bound(dep: model.Deployment, register: model.Register, embassy: model.Embassy) -> int:
-    """What the embassy promises for the register (the model's rule: cold only sees whole WAL segments)."""
-    return dep.rpo_bound(register, embassy)
-
-
 def round_interval(dep: model.Deployment) -> int:
     """Rounds often enough for the file registers' RPO (two tries inside it), at least a minute apart."""
     rpos = [r.rpo_seconds for r in dep.registers if r.kind is model.RegisterKind.FILES]
@@ -65,7 +60,7 @@ def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str,
     registers = []
     for reg in dep.registers:
         entry: dict[str, Any] = {"name": reg.name, "kind": reg.kind.value, "rpo_seconds": reg.rpo_seconds,
-                                 "rpo_bound": {e.name: rpo_bound(dep, reg, e) for e in dep.holders(reg)}}
+                                 "rpo_bound": {e.name: dep.rpo_bound(reg, e) for e in dep.holders(reg)}}
         if reg.kind is model.RegisterKind.POSTGRES:
             from embassy.home import schema
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import digest, hostcmd, manifest
+from . import digest, hostcmd, manifest, privatefile
 
 CONFIG = "/etc/embassy/replication.json"
 LOCK = "/run/embassy-replication-round.lock"
@@ -223,9 +223,7 @@ def keygen(key_file: Path, pub_file: Path) -> str:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
+        privatefile.create_private(key_file, pem)
     public = manifest.public_key_pem(manifest.load_private_key(key_file.read_bytes()))
     if not pub_file.exists() or pub_file.read_text() != public:
         pub_file.write_text(public)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embassy.errors import UserError
+from embassy.replication.privatefile import create_private
 
 SECRETS_ENV = "EMBASSY_SECRETS_DIR"
 
@@ -41,13 +42,7 @@ def secret(folder: Path, name: str, nbytes: int = 48) -> str:
     path = folder / name
     if not path.exists():
         value = base64.urlsafe_b64encode(_random.token_bytes(nbytes)).decode().rstrip("=")
-        try:  # O_EXCL: two deploys racing on a fresh folder agree on one value
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(value + "\n")
+        create_private(path, (value + "\n").encode())
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise UserError(f"secret {path} is readable by others (mode {mode:o})", f"run `chmod 600 {path}` and rotate it")

@@ -28,7 +28,6 @@ from embassy import model
 from embassy.errors import UserError
 from embassy.lab.state import LabState
 from embassy.replication import manifest
-from embassy.replication.deploy_home import rpo_bound
 
 PUBLIC_KEY_FILE = "manifest_public_key.pem"  # in the lab's state folder (written by the agent deploy)
 
@@ -193,7 +192,7 @@ def check_freshness(dep: model.Deployment, lab: LabState, embassy: str, head: ma
         behind = (_time(theirs.body["time"]) - _time(head.body["time"])).total_seconds()
         for reg in held:
             if any(h.name == other.name for h in dep.holders(reg)) and theirs.round > head.round:
-                bound = rpo_bound(dep, reg, me)
+                bound = dep.rpo_bound(reg, me)
                 if behind > bound:
                     result.check(f"vault:{embassy}/{head.key}", False,
                                  f"stale: head is round {head.round}, {behind:.0f} s behind {other.name}'s round "
