@@ -109,15 +109,23 @@ def set_streaming(lab: LabState, warm: list[str], on: bool) -> None:
 # --------------------------------------------------------------------------- load and samplers
 
 
-def pgbench(lab: LabState) -> float:
-    q(lab, "CHECKPOINT")  # every run starts from the same state of shared buffers
+def pgbench(lab: LabState) -> tuple[float, int]:
     out = sh(lab, "home", f"{PGBENCH} -c {CLIENTS} -j {THREADS} -T {SECONDS} bench 2>&1", timeout=SECONDS + 120)
     processed = re.search(r"number of transactions actually processed: (\d+)", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     assert processed and tps and int(processed.group(1)) > 0, out[-2000:]
     assert failed is None or int(failed.group(1)) == 0, out[-2000:]
-    return float(tps.group(1))
+    return float(tps.group(1)), int(processed.group(1))
+
+
+def home_cpu_seconds(lab: LabState) -> float:
+    """CPU time used so far by every process of home's container (its cgroup v2 folder's cpu.stat)."""
+    for folder in hostlib.cgroup_dirs(cgroup_name(lab.lab_id), "home"):
+        stat = folder / "cpu.stat"
+        if stat.is_file():
+            return int(stat.read_text().split("usage_usec", 1)[1].split()[0]) / 1e6
+    raise AssertionError("home's container has no cpu.stat (cgroup v2 folder)")
 
 
 def start_warm_sampler(lab: LabState, host: str) -> subprocess.Popen[str]:
@@ -185,6 +193,8 @@ def cold_lags(lab: LabState, samples: list[tuple[float, str]]) -> list[float]:
 @dataclass
 class Run:
     tps: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})
+    cpu_ms: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})  # home CPU ms a transaction
+    core_share: list[float] = field(default_factory=list)  # of home's core's time, what home's container got
     warm: dict[str, list[list[float]]] = field(default_factory=dict)  # per embassy, per full run
     cold: dict[str, list[list[float]]] = field(default_factory=dict)
 
@@ -286,9 +296,13 @@ def test_replication_cost_and_lag_under_pgbench(deployed: LabState, timers_pause
                     samplers = {h: start_warm_sampler(lab, h) for h in warm}
                     samplers |= {h: start_cold_sampler(lab, h) for h in cold}
                     time.sleep(1.0)  # the samplers' ssh sessions are up before the load starts
-                started = time.time()
-                run.tps[arm].append(pgbench(lab))
-                ended = time.time()
+                q(lab, "CHECKPOINT")  # every run starts from the same state of shared buffers
+                started, cpu_before = time.time(), home_cpu_seconds(lab)
+                tps, transactions = pgbench(lab)
+                ended, cpu_used = time.time(), home_cpu_seconds(lab) - cpu_before
+                run.tps[arm].append(tps)
+                run.cpu_ms[arm].append(1000 * cpu_used / transactions)
+                run.core_share.append(cpu_used / (ended - started))
                 window = (started + 2.0, ended - 0.5)  # pgbench's ssh and connection set-up excluded
                 for h in warm if samplers else []:
                     lags = warm_lags(collect(samplers[h]), *window)
@@ -298,7 +312,8 @@ def test_replication_cost_and_lag_under_pgbench(deployed: LabState, timers_pause
                     samples = cold_samples(collect(samplers[h]), *window)
                     assert len(samples) >= 5, f"{h}: only {len(samples)} vault samples"
                     run.cold[h].append(cold_lags(lab, samples))
-                print(f"round {r + 1} {arm}: {run.tps[arm][-1]:.1f} tps")
+                print(f"round {r + 1} {arm}: {tps:.1f} tps, home {run.cpu_ms[arm][-1]:.3f} CPU ms a transaction, "
+                      f"{run.core_share[-1]:.0%} of its core")
     finally:
         if not state["archiving"]:
             set_archiving(lab, True)
@@ -330,10 +345,14 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
             "value": round(statistics.median(off), 1), "unit": "tps"}
     full = [f / o for f, o in zip(run.tps["full"], off, strict=True)]
     arch = [a / o for a, o in zip(run.tps["archiving"], off, strict=True)]
-    tps = {a: f"{statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})" for a, v in run.tps.items()}
+    tps = ", ".join(f"{a} {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})" for a, v in run.tps.items())
+    cpu = ", ".join(f"{a} {statistics.median(v):.3f}" for a, v in run.cpu_ms.items())
+    share = (f"home's container got {min(run.core_share):.0%}-{max(run.core_share):.0%} of its core's time "
+             "(the rest went to other work on the machine)")
     record(figure("tps_ratio", full, "x", target=0.95, baseline=base,
                   note=f"archiving to {len(cfg['embassies'])} vaults + warm standbys streaming, ratio per round "
-                       f"to the off arm of that round; tps {tps}. {load}. {pin}."))
+                       f"to the off arm of that round. TPS median (min-max): {tps}. Home CPU ms per transaction: {cpu}; {share}. "
+                       f"{load}. {pin}."))
     record(figure("tps_ratio_archiving_only", arch, "x", target=0.95, baseline=base,
                   note=f"archiving to every vault, standbys stopped. {load}. {pin}."))
     warm_runs = pooled(run.warm)  # all warm embassies of a run
