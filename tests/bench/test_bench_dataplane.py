@@ -119,6 +119,20 @@ def pgbench(lab: LabState) -> tuple[float, int]:
     return float(tps.group(1)), int(processed.group(1))
 
 
+def home_process_cpu_seconds(lab: LabState, marker: str) -> float:
+    """CPU time used so far by home's live processes whose command line holds marker (e.g. walsender)."""
+    total = 0
+    for pid in hostlib.cgroup_pids(cgroup_name(lab.lab_id), "home"):
+        try:
+            if marker not in Path(f"/proc/{pid}/cmdline").read_text():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def home_cpu_seconds(lab: LabState) -> float:
     """CPU time used so far by every process of home's container (its cgroup v2 folder's cpu.stat)."""
     for folder in hostlib.cgroup_dirs(cgroup_name(lab.lab_id), "home"):
@@ -195,6 +209,7 @@ class Run:
     tps: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})
     cpu_ms: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})  # home CPU ms a transaction
     core_share: list[float] = field(default_factory=list)  # of home's core's time, what home's container got
+    walsender_ms: list[float] = field(default_factory=list)  # home's walsenders' CPU ms a transaction (full arm)
     warm: dict[str, list[list[float]]] = field(default_factory=dict)  # per embassy, per full run
     cold: dict[str, list[list[float]]] = field(default_factory=dict)
 
@@ -298,8 +313,12 @@ def test_replication_cost_and_lag_under_pgbench(deployed: LabState, timers_pause
                     time.sleep(1.0)  # the samplers' ssh sessions are up before the load starts
                 q(lab, "CHECKPOINT")  # every run starts from the same state of shared buffers
                 started, cpu_before = time.time(), home_cpu_seconds(lab)
+                senders_before = home_process_cpu_seconds(lab, "walsender")
                 tps, transactions = pgbench(lab)
                 ended, cpu_used = time.time(), home_cpu_seconds(lab) - cpu_before
+                if arm == "full":
+                    run.walsender_ms.append(1000 * (home_process_cpu_seconds(lab, "walsender") - senders_before)
+                                            / transactions)
                 run.tps[arm].append(tps)
                 run.cpu_ms[arm].append(1000 * cpu_used / transactions)
                 run.core_share.append(cpu_used / (ended - started))
@@ -346,19 +365,29 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
     full = [f / o for f, o in zip(run.tps["full"], off, strict=True)]
     arch = [a / o for a, o in zip(run.tps["archiving"], off, strict=True)]
     tps = ", ".join(f"{a} {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})" for a, v in run.tps.items())
-    cpu = ", ".join(f"{a} {statistics.median(v):.3f}" for a, v in run.cpu_ms.items())
-    share = (f"home's container got {min(run.core_share):.0%}-{max(run.core_share):.0%} of its core's time "
-             "(the rest went to other work on the machine)")
+    cpu = {a: statistics.median(v) for a, v in run.cpu_ms.items()}
+    share = f"{min(run.core_share):.0%}-{max(run.core_share):.0%}"
+    where = (f"Limited by CPU on home's one core (asynchronous replication: nothing waits): home's container spends "
+             f"{cpu['off']:.3f} CPU ms a transaction with nothing replicated, {cpu['archiving']:.3f} archiving, "
+             f"{cpu['full']:.3f} archiving and streaming (off/full = {cpu['off'] / cpu['full']:.2f}), of which "
+             f"{statistics.median(run.walsender_ms):.3f} ms in home's walsenders (each commit wakes each of them); "
+             "the rest is more work in the backends and the kernel (on the lab's veth network the receiving side's "
+             "packet processing also runs on the sending core) and pgBackRest's archive-push (compression and "
+             "encryption for every repo). Home got "
+             f"{share} of its core (other work on the machine took the rest). What would close it: a home with a "
+             "second core (on AWS, the instance size) for walsenders and archive-push beside the backends, or one "
+             "relay near home streaming to the standbys instead of one walsender each")
     record(figure("tps_ratio", full, "x", target=0.95, baseline=base,
-                  note=f"archiving to {len(cfg['embassies'])} vaults + warm standbys streaming, ratio per round "
-                       f"to the off arm of that round. TPS median (min-max): {tps}. Home CPU ms per transaction: {cpu}; {share}. "
-                       f"{load}. {pin}."))
+                  note=f"archiving to {len(cfg['embassies'])} vaults + warm standbys streaming; ratio per round to "
+                       f"the off arm of that round; TPS median (min-max): {tps}. {where}. {load}. {pin}."))
     record(figure("tps_ratio_archiving_only", arch, "x", target=0.95, baseline=base,
-                  note=f"archiving to every vault, standbys stopped. {load}. {pin}."))
+                  note=f"archiving to every vault, standbys stopped. Home CPU ms a transaction: {cpu['archiving']:.3f} "
+                       f"against {cpu['off']:.3f} off (pgBackRest archive-push on the same core). {load}. {pin}."))
     warm_runs = pooled(run.warm)  # all warm embassies of a run
     how = ("age of the newest commit each warm standby replayed (clock_timestamp() - "
            "pg_last_xact_replay_timestamp() on the standby), every 0.2 s while pgbench runs in the full arm; "
-           "per-run percentile over the warm embassies, median of the runs")
+           f"per-run percentile over the warm embassies (~{statistics.median(len(v) for v in warm_runs):.0f} samples "
+           "a run), median of the runs")
     record(figure("lag_warm_p99_s", [p99(v) for v in warm_runs], "s", target=WARM_TARGET_S, direction="<=",
                   note=f"{how}; {pin}."))
     record(figure("lag_warm_median_s", [statistics.median(v) for v in warm_runs], "s", target=WARM_TARGET_S,
@@ -370,8 +399,9 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
     cold_runs = pooled(run.cold)
     how = ("time since the newest heartbeat (1 a second) restorable from the newest WAL segment in the cold "
            "embassy's own vault, read with its pgBackRest every ~0.5 s while pgbench runs in the full arm; "
-           "includes up to 1 s of heartbeat granularity")
+           f"includes up to 1 s of heartbeat granularity; ~{statistics.median(len(v) for v in cold_runs):.0f} samples "
+           "a run")
     record(figure("lag_cold_p99_s", [p99(v) for v in cold_runs], "s", target=bound, direction="<=",
-                  note=f"{how}; target: the cold embassy's RPO bound; {pin}."))
+                  note=f"{how}, so the p99 is close to a run's maximum; target: the cold embassy's RPO bound; {pin}."))
     record(figure("lag_cold_median_s", [statistics.median(v) for v in cold_runs], "s", target=bound, direction="<=",
                   note=f"{how}."))
