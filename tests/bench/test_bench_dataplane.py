@@ -7,7 +7,7 @@ One test, three arms alternated in the same run (rotating order, the same number
 - `archiving`: archiving to every vault on, standbys stopped;
 - `full`: as deployed: archiving to every vault and the warm standbys streaming. Lag is sampled here,
   on the embassies' side: every 0.2 s on each warm standby (age of the newest commit it replayed),
-  every ~1 s on the cold enclave (the newest WAL segment its own vault holds, mapped after the run to
+  every ~0.5 s on the cold enclave (the newest WAL segment its own vault holds, mapped after the run to
   the newest heartbeat it makes restorable, as replication.lag does).
 
 For the whole test, home's container has one core and everything else (the other containers, the
@@ -388,20 +388,20 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
            "pg_last_xact_replay_timestamp() on the standby), every 0.2 s while pgbench runs in the full arm; "
            f"per-run percentile over the warm embassies (~{statistics.median(len(v) for v in warm_runs):.0f} samples "
            "a run), median of the runs")
-    record(figure("lag_warm_p99_s", [p99(v) for v in warm_runs], "s", target=WARM_TARGET_S, direction="<=",
-                  note=f"{how}; {pin}."))
-    record(figure("lag_warm_median_s", [statistics.median(v) for v in warm_runs], "s", target=WARM_TARGET_S,
-                  direction="<=", note=f"{how}."))
+    record_lag("warm", warm_runs, WARM_TARGET_S, p99_note=f"{how}; {pin}.", median_note=f"{how}.")
     by_name = {h.name: h.embassy for h in lab.hosts}
     bounds = [r["rpo_bound"][by_name[h]] for h in cold for r in cfg["registers"]
               if r["kind"] == "postgres" and by_name[h] in r["rpo_bound"]]
-    bound = float(min(bounds))
     cold_runs = pooled(run.cold)
     how = ("time since the newest heartbeat (1 a second) restorable from the newest WAL segment in the cold "
            "embassy's own vault, read with its pgBackRest every ~0.5 s while pgbench runs in the full arm; "
            f"includes up to 1 s of heartbeat granularity; ~{statistics.median(len(v) for v in cold_runs):.0f} samples "
            "a run")
-    record(figure("lag_cold_p99_s", [p99(v) for v in cold_runs], "s", target=bound, direction="<=",
-                  note=f"{how}, so the p99 is close to a run's maximum; target: the cold embassy's RPO bound; {pin}."))
-    record(figure("lag_cold_median_s", [statistics.median(v) for v in cold_runs], "s", target=bound, direction="<=",
-                  note=f"{how}."))
+    record_lag("cold", cold_runs, float(min(bounds)), median_note=f"{how}.",
+               p99_note=f"{how}, so the p99 is close to a run's maximum; target: the cold embassy's RPO bound; {pin}.")
+
+
+def record_lag(kind: str, runs: list[list[float]], target: float, *, p99_note: str, median_note: str) -> None:
+    record(figure(f"lag_{kind}_p99_s", [p99(v) for v in runs], "s", target=target, direction="<=", note=p99_note))
+    record(figure(f"lag_{kind}_median_s", [statistics.median(v) for v in runs], "s", target=target, direction="<=",
+                  note=median_note))
