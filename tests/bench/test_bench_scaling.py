@@ -67,7 +67,7 @@ def record_growth(kind: str, what: str, times: dict[int, list[tuple[float, float
     small, large = times[SIZES[0]], times[SIZES[-1]]
     for n in SIZES:
         record(figure(f"{kind}_s_{n}", [w for w, _ in times[n]], "s", baseline=baseline,
-                      note=f"{what}, {n} embassies; CPU {med(times[n], 1):.2f} s"))
+                      note=f"{what}, {n} embass{'y' if n == 1 else 'ies'}; CPU {med(times[n], 1):.2f} s"))
     curve = ", ".join(f"{n}: {med(times[n], 0):.2f} s" for n in SIZES)
     cpu_curve = ", ".join(f"{n}: {med(times[n], 1):.2f} s" for n in SIZES)
     for name, which, label in ((f"{kind}_ratio_20_1", 0, "wall"), (f"{kind}_cpu_ratio_20_1", 1, "CPU")):
@@ -104,9 +104,11 @@ def test_bench_plan_scaling(stacks: tuple[Path, dict[int, str]], plans: dict[int
         assert len(regions) == n and len(plan["outputs"]["embassies"]) == n
     record_growth("plan", "`embassy plan` (subprocess, wall clock)", times,
                   {"name": "python -c 'import pulumi, pulumi_aws'", "value": round(floor, 3), "unit": "s"},
-                  "Nearly all of a plan's per-embassy cost is the Pulumi SDK's own per-resource work under the mocks "
-                  "(Outputs, futures, tasks, stack capture for 49 resources and 14 invokes an embassy); what is ours "
-                  "(recording, redaction, serialization) is a few per cent of it")
+                  "What limits it: nearly all of an embassy's cost is the Pulumi SDK's own work per resource under "
+                  "the mocks (Outputs, futures, tasks, a stack capture for each of 49 resources and 14 invokes); ours "
+                  "(recording, redaction, writing the plan) is about 5 per cent of it, and wall time on a loaded "
+                  "machine adds the wait for a core. What would close it: fewer resources per embassy, or a cheaper "
+                  "SDK path (not ours to change)")
 
 
 def weakened(plan_file: Path) -> Path:
@@ -141,7 +143,7 @@ def test_bench_review_scaling(stacks: tuple[Path, dict[int, str]], plans: dict[i
         assert len(result["weakening"]) == 2 * n and result["exit_code"] == 1
     record_growth("review", "`embassy review` of two plans (subprocess, wall clock)", times,
                   {"name": "python -c 'import embassy.cli'", "value": round(floor, 3), "unit": "s"},
-                  "The review judges every control on every resource of both sides")
+                  "What limits it: the review judges every control on every resource of both sides")
 
     # In process: the comparison alone, without the interpreter's start, which hides how the work grows.
     def in_process(n: int) -> tuple[float, float]:
