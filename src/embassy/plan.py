@@ -294,14 +294,25 @@ def run_program(root: Path, stack: str, env: Mapping[str, str] | None = None) ->
     monitor = install_mocks(project, stack)
     sys.path.insert(0, str(program.parent))
 
-    def run() -> None:
+    # The program runs outside the event loop, as Pulumi's own mock tests run one: its synchronous invokes
+    # (availability zones) then run the loop to completion. Inside a loop callback each of them nests a
+    # `_sync_await`, which pads the loop's ready list with as many handles as were pending, and those pile
+    # up embassy after embassy (the plan's time grew with the square of the embassies).
+    failed: BaseException | None = None
+    try:
         runpy.run_path(str(program), run_name="__main__")
+    except BaseException as exc:  # re-raised below, once the runtime has settled, as run_pulumi_func does
+        failed = exc
+
+    def finish() -> None:
+        if failed is not None:
+            raise failed
         # set_mocks registered the root Stack's (empty) outputs already: register the exports now.
         stack_resource = get_root_resource()
         stack_resource._outputs_registered = False  # type: ignore[union-attr]
         stack_resource._finish()  # type: ignore[union-attr]
 
-    _sync_await(run_pulumi_func(run))
+    _sync_await(run_pulumi_func(finish))
     return build_plan(stack, project, monitor.records, monitor.regions, monitor.outputs)
 
 

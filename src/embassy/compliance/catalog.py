@@ -56,11 +56,17 @@ class Control:
     fails_closed: bool = False  # judged on a partial resource set too (what it cannot see counts against)
 
     def applies_to(self, resource_type: str) -> bool:
-        return any(fnmatch.fnmatchcase(resource_type, pattern) for pattern in self.resource_types)
+        return _matches(self.resource_types, resource_type)
 
     @property
     def level(self) -> str:
         return "mandatory" if self.mandatory else "advisory"
+
+
+@cache
+def _matches(patterns: tuple[str, ...], resource_type: str) -> bool:
+    """Whether a type matches a control's patterns; asked for every control and every resource, so kept."""
+    return any(fnmatch.fnmatchcase(resource_type, pattern) for pattern in patterns)
 
 
 def _control(raw: dict[str, Any]) -> Control:

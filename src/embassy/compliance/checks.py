@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
 from embassy import model
@@ -245,11 +246,19 @@ def destructive_grants(res: Resource) -> set[str]:
     return _grants_of(policy_document(res.inputs.get("policy"), "policy"))
 
 
+@lru_cache(maxsize=4096)
+def _action_covers(action: str, target: str) -> bool:
+    """Whether an IAM action pattern (`s3:*`, `s3:Delete*`) covers an action; case-insensitive, as IAM is.
+
+    Kept: every policy of every embassy names the same few actions, matched against every destructive one."""
+    return fnmatch.fnmatchcase(target.lower(), action.lower())
+
+
 def _grants_of(doc: dict[str, Any] | None) -> set[str]:
     granted: set[str] = set()
     for actions, _resources, negated in _allowed(doc):
         for target in DESTRUCTIVE_ACTIONS:
-            hit = any(fnmatch.fnmatch(target.lower(), a.lower()) for a in actions)
+            hit = any(_action_covers(a, target) for a in actions)
             if hit != negated:  # NotAction allows everything it does not list
                 granted.add(target)
     return granted

@@ -172,14 +172,31 @@ class Context:
     model: Deployment | None = None
     complete: bool = True  # False in a CrossGuard resource policy: only the resource and its provider are known
     default_region: str | None = None  # `aws:region` of the stack config, where the input carries it
+    # Filled on first use (the resource set is never changed once a context holds it).
+    _provider_tags_cache: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _referrer_cache: dict[tuple[tuple[str, ...], str], tuple[list[Resource], dict[str, list[int]], dict[str, list[int]]]] \
+        = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, resources: Iterable[Resource], deployment: Deployment | None = None,
            complete: bool = True, default_region: str | None = None) -> Context:
         return cls({r.urn: r for r in resources}, deployment, complete, default_region)
 
+    # Indexes built on first use: the checks ask "resources of type T" and "who refers to this bucket" once per
+    # resource, and a scan of every resource each time made a review grow with the square of the stack.
+    @cached_property
+    def _types(self) -> dict[str, list[tuple[int, Resource]]]:
+        index: dict[str, list[tuple[int, Resource]]] = {}
+        for pos, r in enumerate(self.resources.values()):
+            index.setdefault(r.type, []).append((pos, r))
+        return index
+
     def by_type(self, *types: str) -> list[Resource]:
-        return [r for r in self.resources.values() if r.type in types]
+        """Resources of these types, in the order of the resource set."""
+        found = [hit for t in dict.fromkeys(types) for hit in self._types.get(t, ())]
+        if len(types) > 1:
+            found.sort(key=lambda hit: hit[0])
+        return [r for _, r in found]
 
     def provider_of(self, res: Resource) -> Resource | None:
         return self.resources.get(res.provider) if res.provider else None
@@ -217,21 +234,32 @@ class Context:
         tags: dict[str, str] = {}
         prov = res if res.is_provider else self.provider_of(res)
         if prov is not None:
-            tags.update(_default_tags(prov.inputs.get("defaultTags")))
+            tags.update(self._provider_tags(prov))
         src = res.inputs.get("tags") if not res.is_provider else None
         if isinstance(src, Mapping):
             tags.update({_tag_key(k): str(v) for k, v in src.items()})
         return tags
 
-    def stack_role_names(self) -> set[str]:
-        """Physical names of the IAM roles this stack creates (as the policies attached to them name them)."""
+    def _provider_tags(self, prov: Resource) -> dict[str, str]:
+        """A provider's defaultTags, parsed once per provider (every resource on it asks)."""
+        cache = self._provider_tags_cache
+        if prov.urn not in cache:
+            cache[prov.urn] = _default_tags(prov.inputs.get("defaultTags"))
+        return cache[prov.urn]
+
+    @cached_property
+    def _stack_role_names(self) -> frozenset[str]:
         names = set()
         for r in self.resources.values():
             if r.type == "aws:iam/role:Role" and isinstance(r.inputs.get("name"), str):
                 names.add(r.inputs["name"])
             elif r.type.startswith("aws:iam/") and isinstance(r.inputs.get("role"), str):
                 names.add(r.inputs["role"])
-        return names
+        return frozenset(names)
+
+    def stack_role_names(self) -> set[str]:
+        """Physical names of the IAM roles this stack creates (as the policies attached to them name them)."""
+        return set(self._stack_role_names)
 
     def _ancestors(self, res: Resource) -> list[Resource | str]:
         chain: list[Resource | str] = []
@@ -292,12 +320,29 @@ class Context:
             value = target.inputs.get(key)
             if isinstance(value, str) and value:
                 idents.add(value)
-        found = []
-        for r in self.by_type(*types):
-            value = r.inputs.get(prop)
-            if target.urn in r.dependencies or (isinstance(value, str) and value in idents):
-                found.append(r)
-        return found
+        candidates, by_value, by_dependency = self._referrer_index(types, prop)
+        hits = set(by_dependency.get(target.urn, ()))
+        for ident in idents:
+            hits.update(by_value.get(ident, ()))
+        return [candidates[i] for i in sorted(hits)]
+
+    def _referrer_index(self, types: tuple[str, ...], prop: str) -> tuple[
+            list[Resource], dict[str, list[int]], dict[str, list[int]]]:
+        """Resources of `types`, and their positions by the string in `prop` and by each dependency."""
+        cache = self._referrer_cache
+        key = (types, prop)
+        if key not in cache:
+            candidates = self.by_type(*types)
+            by_value: dict[str, list[int]] = {}
+            by_dependency: dict[str, list[int]] = {}
+            for i, r in enumerate(candidates):
+                value = r.inputs.get(prop)
+                if isinstance(value, str):
+                    by_value.setdefault(value, []).append(i)
+                for dep in dict.fromkeys(r.dependencies):
+                    by_dependency.setdefault(dep, []).append(i)
+            cache[key] = (candidates, by_value, by_dependency)
+        return cache[key]
 
     @cached_property
     def home_accounts(self) -> frozenset[str]:
