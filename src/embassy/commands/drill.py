@@ -31,6 +31,11 @@ def restore(
         "--from-vault", help="at a warm embassy, restore from the vault into a fresh cluster instead of promoting "
                              "the standby")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+    shares: Annotated[bool, typer.Option(
+        "--shares", help="restore with the custody bundle, opened from officials' shares: the files that follow "
+                         "(sheets official-<i>.txt), or - to type or paste them (a blank line between shares)")] = False,
+    share_files: Annotated[list[str] | None, typer.Argument(help="with --shares: the share files, or -",
+                                                           show_default=False)] = None,
 ) -> None:
     """Verify the embassy's vault, restore every register it holds, compare digests, start the state service.
 
@@ -50,7 +55,14 @@ def restore(
         when = lib.parse_time(target_time) if target_time else None
         target = target_for("lab", dep)
         assert isinstance(target, LabTarget)
-        target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
+        hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
+        if share_files and not shares:
+            raise UserError(f"share files given without --shares: {' '.join(share_files)}",
+                            "put --shares before the files: `embassy restore ... --shares FILE...`")
+        if shares:
+            from embassy.custody.restore import with_shares
+
+            with_shares(dep, target, embassy, hosts, share_files or [], say)
         with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else nullcontext():
             outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, say=say)
     except UserError as exc:
