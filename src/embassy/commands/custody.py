@@ -25,7 +25,7 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the sheets
 
 
 def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) -> None:
-    from embassy.custody import kit
+    from embassy.custody import kit, shares
     from embassy.lab.state import lab_state
     from embassy.replication.secrets import secrets_dir
 
@@ -36,6 +36,7 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) 
         console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
 
     try:
+        shares.check_counts(officials, threshold)
         lab = lab_state(dep.stack)
         folder = secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
         issued = kit.issue(dep, lab, kit.LabVaults(lab, dep), folder, out, officials=officials, threshold=threshold,

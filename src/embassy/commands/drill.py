@@ -16,6 +16,7 @@ from embassy.cli import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, UserError
 
 if TYPE_CHECKING:
+    from embassy.custody.shares import ShareText
     from embassy.drill.restore import Outcome
 
 __all__ = ["app"]
@@ -53,16 +54,14 @@ def restore(
 
     try:
         when = lib.parse_time(target_time) if target_time else None
+        custody_shares = _shares(dep.stack, shares, share_files or [])  # a mistyped share is named before any lab
         target = target_for("lab", dep)
         assert isinstance(target, LabTarget)
         hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
-        if share_files and not shares:
-            raise UserError(f"share files given without --shares: {' '.join(share_files)}",
-                            "put --shares before the files: `embassy restore ... --shares FILE...`")
         if shares:
             from embassy.custody.restore import with_shares
 
-            with_shares(dep, target, embassy, hosts, share_files or [], say)
+            with_shares(dep, target, embassy, hosts, custody_shares, say)
         with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else nullcontext():
             outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, say=say)
     except UserError as exc:
@@ -78,6 +77,21 @@ def restore(
                           f"state service {outcome.service_url}, newest heartbeat {outcome.newest_heartbeat}")
     if not outcome.ok:
         raise typer.Exit(outcome.error.code if outcome.error else EXIT_FINDING)
+
+
+def _shares(stack: str, shares: bool, files: list[str]) -> list[ShareText]:
+    """The --shares given, each checked on its own (words, checksum, stack on its sheet)."""
+    if files and not shares:
+        raise UserError(f"share files given without --shares: {' '.join(files)}",
+                        "put --shares before the files: `embassy restore ... --shares FILE...`")
+    if not shares:
+        return []
+    from embassy.custody import kit
+    from embassy.custody.restore import stdin_text
+
+    texts = kit.read_shares(files or ["-"], stdin_text)
+    kit.check_shares(texts, stack)
+    return texts
 
 
 def _table(outcome: Outcome) -> Table:

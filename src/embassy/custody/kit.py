@@ -145,16 +145,22 @@ def read_shares(sources: list[str], stdin_text: Callable[[], str]) -> list[share
     return texts
 
 
+def check_shares(texts: list[shares.ShareText], stack: str) -> list[shares.ParsedShare]:
+    """Each share on its own, before any vault is read: words, checksum, and the stack its sheet names."""
+    if not texts:
+        raise SharesRefused("no share given", "give --shares FILE... (the officials' sheets) or --shares -")
+    parsed = [shares.parse(t) for t in texts]
+    for p in parsed:
+        if p.text.stack and p.text.stack != stack:
+            raise SharesRefused(f"{p.text.source}: a share of stack '{p.text.stack}', not '{stack}'",
+                                f"use the sheets of stack {stack}")
+    return parsed
+
+
 def open_bundle(dep: model.Deployment, store: Store, embassy: str, texts: list[shares.ShareText],
                 say: Say = lambda _m: None) -> Bundle:
     """The embassy's newest bundle, opened with the shares; SharesRefused names the share that failed and why."""
-    if not texts:
-        raise SharesRefused("no share given", "give --shares FILE... (the officials' sheets) or --shares -")
-    parsed = [shares.parse(t) for t in texts]  # a mistyped share is named before anything else
-    for p in parsed:
-        if p.text.stack and p.text.stack != dep.stack:
-            raise SharesRefused(f"{p.text.source}: a share of stack '{p.text.stack}', not '{dep.stack}'",
-                                f"use the sheets of stack {dep.stack}")
+    parsed = check_shares(texts, dep.stack)
     say(f"reading the custody bundles of {embassy} from its own vault (read-only identity)")
     found = store.envelopes(embassy, dep.stack)
     headers = {key: seal.header_of(env, f"vault:{embassy}/{key}") for key, env in found}

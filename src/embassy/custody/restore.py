@@ -13,6 +13,7 @@ from pathlib import Path
 
 from embassy import model
 from embassy.custody import hostsecrets, kit
+from embassy.custody.shares import ShareText
 from embassy.errors import BundleInvalid, RestoreFailed
 from embassy.replication import verify as vault_verify
 from embassy.targets import Host, LabTarget
@@ -34,11 +35,10 @@ def trust_public_key(lab_dir: Path, pem: str) -> None:
                             "one of them was replaced: trust neither until checked against home's key record")
 
 
-def with_shares(dep: model.Deployment, target: LabTarget, embassy: str, hosts: list[Host], sources: list[str],
+def with_shares(dep: model.Deployment, target: LabTarget, embassy: str, hosts: list[Host], texts: list[ShareText],
                 say: Callable[[str], None]) -> None:
     if not hosts:
         raise RestoreFailed(f"embassy {embassy} has no host in the target")
-    texts = kit.read_shares(sources, stdin_text)
     bundle = kit.open_bundle(dep, kit.LabVaults(target.lab, dep), embassy, texts, say=say)
     if not getattr(dep, "manifest_public_key", None):  # a stack that names its key: verify checks with that one
         trust_public_key(Path(target.lab.dir), bundle.manifest_public_key)

@@ -133,8 +133,9 @@ def combine(shares: list[ParsedShare], threshold: int) -> bytes:
         given = ", ".join(f"official {m}" for m in sorted(members)) or "none"
         raise SharesRefused(f"{len(members)} distinct share(s) given ({given}), {threshold} needed to open the bundle",
                             f"gather {threshold - len(members)} more official(s) with their sheets of this bundle version")
+    chosen = list(members.values())[:threshold]  # SLIP-39 takes exactly K: the first K given, each already checked
     try:
-        return bytes(shamir_mnemonic.combine_mnemonics([s.text.words for s in members.values()], b""))
+        return bytes(shamir_mnemonic.combine_mnemonics([s.text.words for s in chosen], b""))
     except MnemonicError as exc:
         raise SharesRefused(f"the shares do not combine: {exc}",
                             "one share is forged or from another split: check each sheet's fingerprint") from None
