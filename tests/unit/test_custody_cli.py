@@ -69,7 +69,7 @@ def test_restore_names_a_share_of_another_stack_and_a_missing_file(tmp_path: Pat
 
 def test_restore_reads_typed_shares_from_stdin(tmp_path: Path) -> None:
     words = shares.split(os.urandom(32), 3, 2)
-    mistyped = words[1].replace(words[1].split()[3], "embasy", 1)
+    mistyped = " ".join("embasy" if i == 3 else w for i, w in enumerate(words[1].split()))
     code, out = run("restore", "-s", "rehearsal", "-e", "ie", "--shares", "-", stdin=f"{words[0]}\n\n{mistyped}\n")
     assert code == 2 and "stdin share 2: mistyped: word 4 'embasy' is not a SLIP-39 word" in out, out
     # Well-typed shares pass their own checks: what stops the command next is the missing lab, said as such.
