@@ -80,3 +80,10 @@ def test_restore_reads_typed_shares_from_stdin(tmp_path: Path) -> None:
 def test_share_files_without_the_flag_are_refused() -> None:
     code, out = run("restore", "-s", "rehearsal", "-e", "ie", "official-1.txt")
     assert code == 2 and "share files given without --shares: official-1.txt" in out, out
+
+
+def test_drill_refuses_custody_and_no_custody_together(tmp_path: Path) -> None:
+    code, out = run("drill", "-s", "rehearsal", "--report", str(tmp_path / "r"), "--custody", str(tmp_path / "k"),
+                    "--no-custody")
+    assert code == 2 and "--custody and --no-custody together" in out, out
+    assert not (tmp_path / "r").exists()

@@ -115,6 +115,11 @@ def drill(
     size_mb: Annotated[float | None, typer.Option("--size-mb", help="size of the seeded registers in MB (default 8)")]
     = None,
     harden: Annotated[bool, typer.Option("--harden/--no-harden", help="harden the hosts first (default: yes)")] = True,
+    custody: Annotated[Path | None, typer.Option(
+        "--custody", help="folder for the officials' sheets of the drill's custody kit (default: <lab dir>/custody); "
+                          "the restore uses 2 of them and no controller secret")] = None,
+    no_custody: Annotated[bool, typer.Option(
+        "--no-custody", help="restore with the secrets the deploy left in place instead of officials' shares")] = False,
 ) -> None:
     """The whole rehearsal on the lab: deploy, replicate under load, lose home, restore, report. Exit 0 passed, 1 not."""
     from embassy.drill.rehearsal import drill as run_drill
@@ -132,7 +137,10 @@ def drill(
         console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
 
     try:
-        result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden, say=say)
+        if no_custody and custody is not None:
+            raise UserError("--custody and --no-custody together", "give one of them")
+        result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden,
+                           custody=False if no_custody else (custody or True), say=say)
     except UserError as exc:
         raise user_error(exc) from None
     table = Table(title=f"drill at {result.embassy} ({result.mode}): {'PASSED' if result.passed else 'FAILED'}")
