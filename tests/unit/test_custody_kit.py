@@ -172,3 +172,14 @@ def test_the_header_is_what_a_restore_reads_before_any_key(dep: model.Deployment
     assert head["identifier"] == issued.identifier and head["threshold"] == 3 and head["version"] == 1
     with pytest.raises(BundleInvalid, match="not a custody bundle"):
         seal.header_of({"format": "other"}, "vault:se/x")
+
+
+def test_sheets_pasted_on_stdin_are_read_share_by_share_with_their_headers(dep: model.Deployment, tmp_path: Path) -> None:
+    lab, folder, _ = controller(tmp_path, dep)
+    store = MemoryVaults()
+    issue(dep, lab, store, folder, tmp_path / "kit")
+    pasted = "\n\n".join((tmp_path / "kit" / f"official-{i}.txt").read_text() for i in (2, 3, 5))
+    texts = kit.read_shares(["-"], lambda: pasted)
+    assert [(t.source, t.stack, t.version) for t in texts] == [("stdin share 1", "rehearsal", 1),
+                                                               ("stdin share 2", "rehearsal", 1), ("stdin share 3", "rehearsal", 1)]
+    assert kit.open_bundle(dep, store, "se", texts).embassy == "se"

@@ -55,7 +55,7 @@ class LabVaults:
     def put(self, embassy: str, key: str, envelope: dict[str, Any]) -> dict[str, Any]:
         v = self.lab.vault(embassy)
         got = self._run("put", {"endpoint": v.endpoint, "ca_file": v.ca_file, "credentials": v.agent_credentials,
-                                "bucket": v.bucket, "key": key, "retention_days": v.retention_days},
+                                "bucket": v.bucket, "key": key},
                         json.dumps(envelope, indent=1, sort_keys=True).encode())
         if not got.get("ok"):
             raise VaultRefusedWrite(f"vault:{embassy}/{key}: {str(got.get('error'))[:300]}")
@@ -133,8 +133,13 @@ def read_shares(sources: list[str], stdin_text: Callable[[], str]) -> list[share
     texts: list[shares.ShareText] = []
     for source in sources:
         if source == "-":
-            paragraphs = [p for p in stdin_text().replace("\r", "").split("\n\n") if p.strip()]
-            texts += [shares.parse_text(p, f"stdin share {i + 1}") for i, p in enumerate(paragraphs)]
+            pending = ""  # a pasted sheet's header (only `#` lines) belongs to the words after it
+            for paragraph in stdin_text().replace("\r", "").split("\n\n"):
+                if not shares.parse_text(paragraph, "-").words:
+                    pending += paragraph + "\n"
+                    continue
+                texts.append(shares.parse_text(pending + paragraph, f"stdin share {len(texts) + 1}"))
+                pending = ""
             continue
         path = Path(source)
         try:

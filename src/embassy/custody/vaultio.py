@@ -5,12 +5,11 @@ reader identity.
     python -m embassy.custody.vaultio put SPEC_JSON < envelope.json   -> {"ok", "key", "lock_mode", "retain_until"}
     python -m embassy.custody.vaultio list SPEC_JSON                  -> {"ok", "objects": [{"key", "data", "lock_mode"}]}
 
-SPEC: {"endpoint", "ca_file", "credentials", "bucket", "prefix" | "key", "retention_days"}.
+SPEC: {"endpoint", "ca_file", "credentials", "bucket", "prefix" | "key"}.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from typing import Any
@@ -28,9 +27,9 @@ def object_key(stack: str, version: int) -> str:
 
 def put(spec: dict[str, Any], body: bytes) -> dict[str, Any]:
     s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
-    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=int(spec["retention_days"]))
-    s3.put_object(Bucket=spec["bucket"], Key=spec["key"], Body=body, ContentType="application/json",
-                  ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
+    # The bucket's default retention (COMPLIANCE, the embassy's days) locks it, as it locks the manifests:
+    # the agent identity may write, never set or change a lock.
+    s3.put_object(Bucket=spec["bucket"], Key=spec["key"], Body=body, ContentType="application/json")
     head = s3.head_object(Bucket=spec["bucket"], Key=spec["key"])
     return {"ok": True, "key": spec["key"], "lock_mode": head.get("ObjectLockMode"),
             "retain_until": str(head.get("ObjectLockRetainUntilDate") or "")}
