@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from embassy.custody import hostsecrets
+from embassy.custody import kit as custody_kit
 from embassy.drill.restore import SCRATCH_PORT, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
@@ -42,12 +43,15 @@ def kit(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     assert done.returncode == 0, done.stderr[-4000:]
     replicate_once(lab)
     out = tmp_path_factory.mktemp("custody") / "v1"
+    # A lab reused from an earlier session keeps its kits (Object Lock): then this module's first kit is a rotation.
+    earlier, _ = custody_kit.current_version(custody_kit.LabVaults(lab, load_stack(STACK, ROOT)), load_stack(STACK, ROOT))
     start = time.monotonic()
-    done = embassy_cli(lab, "custody", "init", "--stack", STACK, "--officials", "3", "--threshold", "2", "--out", str(out))
+    done = embassy_cli(lab, "custody", "rotate" if earlier else "init", "--stack", STACK, "--officials", "3",
+                       "--threshold", "2", "--out", str(out))
     seconds = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
-    print(f"custody init: {seconds:.1f} s")
-    return {"v1": out, "init_seconds": seconds, "init_output": done.stdout + done.stderr}
+    print(f"custody {'rotate' if earlier else 'init'}: {seconds:.1f} s")
+    return {"v1": out, "version": earlier + 1, "init_seconds": seconds, "init_output": done.stdout + done.stderr}
 
 
 def secrets_of(lab: LabState) -> list[str]:
@@ -62,7 +66,8 @@ def test_init_stores_a_locked_bundle_in_every_vault_and_a_second_init_is_refused
     assert all("lock COMPLIANCE" in line for line in stored), stored
     assert sorted(p.name for p in kit["v1"].iterdir()) == sorted(f"official-{i}.{s}" for i in (1, 2, 3) for s in ("txt", "html"))
     again = embassy_cli(lab, "custody", "init", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(kit["v1"].parent / "x"))
-    assert again.returncode == 2 and "already has a custody kit (bundle version 1" in again.stderr, again.stderr
+    assert again.returncode == 2 and f"already has a custody kit (bundle version {kit['version']}" in again.stderr, \
+        again.stderr
     assert "HINT: run `embassy custody rotate" in again.stderr
     # No secret in plaintext in any vault's storage (the bundles are ciphertext), nor in what init printed.
     for value in secrets_of(lab):
@@ -115,7 +120,9 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     v2 = tmp_path / "v2"
     rotated = embassy_cli(lab, "custody", "rotate", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(v2))
     assert rotated.returncode == 0, rotated.stderr[-3000:]
-    assert "bundle version 2" in rotated.stdout and "# bundle version: 2" in (v2 / "official-1.txt").read_text()
+    version = kit["version"] + 1
+    assert f"bundle version {version}" in rotated.stdout
+    assert f"# bundle version: {version}" in (v2 / "official-1.txt").read_text()
     replicate_once(lab)  # archives the WAL of all ten rows
     # The day home is gone: no restore secret on the controller, none on the embassy host.
     folder = Path(lab.dir) / "secrets"
@@ -133,8 +140,8 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     old = embassy_cli(lab, "restore", "--stack", STACK, "--embassy", "ie", "--shares", str(v2 / "official-1.txt"),
                       str(kit["v1"] / "official-3.txt"))
     assert old.returncode == 2
-    assert f"{kit['v1'] / 'official-3.txt'}: a share of the earlier bundle version 1; the vault's bundle is version 2" \
-        in old.stderr, old.stderr
+    assert f"{kit['v1'] / 'official-3.txt'}: a share of the earlier bundle version {kit['version']}; the vault's bundle " \
+           f"is version {version}" in old.stderr, old.stderr
 
     # Two version-2 sheets, one typed on stdin: the restore to the moment before the rotation works.
     start = time.monotonic()

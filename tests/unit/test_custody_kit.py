@@ -180,6 +180,5 @@ def test_sheets_pasted_on_stdin_are_read_share_by_share_with_their_headers(dep: 
     issue(dep, lab, store, folder, tmp_path / "kit")
     pasted = "\n\n".join((tmp_path / "kit" / f"official-{i}.txt").read_text() for i in (2, 3, 5))
     texts = kit.read_shares(["-"], lambda: pasted)
-    assert [(t.source, t.stack, t.version) for t in texts] == [("stdin share 1", "rehearsal", 1),
-                                                               ("stdin share 2", "rehearsal", 1), ("stdin share 3", "rehearsal", 1)]
+    assert [(t.source, t.stack, t.version) for t in texts] == [(f"stdin share {i}", "rehearsal", 1) for i in (1, 2, 3)]
     assert kit.open_bundle(dep, store, "se", texts).embassy == "se"
