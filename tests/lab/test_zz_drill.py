@@ -41,6 +41,9 @@ def test_a_drill_passes_with_a_signed_report_and_nothing_reaches_home_after_the_
     assert report["rto_seconds"] is not None and report["rto_seconds"] < 60
     watched = [v for v in report["verifications"] if v["object"].startswith("network:home")]
     assert watched and watched[0]["ok"], watched  # not one frame toward home's address after the incident
+    custody = [v for v in report["verifications"] if v["object"] == "custody:restore secrets"]
+    assert custody and custody[0]["ok"] and "on the controller now: none" in custody[0]["detail"], custody
+    assert any(s["step"].startswith("custody: open bundle version") and s["ok"] for s in report["timeline"])
     assert report["manifest"]["signature_ok"] and report["manifest"]["chain_head"]["round"] >= report["manifest"]["round"]
     assert verify_report(folder, keys / "report-signing.pub")
     print(f"drill at de (warm): RTO {report['rto_seconds']} s; per register: "

@@ -35,10 +35,8 @@ def prepare(dep: model.Deployment, target: LabTarget, embassy: str, folder: Path
     """Issue the next bundle version (init, or rotate an existing kit), then withdraw the restore secrets."""
     lab = target.lab
     secrets = secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
-    store = kit.LabVaults(lab, dep)
-    newest, _ = kit.current_version(store, dep)
-    issued = kit.issue(dep, lab, store, secrets, folder, officials=OFFICIALS, threshold=THRESHOLD, rotate=newest > 0,
-                       say=say)
+    issued = kit.issue(dep, lab, kit.LabVaults(lab, dep), secrets, folder, officials=OFFICIALS, threshold=THRESHOLD,
+                       rotate=None, say=say)
     withdrawn = hostsecrets.withdraw(target, target.embassy_hosts(embassy)[0], embassy, secrets)
     say(f"withdrew {len(withdrawn)} restore secrets from the controller and {target.embassy_hosts(embassy)[0].name}")
     return DrillKit(issued.version, folder, withdrawn)

@@ -98,10 +98,13 @@ def current_version(store: Store, dep: model.Deployment) -> tuple[int, set[int]]
 
 
 def issue(dep: model.Deployment, lab: LabState, store: Store, secrets_folder: Path, out: Path, *, officials: int,
-          threshold: int, rotate: bool, now: dt.datetime | None = None, say: Say = lambda _m: None) -> Issued:
+          threshold: int, rotate: bool | None, now: dt.datetime | None = None, say: Say = lambda _m: None) -> Issued:
+    """rotate: False for init (refused if a kit exists), True for rotate (refused if none), None for either."""
     shares.check_counts(officials, threshold)
     now = now or dt.datetime.now(dt.UTC)
     newest, taken = current_version(store, dep)
+    if rotate is None:
+        rotate = newest > 0
     if newest and not rotate:
         raise UserError(f"stack '{dep.stack}' already has a custody kit (bundle version {newest} in the vaults)",
                         f"run `embassy custody rotate --stack {dep.stack}` to issue version {newest + 1} and new sheets")
