@@ -51,6 +51,7 @@ def validate(stack: StackOpt) -> None:
 
 # Each area registers its commands on `app` from its own module (one owner per module).
 from embassy.commands import compliance as _compliance  # noqa: E402,F401  check, review
+from embassy.commands import custody as _custody  # noqa: E402,F401  custody init|rotate
 from embassy.commands import drill as _drill  # noqa: E402,F401  restore, drill
 from embassy.commands import lab as _lab  # noqa: E402,F401  lab up|down|status
 from embassy.commands import operations as _operations  # noqa: E402,F401  harden, deploy

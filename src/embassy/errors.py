@@ -149,6 +149,13 @@ class ReportInvalid(EmbassyError):
     default_hint = "build the report from the drill's measurements; do not set the verdict by hand"
 
 
+class SharesRefused(EmbassyError):
+    """Custody shares that cannot rebuild the bundle key: too few, mistyped, of another bundle version or stack."""
+
+    error_code = 110
+    default_hint = "type each share again from its sheet; ask for the sheets of the bundle version the vault holds"
+
+
 # 2xx: integrity (exit 1)
 
 
@@ -213,6 +220,13 @@ class CheckFailed(EmbassyError):
 
     error_code = 208
     default_hint = "do not trust what the check covers; see its output in the report's evidence"
+
+
+class BundleInvalid(EmbassyError):
+    """A custody bundle that does not decrypt (AES-GCM tag) or whose header differs from what was sealed."""
+
+    error_code = 209
+    default_hint = "the bundle in this vault was damaged or replaced: restore at another embassy and investigate this vault"
 
 
 # 3xx: failures (exit 1)

@@ -25,6 +25,9 @@ def test_a_drill_passes_with_a_signed_report_and_nothing_reaches_home_after_the_
         lab: LabState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys, folder = tmp_path / "keys", tmp_path / "report"
     monkeypatch.setenv("EMBASSY_REPORT_KEYS", str(keys))
+    # Every restore secret, read before the drill withdraws them from the controller (custody is its default).
+    restore_secrets = [p.read_text().strip() for p in sorted((Path(lab.dir) / "secrets").glob("*.pass"))]
+    restore_secrets += [json.loads(Path(v.reader_credentials).read_text())["secret_access_key"] for v in lab.vaults]
     done = embassy_cli(lab, "drill", "--stack", STACK, "--report", str(folder), "--keep-lab", "--no-harden",
                        timeout=1800)
     assert done.returncode == 0, done.stderr[-5000:] + done.stdout[-2000:]
@@ -41,6 +44,12 @@ def test_a_drill_passes_with_a_signed_report_and_nothing_reaches_home_after_the_
     assert report["rto_seconds"] is not None and report["rto_seconds"] < 60
     watched = [v for v in report["verifications"] if v["object"].startswith("network:home")]
     assert watched and watched[0]["ok"], watched  # not one frame toward home's address after the incident
+    custody = [v for v in report["verifications"] if v["object"] == "custody:restore secrets"]
+    assert custody and custody[0]["ok"] and "on the controller now: none" in custody[0]["detail"], custody
+    assert any(s["step"].startswith("custody: open bundle version") and s["ok"] for s in report["timeline"])
+    written = [done.stdout, done.stderr, *(p.read_text(errors="replace") for p in folder.iterdir() if p.is_file())]
+    assert restore_secrets and not [i for i, v in enumerate(restore_secrets) if any(v in text for text in written)], \
+        "a restore secret in plaintext in the drill's report or output"
     assert report["manifest"]["signature_ok"] and report["manifest"]["chain_head"]["round"] >= report["manifest"]["round"]
     assert verify_report(folder, keys / "report-signing.pub")
     print(f"drill at de (warm): RTO {report['rto_seconds']} s; per register: "

@@ -16,6 +16,7 @@ from embassy.cli import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, UserError
 
 if TYPE_CHECKING:
+    from embassy.custody.shares import ShareText
     from embassy.drill.restore import Outcome
 
 __all__ = ["app"]
@@ -31,6 +32,11 @@ def restore(
         "--from-vault", help="at a warm embassy, restore from the vault into a fresh cluster instead of promoting "
                              "the standby")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+    shares: Annotated[bool, typer.Option(
+        "--shares", help="restore with the custody bundle, opened from officials' shares: the files that follow "
+                         "(sheets official-<i>.txt), or - to type or paste them (a blank line between shares)")] = False,
+    share_files: Annotated[list[str] | None, typer.Argument(help="with --shares: the share files, or -",
+                                                           show_default=False)] = None,
 ) -> None:
     """Verify the embassy's vault, restore every register it holds, compare digests, start the state service.
 
@@ -48,9 +54,14 @@ def restore(
 
     try:
         when = lib.parse_time(target_time) if target_time else None
+        custody_shares = _shares(dep.stack, shares, share_files or [])  # a mistyped share is named before any lab
         target = target_for("lab", dep)
         assert isinstance(target, LabTarget)
-        target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
+        hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
+        if shares:
+            from embassy.custody.restore import with_shares
+
+            with_shares(dep, target, embassy, hosts, custody_shares, say)
         with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else nullcontext():
             outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, say=say)
     except UserError as exc:
@@ -66,6 +77,21 @@ def restore(
                           f"state service {outcome.service_url}, newest heartbeat {outcome.newest_heartbeat}")
     if not outcome.ok:
         raise typer.Exit(outcome.error.code if outcome.error else EXIT_FINDING)
+
+
+def _shares(stack: str, shares: bool, files: list[str]) -> list[ShareText]:
+    """The --shares given, each checked on its own (words, checksum, stack on its sheet)."""
+    if files and not shares:
+        raise UserError(f"share files given without --shares: {' '.join(files)}",
+                        "put --shares before the files: `embassy restore ... --shares FILE...`")
+    if not shares:
+        return []
+    from embassy.custody import kit
+    from embassy.custody.restore import stdin_text
+
+    texts = kit.read_shares(files or ["-"], stdin_text)
+    kit.check_shares(texts, stack)
+    return texts
 
 
 def _table(outcome: Outcome) -> Table:
@@ -89,6 +115,11 @@ def drill(
     size_mb: Annotated[float | None, typer.Option("--size-mb", help="size of the seeded registers in MB (default 8)")]
     = None,
     harden: Annotated[bool, typer.Option("--harden/--no-harden", help="harden the hosts first (default: yes)")] = True,
+    custody: Annotated[Path | None, typer.Option(
+        "--custody", help="folder for the officials' sheets of the drill's custody kit (default: <lab dir>/custody); "
+                          "the restore uses 2 of them and no controller secret")] = None,
+    no_custody: Annotated[bool, typer.Option(
+        "--no-custody", help="restore with the secrets the deploy left in place instead of officials' shares")] = False,
 ) -> None:
     """The whole rehearsal on the lab: deploy, replicate under load, lose home, restore, report. Exit 0 passed, 1 not."""
     from embassy.drill.rehearsal import drill as run_drill
@@ -106,7 +137,10 @@ def drill(
         console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
 
     try:
-        result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden, say=say)
+        if no_custody and custody is not None:
+            raise UserError("--custody and --no-custody together", "give one of them")
+        result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden,
+                           custody=False if no_custody else (custody or True), say=say)
     except UserError as exc:
         raise user_error(exc) from None
     table = Table(title=f"drill at {result.embassy} ({result.mode}): {'PASSED' if result.passed else 'FAILED'}")

@@ -270,8 +270,12 @@ def failure_of(error: EmbassyError, out: Outcome) -> rpt.Failure:
 
 
 def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None, keep_lab: bool = False,
-          size_mb: float | None = None, harden: bool = True, say: Say = lambda _m: None) -> rpt.Report:
-    """Run the rehearsal and write its signed report into `report_dir`; returns the report."""
+          size_mb: float | None = None, harden: bool = True, custody: Path | bool = True,
+          say: Say = lambda _m: None) -> rpt.Report:
+    """Run the rehearsal and write its signed report into `report_dir`; returns the report.
+
+    custody: restore from officials' shares only (custody/drill.py): True puts the sheets in the lab's
+    folder, a Path puts them there, False restores with the secrets the deploy left in place."""
     from embassy import deploy as deploy_lib
     from embassy.harden import harden_target
     from embassy.lab import lifecycle
@@ -306,6 +310,14 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
             hardening = {r.name: r.lynis_after for r in harden_target(target, lambda m: say(f"  {m}"))}
     with timeline.step("deploy: home state, replication agents, embassy hosts"):
         deploy_lib.run(target, model.project_root(), size_mb=size_mb, say=lambda m: say(f"  {m}"))
+    drill_kit = None
+    if custody is not False:
+        from embassy.custody import drill as custody_drill
+
+        sheets = custody if isinstance(custody, Path) else Path(lab.dir) / "custody"
+        with timeline.step(f"custody: seal each embassy's restore secrets in its vault, {custody_drill.OFFICIALS} "
+                           f"officials' sheets, then withdraw every restore secret from the controller and {name}'s host"):
+            drill_kit = custody_drill.prepare(dep, target, name, sheets, lambda m: say(f"  {m}"))
     with timeline.step(f"write load on home ({LOAD_RATE} tx/s) and replication rounds under it"):
         start_load(lab)
         replicate_rounds(lab, 2, lambda m: say(f"  {m}"))
@@ -315,7 +327,15 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         incident_at, home_heartbeat, home_load = incident(lab, dep)
     say(f"  home's last heartbeat {home_heartbeat}, last load transaction {home_load}")
     watcher = Watcher(lab, lab.host("home").address)
+    custody_error: EmbassyError | None = None
     try:
+        if drill_kit is not None:
+            try:
+                with timeline.step(f"custody: open bundle version {drill_kit.version} from {custody_drill.THRESHOLD} "
+                                   f"of {custody_drill.OFFICIALS} sheets; its secrets to {name}'s host"):
+                    custody_drill.open_and_apply(dep, target, name, drill_kit, lambda m: say(f"  {m}"))
+            except EmbassyError as exc:  # the restore below then fails without the secrets: both are reported
+                custody_error = exc
         restored = restore(dep, target, name, say=lambda m: say(f"  {m}"))
     finally:
         seen = watcher.stop()
@@ -325,6 +345,16 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     checks.append(rpt.Verification(object=f"network:home {lab.host('home').address}", ok=seen["frames"] == 0,
                                    detail=f"{seen['frames']} frames tried to reach home in {seen['seconds']} s after "
                                           f"the incident" + (f" (from {seen['sources']})" if seen["frames"] else "")))
+    if drill_kit is not None:
+        held = custody_drill.controller_holds_restore_secrets(dep, target)
+        checks.append(rpt.Verification(
+            object="custody:restore secrets", ok=custody_error is None and not held,
+            detail=f"restored only from {custody_drill.THRESHOLD} of {custody_drill.OFFICIALS} officials' shares of "
+                   f"bundle version {drill_kit.version}: {len(drill_kit.withdrawn)} restore secrets withdrawn from the "
+                   f"controller and {name}'s host before the incident; on the controller now: {', '.join(held) or 'none'}"
+                   + (f"; {custody_error.message}" if custody_error else "")))
+        if custody_error is not None:
+            failures.append(rpt.Failure.of("custody", custody_error.message, type(custody_error)))
     if restored.error:
         failures.append(failure_of(restored.error, restored))
     total = round(restored.service_ok_at - incident_mono, 3) if restored.service_ok_at else None

@@ -1,0 +1,66 @@
+"""`embassy custody init|rotate`: the restore secrets sealed in each embassy's vault, the key split among officials."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.errors import UserError
+
+__all__ = ["custody_app"]
+
+custody_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                          help="Key custody: seal each embassy's restore secrets in its vault, split the key among officials.")
+app.add_typer(custody_app, name="custody")
+
+OfficialsOpt = Annotated[int, typer.Option("--officials", "-n", help="how many officials get a share (1-16)")]
+ThresholdOpt = Annotated[int, typer.Option("--threshold", "-k", help="how many shares open the bundle")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the sheets: official-<i>.txt and .html (0600)")]
+
+
+def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) -> None:
+    from embassy.custody import kit, shares
+    from embassy.lab.state import lab_state
+    from embassy.replication.secrets import secrets_dir
+
+    dep = load(stack)
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
+
+    try:
+        shares.check_counts(officials, threshold)
+        lab = lab_state(dep.stack)
+        folder = secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
+        issued = kit.issue(dep, lab, kit.LabVaults(lab, dep), folder, out, officials=officials, threshold=threshold,
+                           rotate=rotate, say=say)
+    except UserError as exc:
+        raise user_error(exc) from None
+    for s in issued.stored:
+        print(f"stored: vault:{s['embassy']}/{s['key']} (lock {s['lock_mode'] or 'bucket default'}, "
+              f"retain until {s['retain_until'] or '-'})")
+    print(f"bundle version {issued.version}: {issued.officials} sheets in {out.resolve()}, any {issued.threshold} open it "
+          f"({time.monotonic() - start:.1f} s)")
+    if rotate:
+        print(f"the sheets of earlier versions no longer open this bundle: hand out version {issued.version}'s")
+
+
+@custody_app.command("init")
+def init(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt) -> None:
+    """Seal version 1 of every embassy's restore bundle in its vault and write one sheet per official. Exit 0; 2 bad input."""
+    _issue(stack, officials, threshold, out, rotate=False)
+
+
+@custody_app.command("rotate")
+def rotate(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt) -> None:
+    """Issue the next bundle version with a fresh key and new sheets; earlier sheets stop opening it."""
+    _issue(stack, officials, threshold, out, rotate=True)
+
+

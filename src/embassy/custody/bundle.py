@@ -1,0 +1,108 @@
+"""The restore bundle of one embassy: every secret a restore there needs, and nothing of another embassy.
+
+Gathered on the controller while home still exists (its secrets folder, the lab's or the operator's
+vault records); opened at the embassy on the day home is gone, from K officials' shares.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from embassy import model
+from embassy.errors import UserError
+from embassy.lab.state import LabState
+from embassy.replication import verify as vault_verify
+
+FORMAT = "embassy-custody-bundle/1"
+PGBACKREST_REPO_PATH = "/pgbackrest"  # dataplane.pgbackrest_conf's repo path
+
+
+class VaultAccess(BaseModel):
+    """The embassy's vault with its read-only identity: what `restore` needs to read it."""
+
+    embassy: str
+    endpoint: str
+    dns_name: str
+    bucket: str
+    region: str = "us-east-1"
+    ca_pem: str
+    access_key_id: str
+    secret_access_key: str
+
+
+class Passphrase(BaseModel):
+    """One passphrase of a repository and the time from which backups use it (history after a rotation)."""
+
+    value: str
+    repo_path: str = PGBACKREST_REPO_PATH
+    since: str  # ISO 8601: the first backup it encrypts
+
+
+class Bundle(BaseModel):
+    format: str = FORMAT
+    stack: str
+    embassy: str
+    version: int
+    created: str
+    manifest_public_key: str  # PEM: what a restore trusts the manifests with (never from the vault)
+    vault: VaultAccess
+    pgbackrest: list[Passphrase] = Field(default_factory=list)  # newest last; the history restores older backups
+    restic: list[Passphrase] = Field(default_factory=list)
+    outputs: dict[str, Any] = Field(default_factory=dict)  # the stack facts the embassy needs (mode, registers)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the bundle (tests search stored objects, sheets and logs for each)."""
+        return [self.vault.access_key_id, self.vault.secret_access_key,
+                *(p.value for p in self.pgbackrest), *(p.value for p in self.restic)]
+
+
+def _read_secret(folder: Path, name: str) -> tuple[str, str]:
+    path = folder / name
+    try:
+        value = path.read_text().strip()
+        since = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).isoformat()
+    except OSError:
+        raise UserError(f"no restore secret {path} on this controller",
+                        "run `embassy deploy` first: custody gathers the secrets the deploy made") from None
+    if not value:
+        raise UserError(f"restore secret {path} is empty", "run `embassy deploy` again, or restore the file")
+    return value, since
+
+
+def holds_kind(dep: model.Deployment, embassy: str, kind: model.RegisterKind) -> bool:
+    return any(r.kind is kind and any(e.name == embassy for e in dep.holders(r)) for r in dep.registers)
+
+
+def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now: dt.datetime) -> dict[str, Bundle]:
+    """One bundle per embassy, from the controller's secrets folder and the lab's vault records."""
+    public = vault_verify.public_key_pem(dep, lab)
+    bundles = {}
+    for emb in dep.embassies:
+        v = lab.vault(emb.name)
+        try:
+            creds = json.loads(Path(v.reader_credentials).read_text())
+            ca_pem = Path(v.ca_file).read_text()
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the reader credentials or CA of vault '{emb.name}': {exc}",
+                            "bring the lab up again (`embassy lab up`)") from None
+        bundle = Bundle(
+            stack=dep.stack, embassy=emb.name, version=version, created=now.isoformat(), manifest_public_key=public,
+            vault=VaultAccess(embassy=emb.name, endpoint=v.endpoint, dns_name=v.dns_name, bucket=v.bucket,
+                              ca_pem=ca_pem, access_key_id=creds["access_key_id"],
+                              secret_access_key=creds["secret_access_key"]),
+            outputs={"mode": emb.mode.value, "region": emb.region, "retention_days": emb.retention_days,
+                     "registers": [r.name for r in dep.registers_in_restore_order()
+                                   if any(e.name == emb.name for e in dep.holders(r))]})
+        if holds_kind(dep, emb.name, model.RegisterKind.POSTGRES):
+            value, since = _read_secret(folder, f"pgbackrest-{emb.name}.pass")
+            bundle.pgbackrest.append(Passphrase(value=value, since=since))
+        if holds_kind(dep, emb.name, model.RegisterKind.FILES):
+            value, since = _read_secret(folder, f"restic-{emb.name}.pass")
+            bundle.restic.append(Passphrase(value=value, repo_path="/restic", since=since))
+        bundles[emb.name] = bundle
+    return bundles

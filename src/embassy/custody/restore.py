@@ -1,0 +1,46 @@
+"""`embassy restore … --shares`: open the embassy's custody bundle and put its secrets where the restore reads them.
+
+Nothing comes from home or from the controller's secrets folder: the bundle is read from the embassy's
+own vault with its read-only identity, opened with the officials' shares, and its secrets are written
+onto the embassy host. The manifest public key the restore trusts is the bundle's.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from embassy import model
+from embassy.custody import hostsecrets, kit
+from embassy.custody.shares import ShareText
+from embassy.errors import BundleInvalid, RestoreFailed
+from embassy.replication import verify as vault_verify
+from embassy.targets import Host, LabTarget
+
+
+def stdin_text() -> str:
+    if sys.stdin.isatty():
+        print("type or paste each share (its 33 words), a blank line between shares, then Ctrl-D:", file=sys.stderr)
+    return sys.stdin.read()
+
+
+def trust_public_key(lab_dir: Path, pem: str) -> None:
+    """The manifests are checked with the bundle's public key: recorded for the lab if missing, refused if different."""
+    path = lab_dir / vault_verify.PUBLIC_KEY_FILE
+    if not path.is_file():
+        path.write_text(pem)
+    elif path.read_text().strip() != pem.strip():
+        raise BundleInvalid(f"the custody bundle's manifest public key differs from {path}",
+                            "one of them was replaced: trust neither until checked against home's key record")
+
+
+def with_shares(dep: model.Deployment, target: LabTarget, embassy: str, hosts: list[Host], texts: list[ShareText],
+                say: Callable[[str], None]) -> None:
+    if not hosts:
+        raise RestoreFailed(f"embassy {embassy} has no host in the target")
+    bundle = kit.open_bundle(dep, kit.LabVaults(target.lab, dep), embassy, texts, say=say)
+    if not getattr(dep, "manifest_public_key", None):  # a stack that names its key: verify checks with that one
+        trust_public_key(Path(target.lab.dir), bundle.manifest_public_key)
+    say(f"bundle version {bundle.version} opened with {len(texts)} shares: its restore secrets go to {hosts[0].name}")
+    hostsecrets.apply(target, hosts[0], bundle)

@@ -1,0 +1,74 @@
+"""A controller's secrets folder and lab records for the custody unit tests, and an in-memory vault store.
+
+The store stands in for the vaults' S3 API (the lab test, tests/lab/test_custody.py, uses the real
+vaults); everything else the kit does runs as it does on the controller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from embassy import model
+from embassy.custody import kit
+from embassy.lab.state import LabState, VaultState
+from embassy.replication.verify import PUBLIC_KEY_FILE
+
+NOW = dt.datetime(2026, 12, 2, 22, 0, tzinfo=dt.UTC)
+
+
+class MemoryVaults:
+    """Each embassy's custody objects, written once (Object Lock: a key is never overwritten)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, bytes]] = {}
+
+    def put(self, embassy: str, key: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        bucket = self.objects.setdefault(embassy, {})
+        assert key not in bucket, f"{key} overwritten"
+        bucket[key] = json.dumps(envelope).encode()
+        return {"ok": True, "key": key, "lock_mode": "COMPLIANCE", "retain_until": "2036-12-01"}
+
+    def envelopes(self, embassy: str, stack: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(k, json.loads(v)) for k, v in sorted(self.objects.get(embassy, {}).items())
+                if k.startswith(f"custody/{stack}/")]
+
+
+def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[str]]:
+    """Lab records (vaults' reader credentials and CA, the manifest public key) and the secrets folder;
+    returns them with every secret value written."""
+    lab_dir = tmp / "lab"
+    lab_dir.mkdir()
+    pem = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    (lab_dir / PUBLIC_KEY_FILE).write_bytes(pem)
+    (lab_dir / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nTESTCA\n-----END CERTIFICATE-----\n")
+    folder = lab_dir / "secrets"
+    folder.mkdir(mode=0o700)
+    values: list[str] = []
+    vaults = []
+    for emb in dep.embassies:
+        creds = {"access_key_id": f"LABREADER{secrets.token_hex(6).upper()}", "secret_access_key": secrets.token_urlsafe(30)}
+        (lab_dir / f"reader-{emb.name}.json").write_text(json.dumps(creds))
+        values += creds.values()
+        vaults.append(VaultState.model_construct(
+            embassy=emb.name, dns_name=f"vault-{emb.name}.lab", endpoint=f"https://vault-{emb.name}.lab:8443",
+            bucket=f"embassy-{emb.name}", retention_days=emb.retention_days, ca_file=str(lab_dir / "ca.crt"),
+            reader_credentials=str(lab_dir / f"reader-{emb.name}.json")))
+        for name in (f"pgbackrest-{emb.name}.pass", f"restic-{emb.name}.pass"):
+            value = secrets.token_urlsafe(48)
+            (folder / name).write_text(value + "\n")
+            values.append(value)
+    lab = LabState.model_construct(lab_id=99, stack=dep.stack, dir=str(lab_dir), vaults=vaults)
+    return lab, folder, values
+
+
+def issue(dep: model.Deployment, lab: LabState, store: MemoryVaults, folder: Path, out: Path, *, rotate: bool = False,
+          officials: int = 5, threshold: int = 3) -> kit.Issued:
+    return kit.issue(dep, lab, store, folder, out, officials=officials, threshold=threshold, rotate=rotate, now=NOW)
