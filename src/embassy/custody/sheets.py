@@ -15,6 +15,7 @@ import segno
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from embassy.custody.shares import fingerprint, normal
+from embassy.replication.privatefile import create_private
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,7 @@ def _write_private(path: Path, text: str) -> None:
     """A new 0600 file; an existing sheet is replaced only through a fresh file (never left half-written)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    create_private(tmp, text.encode())
     tmp.replace(path)
 
 
