@@ -82,15 +82,27 @@ def repo_index(lab: LabState, embassy: str) -> int:
 def ship(lab: LabState, backup_to: tuple[str, ...]) -> dict[str, Any]:
     """A full backup into the named embassies' repos (a restore starts from it, as after the weekly full),
     then a replication round: digests, the WAL archived, restic snapshots in every vault, manifests."""
+    wait_archived(lab)
     for embassy in backup_to:
         n = repo_index(lab, embassy)
-        sh(lab, "home", f"sudo runuser -u postgres -- pgbackrest --stanza=home --repo={n} --type=full backup",
-           timeout=7200)
+        sh(lab, "home", f"sudo runuser -u postgres -- pgbackrest --stanza=home --repo={n} --type=full "
+                        "--archive-timeout=600 backup", timeout=7200)
     last = replicate.run_round(lab)
     errors = [f"{e['name']}: {e['errors']}" for e in last.get("embassies", []) if e.get("errors")]
     if errors:
         raise AssertionError(f"replication round {last.get('round')} failed: {errors}")
     return last
+
+
+def wait_archived(lab: LabState, timeout: float = 1800) -> None:
+    """Until the archiver has pushed every segment written so far (after a bulk load it has a backlog that
+    a backup would otherwise wait for, within pgBackRest's archive-timeout)."""
+    segment = psql(lab, "home", "postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + timeout
+    while psql(lab, "home", "postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")[8:] < segment[8:]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"home's archiver did not reach {segment} in {timeout:.0f} s")
+        time.sleep(1)
 
 
 def settle(lab: LabState, seconds: float = 6) -> None:
