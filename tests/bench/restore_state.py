@@ -23,6 +23,7 @@ FILES = f"{REGISTERS_ROOT}/court-files"
 FILE_MB = 4  # one generated document: 4 MiB of random bytes
 ROWS_PER_MB = 3_900  # measured: a row of 192 hex characters with its primary key is ~270 bytes on disk
 CHUNK_ROWS = 500_000  # one transaction each: the archiver and the standbys keep up between them
+ROUND_TIMER = "embassy-replication-round.timer"
 PAYLOAD = " || ".join(f"md5((i * {k})::text)" for k in (3, 5, 7, 11, 13, 17))
 
 
@@ -83,11 +84,18 @@ def ship(lab: LabState, backup_to: tuple[str, ...]) -> dict[str, Any]:
     """A full backup into the named embassies' repos (a restore starts from it, as after the weekly full),
     then a replication round: digests, the WAL archived, restic snapshots in every vault, manifests."""
     wait_archived(lab)
-    for embassy in backup_to:
-        n = repo_index(lab, embassy)
-        sh(lab, "home", f"sudo runuser -u postgres -- pgbackrest --stanza=home --repo={n} --type=full "
-                        "--archive-timeout=600 backup", timeout=7200)
-    last = replicate.run_round(lab)
+    # No timer round meanwhile: `systemctl start` would join one that took its digests before the backup
+    # ended, and the restore would then start from an older set (what the restore guards against).
+    sh(lab, "home", f"sudo systemctl stop {ROUND_TIMER}; while systemctl is-active -q {replicate.ROUND_UNIT}; "
+                    "do sleep 1; done")
+    try:
+        for embassy in backup_to:
+            n = repo_index(lab, embassy)
+            sh(lab, "home", f"sudo runuser -u postgres -- pgbackrest --stanza=home --repo={n} --type=full "
+                            "--archive-timeout=600 backup", timeout=7200)
+        last = replicate.run_round(lab)
+    finally:
+        sh(lab, "home", f"sudo systemctl start {ROUND_TIMER}")
     errors = [f"{e['name']}: {e['errors']}" for e in last.get("embassies", []) if e.get("errors")]
     if errors:
         raise AssertionError(f"replication round {last.get('round')} failed: {errors}")
