@@ -5,8 +5,11 @@ frame test, and how the drill turns a restore into measured registers."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import struct
+import subprocess
+import typing
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,26 @@ def test_a_refused_restore_fails_the_drill_report_naming_the_object() -> None:
                               verifications=checks, failures=[failure], manifest=evidence)
     assert not report.passed and report.failures[0].object == "manifests/0000000007.json"
     assert any(not v.ok and v.object == "manifests/0000000007.json" for v in report.verifications)
+
+
+class _InfoSession:
+    """Answers `pgbackrest info --output=json` as the cold host did on the lab (two full backups)."""
+
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+
+    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        assert "pgbackrest" in command and "info" in command
+        return subprocess.CompletedProcess(command, 0, self.stdout, "")
+
+
+def test_a_restore_from_the_vault_starts_from_a_backup_consistent_before_the_digest_lsn() -> None:
+    info = json.dumps([{"backup": [{"label": "20261202-223357F", "lsn": {"start": "0/5B000028", "stop": "0/5B002E20"}},
+                                   {"label": "20261202-224400F", "lsn": {"start": "1/40001A8", "stop": "1/5002E90"}}]}])
+    session = typing.cast(restore.Session, _InfoSession(info))
+    # The digests were taken while the newest backup ran: it ends after them, so the older set is used.
+    assert restore._backup_set_before(session, restore._lsn("1/4F00000")) == " --set=20261202-223357F"
+    # The usual case: the newest ends before the digests; pgBackRest's own choice is kept.
+    assert restore._backup_set_before(session, restore._lsn("1/6000000")) == ""
+    # Nothing readable: pgBackRest's own choice.
+    assert restore._backup_set_before(typing.cast(restore.Session, _InfoSession("not json")), 1) == ""

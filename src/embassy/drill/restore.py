@@ -370,6 +370,19 @@ def _wait(s: Session, sql: str, want: str, what: str, timeout: float = 600) -> s
     raise RestoreFailed(f"{what}: not reached in {timeout:.0f} s (last: {got or 'no answer'}); see {SCRATCH_DIR}.log")
 
 
+def _backup_set_before(s: Session, lsn: int) -> str:
+    """` --set=LABEL`: the newest backup consistent at or before `lsn`. A backup that ran while a round took
+    its digests ends after their LSN, and recovery cannot stop before a backup's end (seen on the lab with a
+    5 GB state); pgBackRest would pick it as the newest. Empty (pgBackRest's choice) when none is known."""
+    done = s.sh("sudo runuser -u postgres -- pgbackrest --stanza=home --output=json info", timeout=120)
+    try:
+        sets = json.loads(done.stdout)[0].get("backup", [])
+        before = [b["label"] for b in sets if _lsn(b["lsn"]["stop"]) <= lsn]
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        return ""
+    return f" --set={shlex.quote(before[-1])}" if before and before[-1] != sets[-1]["label"] else ""
+
+
 def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any],
                        target_time: dt.datetime | None) -> None:
     """pgBackRest restore, paused at each register's digest LSN to compare, then on to the end (or T)."""
@@ -378,7 +391,8 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
     with s.step("pgBackRest restore from this embassy's vault into a fresh cluster"):
         # --type=time lets pgBackRest choose a backup set from before T (its format: milliseconds at
         # most); the recovery targets are ours (embassy-target.conf).
-        pick = f" --type=time --target={shlex.quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3] + '+00')}" if utc else ""
+        pick = f" --type=time --target={shlex.quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3] + '+00')}" if utc else \
+            _backup_set_before(s, min(_lsn((body[r.name].get("digest") or {}).get("lsn") or "0/0") for r in postgres))
         s.must(f"sudo rm -rf {SCRATCH_DIR} && sudo /usr/local/sbin/embassy-restore-postgres {SCRATCH_DIR} "
                f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600)
         s.must(f"sudo sed -i '/^recovery_target/d' {SCRATCH_DIR}/postgresql.auto.conf", "clear pgBackRest's targets")
