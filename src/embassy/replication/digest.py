@@ -2,7 +2,9 @@
 
 - postgres: per table of the `public` schema, the row count and an order-independent digest: the
   sum modulo 2**256 of the SHA-256 of each row's text form, with the session settings that decide
-  that text form pinned (a restored cluster must print rows as home did);
+  that text form pinned (a restored cluster must print rows as home did). The server hashes the rows
+  and sends their hashes in slices of the table (by page), so no row's text crosses to Python
+  (measured: 3.5 s of the 3.5 s for a million rows was moving and hashing row texts in Python);
 - files: a Merkle root over the tree: leaves are (relative path, SHA-256 of content) in byte order
   of the path, nodes hash their two children; an odd node is carried up.
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 MOD = 2**256
+PAGES_PER_SLICE = 4096  # 32 MB of table a query: a few MB of hashes in memory at a time
 # The text form of a row depends on these: pin them so that home and a restored cluster agree.
 SESSION = ("SET datestyle = 'ISO, YMD'", "SET timezone = 'UTC'", "SET extra_float_digits = 3",
            "SET intervalstyle = 'postgres'", "SET bytea_output = 'hex'")
@@ -55,12 +58,33 @@ def postgres(dbname: str, conninfo: str = "host=/var/run/postgresql") -> dict[st
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY c.relname").fetchall()]
         for name in names:
-            with conn.cursor(name=f"digest_{len(tables)}") as cur:
-                cur.itersize = 5000
-                cur.execute(f'SELECT t::text FROM public."{name}" t')
-                rows, digest = combine_rows(r[0] for r in cur)
+            rows, digest = combine_hashes(_row_hashes(conn, name))
             tables[name] = {"rows": rows, "sha256": digest}
     return {"lsn": lsn, "tables": tables}
+
+
+def combine_hashes(blobs: Any) -> tuple[int, str]:
+    """combine_rows, from the rows' SHA-256 hashes given as concatenated 32-byte blobs."""
+    total, count = 0, 0
+    for blob in blobs:
+        total += sum(int.from_bytes(blob[i:i + 32], "big") for i in range(0, len(blob), 32))
+        count += len(blob) // 32
+    return count, f"{total % MOD:064x}"
+
+
+def _row_hashes(conn: Any, table: str) -> Any:
+    """The SHA-256 of each row's text form (UTF-8, as combine_rows encodes it), hashed by the server and sent
+    as one blob per slice of PAGES_PER_SLICE pages (a TID range scan). The last slice has no upper bound:
+    every row the snapshot sees is in a page that exists now (VACUUM truncates only pages no snapshot needs)."""
+    pages = conn.execute(f"SELECT pg_relation_size('public.\"{table}\"') / current_setting('block_size')::int").fetchone()[0]
+    hashed = f"SELECT string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea) FROM public.\"{table}\" t"
+    for start in range(0, pages + 1, PAGES_PER_SLICE):
+        last = start + PAGES_PER_SLICE > pages
+        where = " WHERE ctid >= %s::tid" + ("" if last else " AND ctid < %s::tid")
+        bounds = (f"({start},0)",) if last else (f"({start},0)", f"({start + PAGES_PER_SLICE},0)")
+        row = conn.execute(hashed + where, bounds, binary=True).fetchone()
+        if row and row[0] is not None:
+            yield bytes(row[0])
 
 
 def merkle_root(leaves: list[bytes]) -> str:
