@@ -4,7 +4,8 @@
   sum modulo 2**256 of the SHA-256 of each row's text form, with the session settings that decide
   that text form pinned (a restored cluster must print rows as home did). The server hashes the rows
   and sends their hashes in slices of the table (by page), so no row's text crosses to Python
-  (measured: 3.5 s of the 3.5 s for a million rows was moving and hashing row texts in Python);
+  (measured on a million rows: 3.1 of the 3.5 s went to fetching the row texts into Python; the
+  server's own text form and SHA-256 of them take 1.3 s);
 - files: a Merkle root over the tree: leaves are (relative path, SHA-256 of content) in byte order
   of the path, nodes hash their two children; an odd node is carried up.
 
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +74,13 @@ def combine_hashes(blobs: Any) -> tuple[int, str]:
     return count, f"{total % MOD:064x}"
 
 
-def _row_hashes(conn: Any, table: str) -> Any:
+def _row_hashes(conn: Any, table: str) -> Iterator[bytes]:
     """The SHA-256 of each row's text form (UTF-8, as combine_rows encodes it), hashed by the server and sent
     as one blob per slice of PAGES_PER_SLICE pages (a TID range scan). The last slice has no upper bound:
-    every row the snapshot sees is in a page that exists now (VACUUM truncates only pages no snapshot needs)."""
-    pages = conn.execute(f"SELECT pg_relation_size('public.\"{table}\"') / current_setting('block_size')::int").fetchone()[0]
+    every row the snapshot sees is in a page that exists now (VACUUM truncates only pages no snapshot needs).
+    A partitioned table's slices run through each partition's pages: as many as its largest partition has."""
+    pages = conn.execute(f"SELECT max(pg_relation_size(relid)) / current_setting('block_size')::int "
+                         f"FROM pg_partition_tree('public.\"{table}\"')").fetchone()[0] or 0
     hashed = f"SELECT string_agg(sha256(convert_to(t::text, 'UTF8')), ''::bytea) FROM public.\"{table}\" t"
     for start in range(0, pages + 1, PAGES_PER_SLICE):
         last = start + PAGES_PER_SLICE > pages
