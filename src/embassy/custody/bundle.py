@@ -16,10 +16,11 @@ from pydantic import BaseModel, Field
 from embassy import model
 from embassy.errors import UserError
 from embassy.lab.state import LabState
+from embassy.replication import dataplane, secrets
 from embassy.replication import verify as vault_verify
 
 FORMAT = "embassy-custody-bundle/1"
-PGBACKREST_REPO_PATH = "/pgbackrest"  # dataplane.pgbackrest_conf's repo path
+PGBACKREST_REPO_PATH = dataplane.PGBACKREST_PATH  # key generation 1's repo path
 
 
 class VaultAccess(BaseModel):
@@ -98,11 +99,15 @@ def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now
             outputs={"mode": emb.mode.value, "region": emb.region, "retention_days": emb.retention_days,
                      "registers": [r.name for r in dep.registers_in_restore_order()
                                    if any(e.name == emb.name for e in dep.holders(r))]})
-        if holds_kind(dep, emb.name, model.RegisterKind.POSTGRES):
-            value, since = _read_secret(folder, f"pgbackrest-{emb.name}.pass")
-            bundle.pgbackrest.append(Passphrase(value=value, since=since))
-        if holds_kind(dep, emb.name, model.RegisterKind.FILES):
-            value, since = _read_secret(folder, f"restic-{emb.name}.pass")
-            bundle.restic.append(Passphrase(value=value, repo_path="/restic", since=since))
+        # Every key generation, oldest first: a restore to before a rotation reads the older repositories.
+        for g, switched in secrets.generations(folder, emb.name):
+            if holds_kind(dep, emb.name, model.RegisterKind.POSTGRES):
+                value, made = _read_secret(folder, secrets.pgbackrest_secret(emb.name, g))
+                bundle.pgbackrest.append(Passphrase(value=value, repo_path=dataplane.pgbackrest_path(g),
+                                                    since=switched or made))
+            if holds_kind(dep, emb.name, model.RegisterKind.FILES):
+                value, made = _read_secret(folder, secrets.restic_secret(emb.name, g))
+                bundle.restic.append(Passphrase(value=value, repo_path="/" + dataplane.restic_base(g),
+                                                since=switched or made))
         bundles[emb.name] = bundle
     return bundles
