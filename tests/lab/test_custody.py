@@ -122,13 +122,16 @@ def _pgbackrest_reads(lab: LabState, passphrase: str, path: str) -> tuple[bool, 
     scratch = "/var/tmp/embassy-test-rekey.conf"
     _ssh_input(lab, "enclave-ie", f"sudo install -o postgres -m 600 /dev/stdin {scratch}", "\n".join(lines) + "\n")
     try:
-        done = ssh(lab, "enclave-ie", f"sudo runuser -u postgres -- pgbackrest --config={scratch} --stanza=home "
-                                      "--output=json info", check=False)
+        # A wrong passphrase decrypts the repo's info files to garbage: not text.
+        done = subprocess.run(lab.ssh_argv("enclave-ie", f"sudo runuser -u postgres -- pgbackrest --config={scratch} "
+                                                         "--stanza=home --output=json info"),
+                              capture_output=True, text=True, errors="replace", timeout=120)
         try:
-            ok = done.returncode == 0 and json.loads(done.stdout)[0]["status"]["code"] == 0
+            repo = json.loads(done.stdout)[0]["repo"][0]
+            ok, said = done.returncode == 0 and repo["status"]["code"] == 0, repo["status"]["message"]
         except (ValueError, IndexError, KeyError):
-            ok = False
-        return ok, " ".join((done.stdout + done.stderr).split())[:400]
+            ok, said = False, done.stdout + done.stderr
+        return ok, " ".join(said.split(":\n")[0].split())[:300]
     finally:
         ssh(lab, "enclave-ie", f"sudo rm -f {scratch}")
 

@@ -10,14 +10,13 @@ the officials' shares.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from embassy import model
-from embassy.custody.bundle import Bundle, Passphrase, holds_kind
+from embassy.custody.bundle import Bundle, Passphrase, VaultAccess, holds_kind, vault_access
 from embassy.errors import RestoreFailed
 from embassy.lab.state import LabState
 from embassy.replication import dataplane, secrets
@@ -44,7 +43,10 @@ Keyring = Callable[[int], Keys]  # key generation -> its secrets
 
 
 def vault_of(bundle: Bundle) -> Vault:
-    v = bundle.vault
+    return _vault(bundle.vault)
+
+
+def _vault(v: VaultAccess) -> Vault:
     port = int(v.endpoint.rsplit(":", 1)[1]) if v.endpoint.count(":") == 2 else 443
     return Vault(embassy=v.embassy, dns_name=v.dns_name, port=port, bucket=v.bucket, ca_file="", access_key=v.access_key_id,
                  secret_key=v.secret_access_key, region=v.region)
@@ -75,13 +77,7 @@ def bundle_keys(bundle: Bundle, generation: int) -> Keys:
 
 def controller_keys(dep: model.Deployment, lab: LabState, embassy: str, folder: Path, generation: int) -> Keys:
     """A key generation's secrets from the controller's folder (a plain restore, while it exists)."""
-    v = lab.vault(embassy)
-    try:
-        creds = json.loads(Path(v.reader_credentials).read_text())
-        ca_pem = Path(v.ca_file).read_text()
-    except (OSError, ValueError) as exc:
-        raise RestoreFailed(f"cannot read the reader credentials or CA of vault '{embassy}': {exc}",
-                            "bring the lab up again (`embassy lab up`)") from None
+    access = vault_access(lab, embassy)
 
     def read(name: str, kind: model.RegisterKind) -> str | None:
         if not holds_kind(dep, embassy, kind):
@@ -93,10 +89,8 @@ def controller_keys(dep: model.Deployment, lab: LabState, embassy: str, folder: 
             raise RestoreFailed(f"no restore secret {path} (key generation {generation} of {embassy})",
                                 "restore with the officials' shares: `embassy restore … --shares`") from None
 
-    port = int(v.endpoint.rsplit(":", 1)[1]) if v.endpoint.count(":") == 2 else 443
-    vault = Vault(embassy=embassy, dns_name=v.dns_name, port=port, bucket=v.bucket, ca_file="",
-                  access_key=creds["access_key_id"], secret_key=creds["secret_access_key"])
-    return Keys(generation, vault, ca_pem, read(secrets.pgbackrest_secret(embassy, generation), model.RegisterKind.POSTGRES),
+    return Keys(generation, _vault(access), access.ca_pem,
+                read(secrets.pgbackrest_secret(embassy, generation), model.RegisterKind.POSTGRES),
                 read(secrets.restic_secret(embassy, generation), model.RegisterKind.FILES))
 
 
@@ -104,7 +98,7 @@ def _install(target: Target, host: Host, path: str, text: str, owner: str, mode:
     done = subprocess.run(target.host_argv(host, f"sudo install -o {owner} -g {owner} -m {mode} /dev/stdin {path}"),
                           input=text, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
-        raise RestoreFailed(f"{host.name}: writing {path} of key generation failed: {done.stderr.strip()[-300:]}")
+        raise RestoreFailed(f"{host.name}: writing {path} failed: {done.stderr.strip()[-300:]}")
 
 
 def write(target: Target, host: Host, keys: Keys) -> None:

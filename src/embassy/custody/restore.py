@@ -52,6 +52,6 @@ def with_shares(dep: model.Deployment, target: LabTarget, embassy: str, hosts: l
     if not getattr(dep, "manifest_public_key", None):  # a stack that names its key: verify checks with that one
         trust_public_key(Path(target.lab.dir), bundle.manifest_public_key)
     say(f"bundle version {bundle.version} opened with {len(texts)} shares: its restore secrets go to {hosts[0].name} "
-        f"(key generations {', '.join(p.repo_path for p in bundle.pgbackrest + bundle.restic) or 'none'})")
+        f"(repositories of every key generation: {', '.join(p.repo_path for p in bundle.pgbackrest + bundle.restic) or 'none'})")
     hostsecrets.apply(target, hosts[0], bundle)
     return lambda generation: hostsecrets.bundle_keys(bundle, generation)
