@@ -1,8 +1,10 @@
 """Key custody on the lab: the real vaults (SeaweedFS, Object Lock), pgBackRest, restic and hosts.
 
-One kit per module: `custody init` (3 officials, any 2), then `custody rotate`. With every restore
-secret gone from the controller's folder and from the embassy host, `restore --shares` with two
-version-2 sheets restores the cold embassy ie to a point in time from before the rotation; one
+One kit per module: `custody init` (3 officials, any 2), then `custody rotate`, which re-keys: a new
+key generation whose passphrases differ, which the old ones cannot read, and a bundle whose history
+holds every generation's. With every restore secret gone from the controller's folder and from the
+embassy host, `restore --shares` with two version-2 sheets restores the cold embassy ie to a point in
+time from before the rotation, from the old generation, and to the newest state, from the new one; one
 sheet is refused, a version-1 sheet is named as such. No secret is in plaintext in a vault or in
 the commands' output. The lab is left as found: the controller's secrets are put back, the host's
 files are the ones the bundle wrote (those of the deploy), the scratch cluster is stopped.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -126,12 +129,9 @@ def _pgbackrest_reads(lab: LabState, passphrase: str, path: str) -> tuple[bool, 
         done = subprocess.run(lab.ssh_argv("enclave-ie", f"sudo runuser -u postgres -- pgbackrest --config={scratch} "
                                                          "--stanza=home --output=json info"),
                               capture_output=True, text=True, errors="replace", timeout=120)
-        try:
-            repo = json.loads(done.stdout)[0]["repo"][0]
-            ok, said = done.returncode == 0 and repo["status"]["code"] == 0, repo["status"]["message"]
-        except (ValueError, IndexError, KeyError):
-            ok, said = False, done.stdout + done.stderr
-        return ok, " ".join(said.split(":\n")[0].split())[:300]
+        status = re.search(r'"status":\{"code":(\d+),"message":"(.*?)(?::\\n|")', done.stdout)
+        ok = done.returncode == 0 and status is not None and status.group(1) == "0"
+        return ok, (f"status {status.group(1)}: {status.group(2)}" if status else done.stderr.strip())[:300]
     finally:
         ssh(lab, "enclave-ie", f"sudo rm -f {scratch}")
 

@@ -243,3 +243,15 @@ def test_generation_one_took_over_no_later_than_the_switch(dep: model.Deployment
     rekey.begin(dep, folder, switch)
     ie = gather(dep, lab, folder, 2, NOW)["ie"]
     assert [p.since for p in ie.pgbackrest] == [switch.isoformat(), switch.isoformat()]
+
+
+def test_the_deploys_facts_read_the_generation_about_to_be_configured() -> None:
+    """Facts are read before the new config is written: a re-key's new repos must look empty to them."""
+    from embassy.replication import facts
+
+    pg = facts.PgBackRestRepos().command(paths=("/pgbackrest-g2", "/pgbackrest"))
+    assert "--stanza=home --repo1-path=/pgbackrest-g2 --repo2-path=/pgbackrest --output=json info" in pg
+    assert facts.ResticSnapshots().command("ie", "court-files", "restic-g2").startswith(
+        "EMBASSY_RESTIC_FOLDER=restic-g2 embassy-restic ie court-files ")
+    wrapper = dataplane.script("embassy-restic")
+    assert 'RESTIC_BASE="${RESTIC_BASE%/*}/$folder"' in wrapper and wrapper.index('folder="') < wrapper.index(". /etc")
