@@ -1,8 +1,10 @@
 """Key custody on the lab: the real vaults (SeaweedFS, Object Lock), pgBackRest, restic and hosts.
 
-One kit per module: `custody init` (3 officials, any 2), then `custody rotate`. With every restore
-secret gone from the controller's folder and from the embassy host, `restore --shares` with two
-version-2 sheets restores the cold embassy ie to a point in time from before the rotation; one
+One kit per module: `custody init` (3 officials, any 2), then `custody rotate`, which re-keys: a new
+key generation whose passphrases differ, which the old ones cannot read, and a bundle whose history
+holds every generation's. With every restore secret gone from the controller's folder and from the
+embassy host, `restore --shares` with two version-2 sheets restores the cold embassy ie to a point in
+time from before the rotation, from the old generation, and to the newest state, from the new one; one
 sheet is refused, a version-1 sheet is named as such. No secret is in plaintext in a vault or in
 the commands' output. The lab is left as found: the controller's secrets are put back, the host's
 files are the ones the bundle wrote (those of the deploy), the scratch cluster is stopped.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +30,7 @@ from embassy.drill.restore import SCRATCH_PORT, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.model import load_stack
+from embassy.replication import dataplane, secrets
 from embassy.replication.dataplane import PGBACKREST_CONF, RESTIC_DIR
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK, ssh
@@ -103,6 +107,60 @@ def withdrawn(lab: LabState) -> Iterator[dict[str, str]]:
             assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _generation(lab: LabState, embassy: str) -> int:
+    return secrets.generation(Path(lab.dir) / "secrets", embassy)
+
+
+def _ssh_input(lab: LabState, host: str, command: str, text: str) -> None:
+    done = subprocess.run(lab.ssh_argv(host, command), input=text, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def _pgbackrest_reads(lab: LabState, passphrase: str, path: str) -> tuple[bool, str]:
+    """pgBackRest on enclave-ie with a scratch config (its vault, repo `path`, cipher `passphrase`): does `info`
+    read the stanza's backups (status ok)? And what it said."""
+    conf = ssh(lab, "enclave-ie", f"sudo cat {PGBACKREST_CONF}").stdout
+    lines = [line for line in conf.splitlines() if not line.startswith(("repo1-path=", "repo1-cipher-pass="))]
+    lines.insert(lines.index("[global]") + 1, f"repo1-path={path}\nrepo1-cipher-pass={passphrase}")
+    scratch = "/var/tmp/embassy-test-rekey.conf"
+    _ssh_input(lab, "enclave-ie", f"sudo install -o postgres -m 600 /dev/stdin {scratch}", "\n".join(lines) + "\n")
+    try:
+        # A wrong passphrase decrypts the repo's info files to garbage: not text.
+        done = subprocess.run(lab.ssh_argv("enclave-ie", f"sudo runuser -u postgres -- pgbackrest --config={scratch} "
+                                                         "--stanza=home --output=json info"),
+                              capture_output=True, text=True, errors="replace", timeout=120)
+        status = re.search(r'"status":\{"code":(\d+),"message":"(.*?)(?::\\n|")', done.stdout)
+        ok = done.returncode == 0 and status is not None and status.group(1) == "0"
+        return ok, (f"status {status.group(1)}: {status.group(2)}" if status else done.stderr.strip())[:300]
+    finally:
+        ssh(lab, "enclave-ie", f"sudo rm -f {scratch}")
+
+
+def _restic_reads(lab: LabState, password: str, folder: str) -> subprocess.CompletedProcess[str]:
+    """restic on enclave-ie with `password` against the court-files repository in `folder` of its vault."""
+    scratch = "/var/tmp/embassy-test-rekey.pass"
+    _ssh_input(lab, "enclave-ie", f"sudo install -m 600 /dev/stdin {scratch}", password + "\n")
+    try:
+        return ssh(lab, "enclave-ie", f"sudo env EMBASSY_RESTIC_FOLDER={folder} embassy-restic ie court-files --no-lock "
+                                      f"--password-file {scratch} cat config", check=False)
+    finally:
+        ssh(lab, "enclave-ie", f"sudo rm -f {scratch}")
+
+
+def _restore_with_shares(lab: LabState, v2: Path, *extra: str) -> tuple[float, dict[str, Any], str]:
+    start = time.monotonic()
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/embassy"), "restore", "--stack", STACK, "--embassy", "ie", "--json", *extra,
+         "--shares", str(v2 / "official-3.txt"), "-"], input=(v2 / "official-1.txt").read_text(),
+        cwd=ROOT, env={**os.environ, "EMBASSY_LAB_ID": str(lab.lab_id)}, capture_output=True, text=True,
+        timeout=900)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    out = json.loads(done.stdout)
+    assert out["ok"] and out["verify"]["intact"] and all(r["verified"] and r["restored"] for r in out["registers"])
+    return seconds, out, done.stdout + done.stderr
+
+
 def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, kit: dict[str, Any],
                                                                tmp_path: Path, withdrawn: dict[str, str]) -> None:
     # The state before the rotation: five rows, then the moment, then five more and the rotation.
@@ -118,14 +176,39 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     for i in range(6, 11):
         _psql(lab, "home", f"INSERT INTO custody_probe VALUES ({i})")
     v2 = tmp_path / "v2"
-    rotated = embassy_cli(lab, "custody", "rotate", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(v2))
+    old_generation = _generation(lab, "ie")
+    start = time.monotonic()
+    rotated = embassy_cli(lab, "custody", "rotate", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(v2),
+                          timeout=1800)
+    print(f"custody rotate with re-key: {time.monotonic() - start:.1f} s")
     assert rotated.returncode == 0, rotated.stderr[-3000:]
     version = kit["version"] + 1
     assert f"bundle version {version}" in rotated.stdout
     assert f"# bundle version: {version}" in (v2 / "official-1.txt").read_text()
+    folder = Path(lab.dir) / "secrets"
+    withdrawn.update({p.name: p.read_text() for p in folder.glob("*.pass")})  # put back after the test, new ones too
+    new_generation = _generation(lab, "ie")
+    assert new_generation == old_generation + 1 and "new backups use new passphrases" in rotated.stdout
+    old_pass = (folder / secrets.pgbackrest_secret("ie", old_generation)).read_text().strip()
+    new_pass = (folder / secrets.pgbackrest_secret("ie", new_generation)).read_text().strip()
+    old_restic = (folder / secrets.restic_secret("ie", old_generation)).read_text().strip()
+    new_restic = (folder / secrets.restic_secret("ie", new_generation)).read_text().strip()
+    assert old_pass != new_pass and old_restic != new_restic
+    new_path, new_folder = dataplane.pgbackrest_path(new_generation), dataplane.restic_base(new_generation)
+    # The embassy reads the new generation; the old passphrase does not open its repo, the new one does.
+    assert f"repo1-path={new_path}" in ssh(lab, "enclave-ie", f"sudo cat {PGBACKREST_CONF}").stdout
+    refused = _pgbackrest_reads(lab, old_pass, new_path)
+    print(f"old passphrase on the new repo {new_path}: {refused[1]}")
+    assert not refused[0], refused[1]
+    assert _pgbackrest_reads(lab, new_pass, new_path)[0]
+    assert _pgbackrest_reads(lab, old_pass, dataplane.pgbackrest_path(old_generation))[0]  # the old stays readable
+    wrong = _restic_reads(lab, old_restic, new_folder)
+    print(f"old restic password on the new repository {new_folder}/court-files: {wrong.stderr.strip()[-200:]}")
+    assert wrong.returncode != 0 and "wrong password" in (wrong.stderr + wrong.stdout), wrong.stderr
+    assert _restic_reads(lab, new_restic, new_folder).returncode == 0
+    assert _restic_reads(lab, old_restic, dataplane.restic_base(old_generation)).returncode == 0
     replicate_once(lab)  # archives the WAL of all ten rows
     # The day home is gone: no restore secret on the controller, none on the embassy host.
-    folder = Path(lab.dir) / "secrets"
     target = LabTarget(load_stack(STACK, ROOT), lab)
     hostsecrets.withdraw(target, target.host("ie"), "ie", folder)
     assert not list(folder.glob("pgbackrest-*.pass")) and not list(folder.glob("restic-*.pass"))
@@ -143,24 +226,38 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     assert f"{kit['v1'] / 'official-3.txt'}: a share of the earlier bundle version {kit['version']}; the vault's bundle " \
            f"is version {version}" in old.stderr, old.stderr
 
-    # Two version-2 sheets, one typed on stdin: the restore to the moment before the rotation works.
-    start = time.monotonic()
-    done = subprocess.run(
-        [str(ROOT / ".venv/bin/embassy"), "restore", "--stack", STACK, "--embassy", "ie", "--json", "--target-time",
-         moment, "--shares", str(v2 / "official-3.txt"), "-"], input=(v2 / "official-1.txt").read_text(),
-        cwd=ROOT, env={**os.environ, "EMBASSY_LAB_ID": str(lab.lab_id)}, capture_output=True, text=True,
-        timeout=900)
-    seconds = time.monotonic() - start
-    print(f"restore with shares (point in time): {seconds:.1f} s")
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
-    out = json.loads(done.stdout)
-    assert out["ok"] and out["verify"]["intact"] and all(r["verified"] and r["restored"] for r in out["registers"])
+    # The bundle's history: every generation's passphrase, each with its own repository and time.
+    dep = load_stack(STACK, ROOT)
+    texts = custody_kit.read_shares([str(v2 / "official-1.txt"), str(v2 / "official-2.txt")], lambda: "")
+    bundle = custody_kit.open_bundle(dep, custody_kit.LabVaults(lab, dep), "ie", texts)
+    for history, first in ((bundle.pgbackrest, "/pgbackrest"), (bundle.restic, "/restic")):
+        assert len(history) == new_generation >= 2
+        assert len({p.value for p in history}) == len(history) and len({p.repo_path for p in history}) == len(history)
+        assert history[0].repo_path == first and [p.since for p in history] == sorted(p.since for p in history)
+    assert [p.value for p in bundle.pgbackrest[-2:]] == [old_pass, new_pass]
+    assert [p.value for p in bundle.restic[-2:]] == [old_restic, new_restic]
+
+    # Two version-2 sheets, one typed on stdin: the restore to the moment before the rotation works, from the
+    # old generation's repositories.
+    seconds, out, output = _restore_with_shares(lab, v2, "--target-time", moment)
+    print(f"restore with shares (point in time before the rotation, old generation): {seconds:.1f} s")
+    assert out["manifest"]["key_generation"] == old_generation, out["manifest"]
+    assert any(s["step"].startswith(f"key generation {old_generation}:") for s in out["steps"]), out["steps"]
     rows = _psql(lab, "enclave-ie", "SELECT string_agg(id::text, ',' ORDER BY id) FROM custody_probe", port=SCRATCH_PORT)
     assert rows == "1,2,3,4,5"
-    # The controller still holds no restore secret; the host's come from the bundle and equal the deploy's.
+    # The controller still holds no restore secret; the host's come from the bundle: the newest generation's again.
     assert not list(folder.glob("pgbackrest-*.pass")) and not list(folder.glob("restic-*.pass"))
     conf = ssh(lab, "enclave-ie", f"sudo cat {PGBACKREST_CONF}").stdout
-    assert f"repo1-cipher-pass={withdrawn['pgbackrest-ie.pass'].strip()}" in conf
-    assert ssh(lab, "enclave-ie", f"sudo cat {RESTIC_DIR}/ie.pass").stdout.strip() == withdrawn["restic-ie.pass"].strip()
+    assert f"repo1-cipher-pass={new_pass}" in conf and f"repo1-path={new_path}" in conf
+    assert ssh(lab, "enclave-ie", f"sudo cat {RESTIC_DIR}/ie.pass").stdout.strip() == new_restic
+
+    # The newest state, from shares only: the new generation's repositories, all ten rows.
+    seconds, newest, output2 = _restore_with_shares(lab, v2)
+    print(f"restore with shares (newest state, new generation): {seconds:.1f} s")
+    assert newest["manifest"]["key_generation"] == new_generation, newest["manifest"]
+    assert not any(s["step"].startswith("key generation") for s in newest["steps"])
+    rows = _psql(lab, "enclave-ie", "SELECT string_agg(id::text, ',' ORDER BY id) FROM custody_probe", port=SCRATCH_PORT)
+    assert rows == "1,2,3,4,5,6,7,8,9,10"
     for value in [v.strip() for v in withdrawn.values()]:
-        assert value not in done.stdout and value not in done.stderr, "a secret in the restore's output"
+        assert value not in output and value not in output2 and value not in rotated.stdout + rotated.stderr, \
+            "a secret in the output"

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy.model import load_stack
 from embassy.replication import digest, hostcmd, manifest
+from embassy.replication.dataplane import Repo, pgbackrest_path
 from embassy.replication.deploy_home import round_config, round_interval
 from embassy.replication.secrets import Vault
 
@@ -141,8 +142,14 @@ def test_objectives_per_embassy_and_round_schedule() -> None:
     assert dep.rpo_bound(regs["court-files"], embassies["ie"]) == 300
     assert round_interval(dep) == 150  # two rounds inside court-files' 300 s
     vaults = {n: Vault(n, f"vault-{n}", 8443, f"b-{n}", "/ca", "AK", "SK") for n in embassies}
-    cfg = round_config(dep, vaults, {"de": 1, "se": 2, "ie": 3})
+    repos = {n: Repo(i, vaults[n], "CIPHER", pgbackrest_path(2 if n == "ie" else 1)) for i, n in ((1, "de"), (2, "se"),
+                                                                                           (3, "ie"))}
+    cfg = round_config(dep, vaults, repos, {"ie": 2})
     assert [e["repo"] for e in cfg["embassies"]] == [1, 2, 3]
+    # each embassy's key generation: the repositories its manifests name
+    assert [(e["repo_path"], e["restic_base"]) for e in cfg["embassies"]] == [
+        ("/pgbackrest", "restic"), ("/pgbackrest", "restic"), ("/pgbackrest-g2", "restic-g2")]
+    assert "CIPHER" not in json.dumps(cfg)
     assert "AK" not in json.dumps(cfg) and "SK" not in json.dumps(cfg)  # credentials travel in their own 0600 files
     assert {r["name"]: r.get("database") or r.get("path") for r in cfg["registers"]} == {
         "population": "population", "land-register": "land_register", "court-files": "/srv/registers/court-files"}

@@ -25,9 +25,11 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the sheets
 
 
 def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) -> None:
-    from embassy.custody import kit, shares
+    from embassy import model
+    from embassy.custody import kit, rekey, shares
     from embassy.lab.state import lab_state
     from embassy.replication.secrets import secrets_dir
+    from embassy.targets import LabTarget, target_for
 
     dep = load(stack)
     start = time.monotonic()
@@ -39,8 +41,18 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) 
         shares.check_counts(officials, threshold)
         lab = lab_state(dep.stack)
         folder = secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
-        issued = kit.issue(dep, lab, kit.LabVaults(lab, dep), folder, out, officials=officials, threshold=threshold,
-                           rotate=rotate, say=say)
+        store = kit.LabVaults(lab, dep)
+        generations = None
+        if rotate:  # re-key first: the bundle then holds the new generation's secrets and every older one's
+            if not kit.current_version(store, dep)[0]:
+                raise UserError(f"stack '{dep.stack}' has no custody kit to rotate",
+                                f"run `embassy custody init --stack {dep.stack}`")
+            target = target_for("lab", dep)
+            assert isinstance(target, LabTarget)
+            generations = rekey.rekey(dep, target, folder, model.project_root(), say=say)
+        issued = kit.issue(dep, lab, store, folder, out, officials=officials, threshold=threshold, rotate=rotate, say=say)
+        if generations:
+            rekey.finish(folder)
     except UserError as exc:
         raise user_error(exc) from None
     for s in issued.stored:
@@ -48,6 +60,9 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) 
               f"retain until {s['retain_until'] or '-'})")
     print(f"bundle version {issued.version}: {issued.officials} sheets in {out.resolve()}, any {issued.threshold} open it "
           f"({time.monotonic() - start:.1f} s)")
+    if generations:
+        print(f"new backups use new passphrases: key generation {', '.join(f'{n} {g}' for n, g in generations.items())} "
+              "(the bundle keeps every earlier generation's, for backups still in retention)")
     if rotate:
         print(f"the sheets of earlier versions no longer open this bundle: hand out version {issued.version}'s")
 
@@ -60,7 +75,8 @@ def init(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out:
 
 @custody_app.command("rotate")
 def rotate(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt) -> None:
-    """Issue the next bundle version with a fresh key and new sheets; earlier sheets stop opening it."""
+    """Re-key (new passphrases and repositories for new backups), then issue the next bundle version with a fresh
+    key and new sheets; earlier sheets stop opening it. Exit 0; 2 bad input or a step that failed (it says what to run)."""
     _issue(stack, officials, threshold, out, rotate=True)
 
 

@@ -58,12 +58,15 @@ def restore(
         target = target_for("lab", dep)
         assert isinstance(target, LabTarget)
         hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
-        if shares:
-            from embassy.custody.restore import with_shares
+        from embassy.custody import restore as custody_restore
 
-            with_shares(dep, target, embassy, hosts, custody_shares, say)
+        if shares:
+            keyring = custody_restore.with_shares(dep, target, embassy, hosts, custody_shares, say)
+        else:
+            keyring = custody_restore.controller_keyring(dep, target, embassy)
         with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else nullcontext():
-            outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, say=say)
+            outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, keyring=keyring,
+                                  say=say)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:

@@ -16,10 +16,11 @@ from pydantic import BaseModel, Field
 from embassy import model
 from embassy.errors import UserError
 from embassy.lab.state import LabState
+from embassy.replication import dataplane, secrets
 from embassy.replication import verify as vault_verify
 
 FORMAT = "embassy-custody-bundle/1"
-PGBACKREST_REPO_PATH = "/pgbackrest"  # dataplane.pgbackrest_conf's repo path
+PGBACKREST_REPO_PATH = dataplane.PGBACKREST_PATH  # key generation 1's repo path
 
 
 class VaultAccess(BaseModel):
@@ -74,8 +75,25 @@ def _read_secret(folder: Path, name: str) -> tuple[str, str]:
     return value, since
 
 
+def _earlier(made: str, then: str | None) -> str:
+    return then if then and dt.datetime.fromisoformat(then) < dt.datetime.fromisoformat(made) else made
+
+
 def holds_kind(dep: model.Deployment, embassy: str, kind: model.RegisterKind) -> bool:
     return any(r.kind is kind and any(e.name == embassy for e in dep.holders(r)) for r in dep.registers)
+
+
+def vault_access(lab: LabState, embassy: str) -> VaultAccess:
+    """The embassy's vault with its read-only identity, from the lab's records."""
+    v = lab.vault(embassy)
+    try:
+        creds = json.loads(Path(v.reader_credentials).read_text())
+        ca_pem = Path(v.ca_file).read_text()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the reader credentials or CA of vault '{embassy}': {exc}",
+                        "bring the lab up again (`embassy lab up`)") from None
+    return VaultAccess(embassy=embassy, endpoint=v.endpoint, dns_name=v.dns_name, bucket=v.bucket, ca_pem=ca_pem,
+                       access_key_id=creds["access_key_id"], secret_access_key=creds["secret_access_key"])
 
 
 def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now: dt.datetime) -> dict[str, Bundle]:
@@ -83,26 +101,25 @@ def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now
     public = vault_verify.public_key_pem(dep, lab)
     bundles = {}
     for emb in dep.embassies:
-        v = lab.vault(emb.name)
-        try:
-            creds = json.loads(Path(v.reader_credentials).read_text())
-            ca_pem = Path(v.ca_file).read_text()
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read the reader credentials or CA of vault '{emb.name}': {exc}",
-                            "bring the lab up again (`embassy lab up`)") from None
         bundle = Bundle(
             stack=dep.stack, embassy=emb.name, version=version, created=now.isoformat(), manifest_public_key=public,
-            vault=VaultAccess(embassy=emb.name, endpoint=v.endpoint, dns_name=v.dns_name, bucket=v.bucket,
-                              ca_pem=ca_pem, access_key_id=creds["access_key_id"],
-                              secret_access_key=creds["secret_access_key"]),
+            vault=vault_access(lab, emb.name),
             outputs={"mode": emb.mode.value, "region": emb.region, "retention_days": emb.retention_days,
                      "registers": [r.name for r in dep.registers_in_restore_order()
                                    if any(e.name == emb.name for e in dep.holders(r))]})
-        if holds_kind(dep, emb.name, model.RegisterKind.POSTGRES):
-            value, since = _read_secret(folder, f"pgbackrest-{emb.name}.pass")
-            bundle.pgbackrest.append(Passphrase(value=value, since=since))
-        if holds_kind(dep, emb.name, model.RegisterKind.FILES):
-            value, since = _read_secret(folder, f"restic-{emb.name}.pass")
-            bundle.restic.append(Passphrase(value=value, repo_path="/restic", since=since))
+        # Every key generation, oldest first: a restore to before a rotation reads the older repositories.
+        generations = secrets.generations(folder, emb.name)
+        for i, (g, switched) in enumerate(generations):
+            # Generation 1 took over at the deploy: its secret's time, but never after the switch to the next one
+            # (a secret file put back from a copy has the time it was put back).
+            then = generations[i + 1][1] if i + 1 < len(generations) else None
+            if holds_kind(dep, emb.name, model.RegisterKind.POSTGRES):
+                value, made = _read_secret(folder, secrets.pgbackrest_secret(emb.name, g))
+                bundle.pgbackrest.append(Passphrase(value=value, repo_path=dataplane.pgbackrest_path(g),
+                                                    since=switched or _earlier(made, then)))
+            if holds_kind(dep, emb.name, model.RegisterKind.FILES):
+                value, made = _read_secret(folder, secrets.restic_secret(emb.name, g))
+                bundle.restic.append(Passphrase(value=value, repo_path="/" + dataplane.restic_base(g),
+                                                since=switched or _earlier(made, then)))
         bundles[emb.name] = bundle
     return bundles

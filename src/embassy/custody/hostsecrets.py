@@ -1,53 +1,123 @@
-"""Restore secrets on an embassy host, from an opened bundle (never from the controller's folder).
+"""Restore secrets on an embassy host, from an opened bundle or, for a plain restore, the controller's folder.
 
 What the embassy deploy (replication/deploy_embassy.py) writes there, rendered by the same functions
-from the bundle's values: pgBackRest's config (its vault, read-only identity, cipher passphrase) and
-restic's password and environment. `withdraw` removes them from the host and the controller: a drill
-then proves that a restore needs nothing but the officials' shares.
+from one key generation's values: pgBackRest's config (its vault, read-only identity, repo path,
+cipher passphrase) and restic's password and environment (the generation's repositories). A restore
+writes the generation its manifest names (`keyring`), and the newest one back afterwards. `withdraw`
+removes them from the host and the controller: a drill then proves that a restore needs nothing but
+the officials' shares.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from embassy.custody.bundle import Bundle
+from embassy import model
+from embassy.custody.bundle import Bundle, Passphrase, VaultAccess, holds_kind, vault_access
 from embassy.errors import RestoreFailed
-from embassy.replication import dataplane
+from embassy.lab.state import LabState
+from embassy.replication import dataplane, secrets
 from embassy.replication.dataplane import Repo
 from embassy.replication.secrets import Vault
 from embassy.targets import Host, Target
 
+# Every generation's files: pgbackrest-<e>.pass, pgbackrest-<e>.g<g>.pass, restic-<e>.pass, restic-<e>.g<g>.pass
 RESTORE_SECRET_GLOBS = ("pgbackrest-*.pass", "restic-*.pass")
 
 
+@dataclass(frozen=True)
+class Keys:
+    """One key generation's restore secrets of one embassy (None: it holds no register of that kind)."""
+
+    generation: int
+    vault: Vault
+    ca_pem: str
+    pgbackrest: str | None
+    restic: str | None
+
+
+Keyring = Callable[[int], Keys]  # key generation -> its secrets
+
+
 def vault_of(bundle: Bundle) -> Vault:
-    v = bundle.vault
+    return _vault(bundle.vault)
+
+
+def _vault(v: VaultAccess) -> Vault:
     port = int(v.endpoint.rsplit(":", 1)[1]) if v.endpoint.count(":") == 2 else 443
     return Vault(embassy=v.embassy, dns_name=v.dns_name, port=port, bucket=v.bucket, ca_file="", access_key=v.access_key_id,
                  secret_key=v.secret_access_key, region=v.region)
+
+
+def bundle_generation(bundle: Bundle) -> int:
+    """The newest key generation the bundle holds (new backups go there)."""
+    paths = [p.repo_path for p in bundle.pgbackrest[-1:]] + [p.repo_path for p in bundle.restic[-1:]]
+    return max((dataplane.generation_of(p) for p in paths), default=1)
+
+
+def bundle_keys(bundle: Bundle, generation: int) -> Keys:
+    """The bundle's secrets of one key generation, found by the repositories that generation names."""
+    def pick(history: list[Passphrase], path: str, what: str) -> str | None:
+        if not history:
+            return None
+        for p in history:
+            if p.repo_path == path:
+                return str(p.value)
+        raise RestoreFailed(f"bundle version {bundle.version} of {bundle.embassy} holds no {what} for {path} "
+                            f"(key generation {generation}; it holds {', '.join(p.repo_path for p in history)})",
+                            "the manifest names a generation issued after this bundle: run `embassy custody rotate` "
+                            "while home exists, or restore to an earlier point in time")
+    return Keys(generation, vault_of(bundle), bundle.vault.ca_pem,
+                pick(bundle.pgbackrest, dataplane.pgbackrest_path(generation), "pgBackRest passphrase"),
+                pick(bundle.restic, "/" + dataplane.restic_base(generation), "restic password"))
+
+
+def controller_keys(dep: model.Deployment, lab: LabState, embassy: str, folder: Path, generation: int) -> Keys:
+    """A key generation's secrets from the controller's folder (a plain restore, while it exists)."""
+    access = vault_access(lab, embassy)
+
+    def read(name: str, kind: model.RegisterKind) -> str | None:
+        if not holds_kind(dep, embassy, kind):
+            return None
+        path = folder / name
+        try:
+            return path.read_text().strip()
+        except OSError:
+            raise RestoreFailed(f"no restore secret {path} (key generation {generation} of {embassy})",
+                                "restore with the officials' shares: `embassy restore … --shares`") from None
+
+    return Keys(generation, _vault(access), access.ca_pem,
+                read(secrets.pgbackrest_secret(embassy, generation), model.RegisterKind.POSTGRES),
+                read(secrets.restic_secret(embassy, generation), model.RegisterKind.FILES))
 
 
 def _install(target: Target, host: Host, path: str, text: str, owner: str, mode: str) -> None:
     done = subprocess.run(target.host_argv(host, f"sudo install -o {owner} -g {owner} -m {mode} /dev/stdin {path}"),
                           input=text, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
-        raise RestoreFailed(f"{host.name}: writing {path} from the custody bundle failed: {done.stderr.strip()[-300:]}")
+        raise RestoreFailed(f"{host.name}: writing {path} failed: {done.stderr.strip()[-300:]}")
+
+
+def write(target: Target, host: Host, keys: Keys) -> None:
+    """Write one key generation's restore secrets where the restore tools read them (files as the deploy makes them)."""
+    if keys.pgbackrest is not None:
+        _install(target, host, dataplane.PGBACKREST_CA, keys.ca_pem, "postgres", "644")
+        repo = Repo(1, keys.vault, keys.pgbackrest, dataplane.pgbackrest_path(keys.generation))
+        _install(target, host, dataplane.PGBACKREST_CONF, dataplane.pgbackrest_conf([repo], archive_async=False),
+                 "postgres", "600")
+    if keys.restic is not None:
+        base = f"{dataplane.RESTIC_DIR}/{keys.vault.embassy}"
+        _install(target, host, f"{dataplane.RESTIC_DIR}/vault-ca.crt", keys.ca_pem, "root", "644")
+        _install(target, host, f"{base}.pass", keys.restic + "\n", "root", "600")
+        _install(target, host, f"{base}.env", dataplane.restic_env(keys.vault, keys.generation), "root", "600")
 
 
 def apply(target: Target, host: Host, bundle: Bundle) -> None:
-    """Write the bundle's restore secrets where the restore tools read them (files as the deploy makes them)."""
-    vault = vault_of(bundle)
-    if bundle.pgbackrest:
-        _install(target, host, dataplane.PGBACKREST_CA, bundle.vault.ca_pem, "postgres", "644")
-        repo = Repo(1, vault, bundle.pgbackrest[-1].value)  # new backups' passphrase; the repo keeps its own
-        _install(target, host, dataplane.PGBACKREST_CONF, dataplane.pgbackrest_conf([repo], archive_async=False),
-                 "postgres", "600")
-    if bundle.restic:
-        base = f"{dataplane.RESTIC_DIR}/{bundle.embassy}"
-        _install(target, host, f"{dataplane.RESTIC_DIR}/vault-ca.crt", bundle.vault.ca_pem, "root", "644")
-        _install(target, host, f"{base}.pass", bundle.restic[-1].value + "\n", "root", "600")
-        _install(target, host, f"{base}.env", dataplane.restic_env(vault), "root", "600")
+    """The bundle's newest key generation onto the host (what new backups use; a restore may switch)."""
+    write(target, host, bundle_keys(bundle, bundle_generation(bundle)))
 
 
 def withdraw(target: Target, host: Host, embassy: str, controller_folder: Path) -> list[str]:

@@ -30,6 +30,8 @@ from importlib import resources
 from typing import Any
 
 from embassy import model
+from embassy.custody import hostsecrets
+from embassy.custody.hostsecrets import Keyring
 from embassy.errors import (
     DigestMismatch,
     EmbassyError,
@@ -42,7 +44,7 @@ from embassy.errors import (
 from embassy.home import schema
 from embassy.replication import manifest
 from embassy.replication import verify as vault_verify
-from embassy.replication.dataplane import PG_VERSION, REGISTERS_ROOT
+from embassy.replication.dataplane import PG_VERSION, REGISTERS_ROOT, manifest_generation
 from embassy.replication.digest import differences
 from embassy.replication.manifest import Verified
 from embassy.targets import Host, LabTarget
@@ -121,7 +123,8 @@ class Outcome:
             "stack": self.stack, "embassy": self.embassy, "mode": self.mode, "ok": self.ok,
             "target_time": self.target_time,
             "verify": self.verification.as_json() if self.verification else None,
-            "manifest": {"key": m.key, "round": m.round, "sha256": m.sha256} if m else None,
+            "manifest": {"key": m.key, "round": m.round, "sha256": m.sha256,
+                         "key_generation": _generation_or_none(m)} if m else None,
             "registers": [r.as_json() for r in self.registers],
             "port": self.port, "service": self.service_url, "smoke": self.smoke,
             "newest_heartbeat": self.newest_heartbeat,
@@ -130,6 +133,13 @@ class Outcome:
                       for s in self.steps],
             "error": self.error.as_json() if self.error else None,
         }
+
+
+def _generation_or_none(m: Verified) -> int | None:
+    try:
+        return manifest_generation(m.body)
+    except ValueError:
+        return None
 
 
 class Session:
@@ -211,9 +221,12 @@ def choose_manifest(chain: list[Verified], target_time: dt.datetime | None) -> V
 
 
 def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_time: dt.datetime | None = None,
-            from_vault: bool = False, say: Say = lambda _m: None) -> Outcome:
+            from_vault: bool = False, keyring: Keyring | None = None, say: Say = lambda _m: None) -> Outcome:
     """Verify, restore, compare digests, start and smoke-check the state service at `embassy`.
 
+    keyring: each key generation's restore secrets (the custody bundle's, or the controller's); a manifest
+    of an older generation than the head (a point in time before a `custody rotate`) is restored with
+    its generation's secrets, then the head's are written back. Without it, the host's are used as they are.
     Never raises for what the restore meets (the Outcome's `error` names it); raises only on bad input.
     """
     hosts = target.embassy_hosts(embassy)  # EmbassyUnknown for a name the stack does not declare
@@ -225,7 +238,7 @@ def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_ti
         return out
     session = Session(target, hosts[0], out, say)
     try:
-        _run(dep, session, emb, target_time, from_vault)
+        _run(dep, session, emb, target_time, from_vault, keyring)
     except EmbassyError as exc:
         out.error = exc
         for s in out.steps[-1:]:
@@ -234,7 +247,7 @@ def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_ti
 
 
 def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
-         from_vault: bool) -> None:
+         from_vault: bool, keyring: Keyring | None) -> None:
     out = s.outcome
     with s.step(f"reach {s.host.name}"):
         try:
@@ -262,6 +275,45 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
             raise ManifestInvalid(f"{failure2[0] if failure2 else emb.name}: {failure2[1] if failure2 else 'no manifest'}")
         out.chain_head = chain[-1]
         out.manifest = choose_manifest(chain, target_time)
+    try:
+        generation, newest = manifest_generation(out.manifest.body), manifest_generation(out.chain_head.body)
+    except ValueError as exc:
+        raise ManifestInvalid(f"{out.manifest.key}: {exc}") from None
+    if generation == newest:
+        _restore(dep, s, emb, target_time, from_vault)
+        return
+    if keyring is None:
+        raise RestoreFailed(f"{out.manifest.key} names key generation {generation}; {s.host.name} holds generation "
+                            f"{newest}'s secrets", "restore with the custody bundle (--shares) or with the controller's "
+                                                   "secrets (`embassy restore` without --shares)")
+    use_generation(s, keyring(generation), out.manifest)
+    try:
+        _restore(dep, s, emb, target_time, from_vault)
+    finally:
+        with s.step(f"write key generation {newest}'s secrets back (new backups' repositories)"):
+            hostsecrets.write(s.target, s.host, keyring(newest))
+
+
+def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None:
+    """The host reads the chosen manifest's key generation, whose repositories are verified first."""
+    with s.step(f"key generation {keys.generation}: its secrets to {s.host.name}, verify its repositories"):
+        hostsecrets.write(s.target, s.host, keys)
+        result = vault_verify.Result(s.outcome.embassy)
+        vault_verify.check_pgbackrest(s.target.lab, s.outcome.embassy, chosen, result)
+        if result.intact:
+            vault_verify.check_restic(s.target.lab, s.outcome.embassy, chosen, result, full=False)
+        if s.outcome.verification:
+            s.outcome.verification.checked += result.checked
+        if not result.intact:
+            failure = result.first_failure or {}
+            raise ManifestInvalid(f"{failure.get('object')}: {failure.get('reason')}",
+                                  "nothing was restored; restore from another embassy and investigate this vault")
+
+
+def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
+             from_vault: bool) -> None:
+    out = s.outcome
+    assert out.manifest is not None
     body = {r["name"]: r for r in out.manifest.body["registers"]}
     for reg in out.registers:
         if reg.name not in body:

@@ -16,7 +16,7 @@ from embassy import model
 from embassy.errors import UserError
 from embassy.home import generator
 from embassy.home.generator import RegisterRef, Spec
-from embassy.replication import secrets
+from embassy.replication import dataplane, secrets
 from embassy.replication.dataplane import Repo
 
 SEED_ENV = "EMBASSY_HOME_SEED"
@@ -94,7 +94,19 @@ def home_repos(data: Any) -> list[Repo]:
     if missing:
         raise UserError(f"no vault for embassies {', '.join(missing)} in the inventory",
                         "bring the lab up with the same stack, or check the stack outputs")
-    return [Repo(i + 1, by_name[n], secrets.secret(folder, f"pgbackrest-{n}.pass")) for i, n in enumerate(names)]
+    return [repo(i + 1, by_name[n], folder) for i, n in enumerate(names)]
+
+
+def repo(index: int, vault: secrets.Vault, folder: Path) -> Repo:
+    """repoN for the vault's embassy: its current key generation's repo path and passphrase."""
+    g = secrets.generation(folder, vault.embassy)
+    return Repo(index, vault, secrets.secret(folder, secrets.pgbackrest_secret(vault.embassy, g)),
+                dataplane.pgbackrest_path(g))
+
+
+def generation(data: Any, embassy: str) -> int:
+    """The embassy's current key generation (the controller's record; 1 until a `custody rotate`)."""
+    return secrets.generation(secrets.secrets_dir(data), embassy)
 
 
 def embassy_repo(data: Any) -> Repo:
@@ -102,11 +114,13 @@ def embassy_repo(data: Any) -> Repo:
     own = [v for v in vaults(data, "reader") if v.embassy == data.embassy]
     if not own:
         raise UserError(f"no vault for embassy '{data.embassy}' in the inventory", "bring the lab up again")
-    return Repo(1, own[0], secrets.secret(secrets.secrets_dir(data), f"pgbackrest-{data.embassy}.pass"))
+    return repo(1, own[0], secrets.secrets_dir(data))
 
 
 def restic_password(data: Any, embassy: str) -> str:
-    return secrets.secret(secrets.secrets_dir(data), f"restic-{embassy}.pass")
+    """The restic key of the embassy's current key generation."""
+    folder = secrets.secrets_dir(data)
+    return secrets.secret(folder, secrets.restic_secret(embassy, secrets.generation(folder, embassy)))
 
 
 def replication_password(data: Any) -> str:

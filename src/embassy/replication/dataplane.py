@@ -7,9 +7,11 @@ one passphrase; it never sees another embassy's secrets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from embassy import model
 from embassy.replication.secrets import Vault
@@ -29,11 +31,44 @@ REGISTERS_ROOT = "/srv/registers"
 REPLICATION_USER = "replicator"
 
 
+PGBACKREST_PATH = "/pgbackrest"  # key generation 1; generation g >= 2: /pgbackrest-g<g>
+RESTIC_BASE = "restic"  # key generation 1; generation g >= 2: restic-g<g> (in the vault's bucket)
+
+
+def pgbackrest_path(generation: int) -> str:
+    """The pgBackRest repo path of a key generation: a re-key is a new repo (its cipher pass cannot change)."""
+    return PGBACKREST_PATH if generation == 1 else f"{PGBACKREST_PATH}-g{generation}"
+
+
+def restic_base(generation: int) -> str:
+    """The folder of a key generation's restic repositories (restic only rewraps the same master key)."""
+    return RESTIC_BASE if generation == 1 else f"{RESTIC_BASE}-g{generation}"
+
+
+def generation_of(path: str | None) -> int:
+    """The key generation a manifest's repository names (`/pgbackrest-g2`, `restic-g2/court-files`); none: 1."""
+    match = re.fullmatch(r"/?(?:pgbackrest|restic)(?:-g(\d+))?(?:/[^/]+)?", path or "")
+    if path and not match:
+        raise ValueError(f"not a repository of embassy's naming: {path!r}")
+    return int(match.group(1)) if match and match.group(1) else 1
+
+
+def manifest_generation(body: dict[str, Any]) -> int:
+    """The key generation whose repositories hold what a manifest names (every register of it: one generation)."""
+    found = set()
+    for reg in body.get("registers") or []:
+        found.add(generation_of(reg.get("repo_path") if reg.get("kind") == "postgres" else reg.get("repository")))
+    if len(found) > 1:
+        raise ValueError(f"round {body.get('round')} names repositories of key generations {sorted(found)}")
+    return found.pop() if found else 1
+
+
 @dataclass(frozen=True)
 class Repo:
     index: int  # repoN
     vault: Vault
     cipher_pass: str
+    path: str = PGBACKREST_PATH  # the key generation's repo path
 
 
 def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool) -> str:
@@ -44,7 +79,7 @@ def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool) -> str:
         lines += [
             f"# embassy '{r.vault.embassy}'",
             f"{n}-type=s3",
-            f"{n}-path=/pgbackrest",
+            f"{n}-path={r.path}",
             f"{n}-s3-bucket={r.vault.bucket}",
             f"{n}-s3-endpoint={r.vault.dns_name}",
             f"{n}-storage-port={r.vault.port}",
@@ -116,16 +151,16 @@ def standby_conf(primary: str, application_name: str) -> str:
     ])
 
 
-def restic_repository(vault: Vault, register: str) -> str:
-    return f"s3:{vault.url}/{vault.bucket}/restic/{register}"
+def restic_repository(vault: Vault, register: str, generation: int = 1) -> str:
+    return f"s3:{vault.url}/{vault.bucket}/{restic_base(generation)}/{register}"
 
 
-def restic_env(vault: Vault) -> str:
+def restic_env(vault: Vault, generation: int = 1) -> str:
     """Per-embassy environment of the restic wrappers (credentials: mode 0600, owner root)."""
     return "\n".join([
         f"# embassy '{vault.embassy}' (managed by embassy)",
         f"EMBASSY={vault.embassy}",
-        f"RESTIC_BASE=s3:{vault.url}/{vault.bucket}/restic",
+        f"RESTIC_BASE=s3:{vault.url}/{vault.bucket}/{restic_base(generation)}",
         f"RESTIC_PASSWORD_FILE={RESTIC_DIR}/{vault.embassy}.pass",
         f"RESTIC_CACERT={RESTIC_DIR}/vault-ca.crt",
         f"AWS_ACCESS_KEY_ID={vault.access_key}",
@@ -134,11 +169,6 @@ def restic_env(vault: Vault) -> str:
         "RESTIC_CACHE_DIR=/var/cache/restic",
         "",
     ])
-
-
-
-
-
 
 
 def unit(description: str, exec_start: str, *, user: str = "root", oneshot: bool = True, after: str = "network-online.target",

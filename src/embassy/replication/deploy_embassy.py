@@ -50,7 +50,8 @@ def embassy_host() -> None:
               dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt", user="root", group="root", mode="644")
     files.put(name=f"restic: key of embassy {embassy}", src=io.StringIO(context.restic_password(host.data, embassy) + "\n"),
               dest=f"{dataplane.RESTIC_DIR}/{embassy}.pass", user="root", group="root", mode="600")
-    files.put(name=f"restic: vault of embassy {embassy}", src=io.StringIO(dataplane.restic_env(repo.vault)),
+    restic_env = dataplane.restic_env(repo.vault, context.generation(host.data, embassy))  # its key generation's
+    files.put(name=f"restic: vault of embassy {embassy}", src=io.StringIO(restic_env),
               dest=f"{dataplane.RESTIC_DIR}/{embassy}.env", user="root", group="root", mode="600")
     files.put(name=f"restic: registers held by {embassy}", src=io.StringIO("".join(f"{r}\n" for r in held_files)),
               dest=f"{dataplane.RESTIC_DIR}/{embassy}.registers", user="root", group="root", mode="600")

@@ -56,7 +56,8 @@ def upload_modules() -> list[Any]:
             for name in dataplane.host_module_files()]
 
 
-def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str, int]) -> dict[str, Any]:
+def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str, dataplane.Repo],
+                 generations: dict[str, int]) -> dict[str, Any]:
     registers = []
     for reg in dep.registers:
         entry: dict[str, Any] = {"name": reg.name, "kind": reg.kind.value, "rpo_seconds": reg.rpo_seconds,
@@ -73,7 +74,10 @@ def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str,
         held = [r for r in dep.registers if context.holds(dep, r, e.name)]
         v = vaults[e.name]
         embassies.append({
-            "name": e.name, "mode": e.mode.value, "repo": repos.get(e.name),
+            "name": e.name, "mode": e.mode.value, "repo": repos[e.name].index if e.name in repos else None,
+            # the key generation's repositories, named in each manifest (a restore picks its secrets by them)
+            "repo_path": repos[e.name].path if e.name in repos else None,
+            "restic_base": dataplane.restic_base(generations.get(e.name, 1)),
             "postgres": [r.name for r in held if r.kind is model.RegisterKind.POSTGRES],
             "files": [r.name for r in held if r.kind is model.RegisterKind.FILES],
             "vault": {"endpoint": v.url, "bucket": v.bucket, "region": v.region,
@@ -117,12 +121,14 @@ def home_agent() -> None:
     ensure(name="PostgreSQL: accepting connections",
            check=as_user("postgres", "pg_isready -q"),
            command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
-    stanza = facts.pgbackrest_stanza(name="pgBackRest: stanza in every embassy's repo", repos=[r.index for r in repos])
+    paths = tuple(r.path for r in repos)  # each embassy's key generation: a re-key is a new repo, a new stanza
+    stanza = facts.pgbackrest_stanza(name="pgBackRest: stanza in every embassy's repo", repos=[r.index for r in repos],
+                                     paths=paths)
     ensure(name="pgBackRest: check archiving into every repo", check="false",
            command=as_user("postgres", f"{PGBR} check"), _if=any_changed(conf, archive, ca, stanza))
     for repo in repos:
         facts.pgbackrest_first_full(name=f"pgBackRest: first full backup in repo{repo.index} ({repo.vault.embassy})",
-                                    repo=repo.index)
+                                    repo=repo.index, paths=paths)
 
     files.put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
               dest="/usr/local/sbin/embassy-pgbackrest-backup", user="root", group="root", mode="755")
@@ -152,14 +158,16 @@ def home_agent() -> None:
         files.put(name=f"restic: key of embassy {vault.embassy}", src=io.StringIO(context.restic_password(host.data,
                   vault.embassy) + "\n"), dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.pass", user="root", group="root",
                   mode="600")
-        files.put(name=f"restic: vault of embassy {vault.embassy}", src=io.StringIO(dataplane.restic_env(vault)),
+        generation = context.generation(host.data, vault.embassy)  # a re-key: new repositories, a new key
+        folder = dataplane.restic_base(generation)
+        files.put(name=f"restic: vault of embassy {vault.embassy}", src=io.StringIO(dataplane.restic_env(vault, generation)),
                   dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.env", user="root", group="root", mode="600")
         for register in held:
             facts.restic_repository(name=f"restic: repository {register} at {vault.embassy}", embassy=vault.embassy,
-                                    register=register)
+                                    register=register, folder=folder)
             facts.restic_first_snapshot(name=f"restic: first snapshot of {register} at {vault.embassy}",
                                         embassy=vault.embassy, register=register,
-                                        path=f"{dataplane.REGISTERS_ROOT}/{register}")
+                                        path=f"{dataplane.REGISTERS_ROOT}/{register}", folder=folder)
 
     # ---------------------------------------------------------------- manifests: key, config, rounds
     modules = upload_modules()
@@ -180,7 +188,9 @@ def home_agent() -> None:
                                               "secret_access_key": vault.secret_key}) + "\n"),
                   dest=f"{CONFIG_DIR}/{vault.embassy}.s3.json", user="root", group="root", mode="600")
     config = files.put(name="Replication: rounds config",
-                       src=io.StringIO(json.dumps(round_config(dep, by_name, {r.vault.embassy: r.index for r in repos}),
+                       src=io.StringIO(json.dumps(round_config(dep, by_name, {r.vault.embassy: r for r in repos},
+                                                               {v.embassy: context.generation(host.data, v.embassy)
+                                                                for v in vaults}),
                                                   indent=2, sort_keys=True) + "\n"),
                        dest="/etc/embassy/replication.json", user="root", group="root", mode="644")
     ensure(name="Heartbeat database", check=as_user("postgres", "psql -Atc \"SELECT 1 FROM pg_database WHERE datname = "

@@ -27,9 +27,11 @@ def _json(output: list[str]) -> Any:
 class PgBackRestRepos(FactBase):
     """Per repo key of the stanza: {"status": pgBackRest's status code, "backups": count}; {} without a stanza."""
 
-    def command(self, stanza: str = "home") -> str:
-        # `info` exits non-zero when a repo has no stanza yet: its JSON is still what we read.
-        return as_user("postgres", f"pgbackrest --stanza={stanza} --output=json info 2>/dev/null; true")
+    def command(self, stanza: str = "home", paths: tuple[str, ...] = ()) -> str:
+        # `info` exits non-zero when a repo has no stanza yet: its JSON is still what we read. `paths`: the repo
+        # paths the deploy is about to configure (facts are read before the new config is written: a re-key).
+        where = "".join(f" --repo{i}-path={p}" for i, p in enumerate(paths, 1))
+        return as_user("postgres", f"pgbackrest --stanza={stanza}{where} --output=json info 2>/dev/null; true")
 
     def requires_command(self, *args: Any, **kwargs: Any) -> str:
         return "pgbackrest"
@@ -54,8 +56,10 @@ class PgBackRestRepos(FactBase):
 class ResticSnapshots(FactBase):
     """The snapshots of one register's repository at one embassy; None when there is no repository."""
 
-    def command(self, embassy: str, register: str) -> str:
-        return f"embassy-restic {embassy} {register} --no-lock snapshots --json 2>/dev/null || echo null"
+    def command(self, embassy: str, register: str, folder: str = "restic") -> str:
+        # `folder`: the key generation's repositories, whatever the host's environment file still names.
+        return (f"EMBASSY_RESTIC_FOLDER={folder} embassy-restic {embassy} {register} --no-lock snapshots --json "
+                "2>/dev/null || echo null")
 
     def requires_command(self, *args: Any, **kwargs: Any) -> str:
         return "restic"
@@ -70,9 +74,9 @@ STANZA_EXISTS = {0, 2}
 
 
 @operation()
-def pgbackrest_stanza(repos: list[int], stanza: str = "home") -> Generator[str, None, None]:
-    """The stanza in every repo (created once, right after archiving starts)."""
-    got = host.get_fact(PgBackRestRepos, stanza=stanza)
+def pgbackrest_stanza(repos: list[int], paths: tuple[str, ...] = (), stanza: str = "home") -> Generator[str, None, None]:
+    """The stanza in every repo (created once, right after archiving starts; again in a key generation's new repos)."""
+    got = host.get_fact(PgBackRestRepos, stanza=stanza, paths=paths)
     if got and all(got.get(n, {}).get("status") in STANZA_EXISTS for n in repos):
         host.noop(f"stanza {stanza} exists in repos {repos}")
         return
@@ -80,8 +84,8 @@ def pgbackrest_stanza(repos: list[int], stanza: str = "home") -> Generator[str, 
 
 
 @operation()
-def pgbackrest_first_full(repo: int, stanza: str = "home") -> Generator[str, None, None]:
-    got = host.get_fact(PgBackRestRepos, stanza=stanza)
+def pgbackrest_first_full(repo: int, paths: tuple[str, ...] = (), stanza: str = "home") -> Generator[str, None, None]:
+    got = host.get_fact(PgBackRestRepos, stanza=stanza, paths=paths)
     if got.get(repo, {}).get("backups", 0) > 0:
         host.noop(f"repo{repo} holds a backup")
         return
@@ -89,16 +93,16 @@ def pgbackrest_first_full(repo: int, stanza: str = "home") -> Generator[str, Non
 
 
 @operation()
-def restic_repository(embassy: str, register: str) -> Generator[str, None, None]:
-    if host.get_fact(ResticSnapshots, embassy=embassy, register=register) is not None:
-        host.noop(f"restic repository {register} at {embassy} exists")
+def restic_repository(embassy: str, register: str, folder: str = "restic") -> Generator[str, None, None]:
+    if host.get_fact(ResticSnapshots, embassy=embassy, register=register, folder=folder) is not None:
+        host.noop(f"restic repository {folder}/{register} at {embassy} exists")
         return
     yield f"embassy-restic {embassy} {register} init --repository-version 2"
 
 
 @operation()
-def restic_first_snapshot(embassy: str, register: str, path: str) -> Generator[str, None, None]:
-    if host.get_fact(ResticSnapshots, embassy=embassy, register=register):
+def restic_first_snapshot(embassy: str, register: str, path: str, folder: str = "restic") -> Generator[str, None, None]:
+    if host.get_fact(ResticSnapshots, embassy=embassy, register=register, folder=folder):
         host.noop(f"{register} has a snapshot at {embassy}")
         return
     yield f"embassy-restic {embassy} {register} backup --compression auto --host home --tag embassy {path}"

@@ -121,13 +121,15 @@ def snapshot_files(embassy: str, register: str, path: str) -> dict[str, Any]:
     return {"snapshot_id": summary["snapshot_id"], "time": iso(now_utc())}
 
 
-def postgres_entry(reg: dict[str, Any], repo: int, info: dict[str, Any], dig: dict[str, Any]) -> dict[str, Any]:
+def postgres_entry(reg: dict[str, Any], e: dict[str, Any], info: dict[str, Any], dig: dict[str, Any]) -> dict[str, Any]:
+    repo = e["repo"]
     archive = hostcmd.repo_archive(info).get(repo, {})
     backups = hostcmd.repo_backups(info).get(repo, [])
     last = backups[-1] if backups else {}
     archived_lsn = hostcmd.lsn_text(hostcmd.segment_end_lsn(archive["max"])) if archive.get("max") else None
+    # repo_path: the key generation whose repo holds this backup (a restore takes that generation's passphrase)
     return {"name": reg["name"], "kind": "postgres", "database": reg["database"],
-            "backup_label": last.get("label"), "backup_type": last.get("type"),
+            "repo_path": e.get("repo_path") or "/pgbackrest", "backup_label": last.get("label"), "backup_type": last.get("type"),
             "wal": {"first": archive.get("min"), "last": archive.get("max")},
             "archived_lsn": archived_lsn, "digest": dig}
 
@@ -163,7 +165,8 @@ def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
         for reg in cfg["registers"]:
             if reg["kind"] == "files" and reg["name"] in e["files"]:
                 try:
-                    snap = snapshot_files(e["name"], reg["name"], reg["path"])
+                    snap = {**snapshot_files(e["name"], reg["name"], reg["path"]),
+                            "repository": f"{e.get('restic_base') or 'restic'}/{reg['name']}"}
                     shipped[f"{e['name']}/{reg['name']}"] = {**snap, "digest": file_digests[reg["name"]]}
                 except RuntimeError as exc:
                     errors[e["name"]].append(str(exc))
@@ -176,13 +179,14 @@ def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
         registers = []
         for reg in cfg["registers"]:
             if reg["kind"] == "postgres" and reg["name"] in e["postgres"] and e.get("repo"):
-                registers.append(postgres_entry(reg, e["repo"], info, digests[reg["name"]]))
+                registers.append(postgres_entry(reg, e, info, digests[reg["name"]]))
             elif reg["kind"] == "files" and reg["name"] in e["files"]:
                 snap = shipped.get(f"{name}/{reg['name']}") or files_state.get(reg["name"])
                 if snap:
                     files_state[reg["name"]] = snap
                 # A snapshot carried from an earlier round keeps the digest it was taken with.
                 registers.append({"name": reg["name"], "kind": "files",
+                                  "repository": snap.get("repository", f"restic/{reg['name']}") if snap else None,
                                   "snapshot_id": snap["snapshot_id"] if snap else None,
                                   "snapshot_time": snap["time"] if snap else None,
                                   "digest": snap["digest"] if snap else None})

@@ -49,6 +49,51 @@ def secret(folder: Path, name: str, nbytes: int = 48) -> str:
     return path.read_text().strip()
 
 
+# Key generations: a re-key (`embassy custody rotate`) makes a new pgBackRest repo and new restic
+# repositories per embassy, with new secrets; the older generations stay readable with theirs.
+# `generation-<embassy>` lists each generation from 2 on with the time it took over; absent: generation 1.
+
+
+def pgbackrest_secret(embassy: str, generation: int = 1) -> str:
+    return f"pgbackrest-{embassy}.pass" if generation == 1 else f"pgbackrest-{embassy}.g{generation}.pass"
+
+
+def restic_secret(embassy: str, generation: int = 1) -> str:
+    return f"restic-{embassy}.pass" if generation == 1 else f"restic-{embassy}.g{generation}.pass"
+
+
+def generations(folder: Path, embassy: str) -> list[tuple[int, str | None]]:
+    """Every key generation of the embassy, oldest first, with the time it took over (None: since the deploy)."""
+    path = folder / f"generation-{embassy}"
+    found: list[tuple[int, str | None]] = [(1, None)]
+    try:
+        lines = path.read_text().split("\n")
+    except FileNotFoundError:
+        return found
+    for line in filter(None, (x.strip() for x in lines)):
+        number, _, since = line.partition(" ")
+        if not number.isdigit() or int(number) != found[-1][0] + 1 or not since:
+            raise UserError(f"{path}: line {line!r} is not '<next generation> <ISO time>'",
+                            "restore the file from its backup; each line names the next key generation and its time")
+        found.append((int(number), since))
+    return found
+
+
+def generation(folder: Path, embassy: str) -> int:
+    """The embassy's current key generation: its new backups go there."""
+    return generations(folder, embassy)[-1][0]
+
+
+def record_generation(folder: Path, embassy: str, number: int, since: str) -> None:
+    """Switch the embassy to key generation `number` (the next one) from `since` on."""
+    if number != generation(folder, embassy) + 1:
+        raise UserError(f"embassy {embassy} is at key generation {generation(folder, embassy)}, not {number - 1}",
+                        "run `embassy custody rotate` again: it resumes a rotation that stopped half-way")
+    path = folder / f"generation-{embassy}"
+    with path.open("a") as fh:
+        fh.write(f"{number} {since}\n")
+
+
 @dataclass(frozen=True)
 class Vault:
     """An embassy's vault as the agents see it: S3 endpoint, bucket, CA and the agents' credentials."""

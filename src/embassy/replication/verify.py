@@ -27,7 +27,7 @@ from typing import Any
 from embassy import model
 from embassy.errors import UserError
 from embassy.lab.state import LabState
-from embassy.replication import manifest
+from embassy.replication import dataplane, manifest
 
 PUBLIC_KEY_FILE = "manifest_public_key.pem"  # in the lab's state folder (written by the agent deploy)
 
@@ -137,6 +137,23 @@ def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, resul
                          f"WAL up to {last} named by {head.key}, the repo holds only up to {archive_max or 'nothing'}")
 
 
+def check_generation(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
+    """The host reads the repositories (key generation) the head names, else its checks would prove another repo."""
+    want = dataplane.manifest_generation(head.body)
+    done = ssh(lab, embassy, f"sudo sed -n 's/^repo1-path=//p' {dataplane.PGBACKREST_CONF}; "
+                             f"sudo sed -n 's/^RESTIC_BASE=.*\\///p' {dataplane.RESTIC_DIR}/{embassy}.env", timeout=60)
+    if done.returncode == 255:
+        result.check(f"host:{embassy}", False, f"ssh: {done.stderr.strip()[-300:]}")
+        return
+    lines = done.stdout.split()
+    kinds = {r["kind"] for r in head.body["registers"]}
+    have = {dataplane.generation_of(p) for p in lines[:1] if "postgres" in kinds} | \
+        {dataplane.generation_of(p) for p in lines[1:2] if "files" in kinds}
+    result.check(f"host:{embassy}/key-generation", have == {want},
+                 f"the host reads the repositories {' '.join(lines) or '(none)'}, {head.key} names key generation {want}: "
+                 "run `embassy deploy` (or restore with --shares)")
+
+
 def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
     subset = "--read-data" if full else f"--read-data-subset={head.round % 5 + 1}/5"
     for reg in head.body["registers"]:
@@ -229,6 +246,10 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
     result.head = {"round": head.round, "sha256": head.sha256, "key": head.key, "time": head.body["time"]}
     say("freshness against the other embassies")
     check_freshness(dep, lab, embassy, head, public, result, say)
+    if not result.intact:
+        return result
+    say("the host's repositories: the key generation the head manifest names")
+    check_generation(lab, embassy, head, result)
     if not result.intact:
         return result
     say("pgBackRest: verify every WAL segment and backup file")
