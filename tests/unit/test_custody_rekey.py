@@ -103,6 +103,9 @@ def test_the_deploys_render_the_current_generation(tmp_path: Path) -> None:
 def test_the_bundle_holds_every_generations_secrets_with_path_and_time(dep: model.Deployment, tmp_path: Path) -> None:
     lab, folder, _ = controller(tmp_path, dep)
     rekey.begin(dep, folder, NOW)
+    # What the re-key writes is the owner's alone: new secrets, generation records, the pending record.
+    made = [p for p in folder.iterdir() if ".g2." in p.name or p.name.startswith("generation-") or p.name == rekey.PENDING]
+    assert len(made) == 6 + 3 + 1 and all(p.stat().st_mode & 0o077 == 0 for p in made), made
     bundles = gather(dep, lab, folder, 2, NOW)
     ie = bundles["ie"]
     assert [(p.repo_path, p.since) for p in ie.pgbackrest][1] == ("/pgbackrest-g2", NOW.isoformat())

@@ -27,6 +27,7 @@ from embassy import model
 from embassy.custody.bundle import holds_kind
 from embassy.errors import UserError
 from embassy.replication import dataplane, replicate, secrets
+from embassy.replication.privatefile import create_private
 from embassy.targets import LabTarget
 
 PENDING = "rotation-pending.json"  # in the secrets folder: {embassy: generation} not yet sealed in a bundle
@@ -73,7 +74,7 @@ def begin(dep: model.Deployment, folder: Path, now: dt.datetime) -> dict[str, in
             secrets.secret(folder, secrets.pgbackrest_secret(name, g))
         if holds_kind(dep, name, model.RegisterKind.FILES):
             secrets.secret(folder, secrets.restic_secret(name, g))
-    (folder / PENDING).write_text(json.dumps(new, sort_keys=True) + "\n")
+    create_private(folder / PENDING, (json.dumps(new, sort_keys=True) + "\n").encode())  # 0600 like the secrets
     for name, g in new.items():
         secrets.record_generation(folder, name, g, now.isoformat())
     return new
