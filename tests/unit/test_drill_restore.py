@@ -200,3 +200,51 @@ def test_the_drills_network_check_names_the_vaults_leftovers_and_fails_on_an_att
     tried = {"frames": 2, "seconds": 9.0, "sources": {"10.87.6.21": 2}, "kinds": {"10.87.6.21": {"arp": 2}}}
     check = rehearsal.home_unreached(tried, lab)
     assert not check.ok and "2 frames tried to reach home" in check.detail and "10.87.6.21" in check.detail
+
+
+def _repo_check(monkeypatch: pytest.MonkeyPatch, bad_file: str | None) -> tuple[restore.RepoCheck, restore.Outcome]:
+    """A RepoCheck whose `pgbackrest verify` (on the host: the lab tests run it) finds bad_file, or nothing."""
+    import threading
+    from types import SimpleNamespace
+
+    from embassy.replication import verify as vault_verify
+
+    may_finish = threading.Event()
+
+    def check(lab: object, embassy: str, head: Verified, result: vault_verify.Result) -> None:
+        assert may_finish.wait(10)  # still running while the restore goes on
+        result.check(f"pgbackrest:{bad_file}" if bad_file else "pgbackrest:repo", bad_file is None,
+                     "pgbackrest verify: invalid checksum" if bad_file else "")
+
+    monkeypatch.setattr(vault_verify, "check_pgbackrest", check)
+    out = restore.Outcome("rehearsal", "de", "warm")
+    out.verification = vault_verify.Result("de")
+    out.verification.check("manifests/0000000007.json", True)
+    session = restore.Session(typing.cast(typing.Any, SimpleNamespace(lab=None)),
+                              typing.cast(typing.Any, None), out, lambda _m: None)
+    repo = restore.RepoCheck(session, _manifest(7, "2026-12-03T07:00:00Z"))
+    assert repo.thread.is_alive()
+    may_finish.set()
+    return repo, out
+
+
+def test_a_warm_restore_serves_only_after_the_repo_check_beside_it_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, out = _repo_check(monkeypatch, None)
+    repo.passed()
+    repo.passed()  # a second wait (the fallback to the vault, then before the service) merges nothing twice
+    assert out.verification is not None and out.verification.intact
+    assert [c["object"] for c in out.verification.checked] == ["manifests/0000000007.json", "pgbackrest:repo"]
+    assert [(st.name.split(":")[0], st.ok) for st in out.steps] == [("pgBackRest", True)]
+
+
+def test_a_bad_file_found_beside_a_warm_restore_refuses_it_naming_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.errors import ManifestInvalid
+
+    wal = "15-1/0000000100000000/000000010000000000000007-0123abcd.zst"
+    repo, out = _repo_check(monkeypatch, wal)
+    with pytest.raises(ManifestInvalid, match=f"pgbackrest:{wal}") as refused:
+        repo.passed()
+    assert "nothing was served" in (refused.value.hint or "")
+    assert out.verification is not None and out.verification.first_failure == \
+        {"object": f"pgbackrest:{wal}", "reason": "pgbackrest verify: invalid checksum"}
+    assert [st.ok for st in out.steps] == [False]
