@@ -134,7 +134,7 @@ class Outcome:
             "newest_heartbeat": self.newest_heartbeat,
             "seconds": round((self.service_ok_at or time.monotonic()) - self.started, 3),
             "steps": [{"step": s.name, "start": s.start.isoformat(), "end": s.end.isoformat(), "ok": s.ok}
-                      for s in self.steps],
+                      for s in sorted(self.steps, key=lambda s: s.start)],
             "error": self.error.as_json() if self.error else None,
         }
 
