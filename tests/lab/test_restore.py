@@ -1,10 +1,11 @@
 """`embassy restore` on the lab: verified restores at a cold and a warm embassy (digests equal to the
 manifest's, the state service answering as home does), a point in time, a tampered vault refused
-with nothing started, and an unreachable embassy failing fast while another one works.
+with nothing started, an unreachable embassy failing fast while another one works, and a bad WAL
+segment found by the repo check beside a warm restore refusing it before anything is served.
 
 The lab is shared with the other lab tests: restores from a vault go into a scratch cluster (port
-5433) that each test stops; only the last test promotes a standby (se's), and the drill's deploy,
-which runs after this module, clones it again.
+5433) that each test stops; only the last two tests promote a standby (se's, then de's), and the
+drill's deploy, which runs after this module, clones them again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +24,12 @@ from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.model import load_stack
+from embassy.replication import dataplane
+from embassy.replication import secrets as controller_secrets
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK, in_controller_python, ssh
 from tests.lab.test_deploy import SERVICE_QUERY
-from tests.lab.test_replication import embassy_cli, replicate_once
+from tests.lab.test_replication import _wal_key, embassy_cli, replicate_once
 from tests.lab.vault_storage import Filer, flip_middle_byte
 
 pytestmark = pytest.mark.lab
@@ -170,3 +174,28 @@ def test_an_unreachable_embassy_fails_fast_and_a_warm_one_still_restores(lab: La
     assert_restored_like_home(lab, out)
     assert {r["method"] for r in out["registers"]} == {"standby", "restic"} and out["port"] == 5432
     assert seconds < 90, seconds
+
+
+def test_a_bad_wal_segment_found_beside_a_warm_restore_refuses_it_before_anything_is_served(
+        lab: LabState, deployed: dict[str, Any], cleanup: list[str]) -> None:
+    # de's standby holds what a warm restore restores, so its repo's `pgbackrest verify` runs beside the
+    # promotion and digests: the standby is promoted (the last use of it here), but nothing is served.
+    cleanup.append("de")
+    f = Filer(lab, "de")
+    generation = controller_secrets.generation(Path(lab.dir) / "secrets", "de")
+    key = _wal_key(f, dataplane.pgbackrest_path(generation).lstrip("/"), dataplane.restic_base(generation))
+    path = f.latest_version_file(key)
+    original = f.read(path)
+    f.write(path, flip_middle_byte(original))
+    try:
+        code, out, _ = restore(lab, "de")
+    finally:
+        f.write(path, original)
+    assert code == 1 and not out["ok"]
+    segment = key.rsplit("/", 1)[1].split("-")[0]
+    assert out["error"]["error"] == "ManifestInvalid" and segment in out["error"]["message"], out["error"]
+    steps = {s["step"].split(" (")[0].split(":")[0]: s for s in out["steps"]}
+    assert not steps["pgBackRest"]["ok"] and "promote the standby" in steps, out["steps"]
+    assert out["verify"]["first_failure"]["object"].startswith("pgbackrest:15-1/"), out["verify"]
+    active = ssh(lab, "enclave-de", f"systemctl is-active {SERVICE_UNIT}; sudo ss -Htln", check=False).stdout
+    assert active.splitlines()[0] != "active" and ":8088" not in active
