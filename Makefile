@@ -29,7 +29,7 @@ lab-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 test: setup lab-deps
-	$(BIN)/pytest -q tests/unit tests/lab
+	$(BIN)/pytest -q --durations=25 tests/unit tests/lab
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -354,9 +354,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         restored = restore(dep, target, name, say=lambda m: say(f"  {m}"))
     finally:
         seen = watcher.stop()
-    # By start: a check that runs beside the restore is recorded when it ends.
-    timeline.steps += [rpt.Step(step=f"restore: {s.name}", start=s.start, end=s.end, ok=s.ok)
-                       for s in sorted(restored.steps, key=lambda s: s.start)]
+    timeline.steps += [rpt.Step(step=f"restore: {s.name}", start=s.start, end=s.end, ok=s.ok) for s in restored.steps]
     registers = measure(dep, restored, incident_at, incident_mono, home_heartbeat, home_load, lab)
     checks, found = evidence(restored, dep, lab)
     checks.append(home_unreached(seen, lab))

@@ -1,10 +1,7 @@
 """`embassy restore`: bring the state back at one embassy, proven equal to what home signed.
 
 1. Verify the embassy's vault as `embassy verify` does (manifest chain, signatures, freshness,
-   pgBackRest and restic checks): any failure refuses the restore, naming the object. At a warm
-   embassy, whose standby holds what is restored, the whole-repo `pgbackrest verify` runs beside the
-   promotion and digests instead of before them; it must pass before anything is served (or read
-   from the repo, if the restore falls back to it).
+   pgBackRest and restic checks): any failure refuses the restore, naming the object.
 2. Restore the registers in priority order, with that embassy's host, vault, identity and secrets only:
    - postgres, warm embassy: promote the streaming standby, once it replayed at least the head
      manifest's `archived_lsn` (else, or with --from-vault, as a cold embassy does);
@@ -26,7 +23,6 @@ import datetime as dt
 import json
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +130,7 @@ class Outcome:
             "newest_heartbeat": self.newest_heartbeat,
             "seconds": round((self.service_ok_at or time.monotonic()) - self.started, 3),
             "steps": [{"step": s.name, "start": s.start.isoformat(), "end": s.end.isoformat(), "ok": s.ok}
-                      for s in sorted(self.steps, key=lambda s: s.start)],
+                      for s in self.steps],
             "error": self.error.as_json() if self.error else None,
         }
 
@@ -245,9 +241,8 @@ def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_ti
         _run(dep, session, emb, target_time, from_vault, keyring)
     except EmbassyError as exc:
         out.error = exc
-        if all(st.ok for st in out.steps):  # raised outside a step: the last one is where it stopped
-            for st in out.steps[-1:]:
-                st.ok = False
+        for s in out.steps[-1:]:
+            s.ok = False
     return out
 
 
@@ -262,10 +257,8 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
         if done is None or done.returncode != 0:
             raise HostUnreachable(f"embassy host {s.host.name} does not answer over SSH within 15 s"
                                   + (f": {done.stderr.strip()[-200:]}" if done else ""))
-    beside = emb.mode is model.Mode.WARM and not from_vault and target_time is None
-    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, "
-                + ("restic (pgBackRest's repo beside the promotion)" if beside else "backups")):
-        result = vault_verify.verify(dep, s.target.lab, emb.name, pgbackrest=not beside, say=s.say)
+    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups"):
+        result = vault_verify.verify(dep, s.target.lab, emb.name, say=s.say)
         out.verification = result
         if not result.intact:
             failure = result.first_failure or {}
@@ -287,12 +280,7 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
     except ValueError as exc:
         raise ManifestInvalid(f"{out.manifest.key}: {exc}") from None
     if generation == newest:
-        repo_check = RepoCheck(s, out.chain_head) if beside else None
-        try:
-            _restore(dep, s, emb, target_time, from_vault, repo_check)
-        finally:
-            if repo_check:
-                repo_check.join()
+        _restore(dep, s, emb, target_time, from_vault)
         return
     if keyring is None:
         raise RestoreFailed(f"{out.manifest.key} names key generation {generation}; {s.host.name} holds generation "
@@ -322,48 +310,8 @@ def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None
                                   "nothing was restored; restore from another embassy and investigate this vault")
 
 
-class RepoCheck:
-    """The whole-repo `pgbackrest verify` of the head's generation, in a thread beside a warm restore
-    (the promotion and digests read the standby, not the repo; on 2 cores this overlaps ~5 s of the RTO).
-    `passed()` waits for it and refuses, naming the bad file, before anything is served or read from the repo."""
-
-    def __init__(self, s: Session, head: Verified) -> None:
-        self.s, self.head = s, head
-        self.result = vault_verify.Result(s.outcome.embassy)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._check, name="pgbackrest-verify", daemon=True)
-        self.thread.start()
-
-    def _check(self) -> None:
-        try:
-            with self.s.step(f"pgBackRest: verify every WAL segment and backup file of {self.s.outcome.embassy}'s repo "
-                             "(beside the restore)"):
-                vault_verify.check_pgbackrest(self.s.target.lab, self.s.outcome.embassy, self.head, self.result)
-                if not self.result.intact:
-                    raise ManifestInvalid(f"{(self.result.first_failure or {}).get('object')}")
-        except BaseException as exc:  # handed to the restore's thread by passed()
-            self.error = exc
-
-    def join(self) -> None:
-        self.thread.join()
-
-    def passed(self) -> None:
-        self.join()
-        if self.s.outcome.verification and self.result.checked:
-            self.s.outcome.verification.checked += self.result.checked
-            self.s.outcome.verification.first_failure = self.s.outcome.verification.first_failure or \
-                self.result.first_failure
-            self.result.checked = []  # merged once
-        if not self.result.intact:
-            failure = self.result.first_failure or {}
-            raise ManifestInvalid(f"{failure.get('object')}: {failure.get('reason')}",
-                                  "nothing was served; restore from another embassy and investigate this vault")
-        if self.error is not None:
-            raise self.error
-
-
 def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
-             from_vault: bool, repo_check: RepoCheck | None = None) -> None:
+             from_vault: bool) -> None:
     out = s.outcome
     assert out.manifest is not None
     body = {r["name"]: r for r in out.manifest.body["registers"]}
@@ -382,14 +330,10 @@ def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time:
             promote_standby(s, postgres)
             out.port = STANDBY_PORT
         else:
-            if repo_check:
-                repo_check.passed()  # the restore reads the repo: proven first
             restore_from_vault(s, postgres, body, target_time)
             out.port = SCRATCH_PORT
     for reg in files:
         restore_files(s, reg, body[reg.name])
-    if repo_check:
-        repo_check.passed()
     if out.port:
         out.newest_heartbeat = s.psql(out.port, "embassy_monitor", "SELECT max(ts) FROM heartbeat") or None
     start_service(s, dep)

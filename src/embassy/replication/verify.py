@@ -218,10 +218,8 @@ def check_freshness(dep: model.Deployment, lab: LabState, embassy: str, head: ma
     result.check(f"vault:{embassy}/freshness", True)
 
 
-def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = False, pgbackrest: bool = True,
+def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = False,
            say: Callable[[str], None] = lambda _m: None) -> Result:
-    """Every check, in order, stopping at the first failure. pgbackrest=False leaves out the whole-repo
-    `pgbackrest verify` (a warm restore runs it beside the standby's promotion; see drill.restore)."""
     if embassy not in {e.name for e in dep.embassies}:
         raise UserError(f"no embassy '{embassy}' in stack '{dep.stack}'",
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
@@ -254,9 +252,8 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
     check_generation(lab, embassy, head, result)
     if not result.intact:
         return result
-    if pgbackrest:
-        say("pgBackRest: verify every WAL segment and backup file")
-        check_pgbackrest(lab, embassy, head, result)
+    say("pgBackRest: verify every WAL segment and backup file")
+    check_pgbackrest(lab, embassy, head, result)
     if result.intact:
         say(f"restic: check {'all data' if full else 'a rotating fifth of the data'}")
         check_restic(lab, embassy, head, result, full)
