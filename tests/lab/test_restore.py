@@ -126,26 +126,34 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_before_it(lab: LabSt
     assert newest <= dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
+def refused_with_a_byte_flipped(lab: LabState, embassy: str, f: Filer, key: str) -> dict[str, Any]:
+    """`embassy restore` at a warm embassy with a byte of its vault's object `key` (f: that vault) flipped,
+    then put back: refused as ManifestInvalid, nothing restored, started or listening, the standby not promoted."""
+    path = f.latest_version_file(key)
+    original = f.read(path)
+    f.write(path, flip_middle_byte(original))
+    try:
+        code, out, _ = restore(lab, embassy)
+    finally:
+        f.write(path, original)
+    assert code == 1 and not out["ok"]
+    assert out["error"]["error"] == "ManifestInvalid", out["error"]
+    assert not any(r["restored"] for r in out["registers"])
+    host = f"enclave-{embassy}"
+    active = ssh(lab, host, f"systemctl is-active {SERVICE_UNIT}; sudo ss -Htln", check=False).stdout
+    assert active.splitlines()[0] != "active" and ":8088" not in active and f":{SCRATCH_PORT}" not in active
+    assert _psql(lab, host, "SELECT pg_is_in_recovery()") == "t"  # the standby was not promoted
+    return out
+
+
 def test_a_tampered_vault_is_refused_and_nothing_is_started(lab: LabState, deployed: dict[str, Any],
                                                             cleanup: list[str]) -> None:
     cleanup.append("de")
     f = Filer(lab, "de")
     names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries("manifests"))
     key = f"manifests/{names[-1].removesuffix('.versions')}"
-    path = f.latest_version_file(key)
-    original = f.read(path)
-    f.write(path, flip_middle_byte(original))
-    try:
-        code, out, _ = restore(lab, "de")
-    finally:
-        f.write(path, original)
-    assert code == 1 and not out["ok"]
-    assert out["error"]["error"] == "ManifestInvalid" and key in out["error"]["message"], out["error"]
-    assert not any(r["restored"] for r in out["registers"])
-    active = ssh(lab, "enclave-de", f"systemctl is-active {SERVICE_UNIT}; sudo ss -Htln", check=False).stdout
-    assert active.splitlines()[0] != "active" and ":8088" not in active and f":{SCRATCH_PORT}" not in active
-    standby = _psql(lab, "enclave-de", "SELECT pg_is_in_recovery()")
-    assert standby == "t"  # the standby was not promoted
+    out = refused_with_a_byte_flipped(lab, "de", f, key)
+    assert key in out["error"]["message"], out["error"]
 
 
 @pytest.fixture
@@ -184,18 +192,7 @@ def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted
     f = Filer(lab, "de")
     generation = controller_secrets.generation(Path(lab.dir) / "secrets", "de")
     key = _wal_key(f, dataplane.pgbackrest_path(generation).lstrip("/"), dataplane.restic_base(generation))
-    path = f.latest_version_file(key)
-    original = f.read(path)
-    f.write(path, flip_middle_byte(original))
-    try:
-        code, out, _ = restore(lab, "de")
-    finally:
-        f.write(path, original)
-    assert code == 1 and not out["ok"]
+    out = refused_with_a_byte_flipped(lab, "de", f, key)
     segment = key.rsplit("/", 1)[1].split("-")[0]
-    assert out["error"]["error"] == "ManifestInvalid" and segment in out["error"]["message"], out["error"]
+    assert segment in out["error"]["message"], out["error"]
     assert out["verify"]["first_failure"]["object"].startswith("pgbackrest:15-1/"), out["verify"]
-    assert not any(r["restored"] for r in out["registers"])
-    active = ssh(lab, "enclave-de", f"systemctl is-active {SERVICE_UNIT}; sudo ss -Htln", check=False).stdout
-    assert active.splitlines()[0] != "active" and ":8088" not in active and f":{SCRATCH_PORT}" not in active
-    assert _psql(lab, "enclave-de", "SELECT pg_is_in_recovery()") == "t"  # not promoted
