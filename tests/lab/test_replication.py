@@ -136,7 +136,7 @@ def test_verify_finds_every_vault_intact(lab: LabState, replicated: dict[str, An
         assert any(o.startswith("restic:court-files") for o in objects)
 
 
-def _wal_key(f: Filer, pg: str, _rs: str) -> str:
+def wal_key(f: Filer, pg: str, _rs: str) -> str:
     folder = f"{pg}/archive/home/15-1/0000000100000000"
     names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(folder) if e["FullPath"].endswith(".zst.versions"))
     # After a re-key (a repo path /pgbackrest-g<g>), not its first segment: with a byte of that one flipped, pgBackRest
@@ -165,7 +165,7 @@ def _manifest_key(f: Filer, _pg: str, _rs: str) -> str:
 
 
 @pytest.mark.parametrize(("what", "locate", "named"), [
-    ("WAL segment", _wal_key, "pgbackrest:15-1/0000000100000000/"),
+    ("WAL segment", wal_key, "pgbackrest:15-1/0000000100000000/"),
     ("backup file", _backup_key, "pgbackrest:"),
     ("restic pack", _pack_key, "restic:court-files"),
     ("manifest", _manifest_key, "manifests/"),

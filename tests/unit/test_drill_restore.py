@@ -115,7 +115,6 @@ def test_only_a_vault_closing_homes_connections_is_not_an_attempt_to_reach_home(
     assert attempts({"10.87.6.41": {"udp": 1, "icmp": 1}}, vaults) == (2, 0)
 
 
-
 def test_postgres_timestamps_are_read_with_their_zone() -> None:
     assert rehearsal._ts("2026-12-02 18:03:01.123456+00") == dt.datetime(2026, 12, 2, 18, 3, 1, 123456, dt.UTC)
     assert rehearsal._ts(None) is None
@@ -187,6 +186,7 @@ def test_a_restore_from_the_vault_starts_from_a_backup_consistent_before_the_dig
     assert restore._backup_set_before(session, restore._lsn("1/6000000")) == ""
     # Nothing readable: pgBackRest's own choice.
     assert restore._backup_set_before(typing.cast(restore.Session, _InfoSession("not json")), 1) == ""
+
 
 def test_the_drills_network_check_names_the_vaults_leftovers_and_fails_on_an_attempt() -> None:
     from types import SimpleNamespace

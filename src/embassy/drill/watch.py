@@ -75,9 +75,8 @@ def watch(interface: str, address: str, out: Path) -> None:
     index = socket.if_nametoindex(interface)
     sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b""))
     sock.settimeout(0.5)
-    frames, start = 0, time.monotonic()
-    sources: dict[str, int] = {}
-    kinds: dict[str, dict[str, int]] = {}
+    start = time.monotonic()
+    kinds: dict[str, dict[str, int]] = {}  # the frames and sources written out are its sums
     stop = False
 
     def finish(*_: object) -> None:
@@ -98,11 +97,11 @@ def watch(interface: str, address: str, out: Path) -> None:
         seen = classify(frame, target)
         if seen is not None:
             source, kind = seen
-            frames += 1
-            sources[source] = sources.get(source, 0) + 1
-            kinds.setdefault(source, {})[kind] = kinds.setdefault(source, {}).get(kind, 0) + 1
-    out.write_text(json.dumps({"address": address, "frames": frames, "sources": sources, "kinds": kinds,
-                               "seconds": round(time.monotonic() - start, 3), "watching": False}))
+            per_kind = kinds.setdefault(source, {})
+            per_kind[kind] = per_kind.get(kind, 0) + 1
+    sources = {source: sum(per_kind.values()) for source, per_kind in kinds.items()}
+    out.write_text(json.dumps({"address": address, "frames": sum(sources.values()), "sources": sources,
+                               "kinds": kinds, "seconds": round(time.monotonic() - start, 3), "watching": False}))
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def postgres(dbname: str, conninfo: str = "host=/var/run/postgresql") -> dict[st
     return {"lsn": lsn, "tables": tables}
 
 
-def combine_hashes(blobs: Any) -> tuple[int, str]:
+def combine_hashes(blobs: Iterable[bytes]) -> tuple[int, str]:
     """combine_rows, from the rows' SHA-256 hashes given as concatenated 32-byte blobs."""
     total, count = 0, 0
     for blob in blobs:
