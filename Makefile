@@ -28,8 +28,17 @@ lab-deps:
 	if [ -n "$$missing" ]; then echo "lab-deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
+# The unit tests run beside the lab tests (they wait on the lab's hosts much of the time): the run takes
+# as long as the lab tests alone. The unit tests' output follows the lab tests' (all of it if they failed).
 test: setup lab-deps
-	$(BIN)/pytest -q --durations=25 tests/unit tests/lab
+	@mkdir -p out; \
+	$(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/unit > out/test-unit.log 2>&1 & unit=$$!; \
+	$(BIN)/pytest -q --durations=25 tests/lab; lab=$$?; \
+	wait $$unit; unit=$$?; \
+	echo "--- the unit tests, run beside the lab tests (out/test-unit.log):"; \
+	if [ $$unit = 0 ]; then tail -n 14 out/test-unit.log; else cat out/test-unit.log; fi; \
+	echo "--- lab tests exit $$lab, unit tests exit $$unit"; \
+	[ $$lab = 0 ] && [ $$unit = 0 ]
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -262,10 +262,13 @@ def close_connections(target: Play) -> None:
                            capture_output=True, timeout=30, check=False)
 
 
-def harden_here(target: Play, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
-    """Lynis, the roles, Lynis: run in this process (inside the controller namespace for the lab)."""
+def harden_here(target: Play, say: Say = _quiet, measure: bool = True, before_too: bool = True) -> list[HostResult]:
+    """Lynis, the roles, Lynis: run in this process (inside the controller namespace for the lab).
+
+    before_too=False skips the first Lynis run (the index after is what the target is judged on; the one
+    before only shows the gain, and costs a whole Lynis audit of every host)."""
     try:
-        before = lynis_indexes(target, say, "lynis-before") if measure else dict.fromkeys(target.hosts)
+        before = lynis_indexes(target, say, "lynis-before") if measure and before_too else dict.fromkeys(target.hosts)
         changed = run_playbook(target, say)
         after = lynis_indexes(target, say, "lynis-after") if measure else dict.fromkeys(target.hosts)
     finally:
@@ -281,13 +284,14 @@ def harden(dep: model.Deployment, target: str, say: Say = _quiet, measure: bool 
     return harden_target(target_for(target, dep), say, measure)
 
 
-def harden_target(target: Target, say: Say = _quiet, measure: bool = True) -> list[HostResult]:
+def harden_target(target: Target, say: Say = _quiet, measure: bool = True, before_too: bool = True) -> list[HostResult]:
     """Build the play here (bad input fails now), run it in a child where the hosts are reachable."""
     play = play_for(target)
     out = play.workdir / "result.json"
     play_file = play.workdir / "play.json"
     argv = target.client_argv([sys.executable, "-m", "embassy.harden", "--play", str(play_file), "--out", str(out),
-                               *([] if measure else ["--no-lynis"])])  # refuses (root, tools) before any file is written
+                               *([] if measure else ["--no-lynis"]),
+                               *([] if before_too else ["--no-lynis-before"])])  # refuses (root, tools) before any file is written
     play.save(play_file)
     out.unlink(missing_ok=True)
     start = time.monotonic()
@@ -313,6 +317,7 @@ def _child(argv: list[str] | None = None) -> int:
     parser.add_argument("--play", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-lynis", action="store_true")
+    parser.add_argument("--no-lynis-before", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
 
@@ -320,7 +325,8 @@ def _child(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        results = harden_here(Play.load(Path(args.play)), say, measure=not args.no_lynis)
+        results = harden_here(Play.load(Path(args.play)), say, measure=not args.no_lynis,
+                              before_too=not args.no_lynis_before)
     except UserError as exc:
         out.write_text(json.dumps({"error": {"message": exc.message, "hint": exc.hint}}))
         return exc.code

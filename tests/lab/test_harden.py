@@ -1,6 +1,7 @@
 """`embassy harden --target lab`: the roles on real hosts, twice; then what they must have done.
 
-One hardening run per module (the first, measured with Lynis before and after), then a second run
+One hardening run per module (the first, measured with Lynis after it: the index before it only shows
+the gain and costs a whole audit of every host; `embassy harden` measures both by default), then a second run
 that must change nothing. Each test checks a control on the running hosts, from the controller
 namespace, as an operator would: sshd's effective settings, a refused password login, a port the
 firewall must drop, the audit rules, the monitoring daemons, the mounts, the Lynis index.
@@ -44,7 +45,7 @@ def harden(lab: LabState, *extra: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def first_run(lab: LabState) -> dict[str, Any]:
-    return harden(lab)
+    return harden(lab, "--no-lynis-before")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,7 @@ def quote(text: str) -> str:
 def test_first_run_hardens_every_host(first_run: dict[str, Any]) -> None:
     for host in first_run["hosts"]:
         assert host["changed"] > 0, host
-        assert isinstance(host["lynis_before"], int) and isinstance(host["lynis_after"], int), host
-        assert host["lynis_after"] > host["lynis_before"], host
+        assert host["lynis_before"] is None and isinstance(host["lynis_after"], int), host
 
 
 def test_lynis_index_reaches_the_target_on_every_host(first_run: dict[str, Any]) -> None:

@@ -298,3 +298,16 @@ def test_harden_runs_its_play_in_a_child_started_by_the_target(dep: model.Deploy
     # A child that never runs (here: the target's wrapper fails) is a failure naming where it ran.
     with pytest.raises(harden.HardenFailed, match=r"the hardening run \(on this machine\) ended \(exit 1\) without a result"):
         harden.harden_target(LocalTarget(dep, tmp_path, wrap=["false"]), measure=False)
+
+
+def test_harden_skips_only_the_lynis_run_before_when_asked(dep: model.Deployment, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-lynis-before reaches the child: Lynis runs after the roles only (no host: an empty play)."""
+    monkeypatch.setattr(LocalTarget, "hosts", property(lambda self: []))
+    lines: list[str] = []
+    harden.harden_target(LocalTarget(dep, tmp_path), lines.append, before_too=False)
+    assert any("lynis (lynis-after)" in line for line in lines), lines
+    assert not any("lynis-before" in line for line in lines), lines
+    lines.clear()
+    harden.harden_target(LocalTarget(dep, tmp_path), lines.append)
+    assert any("lynis (lynis-before)" in line for line in lines), lines

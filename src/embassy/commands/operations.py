@@ -31,6 +31,9 @@ def harden(
     as_json: Annotated[bool, typer.Option(
         "--json", help='print {"hosts": [{"name", "changed", "lynis_before", "lynis_after"}]}')] = False,
     lynis: Annotated[bool, typer.Option("--lynis/--no-lynis", help="measure the Lynis index before and after")] = True,
+    lynis_before: Annotated[bool, typer.Option(
+        "--lynis-before/--no-lynis-before", help="also measure the index before the roles run (a whole Lynis audit "
+                                                 "of every host; the index after is what the target is judged on)")] = True,
 ) -> None:
     """Apply the hardening roles (roles/site.yml, via ansible-runner); Lynis index before and after."""
     from embassy import harden as harden_lib
@@ -44,7 +47,8 @@ def harden(
             console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
 
     try:
-        results = harden_lib.harden_target(target_for(target.value, dep), say, measure=lynis)
+        results = harden_lib.harden_target(target_for(target.value, dep), say, measure=lynis,
+                                           before_too=lynis_before)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:

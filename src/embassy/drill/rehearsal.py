@@ -322,7 +322,8 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     target = LabTarget(dep, lab)
     if harden:
         with timeline.step("harden every host (roles/site.yml), Lynis before and after"):
-            hardening = {r.name: r.lynis_after for r in harden_target(target, lambda m: say(f"  {m}"))}
+            hardening = {r.name: r.lynis_after for r in harden_target(target, lambda m: say(f"  {m}"),
+                                                                                  before_too=False)}
     with timeline.step("deploy: home state, replication agents, embassy hosts"):
         deploy_lib.run(target, model.project_root(), size_mb=size_mb, say=lambda m: say(f"  {m}"))
     drill_kit = None
