@@ -20,8 +20,10 @@ import datetime as dt
 import fcntl
 import json
 import os
+import socket
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,19 @@ def s3_client(vault: dict[str, Any], ca_file: str) -> Any:
         "s3", endpoint_url=vault["endpoint"], verify=ca_file, region_name=vault.get("region", "us-east-1"),
         aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20))
+
+
+VAULT_PROBE_SECONDS = 5.0
+
+
+def vault_answers(vault: dict[str, Any], timeout: float = VAULT_PROBE_SECONDS) -> bool:
+    """Does the vault's endpoint accept a TCP connection within `timeout`? (A quick probe, not a check of it.)"""
+    url = urllib.parse.urlsplit(vault["endpoint"])
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def upload(vault: dict[str, Any], ca_file: str, key: str, data: bytes) -> None:
@@ -162,6 +177,12 @@ def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
     file_digests = {r["name"]: digest.files(r["path"]) for r in cfg["registers"] if r["kind"] == "files"}
     shipped: dict[str, dict[str, Any]] = {}
     for e in cfg["embassies"]:
+        if e["files"] and not vault_answers(e["vault"]):
+            # restic retries a dead vault with back-off for minutes, and the round snapshots the embassies in
+            # turn: one vault cut off would hold every other embassy's snapshot back by that long.
+            errors[e["name"]].append(f"restic snapshots to {e['name']} not taken: its vault {e['vault']['endpoint']} "
+                                     f"does not answer within {VAULT_PROBE_SECONDS:g} s")
+            continue
         for reg in cfg["registers"]:
             if reg["kind"] == "files" and reg["name"] in e["files"]:
                 try:
