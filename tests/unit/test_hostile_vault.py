@@ -405,3 +405,14 @@ def test_a_refused_restore_raises_the_failures_kind(served: dict[str, Any], monk
     assert out.manifest is None and out.as_json()["freshness"]["established"] is False
     ok = restore.restore(DEP, _Target(served["lab"]), "de", accept_unanchored=True)  # type: ignore[arg-type]
     assert ok.as_json()["freshness"]["accepted_unanchored"] is True
+
+
+def test_the_drill_report_records_the_freshness_verdict() -> None:
+    from embassy.drill import report as rpt
+
+    at = dt.datetime(2026, 12, 2, 18, 1, 0, tzinfo=dt.UTC)
+    doc = {"established": False, "accepted_unanchored": True, "anchors": [], "not_comparable": [], "stale": None}
+    report = rpt.Report.build(stack="rehearsal", embassy="de", mode="warm", incident_at=at, started_at=at,
+                              finished_at=at, rto_seconds=None, rpo_seconds=None, registers=[], timeline=[],
+                              freshness=doc)
+    assert report.to_json()["freshness"] == doc
