@@ -416,3 +416,33 @@ def test_the_drill_report_records_the_freshness_verdict() -> None:
                               finished_at=at, rto_seconds=None, rpo_seconds=None, registers=[], timeline=[],
                               freshness=doc)
     assert report.to_json()["freshness"] == doc
+
+
+def test_the_lock_sweep_names_what_the_head_relies_on_and_only_that(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = _verified(1)[0]
+    locked = {"lock_mode": "COMPLIANCE", "retain_until": "2046-01-01T00:00:00+00:00",
+              "last_modified": "2026-12-02T10:00:00+00:00"}
+    seg = "pgbackrest/archive/home/15-1/0000000100000000/"
+    served = [v.Stored("pgbackrest/backup/home/backup.info", None, 1, **locked),
+              v.Stored("restic/court-files/locks/" + "c" * 64, None, 1),  # restic's own, transient: not relied on
+              v.Stored("restic/court-files/data/ab/" + "a" * 64, None, 1, missing="404"),  # pruned meanwhile
+              v.Stored(seg + "000000010000000000000001-" + "b" * 40 + ".zst", None, 1),  # before wal.first
+              v.Stored(seg + "00000001000000000000000A-" + "b" * 40 + ".zst", None, 1),  # after wal.last
+              v.Stored(seg + "000000010000000000000005-" + "b" * 40 + ".zst", None, 1, **locked)]
+    monkeypatch.setattr(v, "fetch_locks", lambda *_a: list(served))
+    result = v.Result("de")
+    v.check_locks(DEP, None, "de", head, result)  # type: ignore[arg-type]
+    assert result.intact, result.first_failure
+    served.append(v.Stored(seg + "000000010000000000000009-" + "b" * 40 + ".zst", None, 1,
+                           "COMPLIANCE", "2026-12-03T10:00:00+00:00", "2026-12-02T10:00:00+00:00"))
+    served.append(v.Stored("pgbackrest/backup/home/backup.info.copy", None, 0, missing="404"))
+    result = v.Result("de")
+    v.check_locks(DEP, None, "de", head, result)  # type: ignore[arg-type]
+    assert result.first_failure is not None and result.first_failure["object"].endswith("000000010000000000000009-"
+                                                                                        + "b" * 40 + ".zst")
+    assert "less than its write time" in result.first_failure["reason"]
+    served.pop(-2)
+    result = v.Result("de")
+    v.check_locks(DEP, None, "de", head, result)  # type: ignore[arg-type]
+    assert result.first_failure == {"object": "vault:de/pgbackrest/backup/home/backup.info.copy",
+                                    "reason": "lock: listed, but the vault answers 404 for it"}
