@@ -10,6 +10,7 @@ Cheap by design: one deploy (reused when the lab already has one), no full resto
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -201,8 +202,9 @@ def test_a_hostile_object_fails_only_its_own_vault(lab: LabState, chains: int) -
 
 def _wal_key(f: Filer, repo: str) -> str:
     folder = f"{repo}/archive/home/15-1/0000000100000000"
-    names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(folder) if e["FullPath"].endswith(".zst.versions"))
-    return f"{folder}/{names[0].removesuffix('.versions')}"
+    entries = [e["FullPath"].rsplit("/", 1)[1].removesuffix(".versions") for e in f.entries(folder)]
+    names = sorted(n for n in entries if re.fullmatch(r"[0-9A-F]{24}-[0-9a-f]{40}\.zst", n))
+    return f"{folder}/{names[0]}"  # the repo's first segment: the head's wal.first
 
 
 def _pack_key(f: Filer, restic: str) -> str:

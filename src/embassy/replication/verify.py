@@ -477,10 +477,10 @@ def check_locks(dep: model.Deployment, lab: LabState, embassy: str, head: manife
             # by the time of its HEAD was expired or pruned meanwhile (pgbackrest verify and restic check
             # name an object the head needs that is gone).
             continue
-        if any(o.key.startswith(p) for p in wal_prefixes):  # only the segments the head names
+        if any(o.key.startswith(p) for p in wal_prefixes):  # of the segments, those the head names; history too
             seg = SEGMENT.search(o.key)
-            if not seg or not any(p_ and o.key.startswith(p_) and first[8:] <= seg.group(1)[8:] <= last[8:]
-                                  for p_, first, last in wal):
+            if seg and not any(o.key.startswith(p_) and first[8:] <= seg.group(1)[8:] <= last[8:]
+                               for p_, first, last in wal):
                 continue
         found += 1
         problem = lock_problem(o, None, days)
