@@ -446,3 +446,23 @@ def test_the_lock_sweep_names_what_the_head_relies_on_and_only_that(monkeypatch:
     v.check_locks(DEP, None, "de", head, result)  # type: ignore[arg-type]
     assert result.first_failure == {"object": "vault:de/pgbackrest/backup/home/backup.info.copy",
                                     "reason": "lock: listed, but the vault answers 404 for it"}
+
+
+def test_verify_full_restores_into_a_fresh_private_folder_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Adversary (item 8): whoever can write /var/tmp on the host prepares a fixed path (a symlink) that root
+    # then restores into. Each run makes its own folder (mktemp -d: 0700, unpredictable) and removes it.
+    commands: list[str] = []
+
+    def ssh(_lab: Any, _embassy: str, command: str, timeout: float = 0) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        out = json.dumps([{"id": "ab" * 32}]) if "snapshots --json" in command else "{}"
+        return subprocess.CompletedProcess([], 0, out, "")
+
+    monkeypatch.setattr(v, "ssh", ssh)
+    head = _verified(1)[0]
+    head.body["registers"][1]["digest"] = {"files": 0}
+    v.check_restic(None, "de", head, v.Result("de"), full=True)  # type: ignore[arg-type]
+    restore_cmd = next(c for c in commands if " restore " in c)
+    assert "scratch=$(sudo mktemp -d -p /var/tmp embassy-verify.XXXXXXXXXX)" in restore_cmd
+    assert '--target "$scratch"' in restore_cmd and 'sudo rm -rf "$scratch"' in restore_cmd
+    assert "/var/tmp/embassy-verify-" not in restore_cmd
