@@ -433,6 +433,7 @@ def test_the_lock_sweep_names_what_the_head_relies_on_and_only_that(monkeypatch:
     result = v.Result("de")
     v.check_locks(DEP, None, "de", head, result)  # type: ignore[arg-type]
     assert result.intact, result.first_failure
+    assert result.checked[-1]["detail"].startswith("2 objects under COMPLIANCE until their write time + 3650 days")
     served.append(v.Stored(seg + "000000010000000000000009-" + "b" * 40 + ".zst", None, 1,
                            "COMPLIANCE", "2026-12-03T10:00:00+00:00", "2026-12-02T10:00:00+00:00"))
     served.append(v.Stored("pgbackrest/backup/home/backup.info.copy", None, 0, missing="404"))

@@ -30,6 +30,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,9 @@ class Result:
     def intact(self) -> bool:
         return self.first_failure is None
 
-    def check(self, obj: str, ok: bool, reason: str = "", kind: str = "integrity") -> bool:
-        self.checked.append({"object": obj, "ok": ok, **({"reason": reason} if reason and not ok else {})})
+    def check(self, obj: str, ok: bool, reason: str = "", kind: str = "integrity", detail: str = "") -> bool:
+        self.checked.append({"object": obj, "ok": ok, **({"reason": reason} if reason and not ok else {}),
+                             **({"detail": detail} if detail else {})})
         if not ok and self.first_failure is None:
             self.first_failure = {"object": obj, "reason": reason}
             self.failure_kind = kind
@@ -461,6 +463,7 @@ def check_locks(dep: model.Deployment, lab: LabState, embassy: str, head: manife
     """Every object a restore from the head relies on: under COMPLIANCE until its write time + retention."""
     days = dep.embassy(embassy).retention_days
     prefixes, keys, wal = relied_on(dep, head)
+    started = time.monotonic()
     try:
         objects = fetch_locks(lab, embassy, prefixes + [w[0] for w in wal], keys)
     except VaultUnreachable as exc:
@@ -487,7 +490,8 @@ def check_locks(dep: model.Deployment, lab: LabState, embassy: str, head: manife
         if problem:
             result.check(f"vault:{embassy}/{o.key}", False, f"lock: {problem}", kind="lock")
             return
-    result.check(f"vault:{embassy}/locks", True, f"{found} objects")
+    result.check(f"vault:{embassy}/locks", True, detail=f"{found} objects under COMPLIANCE until their write time + "
+                                                       f"{days} days (HEAD in {time.monotonic() - started:.1f} s)")
 
 
 def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = False,
