@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -339,11 +340,22 @@ def gather_anchors(dep: model.Deployment, lab: LabState, embassy: str, public: A
     """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
     whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass)."""
     folder = controller_folder(dep, lab)
-    for other in dep.embassies:
-        if other.name == embassy:
-            continue
+    others = [e for e in dep.embassies if e.name != embassy]
+
+    def read(name: str) -> list[Stored] | Exception:
         try:
-            objects = fetch_manifests(lab, other.name)
+            return fetch_manifests(lab, name)
+        except (VaultUnreachable, VaultGarbled) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max(1, len(others))) as pool:  # an unreachable vault costs its timeout once, not in turn
+        served = dict(zip([o.name for o in others], pool.map(read, [o.name for o in others]), strict=True))
+    for other in others:
+        try:
+            got = served[other.name]
+            if isinstance(got, Exception):
+                raise got
+            objects = got
         except VaultUnreachable as exc:
             fresh.not_comparable.append({"embassy": other.name, "reason": f"unreachable: {exc.reason}"})
             say(f"freshness: vault of {other.name} unreachable, not compared")
