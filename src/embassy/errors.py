@@ -229,6 +229,29 @@ class BundleInvalid(EmbassyError):
     default_hint = "the bundle in this vault was damaged or replaced: restore at another embassy and investigate this vault"
 
 
+class VaultDataInvalid(EmbassyError):
+    """An object read from a vault is oversized, not UTF-8, nested too deep, of the wrong shape, or not what its
+    name says: a finding of that vault only (it is then not comparable for the others)."""
+
+    error_code = 230
+    default_hint = "the vault serves objects no home state wrote: restore from another embassy and investigate this vault"
+
+
+class FreshnessNotEstablished(EmbassyError):
+    """Nothing anchors a vault's freshness: no high-water mark, no custody bundle, no other embassy to compare with."""
+
+    error_code = 231
+    default_hint = ("reach another embassy's vault, or restore with --shares (the bundle's round anchors it); "
+                    "--accept-unanchored takes the chain as it is, and the outcome records that")
+
+
+class LockInsufficient(EmbassyError):
+    """An object a restore relies on is not under a COMPLIANCE lock until its write time plus the retention."""
+
+    error_code = 232
+    default_hint = "the vault lost or shortened its Object Lock: its content may be gone tomorrow; restore from another embassy"
+
+
 # 3xx: failures (exit 1)
 
 

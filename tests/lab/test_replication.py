@@ -130,7 +130,7 @@ def test_verify_finds_every_vault_intact(lab: LabState, replicated: dict[str, An
     for embassy in EMBASSIES:
         code, result = verify(lab, embassy, *(["--full"] if embassy == "ie" else []))
         assert code == 0 and result["intact"], result["first_failure"]
-        assert result["head"]["round"] == replicated["round"]
+        assert result["head"]["round"] >= replicated["round"]  # home's round timer may have added one meanwhile
         objects = {c["object"] for c in result["checked"]}
         assert "pgbackrest:repo" in objects and f"vault:{embassy}/freshness" in objects
         assert any(o.startswith("restic:court-files") for o in objects)

@@ -17,6 +17,7 @@ STABLE = {
     110: "SharesRefused", 209: "BundleInvalid",
     200: "ManifestInvalid", 201: "ManifestChainBroken", 202: "SignatureInvalid", 203: "VaultStale",
     204: "DigestMismatch", 205: "ObjectMissing", 206: "BackupInvalid", 207: "ReportEdited", 208: "CheckFailed",
+    230: "VaultDataInvalid", 231: "FreshnessNotEstablished", 232: "LockInsufficient",
     300: "VaultUnreachable", 301: "VaultRefusedWrite", 302: "HostUnreachable", 303: "HardeningFailed",
     304: "DeployFailed", 305: "ReplicationFailed", 306: "RestoreFailed", 307: "SmokeCheckFailed",
     308: "ObjectiveMissed", 309: "DrillFailed",

@@ -37,12 +37,17 @@ def restore(
                          "(sheets official-<i>.txt), or - to type or paste them (a blank line between shares)")] = False,
     share_files: Annotated[list[str] | None, typer.Argument(help="with --shares: the share files, or -",
                                                            show_default=False)] = None,
+    accept_unanchored: Annotated[bool, typer.Option(
+        "--accept-unanchored", help="when nothing anchors the vault's freshness (no high-water mark, no custody bundle "
+                                    "round, no other vault to compare with), restore from its chain as it is; the "
+                                    "outcome records it")] = False,
 ) -> None:
     """Verify the embassy's vault, restore every register it holds, compare digests, start the state service.
 
     Exit 0 restored and serving; 1 refused or failed (naming the object); 2 bad input.
     """
     from embassy.drill import restore as lib
+    from embassy.replication import freshness
     from embassy.targets import LabTarget, target_for
 
     dep = load(stack)
@@ -60,13 +65,16 @@ def restore(
         hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
         from embassy.custody import restore as custody_restore
 
+        bundle_round = None
         if shares:
-            keyring = custody_restore.with_shares(dep, target, embassy, hosts, custody_shares, say)
+            opened: list[object] = []
+            keyring = custody_restore.with_shares(dep, target, embassy, hosts, custody_shares, say, opened=opened)
+            bundle_round = freshness.bundle_round(opened[0]) if opened else None
         else:
             keyring = custody_restore.controller_keyring(dep, target, embassy)
         with console.status(f"restoring at {embassy}", spinner="dots") if not as_json else nullcontext():
             outcome = lib.restore(dep, target, embassy, target_time=when, from_vault=from_vault, keyring=keyring,
-                                  say=say)
+                                  accept_unanchored=accept_unanchored, bundle_round=bundle_round, say=say)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:

@@ -82,15 +82,19 @@ def verify(
     embassy: Annotated[str, typer.Option("--embassy", "-e", help="the embassy whose vault to check")],
     full: Annotated[bool, typer.Option("--full", help="read every byte (restic --read-data, restores for digests)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    accept_unanchored: Annotated[bool, typer.Option(
+        "--accept-unanchored", help="when nothing anchors freshness (no high-water mark on this controller, no other "
+                                    "vault to compare with), take the chain as it is; the JSON records it")] = False,
 ) -> None:
-    """Check an embassy's vault: manifest chain, signatures, freshness, backups. Exit 0 intact, 1 not."""
+    """Check an embassy's vault: manifest chain, signatures, freshness, backups, locks. Exit 0 intact, 1 not."""
     from embassy.replication import verify as lib
 
     dep = load(stack)
     lab = _lab(stack)
     try:
         with console.status(f"verifying the vault of {embassy}") as status:
-            result = lib.verify(dep, lab, embassy, full=full, say=lambda m: status.update(m))
+            result = lib.verify(dep, lab, embassy, full=full, accept_unanchored=accept_unanchored,
+                                say=lambda m: status.update(m))
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:
@@ -99,6 +103,8 @@ def verify(
         head = result.head or {}
         console.print(f"[green]intact[/green]: {result.manifests} manifests, head round {head.get('round')} "
                       f"({str(head.get('sha256'))[:16]}…), {len(result.checked)} objects checked")
+        if result.freshness and result.freshness.accepted_unanchored:
+            console.print("[yellow]freshness not established[/yellow]: accepted with --accept-unanchored")
     else:
         failure = result.first_failure or {}
         console.print(f"[red]NOT intact[/red]: {failure.get('object')}: {failure.get('reason')}")

@@ -44,11 +44,15 @@ def controller_keyring(dep: model.Deployment, target: LabTarget, embassy: str) -
 
 
 def with_shares(dep: model.Deployment, target: LabTarget, embassy: str, hosts: list[Host], texts: list[ShareText],
-                say: Callable[[str], None]) -> hostsecrets.Keyring:
-    """Open the bundle, write its newest key generation's secrets onto the host; every generation's, for the restore."""
+                say: Callable[[str], None], opened: list[object] | None = None) -> hostsecrets.Keyring:
+    """Open the bundle, write its newest key generation's secrets onto the host; every generation's, for the restore.
+
+    opened: receives the opened bundle (its round at sealing anchors the vault's freshness)."""
     if not hosts:
         raise RestoreFailed(f"embassy {embassy} has no host in the target")
     bundle = kit.open_bundle(dep, kit.LabVaults(target.lab, dep), embassy, texts, say=say)
+    if opened is not None:
+        opened.append(bundle)
     if not getattr(dep, "manifest_public_key", None):  # a stack that names its key: verify checks with that one
         trust_public_key(Path(target.lab.dir), bundle.manifest_public_key)
     say(f"bundle version {bundle.version} opened with {len(texts)} shares: its restore secrets go to {hosts[0].name} "

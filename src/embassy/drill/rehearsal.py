@@ -378,6 +378,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         stack=dep.stack, embassy=name, mode=emb.mode.value, incident_at=incident_at, started_at=started_at,
         finished_at=now(), rto_seconds=total, rpo_seconds=max(rpos) if rpos and len(rpos) == len(registers) else None,
         registers=registers, timeline=timeline.steps, tool_versions=versions, manifest=found, hardening=hardening,
+        freshness=restored.as_json()["freshness"],
         verifications=checks, failures=failures, plan_hash=plan)
     rpt.write_report(report, report_dir, report_keys())
     if not keep_lab:

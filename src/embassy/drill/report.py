@@ -167,6 +167,7 @@ class Report(_Strict):
     plan_hash: str | None = None  # sha256 of the stack's desired-state plan
     tool_versions: dict[str, str] = Field(default_factory=dict)
     manifest: ManifestEvidence | None = None
+    freshness: dict[str, Any] | None = None  # the restore's freshness verdict: anchors, not comparable, accepted
     hardening: dict[str, int | None] = Field(default_factory=dict)  # host -> Lynis hardening index
     verifications: list[Verification] = Field(default_factory=list)
     failures: list[Failure] = Field(default_factory=list)

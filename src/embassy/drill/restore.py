@@ -39,10 +39,8 @@ from embassy.errors import (
     ManifestInvalid,
     RestoreFailed,
     SmokeCheckFailed,
-    VaultUnreachable,
 )
 from embassy.home import schema
-from embassy.replication import manifest
 from embassy.replication import verify as vault_verify
 from embassy.replication.dataplane import PG_VERSION, REGISTERS_ROOT, manifest_generation
 from embassy.replication.digest import differences
@@ -107,6 +105,8 @@ class Outcome:
     newest_heartbeat: str | None = None  # in the restored cluster: what RPO counts from
     target_time: str | None = None
     error: EmbassyError | None = None
+    accept_unanchored: bool = False  # --accept-unanchored: freshness taken as it is (recorded)
+    bundle_round: int | None = None  # the custody bundle's round at sealing: an anchor of freshness
 
     @property
     def manifest_key(self) -> str:
@@ -123,6 +123,8 @@ class Outcome:
             "stack": self.stack, "embassy": self.embassy, "mode": self.mode, "ok": self.ok,
             "target_time": self.target_time,
             "verify": self.verification.as_json() if self.verification else None,
+            "freshness": self.verification.freshness.as_json() if self.verification and self.verification.freshness
+            else None,
             "manifest": {"key": m.key, "round": m.round, "sha256": m.sha256,
                          "key_generation": _generation_or_none(m)} if m else None,
             "registers": [r.as_json() for r in self.registers],
@@ -221,7 +223,8 @@ def choose_manifest(chain: list[Verified], target_time: dt.datetime | None) -> V
 
 
 def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_time: dt.datetime | None = None,
-            from_vault: bool = False, keyring: Keyring | None = None, say: Say = lambda _m: None) -> Outcome:
+            from_vault: bool = False, keyring: Keyring | None = None, accept_unanchored: bool = False,
+            bundle_round: int | None = None, say: Say = lambda _m: None) -> Outcome:
     """Verify, restore, compare digests, start and smoke-check the state service at `embassy`.
 
     keyring: each key generation's restore secrets (the custody bundle's, or the controller's); a manifest
@@ -231,7 +234,8 @@ def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_ti
     """
     hosts = target.embassy_hosts(embassy)  # EmbassyUnknown for a name the stack does not declare
     emb = dep.embassy(embassy)
-    out = Outcome(dep.stack, embassy, emb.mode.value, target_time=target_time.isoformat() if target_time else None)
+    out = Outcome(dep.stack, embassy, emb.mode.value, target_time=target_time.isoformat() if target_time else None,
+                  accept_unanchored=accept_unanchored, bundle_round=bundle_round)
     out.registers = [RegisterOutcome(r.name, r.kind.value, r.priority) for r in held_registers(dep, embassy)]
     if not hosts:
         out.error = RestoreFailed(f"embassy {embassy} has no host in the target")
@@ -257,24 +261,16 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
         if done is None or done.returncode != 0:
             raise HostUnreachable(f"embassy host {s.host.name} does not answer over SSH within 15 s"
                                   + (f": {done.stderr.strip()[-200:]}" if done else ""))
-    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups"):
-        result = vault_verify.verify(dep, s.target.lab, emb.name, say=s.say)
+    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
+        result = vault_verify.verify(dep, s.target.lab, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
+                                     bundle_round=out.bundle_round)
         out.verification = result
         if not result.intact:
-            failure = result.first_failure or {}
-            obj, reason = failure.get("object", "?"), failure.get("reason", "")
-            error = VaultUnreachable if reason.startswith("unreachable") else ManifestInvalid
-            raise error(f"{obj}: {reason}", "nothing was restored; restore from another embassy and investigate this vault")
-        public = manifest.load_public_key(vault_verify.public_key_pem(dep, s.target.lab))
-        try:
-            objects = vault_verify.fetch_manifests(s.target.lab, emb.name)
-        except vault_verify.VaultUnreachable as exc:
-            raise VaultUnreachable(f"vault:{emb.name}: {exc.reason}") from None
-        chain, failure2 = manifest.verify_chain(objects, public, stack=dep.stack, embassy=emb.name)
-        if failure2 or not chain:
-            raise ManifestInvalid(f"{failure2[0] if failure2 else emb.name}: {failure2[1] if failure2 else 'no manifest'}")
-        out.chain_head = chain[-1]
-        out.manifest = choose_manifest(chain, target_time)
+            raise result.error("nothing was restored; restore from another embassy and investigate this vault")
+        # Exactly the chain that verified, kept in memory: a second read would let the host serve the whole
+        # chain while it is verified and another one now (vault_verify.same_chain compares any later read).
+        out.chain_head = result.chain[-1]
+        out.manifest = choose_manifest(result.chain, target_time)
     try:
         generation, newest = manifest_generation(out.manifest.body), manifest_generation(out.chain_head.body)
     except ValueError as exc:

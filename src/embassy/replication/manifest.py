@@ -13,6 +13,8 @@ Runs on home (signing) and on the controller (verifying): standard library and `
 from __future__ import annotations
 
 import base64
+import binascii
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,6 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 FORMAT = "embassy-manifest/1"
 PREFIX = "manifests/"  # object keys in the vault: manifests/<round, 10 digits>.json
+# Bounds on what a vault can make a verifier parse (a host nation chooses every byte it serves). A manifest
+# of 3 registers is ~3 KB; 1 MiB holds hundreds. A signed manifest is never nested deeper than 8.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 16
 
 
 class ManifestError(Exception):
@@ -115,12 +121,87 @@ class Verified:
 REQUIRED = {"format": str, "stack": str, "embassy": str, "round": int, "time": str, "registers": list}
 
 
-def verify(key: str, data: bytes, public: Ed25519PublicKey) -> Verified:
-    """Parse and check one stored manifest: canonical bytes, format, fields, signature by `public`."""
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers may keep different copies of a duplicated key: a signed document holds each key once.
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"duplicate key {name[:40]!r}")
+        out[name] = value
+    return out
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests (iterative: a hostile nesting cannot exhaust the stack here)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """Untrusted JSON bytes, bounded: size, strict UTF-8, unique keys, nesting; ValueError naming what is wrong.
+
+    Nothing else escapes: RecursionError (deep nesting), MemoryError (bounded by max_bytes), a huge integer
+    (Python refuses one of more than 4300 digits) all become ValueError."""
+    if len(data) > max_bytes:
+        raise ValueError(f"{len(data)} bytes, more than the {max_bytes} a manifest may have")
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"not JSON ({exc})") from None
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth}") from None
+    except ValueError as exc:
+        raise ValueError(str(exc)[:200]) from None
+    if _depth(doc, max_depth) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth}")
+    return doc
+
+
+def _check_body(body: dict[str, Any]) -> None:
+    """The shape a verifier relies on, checked once signed (a signed body is home's, yet checked: no KeyError later)."""
+    try:
+        parse_time(body["time"])
+    except ValueError:
+        raise ManifestError(f"field 'time' is not an ISO 8601 time: {str(body['time'])[:40]!r}") from None
+    if not (body.get("previous_sha256") is None or isinstance(body.get("previous_sha256"), str)):
+        raise ManifestError("field 'previous_sha256' is not a string")
+    for i, reg in enumerate(body["registers"]):
+        if not isinstance(reg, dict) or not isinstance(reg.get("name"), str) or reg.get("kind") not in ("postgres", "files"):
+            raise ManifestError(f"registers[{i}] is not a register (name, kind postgres|files)")
+        for field, kind in (("wal", dict), ("digest", dict), ("backup_label", str), ("snapshot_id", str),
+                            ("repo_path", str), ("repository", str), ("archived_lsn", str)):
+            if reg.get(field) is not None and not isinstance(reg[field], kind):
+                raise ManifestError(f"registers[{i}].{field} is not a {kind.__name__}")
+        wal = reg.get("wal") or {}
+        if any(wal.get(end) is not None and not isinstance(wal[end], str) for end in ("first", "last")):
+            raise ManifestError(f"registers[{i}].wal names no segment")
+
+
+def parse_time(text: Any) -> dt.datetime:
+    """A manifest's ISO 8601 time (Z or an offset; none is UTC); ValueError otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def verify(key: str, data: bytes, public: Ed25519PublicKey) -> Verified:
+    """Parse and check one stored manifest: canonical bytes, format, fields, signature by `public`.
+
+    Any input raises ManifestError and nothing else (bounded size and nesting, strict UTF-8, unique keys)."""
+    try:
+        doc = parse_json(data)
+    except ValueError as exc:
+        raise ManifestError(f"not JSON of a manifest ({exc})") from None
     if not isinstance(doc, dict) or set(doc) != {"manifest", "signature"}:
         raise ManifestError("not a manifest (expected exactly 'manifest' and 'signature')")
     body, sig = doc["manifest"], doc["signature"]
@@ -142,10 +223,11 @@ def verify(key: str, data: bytes, public: Ed25519PublicKey) -> Verified:
         raise ManifestError(f"signed by another key ({sig.get('key_id')}, expected {key_id(public)})")
     try:
         public.verify(base64.b64decode(sig["value"], validate=True), canonical(body))
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, binascii.Error):
         raise ManifestError("signature does not verify (the manifest was altered or forged)") from None
     if key != object_key(body["round"]):
         raise ManifestError(f"stored under the wrong name (round {body['round']} belongs at {object_key(body['round'])})")
+    _check_body(body)
     return Verified(key, body, sha256(data))
 
 
@@ -154,9 +236,14 @@ def verify_chain(objects: list[tuple[str, bytes]], public: Ed25519PublicKey, *, 
     """Walk the chain from the first manifest to the newest: every signature and every link.
 
     Returns the manifests that verified, in order, and the first failure as (object, reason), or None.
+    Every object under manifests/ must be a manifest of this chain: anything else is its failure.
     """
     chain: list[Verified] = []
-    for key, data in sorted(objects):
+    seen: set[str] = set()
+    for key, data in sorted(objects, key=lambda o: o[0]):
+        if key in seen:
+            return chain, (key, "listed twice by the vault")
+        seen.add(key)
         try:
             m = verify(key, data, public)
         except ManifestError as exc:
@@ -174,3 +261,17 @@ def verify_chain(objects: list[tuple[str, bytes]], public: Ed25519PublicKey, *, 
             return chain, (key, f"round {m.round} does not follow round {previous.round}")
         chain.append(m)
     return chain, None
+
+
+def newest_signed(objects: list[tuple[str, bytes]], public: Ed25519PublicKey, *, stack: str) -> Verified | None:
+    """The newest manifest of `stack` whose own signature verifies, chain or not: home signed it, so the state
+    reached that round by then, whatever else the vault holds (evidence for another vault's freshness)."""
+    newest: Verified | None = None
+    for key, data in objects:
+        try:
+            m = verify(key, data, public)
+        except ManifestError:
+            continue
+        if m.body["stack"] == stack and (newest is None or m.round > newest.round):
+            newest = m
+    return newest

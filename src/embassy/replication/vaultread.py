@@ -1,10 +1,12 @@
-"""Read an embassy's manifests from its vault with the read-only identity (run inside the lab's
-controller namespace: vault names resolve there alone).
+"""Read an embassy's vault with the read-only identity (run inside the lab's controller namespace: vault
+names resolve there alone). Everything the vault says is bounded here; the caller parses it as untrusted.
 
     python -m embassy.replication.vaultread SPEC_JSON      -> JSON on stdout
 
-SPEC: {"endpoint", "ca_file", "credentials", "bucket"}. Output: {"ok": true, "objects": [{"key",
-"data" (base64), "lock_mode", "retain_until"}]} or {"ok": false, "error": "..."}.
+SPEC: {"endpoint", "ca_file", "credentials", "bucket"} and either nothing (the manifests) or "heads":
+{"prefixes": [...], "keys": [...]} (the lock of every object under those prefixes, and of those keys).
+Output: {"ok": true, "objects": [{"key", "size", "data" (base64; absent when over the bound), "lock_mode",
+"retain_until", "last_modified"}]} or {"ok": false, "error": "..."}.
 """
 
 from __future__ import annotations
@@ -12,31 +14,83 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from embassy.lab.buckets import client
-from embassy.replication.manifest import PREFIX
+from embassy.replication.manifest import MAX_BYTES, PREFIX
+
+# A host chooses how many objects it lists and how large each is: the reader stops at these bounds and
+# says so, rather than filling the controller's memory (a round a minute for 10 years is 5.3 million manifests:
+# more than that under manifests/ is not a chain).
+MAX_OBJECTS = 6_000_000
+MAX_TOTAL_BYTES = 512 << 20
+MAX_HEADS = 50_000
+HEAD_THREADS = 8
+
+
+class Bounded(Exception):
+    """The vault lists more than a reader takes."""
+
+
+def _lock(got: dict[str, Any]) -> dict[str, Any]:
+    until = got.get("ObjectLockRetainUntilDate")
+    modified = got.get("LastModified")
+    return {"lock_mode": got.get("ObjectLockMode"), "retain_until": until.isoformat() if until else None,
+            "last_modified": modified.isoformat() if modified else None}
+
+
+def _listed(s3: Any, bucket: str, prefix: str, limit: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        items += page.get("Contents", []) or []
+        if len(items) > limit:
+            raise Bounded(f"more than {limit} objects under {prefix}")
+    return items
 
 
 def read_manifests(spec: dict[str, Any]) -> dict[str, Any]:
     s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
-    objects = []
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=spec["bucket"], Prefix=PREFIX):
-        for item in page.get("Contents", []) or []:
+    objects, total = [], 0
+    for item in _listed(s3, spec["bucket"], PREFIX, MAX_OBJECTS):
+        size = int(item.get("Size") or 0)
+        entry: dict[str, Any] = {"key": item["Key"], "size": size}
+        if size <= MAX_BYTES and total + size <= MAX_TOTAL_BYTES:
             got = s3.get_object(Bucket=spec["bucket"], Key=item["Key"])
-            objects.append({"key": item["Key"], "data": base64.b64encode(got["Body"].read()).decode(),
-                            "lock_mode": got.get("ObjectLockMode"),
-                            "retain_until": str(got.get("ObjectLockRetainUntilDate") or "")})
+            data = got["Body"].read(MAX_BYTES + 1)  # the listing's size is the host's word too
+            total += len(data)
+            entry.update(data=base64.b64encode(data).decode(), size=max(size, len(data)), **_lock(got))
+        objects.append(entry)
     return {"ok": True, "objects": objects}
+
+
+def read_heads(spec: dict[str, Any]) -> dict[str, Any]:
+    """The lock of every object under the prefixes and of the keys (HEAD: no data read)."""
+    s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
+    keys = [str(k) for k in spec["heads"].get("keys", [])]
+    for prefix in spec["heads"].get("prefixes", []):
+        keys += [i["Key"] for i in _listed(s3, spec["bucket"], str(prefix), MAX_HEADS)]
+    if len(keys) > MAX_HEADS:
+        raise Bounded(f"more than {MAX_HEADS} objects to check")
+
+    def head(key: str) -> dict[str, Any]:
+        try:
+            got = s3.head_object(Bucket=spec["bucket"], Key=key)
+        except ClientError as exc:
+            return {"key": key, "missing": str(exc.response.get("Error", {}).get("Code", "error"))}
+        return {"key": key, "size": int(got.get("ContentLength") or 0), **_lock(got)}
+
+    with ThreadPoolExecutor(HEAD_THREADS) as pool:
+        return {"ok": True, "objects": list(pool.map(head, dict.fromkeys(keys)))}
 
 
 def main(argv: list[str]) -> int:
     try:
-        result = read_manifests(json.loads(argv[0]))
-    except (BotoCoreError, ClientError, OSError, ValueError) as exc:
+        spec = json.loads(argv[0])
+        result = read_heads(spec) if "heads" in spec else read_manifests(spec)
+    except (BotoCoreError, ClientError, OSError, ValueError, KeyError, Bounded) as exc:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result))
     return 0

@@ -1,35 +1,58 @@
 """`embassy verify`: an embassy's vault checked from the outside, trusting nothing it holds.
 
-1. the manifest chain, first to newest: canonical bytes, Ed25519 signatures by the home state's key
-   (taken from the stack config or the lab state, never from the vault), links, rounds;
-2. freshness: the head against the heads of the other reachable embassies (a vault rolled back to an
-   older, validly signed chain, or frozen, is behind them by more than its registers' objectives);
-3. what the head manifest names, on the embassy's host with its read-only identity: `pgbackrest
+The adversary is the host nation: it controls this vault's storage below S3 and its locks, the network
+path to it and what it serves when, but holds no signing key. So:
+1. every object is read bounded (size, count) and parsed so that it can only fail this vault, naming
+   itself (manifest.parse_json); another vault's bad object makes that vault "not comparable", nothing more;
+2. the manifest chain, first to newest: canonical bytes, Ed25519 signatures by the home state's key
+   (taken from the stack config or the lab state, never from the vault), links, rounds; every object
+   under manifests/ must be a manifest of this chain;
+3. freshness, anchored outside the vault (freshness.py): the controller's high-water mark, the custody
+   bundle's round, and any manifest home signed in any reachable vault. No anchor: "freshness not
+   established", a failure unless the operator accepts it (recorded);
+4. what the head manifest names, on the embassy's host with its read-only identity: `pgbackrest
    verify` (every WAL segment and backup file against its checksum; it exits 0 on errors, so its
    output is parsed), the backup and WAL the manifest names, `restic check` (`--read-data` under
    --full, a rotating fifth otherwise), the snapshot ids, and under --full the Merkle root of each
-   file register's snapshot recomputed from a restore into a scratch folder.
+   file register's snapshot recomputed from a restore into a fresh private scratch folder;
+5. locks: every manifest, and every object a restore relies on (the head's pgBackRest backup, its WAL,
+   the restic repositories, the custody bundles), under COMPLIANCE until at least its write time plus the
+   embassy's retention (HEAD with the read-only identity).
+The verified chain is kept (Result.chain): a restore uses exactly it, never a second read.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from embassy import model
+from embassy import errors, model
 from embassy.errors import UserError
 from embassy.lab.state import LabState
-from embassy.replication import dataplane, manifest
+from embassy.replication import dataplane, freshness, manifest
+from embassy.replication.secrets import secrets_dir
 
 PUBLIC_KEY_FILE = "manifest_public_key.pem"  # in the lab's state folder (written by the agent deploy)
+READ_TIMEOUT = 90  # seconds for one vault's manifests; a host that serves slower is unreachable
+LOCK_SLACK = dt.timedelta(minutes=10)  # home's clock and the vault's differ by less than this
+
+
+# What kind of failure a check names: a restore raises the matching registry error.
+KINDS: dict[str, type[errors.EmbassyError]] = {
+    "integrity": errors.ManifestInvalid, "unreachable": errors.VaultUnreachable, "stale": errors.VaultStale,
+    "unanchored": errors.FreshnessNotEstablished, "lock": errors.LockInsufficient, "data": errors.VaultDataInvalid}
 
 
 @dataclass
@@ -39,20 +62,32 @@ class Result:
     manifests: int = 0
     head: dict[str, Any] | None = None
     first_failure: dict[str, str] | None = None
+    failure_kind: str = ""
+    chain: list[manifest.Verified] = field(default_factory=list)  # exactly what verified, kept for the restore
+    freshness: freshness.Freshness | None = None
 
     @property
     def intact(self) -> bool:
         return self.first_failure is None
 
-    def check(self, obj: str, ok: bool, reason: str = "") -> bool:
-        self.checked.append({"object": obj, "ok": ok, **({"reason": reason} if reason and not ok else {})})
+    def check(self, obj: str, ok: bool, reason: str = "", kind: str = "integrity", detail: str = "") -> bool:
+        self.checked.append({"object": obj, "ok": ok, **({"reason": reason} if reason and not ok else {}),
+                             **({"detail": detail} if detail else {})})
         if not ok and self.first_failure is None:
             self.first_failure = {"object": obj, "reason": reason}
+            self.failure_kind = kind
         return ok
+
+    def error(self, hint: str) -> errors.EmbassyError:
+        """The registry error a refused restore raises: the first failure's object and reason."""
+        failure = self.first_failure or {}
+        return KINDS.get(self.failure_kind, errors.ManifestInvalid)(
+            f"{failure.get('object', '?')}: {failure.get('reason', '')}", hint)
 
     def as_json(self) -> dict[str, Any]:
         return {"embassy": self.embassy, "intact": self.intact, "manifests": self.manifests, "head": self.head,
-                "first_failure": self.first_failure, "checked": self.checked}
+                "first_failure": self.first_failure, "checked": self.checked,
+                "freshness": self.freshness.as_json() if self.freshness else None}
 
 
 def public_key_pem(dep: model.Deployment, lab: LabState | None) -> str:
@@ -69,30 +104,128 @@ def public_key_pem(dep: model.Deployment, lab: LabState | None) -> str:
                     "(it records home's public key in the lab state)")
 
 
-def fetch_manifests(lab: LabState, embassy: str) -> list[tuple[str, bytes]]:
-    """Every manifest object in the embassy's vault, read with its read-only identity; UserError if unreachable."""
-    vault = lab.vault(embassy)
-    spec = {"endpoint": vault.endpoint, "ca_file": vault.ca_file, "credentials": vault.reader_credentials,
-            "bucket": vault.bucket}
-    try:
-        done = subprocess.run(lab.in_controller([sys.executable, "-m", "embassy.replication.vaultread", json.dumps(spec)]),
-                              capture_output=True, text=True, timeout=90)
-        got = json.loads(done.stdout)
-    except (subprocess.TimeoutExpired, ValueError):
-        got = {"ok": False, "error": "no answer in 90 s"}
-    if not got.get("ok"):
-        raise VaultUnreachable(embassy, str(got.get("error", "unknown error"))[:300])
-    return [(o["key"], base64.b64decode(o["data"])) for o in got["objects"]]
-
-
 class VaultUnreachable(Exception):
     def __init__(self, embassy: str, reason: str) -> None:
         super().__init__(f"vault of {embassy} unreachable: {reason}")
         self.embassy, self.reason = embassy, reason
 
 
+class VaultGarbled(Exception):
+    """What a vault served cannot be taken as objects at all: that vault's finding, naming the object."""
+
+    def __init__(self, obj: str, reason: str) -> None:
+        super().__init__(f"{obj}: {reason}")
+        self.object, self.reason = obj, reason
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One object as the vault served it (everything here is the host's word until checked)."""
+
+    key: str
+    data: bytes | None  # None: not read (over the bound)
+    size: int
+    lock_mode: str | None = None
+    retain_until: str | None = None
+    last_modified: str | None = None
+    missing: str | None = None
+
+
+def _text(value: Any, what: str, obj: str) -> str | None:
+    if value is None or (isinstance(value, str) and len(value) <= 1024):
+        return value
+    raise VaultGarbled(obj, f"{what} is not a string")
+
+
+def parse_reader_output(embassy: str, stdout: str) -> list[Stored]:
+    """The reader's JSON, each object checked for shape: VaultUnreachable or VaultGarbled, nothing else."""
+    try:
+        got = manifest.parse_json(stdout.encode(), max_bytes=1 << 31, max_depth=4)
+    except ValueError as exc:
+        raise VaultUnreachable(embassy, f"the reader gave no answer ({exc})") from None
+    if not isinstance(got, dict) or not got.get("ok"):
+        error = got.get("error", "unknown error") if isinstance(got, dict) else "unknown error"
+        raise VaultUnreachable(embassy, str(error)[:300])
+    items = got.get("objects")
+    if not isinstance(items, list):
+        raise VaultGarbled(f"vault:{embassy}", "the listing is not a list of objects")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str) or len(item["key"]) > 1024:
+            raise VaultGarbled(f"vault:{embassy}", "an object without a key of at most 1024 characters")
+        obj = f"vault:{embassy}/{item['key']}"
+        size = item.get("size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise VaultGarbled(obj, "its size is not a count of bytes")
+        data = None
+        if item.get("data") is not None:
+            try:
+                data = base64.b64decode(str(item["data"]), validate=True)
+            except (binascii.Error, ValueError):
+                raise VaultGarbled(obj, "its content did not come back as base64") from None
+        out.append(Stored(item["key"], data, size, _text(item.get("lock_mode"), "lock mode", obj),
+                          _text(item.get("retain_until"), "retain-until", obj),
+                          _text(item.get("last_modified"), "last-modified", obj),
+                          _text(item.get("missing"), "missing", obj)))
+    return out
+
+
+def _reader(lab: LabState, embassy: str, extra: dict[str, Any] | None = None) -> list[Stored]:
+    vault = lab.vault(embassy)
+    spec = {"endpoint": vault.endpoint, "ca_file": vault.ca_file, "credentials": vault.reader_credentials,
+            "bucket": vault.bucket, **(extra or {})}
+    try:
+        done = subprocess.run(lab.in_controller([sys.executable, "-m", "embassy.replication.vaultread", json.dumps(spec)]),
+                              capture_output=True, text=True, errors="replace", timeout=READ_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise VaultUnreachable(embassy, f"no answer in {READ_TIMEOUT} s") from None
+    return parse_reader_output(embassy, done.stdout)
+
+
+def fetch_manifests(lab: LabState, embassy: str) -> list[Stored]:
+    """Every object under manifests/ in the embassy's vault, read with its read-only identity, bounded.
+
+    VaultUnreachable if it does not answer, VaultGarbled if what it serves is not a listing of objects."""
+    return _reader(lab, embassy)
+
+
+def fetch_locks(lab: LabState, embassy: str, prefixes: list[str], keys: list[str]) -> list[Stored]:
+    """The lock of every object under the prefixes and of the keys (HEAD, no data)."""
+    return _reader(lab, embassy, {"heads": {"prefixes": prefixes, "keys": keys}})
+
+
+def walk(objects: list[Stored], public: Any, *, stack: str,
+         embassy: str) -> tuple[list[manifest.Verified], tuple[str, str] | None]:
+    """The chain as manifest.verify_chain walks it; an object over the size bound fails where it stands."""
+    ordered = sorted(objects, key=lambda o: o.key)
+    unread = next((i for i, o in enumerate(ordered) if o.data is None), len(ordered))
+    chain, failure = manifest.verify_chain([(o.key, o.data or b"") for o in ordered[:unread]], public, stack=stack,
+                                           embassy=embassy)
+    if failure is None and unread < len(ordered):
+        o = ordered[unread]
+        failure = (o.key, f"not read: {o.size} bytes, more than a manifest may have ({manifest.MAX_BYTES})")
+    return chain, failure
+
+
+def same_chain(verified: list[manifest.Verified], objects: list[Stored]) -> tuple[str, str] | None:
+    """A later read of the manifests compared with the chain that was verified: (object, reason) if it differs.
+
+    A host may serve the whole chain while it is verified and another one afterwards: whatever is read
+    later must be byte for byte (by sha256) what was verified, nothing missing, nothing added."""
+    want = {m.key: m.sha256 for m in verified}
+    got = {o.key: manifest.sha256(o.data) if o.data is not None else None for o in objects}
+    for key in sorted(want.keys() | got.keys()):
+        if key not in got:
+            return key, "verified before, missing from a later read of the vault"
+        if key not in want:
+            return key, "not in the chain that was verified, present in a later read of the vault"
+        if got[key] != want[key]:
+            return key, f"sha256 {str(got[key])[:16]}… in a later read, {want[key][:16]}… when verified"
+    return None
+
+
 def _time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return manifest.parse_time(text)
 
 
 def ssh(lab: LabState, embassy: str, command: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -172,10 +305,12 @@ def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: R
                             want.startswith(i) for i in ids), f"snapshot {want[:8]} named by {head.key} is not in the repo"):
             return
         if full and reg.get("digest"):
-            scratch = f"/var/tmp/embassy-verify-{name}"
-            got = ssh(lab, embassy, f"sudo rm -rf {scratch} && {restic} restore {want} --target {scratch} >/dev/null && "
+            # A fresh 0700 folder per run (mktemp -d), never a fixed path another user could prepare.
+            got = ssh(lab, embassy, f"scratch=$(sudo mktemp -d -p /var/tmp embassy-verify.XXXXXXXXXX) && "
+                                    f"{restic} restore {want} --target \"$scratch\" >/dev/null && "
                                     f"sudo env PYTHONPATH=/opt/embassy python3 -m replication.digest files "
-                                    f"{scratch}/srv/registers/{name}; sudo rm -rf {scratch}")
+                                    f"\"$scratch\"/srv/registers/{name}; rc=$?; "
+                                    f"[ -n \"$scratch\" ] && sudo rm -rf \"$scratch\"; exit $rc")
             try:
                 actual = json.loads(got.stdout)
             except ValueError:
@@ -188,38 +323,196 @@ def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: R
                          f"content differs from {head.key}: {'; '.join(diff)}")
 
 
-def check_freshness(dep: model.Deployment, lab: LabState, embassy: str, head: manifest.Verified, public: Any,
-                    result: Result, say: Callable[[str], None]) -> None:
-    """Compare the head with the other reachable embassies' heads: behind by more than an objective is stale."""
-    me = next(e for e in dep.embassies if e.name == embassy)
+def _bound(dep: model.Deployment, embassy: str) -> int:
+    """The tightest objective of the registers the embassy holds: how far behind another vault it may lag."""
+    me = dep.embassy(embassy)
     held = [r for r in dep.registers if any(h.name == embassy for h in dep.holders(r))]
-    for other in dep.embassies:
-        if other.name == embassy:
-            continue
+    return min((dep.rpo_bound(r, me) for r in held), default=0)
+
+
+def controller_folder(dep: model.Deployment, lab: LabState) -> Path:
+    """Where the high-water marks live: the controller's secrets folder (0700)."""
+    return secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
+
+
+def gather_anchors(dep: model.Deployment, lab: LabState, embassy: str, public: Any, fresh: freshness.Freshness,
+                   say: Callable[[str], None]) -> None:
+    """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
+    whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass)."""
+    folder = controller_folder(dep, lab)
+    others = [e for e in dep.embassies if e.name != embassy]
+
+    def read(name: str) -> list[Stored] | Exception:
         try:
-            chain, failure = manifest.verify_chain(fetch_manifests(lab, other.name), public, stack=dep.stack,
-                                                   embassy=other.name)
-        except VaultUnreachable:
+            return fetch_manifests(lab, name)
+        except (VaultUnreachable, VaultGarbled) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max(1, len(others))) as pool:  # an unreachable vault costs its timeout once, not in turn
+        served = dict(zip([o.name for o in others], pool.map(read, [o.name for o in others]), strict=True))
+    for other in others:
+        try:
+            got = served[other.name]
+            if isinstance(got, Exception):
+                raise got
+            objects = got
+        except VaultUnreachable as exc:
+            fresh.not_comparable.append({"embassy": other.name, "reason": f"unreachable: {exc.reason}"})
             say(f"freshness: vault of {other.name} unreachable, not compared")
             continue
-        if failure or not chain:
-            say(f"freshness: {other.name}'s chain does not verify, not compared")
+        except VaultGarbled as exc:
+            fresh.not_comparable.append({"embassy": other.name, "reason": f"{exc.object}: {exc.reason}"})
+            say(f"freshness: vault of {other.name} serves no listing of objects, not compared")
             continue
-        theirs = chain[-1]
-        behind = (_time(theirs.body["time"]) - _time(head.body["time"])).total_seconds()
-        for reg in held:
-            if any(h.name == other.name for h in dep.holders(reg)) and theirs.round > head.round:
-                bound = dep.rpo_bound(reg, me)
-                if behind > bound:
-                    result.check(f"vault:{embassy}/{head.key}", False,
-                                 f"stale: head is round {head.round}, {behind:.0f} s behind {other.name}'s round "
-                                 f"{theirs.round}, more than {reg.name}'s objective of {bound} s (rolled back or frozen)")
-                    return
+        newest = manifest.newest_signed([(o.key, o.data) for o in objects if o.data is not None], public,
+                                        stack=dep.stack)
+        if newest is None:
+            fresh.not_comparable.append({"embassy": other.name, "reason": "no manifest signed by home"})
+            say(f"freshness: {other.name}'s vault holds no manifest signed by home, not compared")
+            continue
+        fresh.anchors.append(freshness.evidence(other.name, newest))
+        if newest.body["embassy"] in {e.name for e in dep.embassies}:
+            freshness.raise_mark(folder, str(newest.body["embassy"]), newest)
+
+
+def check_freshness(dep: model.Deployment, lab: LabState, embassy: str, chain: list[manifest.Verified], public: Any,
+                    result: Result, say: Callable[[str], None], *, bundle_round: int | None = None,
+                    accept_unanchored: bool = False) -> None:
+    """The head against every anchor (freshness.py): stale, a second history, or not established, each a failure."""
+    head = chain[-1]
+    fresh = freshness.Freshness(accepted_unanchored=False)
+    result.freshness = fresh
+    mark = freshness.read_mark(controller_folder(dep, lab), embassy)
+    if mark is not None:
+        fresh.anchors.append(mark)
+        fork = freshness.second_history(chain, mark)
+        if fork:
+            result.check(f"vault:{embassy}/{head.key}", False, fork, kind="stale")
+            fresh.stale = result.first_failure
+            return
+    if bundle_round is not None:
+        fresh.anchors.append(freshness.Anchor(freshness.BUNDLE, bundle_round))
+    gather_anchors(dep, lab, embassy, public, fresh, say)
+    stale = freshness.judge(head, fresh, _bound(dep, embassy))
+    if stale:
+        result.check(f"vault:{embassy}/{head.key}", False, stale, kind="stale")
+        fresh.stale = result.first_failure
+        return
+    if not fresh.established and not accept_unanchored:
+        why = "; ".join(f"{n['embassy']}: {n['reason']}" for n in fresh.not_comparable) or "no other embassy"
+        result.check(f"vault:{embassy}/freshness", False,
+                     f"freshness not established: no high-water mark on this controller, no custody bundle round, "
+                     f"no other vault to compare with ({why[:400]}); --accept-unanchored takes head round "
+                     f"{head.round} as it is", kind="unanchored")
+        return
+    fresh.accepted_unanchored = not fresh.established
     result.check(f"vault:{embassy}/freshness", True)
 
 
+def _iso(text: str | None) -> dt.datetime | None:
+    try:
+        return _time(text) if text else None
+    except ValueError:
+        return None
+
+
+def lock_problem(o: Stored, written: dt.datetime | None, days: int) -> str | None:
+    """Why an object's lock is less than COMPLIANCE until its write time + the retention, or None.
+
+    written: the trusted lower bound of its write time (a manifest's signed time), else the vault's own."""
+    if o.missing:
+        return f"listed, but the vault answers {o.missing} for it"
+    if o.lock_mode != "COMPLIANCE":
+        return f"not under a COMPLIANCE lock (lock mode {o.lock_mode or 'none'})"
+    until = _iso(o.retain_until)
+    when = max(t for t in (written, _iso(o.last_modified), dt.datetime.min.replace(tzinfo=dt.UTC)) if t is not None)
+    if until is None:
+        return "COMPLIANCE without a retain-until date"
+    if when.year == 1:
+        return "no write time"
+    need = when + dt.timedelta(days=days)
+    if until < need - LOCK_SLACK:
+        return (f"locked until {until.isoformat()}, less than its write time {when.isoformat()} + the embassy's "
+                f"{days} days of retention ({need.isoformat()})")
+    return None
+
+
+def check_manifest_locks(objects: list[Stored], chain: list[manifest.Verified], days: int, embassy: str,
+                         result: Result) -> None:
+    """Every manifest of the chain: the lock the vault returned with it, from its signed time."""
+    by_key = {o.key: o for o in objects}
+    for m in chain:
+        problem = lock_problem(by_key[m.key], _time(m.body["time"]), days)
+        if problem:
+            result.check(f"vault:{embassy}/{m.key}", False, f"lock: {problem}", kind="lock")
+            return
+    result.check(f"vault:{embassy}/manifests/locks", True)
+
+
+def relied_on(dep: model.Deployment, head: manifest.Verified) -> tuple[list[str], list[str], list[tuple[str, str, str]]]:
+    """What a restore from the head reads: (prefixes, keys, WAL ranges (archive prefix, first, last))."""
+    prefixes, keys, wal = [f"custody/{dep.stack}/"], [], []
+    for reg in head.body["registers"]:
+        if reg["kind"] == "postgres":
+            repo = str(reg.get("repo_path") or dataplane.PGBACKREST_PATH).strip("/")
+            label = str(reg.get("backup_label") or "")
+            for name in dict.fromkeys([label, label.split("_")[0]]) if label else []:
+                prefixes.append(f"{repo}/backup/home/{name}/")
+            keys += [f"{repo}/backup/home/backup.info", f"{repo}/backup/home/backup.info.copy",
+                     f"{repo}/archive/home/archive.info", f"{repo}/archive/home/archive.info.copy"]
+            ends = reg.get("wal") or {}
+            if ends.get("first") and ends.get("last"):
+                wal.append((f"{repo}/archive/home/", str(ends["first"]), str(ends["last"])))
+        elif reg.get("repository"):
+            prefixes.append(f"{str(reg['repository']).strip('/')}/")
+    return list(dict.fromkeys(prefixes)), list(dict.fromkeys(keys)), list(dict.fromkeys(wal))
+
+
+SEGMENT = re.compile(r"(?:^|/)([0-9A-F]{24})(?:-[0-9a-f]{40})?(?:\.[a-z0-9]+)?$")
+
+
+def check_locks(dep: model.Deployment, lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
+    """Every object a restore from the head relies on: under COMPLIANCE until its write time + retention."""
+    days = dep.embassy(embassy).retention_days
+    prefixes, keys, wal = relied_on(dep, head)
+    started = time.monotonic()
+    try:
+        objects = fetch_locks(lab, embassy, prefixes + [w[0] for w in wal], keys)
+    except VaultUnreachable as exc:
+        result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
+        return
+    except VaultGarbled as exc:
+        result.check(exc.object, False, exc.reason, kind="data")
+        return
+    wal_prefixes = {w[0] for w in wal} - set(prefixes)
+    found = 0
+    for o in objects:
+        if "/locks/" in o.key or (o.missing and o.key not in keys):
+            # restic's lock files come and go with every backup (no restore reads them); a listed object gone
+            # by the time of its HEAD was expired or pruned meanwhile (pgbackrest verify and restic check
+            # name an object the head needs that is gone).
+            continue
+        if any(o.key.startswith(p) for p in wal_prefixes):  # of the segments, those the head names; history too
+            seg = SEGMENT.search(o.key)
+            if seg and not any(o.key.startswith(p_) and first[8:] <= seg.group(1)[8:] <= last[8:]
+                               for p_, first, last in wal):
+                continue
+        found += 1
+        problem = lock_problem(o, None, days)
+        if problem:
+            result.check(f"vault:{embassy}/{o.key}", False, f"lock: {problem}", kind="lock")
+            return
+    result.check(f"vault:{embassy}/locks", True, detail=f"{found} objects under COMPLIANCE until their write time + "
+                                                       f"{days} days (HEAD in {time.monotonic() - started:.1f} s)")
+
+
 def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = False,
+           accept_unanchored: bool = False, bundle_round: int | None = None,
            say: Callable[[str], None] = lambda _m: None) -> Result:
+    """Check the embassy's vault (module docstring); the Result names the first failure and keeps the chain.
+
+    bundle_round: the custody bundle's round at sealing, when a bundle is at hand (an anchor of freshness).
+    accept_unanchored: take a chain whose freshness nothing anchors (recorded in the Result's freshness)."""
     if embassy not in {e.name for e in dep.embassies}:
         raise UserError(f"no embassy '{embassy}' in stack '{dep.stack}'",
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
@@ -229,10 +522,13 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
     try:
         objects = fetch_manifests(lab, embassy)
     except VaultUnreachable as exc:
-        result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}")
+        result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
+        return result
+    except VaultGarbled as exc:
+        result.check(exc.object, False, exc.reason, kind="data")
         return result
     say(f"checking {len(objects)} manifests: signatures and links")
-    chain, failure = manifest.verify_chain(objects, public, stack=dep.stack, embassy=embassy)
+    chain, failure = walk(objects, public, stack=dep.stack, embassy=embassy)
     result.manifests = len(objects)
     for m in chain:
         result.check(m.key, True)
@@ -244,8 +540,12 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
         return result
     head = chain[-1]
     result.head = {"round": head.round, "sha256": head.sha256, "key": head.key, "time": head.body["time"]}
-    say("freshness against the other embassies")
-    check_freshness(dep, lab, embassy, head, public, result, say)
+    check_manifest_locks(objects, chain, dep.embassy(embassy).retention_days, embassy, result)
+    if not result.intact:
+        return result
+    say("freshness: the high-water mark, the custody bundle, the other embassies")
+    check_freshness(dep, lab, embassy, chain, public, result, say, bundle_round=bundle_round,
+                    accept_unanchored=accept_unanchored)
     if not result.intact:
         return result
     say("the host's repositories: the key generation the head manifest names")
@@ -257,4 +557,10 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
     if result.intact:
         say(f"restic: check {'all data' if full else 'a rotating fifth of the data'}")
         check_restic(lab, embassy, head, result, full)
+    if result.intact:
+        say("locks: every object a restore from the head relies on")
+        check_locks(dep, lab, embassy, head, result)
+    if result.intact:
+        result.chain = chain
+        freshness.raise_mark(controller_folder(dep, lab), embassy, head)
     return result
