@@ -99,23 +99,64 @@ def ssh(lab: LabState, embassy: str, command: str, timeout: float = 1800) -> sub
     return subprocess.run(lab.ssh_argv(lab.host(embassy).name, command), capture_output=True, text=True, timeout=timeout)
 
 
-# At log level info, pgBackRest verify names each bad file: "invalid result <archive id>/<dir>/<segment>: …" for
-# WAL, "<label>/pg_data/…" for backup files.
+# At log level info, pgBackRest verify names each bad file it checks in a job: "invalid result <archive id>/<dir>/<segment>: …"
+# for WAL, "<label>/pg_data/…" for backup files.
 BAD_FILE = re.compile(r"invalid (?:result|checksum|size)[^\n]*?(?P<file>\d+-\d+/[0-9A-F]{16}/[0-9A-F]{24}[^\s:,']*|"
                       r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?/[^\s:,']+)")
+# Before those jobs, verify's main process reads the header of the first WAL segment of each archive id (to learn the
+# segment size: verifyArchive() in pgBackRest's src/command/verify/verify.c), outside the per-file error handling: a
+# segment damaged there (`[029] zst error: Data corruption detected`) aborts verify with an ERROR that names no file.
+# Its debug log names every repo file the main process opens (storageNewRead): the last WAL segment opened is the one.
+VERIFY_ABORT = re.compile(r"ERROR: \[(?P<code>\d{3})\]: (?P<message>[^\n]*)")
+OPENED_WAL = re.compile(r"storageNewRead[^\n]*?(?:<REPO:ARCHIVE>|/archive/[^/\s\"]+)/"
+                        r"(?P<file>\d+-\d+/[0-9A-F]{16}/[0-9A-F]{24}-[0-9a-f]{40}(?:\.[a-z0-9]+)?)")
+PGBR = "sudo runuser -u postgres -- pgbackrest --stanza=home"
+
+
+def bad_file(text: str) -> str | None:
+    """The repo file that pgBackRest verify's output names as invalid, if any."""
+    bad = BAD_FILE.search(text)
+    return bad.group("file") if bad else None
+
+
+def aborted_on(debug_text: str) -> tuple[str, str] | None:
+    """(file, error) when verify aborted while its main process read a WAL segment: the last one it opened."""
+    abort = VERIFY_ABORT.search(debug_text)
+    if abort is None:
+        return None
+    opened = OPENED_WAL.findall(debug_text[:abort.start()])
+    if not opened:
+        return None
+    return opened[-1], f"[{abort.group('code')}] {abort.group('message').strip()[:200]}"
+
+
+def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, str]:
+    """The object and reason of a failed `pgbackrest verify`: the file it names, else the one it aborted on."""
+    summary = f"pgbackrest verify: {' '.join(text.split())[:400]}"
+    named = bad_file(text)
+    if named:
+        return f"pgbackrest:{named}", summary
+    if VERIFY_ABORT.search(text) and "Results:" not in text:
+        # Aborted before any result: run it again at debug level to see which file the main process was reading.
+        again = ssh(lab, embassy, f"{PGBR} --log-level-console=debug --output=text verify 2>&1 | "
+                                  "grep -E 'storageNewRead|ERROR: \\[' | tail -c 200000")
+        found = aborted_on(again.stdout)
+        if found:
+            return (f"pgbackrest:{found[0]}",
+                    f"pgbackrest verify aborted reading the header of this WAL segment (the first of its archive, read "
+                    f"before the per-file checks): {found[1]}; the segment is damaged or replaced")
+    return "pgbackrest:repo", summary
 
 
 def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
-    pgbr = "sudo runuser -u postgres -- pgbackrest --stanza=home"
-    done = ssh(lab, embassy, f"{pgbr} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
-                             f"{pgbr} --output=json info")
+    done = ssh(lab, embassy, f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
+                             f"{PGBR} --output=json info")
     text, _, info_json = done.stdout.rpartition("\n[")
     status = re.search(r"status:\s*(\w+)", text)
     invalid = re.search(r"(missing|checksum invalid|size invalid|other): [1-9]", text)
     if status is None or status.group(1) != "ok" or invalid or "error" in text.lower():
-        bad = BAD_FILE.search(text)
-        obj = f"pgbackrest:{bad.group('file')}" if bad else "pgbackrest:repo"
-        result.check(obj, False, f"pgbackrest verify: {' '.join(text.split())[:400]}")
+        obj, reason = _pgbackrest_failure(lab, embassy, text)
+        result.check(obj, False, reason)
         return
     result.check("pgbackrest:repo", True)
     try:
@@ -154,6 +195,17 @@ def check_generation(lab: LabState, embassy: str, head: manifest.Verified, resul
                  "run `embassy deploy` (or restore with --shares)")
 
 
+# restic check names a damaged pack by its id, which is its object name (data/<first two hex digits>/<id>):
+# "pack <id>: Pack ID does not match, want <short>, got <short>" (restic 0.14, --read-data or a subset).
+BAD_PACK = re.compile(r"\bpack ([0-9a-f]{64})\b")
+
+
+def bad_pack(text: str) -> str | None:
+    """The id of the first pack restic check names as damaged, if any."""
+    found = BAD_PACK.search(text)
+    return found.group(1) if found else None
+
+
 def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
     subset = "--read-data" if full else f"--read-data-subset={head.round % 5 + 1}/5"
     for reg in head.body["registers"]:
@@ -162,9 +214,12 @@ def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: R
         name = reg["name"]
         restic = f"sudo embassy-restic {embassy} {name} --no-lock"
         done = ssh(lab, embassy, f"{restic} check {subset} 2>&1")
-        if not result.check(f"restic:{name}", done.returncode == 0,
-                            f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}"):
+        if done.returncode != 0:
+            pack = bad_pack(done.stdout)
+            result.check(f"restic:{name}" + (f"/data/{pack[:2]}/{pack}" if pack else ""), False,
+                         f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}")
             return
+        result.check(f"restic:{name}", True)
         snaps = ssh(lab, embassy, f"{restic} snapshots --json")
         ids = [s.get("id", "") for s in json.loads(snaps.stdout or "[]")] if snaps.returncode == 0 else []
         want = reg.get("snapshot_id") or ""
