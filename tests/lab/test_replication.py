@@ -449,3 +449,65 @@ def test_a_vault_refusing_writes_alerts_and_holds_nobody_back(lab: LabState, rep
     assert done.returncode == 0, done.stdout[-2000:]
     assert all(m[8:] >= segment[8:] for m in _archived_max(lab).values())
     assert verify(lab, "ie")[0] == 0
+
+
+ROUND_ON_HOME = "sudo env PYTHONPATH=/opt/embassy python3 -m replication.round run"
+ROUND_STATE = "/var/lib/embassy/replication/state.json"
+
+
+def _round_on_home(lab: LabState) -> tuple[int, dict[str, Any]]:
+    """One round run on home directly (as its unit does), its exit code and report."""
+    done = ssh(lab, "home", ROUND_ON_HOME, check=False, timeout=600)
+    assert done.stdout.strip(), done.stderr[-2000:]
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return done.returncode, report
+
+
+def _heads(lab: LabState) -> dict[str, list[tuple[str, bytes]]]:
+    return {e: [(i["key"], base64.b64decode(i["data"])) for i in manifests_in_vault(lab, e)] for e in EMBASSIES}
+
+
+def _assert_continued(lab: LabState, before: dict[str, list[tuple[str, bytes]]], n: int) -> dict[str, list[tuple[str, bytes]]]:
+    """Every vault: its old chain untouched, one manifest more at round n, linked to its newest head before."""
+    after = _heads(lab)
+    for e in EMBASSIES:
+        assert after[e][:-1] == before[e], f"{e}: a manifest was overwritten or lost"
+        chain, failure = manifest.verify_chain(after[e], public_key(lab), stack=STACK, embassy=e)
+        assert failure is None and chain[-1].round == n, (e, failure)
+        assert chain[-1].body["previous_sha256"] == manifest.sha256(before[e][-1][1]) and "new_chain" not in chain[-1].body
+    return after
+
+
+def test_a_lost_round_state_continues_the_chain_and_refuses_to_restart_blind(lab: LabState,
+                                                                             replicated: dict[str, Any]) -> None:
+    """Home's round state corrupted, then deleted with every vault cut off: never a second chain from round 1."""
+    ssh(lab, "home", "sudo systemctl stop embassy-replication-round.timer")  # no timer round in between
+    ports = [_vault_port(lab, e) for e in EMBASSIES]
+    try:
+        before = _heads(lab)
+        n = max(manifest.verify(*items[-1], public_key(lab)).round for items in before.values())
+        # Corrupted: recovered from the vaults (the newest verified head), set aside, never read as round 0.
+        ssh(lab, "home", f"echo '{{\"round\": 1, \"embass' | sudo tee {ROUND_STATE} >/dev/null")
+        code, report = _round_on_home(lab)
+        assert code == 0 and report["round"] == n + 1 and report["recovered"], report
+        before = _assert_continued(lab, before, n + 1)
+        assert ssh(lab, "home", f"sudo ls {ROUND_STATE}.unreadable-*").stdout.strip()
+        # Deleted, and no vault answers: refused before anything is shipped; no state is invented.
+        ssh(lab, "home", f"sudo rm {ROUND_STATE}")
+        for port in ports:
+            subprocess.run(["ip", "-n", lab.switch_netns, "link", "set", port, "down"], check=True)
+        started = time.monotonic()
+        code, report = _round_on_home(lab)
+        assert code == 1 and report["round"] is None and "no vault answers" in report["refused"]["reason"], report
+        assert time.monotonic() - started < 60
+        assert ssh(lab, "home", f"sudo test -e {ROUND_STATE}", check=False).returncode == 1
+        for port in ports:
+            subprocess.run(["ip", "-n", lab.switch_netns, "link", "set", port, "up"], check=True)
+        # The vaults back: the chain goes on at n + 2, linked to the head written at n + 1.
+        code, report = _round_on_home(lab)
+        assert code == 0 and report["round"] == n + 2 and report["recovered"], report
+        _assert_continued(lab, before, n + 2)
+    finally:
+        for port in ports:
+            subprocess.run(["ip", "-n", lab.switch_netns, "link", "set", port, "up"], check=True)
+        ssh(lab, "home", "sudo systemctl start embassy-replication-round.timer")

@@ -19,7 +19,7 @@ STABLE = {
     204: "DigestMismatch", 205: "ObjectMissing", 206: "BackupInvalid", 207: "ReportEdited", 208: "CheckFailed",
     300: "VaultUnreachable", 301: "VaultRefusedWrite", 302: "HostUnreachable", 303: "HardeningFailed",
     304: "DeployFailed", 305: "ReplicationFailed", 306: "RestoreFailed", 307: "SmokeCheckFailed",
-    308: "ObjectiveMissed", 309: "DrillFailed",
+    308: "ObjectiveMissed", 309: "DrillFailed", 310: "RoundRefused",
 }
 
 
