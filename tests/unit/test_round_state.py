@@ -184,3 +184,52 @@ def test_a_readable_state_only_recovers_the_embassies_it_lacks() -> None:
     # and when se does not answer, the state's embassies go on without it
     got = roundstate.recover(state, "", [VaultView("se", None, "timeout")], PUBLIC, stack=STACK)
     assert got.state["round"] == 9 and got.unknown == ["se"]
+
+
+# --------------------------------------------------------------------------- the round's start on home
+
+
+def _cfg(tmp_path: Path) -> dict[str, Any]:
+    return {"state_dir": str(tmp_path), "stack": STACK, "ca_file": "ca.crt",
+            "embassies": [{"name": "de", "vault": {}}, {"name": "se", "vault": {}}]}
+
+
+def test_an_unreadable_state_is_set_aside_and_recovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.replication import round as home_round
+
+    de, se = chain("de", [1, 2, 3]), chain("se", [1, 2, 3])
+    monkeypatch.setattr(home_round, "read_vaults",
+                        lambda cfg, names: [VaultView(n, {"de": de, "se": se}[n]) for n in names])
+    (tmp_path / "state.json").write_text('{"round": 1, "embass')
+    got = home_round.start_state(_cfg(tmp_path), KEY)
+    assert got.state["round"] == 3 and got.recovered and got.state["embassies"]["se"]["sha256"] == sha(se, 3)
+    assert not (tmp_path / "state.json").exists()
+    aside = list(tmp_path.glob("state.json.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_text() == '{"round": 1, "embass'
+
+
+def test_a_readable_state_reads_no_vault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.replication import round as home_round
+
+    def no_read(cfg: Any, names: Any) -> Any:
+        raise AssertionError("a readable state holding every head reads no vault")
+
+    monkeypatch.setattr(home_round, "read_vaults", no_read)
+    head = {"sha256": "a" * 64, "round": 5, "key": manifest.object_key(5), "files": {}}
+    (tmp_path / "state.json").write_text(json.dumps({"round": 5, "embassies": {"de": head, "se": head}}))
+    got = home_round.start_state(_cfg(tmp_path), KEY)
+    assert got.state["round"] == 5 and not got.recovered
+
+
+def test_a_refused_round_ships_nothing_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.replication import round as home_round
+
+    monkeypatch.setattr(home_round, "read_vaults", lambda cfg, names: [VaultView(n, None, "timeout") for n in names])
+    monkeypatch.setattr(home_round, "postgres_part", lambda *a: pytest.fail("nothing is shipped by a refused round"))
+    key_file = tmp_path / "manifest.key"
+    home_round.keygen(key_file, tmp_path / "manifest.pub")
+    report = home_round.run_round({**_cfg(tmp_path), "key_file": str(key_file)})
+    assert report["round"] is None and "no vault answers" in report["refused"]["reason"]
+    assert "--new-chain" in report["refused"]["hint"]
+    assert json.loads((tmp_path / "last-round.json").read_text()) == report
+    assert not (tmp_path / "state.json").exists()

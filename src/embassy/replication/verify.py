@@ -121,10 +121,12 @@ def bad_file(text: str) -> str | None:
 
 def aborted_on(debug_text: str) -> tuple[str, str] | None:
     """(file, error) when verify aborted while its main process read a WAL segment: the last one it opened."""
-    abort = VERIFY_ABORT.search(debug_text)
+    # Only the main process (P00): a per-file job (P01…) that logged its own reads did not abort the command.
+    main = "\n".join(line for line in debug_text.splitlines() if not re.match(r"\s*P(?!00)\d{2}\b", line))
+    abort = VERIFY_ABORT.search(main)
     if abort is None:
         return None
-    opened = OPENED_WAL.findall(debug_text[:abort.start()])
+    opened = OPENED_WAL.findall(main[:abort.start()])
     if not opened:
         return None
     return opened[-1], f"[{abort.group('code')}] {abort.group('message').strip()[:200]}"

@@ -1,0 +1,61 @@
+"""`embassy verify` names the very object pgBackRest verify or restic check found damaged.
+
+The adversary: a host that damages a stored object and hopes the check stays vague ("the repo") or
+names another object, so that auditors look in the wrong place, or that the first WAL segment's abort
+(pgBackRest names no file there) passes for something else. The lines below follow pgBackRest 2.45's and
+restic 0.14's output formats (src/command/verify/verify.c; restic's checker), as seen on the lab.
+"""
+
+from __future__ import annotations
+
+from embassy.replication import verify
+
+SEG1 = "000000010000000000000001-2f0a8c5b7d3e41f69a0b1c2d3e4f5a6b7c8d9e0f.zst"
+SEG2 = "000000010000000000000002-8e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b.zst"
+PACK = "3c5b2e1f" + "0123456789abcdef" * 3 + "01234567"
+
+
+def test_a_bad_wal_segment_or_backup_file_is_named_from_verify_output() -> None:
+    wal = (f"P00   INFO: verify command begin 2.45: --exec-id=1-ab --log-level-console=info --stanza=home\n"
+           f"P01  ERROR: [028]: invalid result 15-1/0000000100000000/{SEG2}: [29] zst error: Data corruption detected\n"
+           "P00   INFO: Results:\n  archiveId: 15-1, total WAL checked: 9, total valid WAL: 8\n"
+           "    missing: 0, checksum invalid: 0, size invalid: 0, other: 1\n")
+    assert verify.bad_file(wal) == f"15-1/0000000100000000/{SEG2}"
+    backup = ("P01  ERROR: [028]: invalid checksum '20261207-014512F/pg_data/global/1260.zst'\n"
+              "  backup: 20261207-014512F, status: invalid, total files checked: 980, total valid files: 979\n")
+    assert verify.bad_file(backup) == "20261207-014512F/pg_data/global/1260.zst"
+    diff = "P01  ERROR: [028]: invalid size 20261207-014512F_20261207-020000D/pg_data/base/1/1259.zst\n"
+    assert verify.bad_file(diff) == "20261207-014512F_20261207-020000D/pg_data/base/1/1259.zst"
+    assert verify.bad_file("P00   INFO: verify command end: completed successfully\n") is None
+
+
+def test_the_first_segment_abort_is_named_from_the_main_process_debug_log() -> None:
+    debug = "\n".join([
+        'P00  DEBUG:     storage/storage::storageNewRead: (this: {type: s3, path: /pgbackrest}, '
+        'fileExp: {"<REPO:ARCHIVE>/archive.info"}, param.ignoreMissing: false)',
+        'P00  DEBUG:     storage/storage::storageNewRead: (this: {type: s3, path: /pgbackrest}, '
+        f'fileExp: {{"<REPO:ARCHIVE>/15-1/0000000100000000/{SEG1}"}}, param.ignoreMissing: false)',
+        # a job's own read (another process) logged before the abort is not the one the command aborted on
+        'P01  DEBUG:     storage/storage::storageNewRead: (this: {type: s3, path: /pgbackrest}, '
+        f'fileExp: {{"<REPO:ARCHIVE>/15-1/0000000100000000/{SEG2}"}}, param.ignoreMissing: false)',
+        "P00  ERROR: [029]: zst error: Data corruption detected",
+    ])
+    assert verify.aborted_on(debug) == (f"15-1/0000000100000000/{SEG1}", "[029] zst error: Data corruption detected")
+
+
+def test_an_abort_without_a_wal_read_names_no_segment() -> None:
+    # e.g. the vault stopped answering: no WAL segment was being read, none is blamed
+    debug = ('P00  DEBUG:     storage/storage::storageNewRead: (this: {type: s3}, fileExp: {"<REPO:BACKUP>/backup.info"})\n'
+             "P00  ERROR: [039]: unable to connect to 'vault-se.lab:8443': [113] No route to host\n")
+    assert verify.aborted_on(debug) is None
+    assert verify.aborted_on("P00   INFO: verify command end: completed successfully\n") is None
+
+
+def test_restic_names_the_damaged_pack_by_its_id() -> None:
+    out = ("using temporary cache in /tmp/restic-check-cache-1\ncreate exclusive lock for repository\n"
+           "load indexes\ncheck all packs\ncheck snapshots, trees and blobs\nread all data\n"
+           f"pack {PACK}: Pack ID does not match, want 3c5b2e1f, got 9ab1c2d3\n"
+           "Fatal: repository contains errors\n")
+    assert verify.bad_pack(out) == PACK
+    assert verify.bad_pack("Fatal: repository contains errors\n") is None
+    assert verify.bad_pack(f"snapshot {PACK[:8]} not found\n") is None  # a short id is not a pack name
