@@ -59,3 +59,11 @@ def test_restic_names_the_damaged_pack_by_its_id() -> None:
     assert verify.bad_pack(out) == PACK
     assert verify.bad_pack("Fatal: repository contains errors\n") is None
     assert verify.bad_pack(f"snapshot {PACK[:8]} not found\n") is None  # a short id is not a pack name
+
+
+def test_a_short_pack_id_is_resolved_only_when_unique() -> None:
+    out = "read all data\nPack ID does not match, want 3c5b2e1f, got 9ab1c2d3\nFatal: repository contains errors\n"
+    other = "3c5b2e1e" + "f" * 56
+    assert verify.bad_pack(out, lambda: [other, PACK, "junk"]) == PACK
+    assert verify.bad_pack(out, lambda: [PACK, "3c5b2e1f" + "0" * 56]) is None  # ambiguous: named no further
+    assert verify.bad_pack(out) is None

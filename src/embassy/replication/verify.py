@@ -198,14 +198,21 @@ def check_generation(lab: LabState, embassy: str, head: manifest.Verified, resul
 
 
 # restic check names a damaged pack by its id, which is its object name (data/<first two hex digits>/<id>):
-# "pack <id>: Pack ID does not match, want <short>, got <short>" (restic 0.14, --read-data or a subset).
+# "pack <id>: …", or only by the id's first 8 digits ("Pack ID does not match, want <short>, got <short>").
 BAD_PACK = re.compile(r"\bpack ([0-9a-f]{64})\b")
+SHORT_PACK = re.compile(r"\b(?:pack|Pack ID does not match, want) ([0-9a-f]{8,63})\b")
 
 
-def bad_pack(text: str) -> str | None:
-    """The id of the first pack restic check names as damaged, if any."""
+def bad_pack(text: str, packs: Callable[[], list[str]] = lambda: []) -> str | None:
+    """The id of the first pack restic check names as damaged; a short id is resolved among `packs()` (unique only)."""
     found = BAD_PACK.search(text)
-    return found.group(1) if found else None
+    if found:
+        return found.group(1)
+    short = SHORT_PACK.search(text)
+    if short is None:
+        return None
+    matches = [p for p in packs() if re.fullmatch(r"[0-9a-f]{64}", p) and p.startswith(short.group(1))]
+    return matches[0] if len(matches) == 1 else None
 
 
 def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
@@ -217,7 +224,8 @@ def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: R
         restic = f"sudo embassy-restic {embassy} {name} --no-lock"
         done = ssh(lab, embassy, f"{restic} check {subset} 2>&1")
         if done.returncode != 0:
-            pack = bad_pack(done.stdout)
+            listing = f"{restic} list packs"
+            pack = bad_pack(done.stdout, lambda: ssh(lab, embassy, listing, timeout=300).stdout.split())  # noqa: B023
             result.check(f"restic:{name}" + (f"/data/{pack[:2]}/{pack}" if pack else ""), False,
                          f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}")
             return
