@@ -8,6 +8,8 @@ restic 0.14's output formats (src/command/verify/verify.c; restic's checker), as
 
 from __future__ import annotations
 
+import json
+
 from embassy.replication import verify
 
 SEG1 = "000000010000000000000001-2f0a8c5b7d3e41f69a0b1c2d3e4f5a6b7c8d9e0f.zst"
@@ -58,6 +60,9 @@ def test_restic_names_the_damaged_pack_by_its_id() -> None:
            "Fatal: repository contains errors\n")
     assert verify.bad_pack(out) == PACK
     assert verify.bad_pack("Fatal: repository contains errors\n") is None
+    got = "9b06d040aa238297e697cac24dfd6b2245be3474c90519295dae62127" + "0" * 7
+    seen = f"read all data\nPack ID does not match, want {PACK}, got {got}\n[0:00] 100.00%  2 / 2 packs\n"
+    assert verify.bad_pack(seen) == PACK  # restic 0.14 on the lab: the wanted id, never the hash it got
     assert verify.bad_pack(f"snapshot {PACK[:8]} not found\n") is None  # a short id is not a pack name
 
 
@@ -67,3 +72,16 @@ def test_a_short_pack_id_is_resolved_only_when_unique() -> None:
     assert verify.bad_pack(out, lambda: [other, PACK, "junk"]) == PACK
     assert verify.bad_pack(out, lambda: [PACK, "3c5b2e1f" + "0" * 56]) is None  # ambiguous: named no further
     assert verify.bad_pack(out) is None
+
+
+def test_the_segment_whose_header_verify_reads_is_the_first_of_the_only_archive() -> None:
+    listing = {".": {"type": "path"}, "15-1": {"type": "path"}, "15-1/0000000100000000": {"type": "path"},
+               f"15-1/0000000100000000/{SEG2}": {"type": "file"}, f"15-1/0000000100000000/{SEG1}": {"type": "file"},
+               "15-1/0000000100000000/000000010000000000000002.00000028.backup": {"type": "file"},
+               "15-1/0000000100000001": {"type": "path"},
+               "15-1/0000000100000001/000000010000000100000000-" + "a" * 40 + ".zst": {"type": "file"}}
+    assert verify.header_read_segment(json.dumps(listing)) == f"15-1/0000000100000000/{SEG1}"
+    two = {**listing, "15-2/0000000200000000/000000020000000000000009-" + "b" * 40 + ".zst": {"type": "file"}}
+    assert verify.header_read_segment(json.dumps(two)) is None  # two archives: which one failed is not known
+    for junk in ("", "[1]", "{\"15-1\": 1}", "[" * 50_000):
+        assert verify.header_read_segment(junk) is None

@@ -138,16 +138,50 @@ def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, st
     named = bad_file(text)
     if named:
         return f"pgbackrest:{named}", summary
-    if VERIFY_ABORT.search(text) and "Results:" not in text:
+    abort = VERIFY_ABORT.search(text)
+    if abort and "Results:" not in text:
         # Aborted before any result: run it again at debug level to see which file the main process was reading.
         again = ssh(lab, embassy, f"{PGBR} --log-level-console=debug --output=text verify 2>&1 | "
                                   "grep -E 'storageNewRead|ERROR: \\[' | tail -c 200000")
         found = aborted_on(again.stdout)
+        how = "the last WAL segment its main process opened (debug log)"
+        if found is None and abort.group("code") in CONTENT_ERRORS:
+            listing = ssh(lab, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
+            first = header_read_segment(listing.stdout)
+            found = (first, f"[{abort.group('code')}] {abort.group('message').strip()[:200]}") if first else None
+            how = "the one WAL segment verify reads before its per-file checks"
         if found:
             return (f"pgbackrest:{found[0]}",
-                    f"pgbackrest verify aborted reading the header of this WAL segment (the first of its archive, read "
-                    f"before the per-file checks): {found[1]}; the segment is damaged or replaced")
+                    f"pgbackrest verify aborted reading the header of this WAL segment ({how}; the first of its "
+                    f"archive): {found[1]}; the segment is damaged or replaced")
     return "pgbackrest:repo", summary
+
+
+# Errors of reading a file's content (not of reaching the vault): FormatError (zst, WAL header), CryptoError (cipher).
+CONTENT_ERRORS = {"029", "095"}
+WAL_DIR = re.compile(r"[0-9A-F]{16}")
+WAL_FILE = re.compile(r"[0-9A-F]{24}-[0-9a-f]{40}(?:\.[a-z0-9]+)?")
+
+
+def header_read_segment(repo_ls_json: str) -> str | None:
+    """The WAL segment whose header verify's main process reads, from `repo-ls --recurse archive/home` JSON.
+
+    verifyArchive() reads the first WAL file (sorted) of the first WAL folder of each archive id; with one archive
+    id that is one file, named here; with several it cannot say which one failed (None).
+    """
+    try:
+        listing = json.loads(repo_ls_json)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(listing, dict):
+        return None
+    firsts: dict[str, str] = {}
+    for name in sorted(str(n) for n in listing):
+        parts = name.split("/")
+        if len(parts) == 3 and re.fullmatch(r"\d+-\d+", parts[0]) and WAL_DIR.fullmatch(parts[1]) \
+                and WAL_FILE.fullmatch(parts[2]) and parts[0] not in firsts:
+            firsts[parts[0]] = name
+    return next(iter(firsts.values())) if len(firsts) == 1 else None
 
 
 def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
@@ -198,9 +232,10 @@ def check_generation(lab: LabState, embassy: str, head: manifest.Verified, resul
 
 
 # restic check names a damaged pack by its id, which is its object name (data/<first two hex digits>/<id>):
-# "pack <id>: …", or only by the id's first 8 digits ("Pack ID does not match, want <short>, got <short>").
-BAD_PACK = re.compile(r"\bpack ([0-9a-f]{64})\b")
-SHORT_PACK = re.compile(r"\b(?:pack|Pack ID does not match, want) ([0-9a-f]{8,63})\b")
+# "Pack ID does not match, want <id>, got <hash of what it read>" (restic 0.14, seen on the lab), "pack <id>: …",
+# "pack <id> contains N errors: …" (later versions), or only by the id's first 8 digits (older ones).
+BAD_PACK = re.compile(r"\b(?:pack|Pack ID does not match, want) ([0-9a-f]{64})\b")
+SHORT_PACK = re.compile(r"\b(?:pack|Pack ID does not match, want) ([0-9a-f]{8,63})(?![0-9a-f])")
 
 
 def bad_pack(text: str, packs: Callable[[], list[str]] = lambda: []) -> str | None:
