@@ -221,8 +221,9 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
     try:  # before anything is shipped: a round that cannot link its manifests does not start
         recovery = start_state(cfg, private, new_chain=new_chain, say=say)
     except roundstate.RecoveryRefused as exc:
-        refused: dict[str, Any] = {"round": None, "started": iso(now_utc()), "finished": iso(now_utc()), "embassies": [],
-                  "refused": {"object": f"{cfg['state_dir']}/state.json", "reason": exc.reason, "hint": exc.hint}}
+        refused: dict[str, Any] = {
+            "round": None, "started": iso(now_utc()), "finished": iso(now_utc()), "embassies": [],
+            "refused": {"object": f"{cfg['state_dir']}/state.json", "reason": exc.reason, "hint": exc.hint}}
         write_json(state_dir / "last-round.json", refused, mode=0o644)
         return refused
     state = recovery.state
