@@ -31,28 +31,6 @@ def test_a_bad_wal_segment_or_backup_file_is_named_from_verify_output() -> None:
     assert verify.bad_file("P00   INFO: verify command end: completed successfully\n") is None
 
 
-def test_the_first_segment_abort_is_named_from_the_main_process_debug_log() -> None:
-    debug = "\n".join([
-        'P00  DEBUG:     storage/storage::storageNewRead: (this: {type: s3, path: /pgbackrest}, '
-        'fileExp: {"<REPO:ARCHIVE>/archive.info"}, param.ignoreMissing: false)',
-        'P00  DEBUG:     storage/storage::storageNewRead: (this: {type: s3, path: /pgbackrest}, '
-        f'fileExp: {{"<REPO:ARCHIVE>/15-1/0000000100000000/{SEG1}"}}, param.ignoreMissing: false)',
-        # a job's own read (another process) logged before the abort is not the one the command aborted on
-        'P01  DEBUG:     storage/storage::storageNewRead: (this: {type: s3, path: /pgbackrest}, '
-        f'fileExp: {{"<REPO:ARCHIVE>/15-1/0000000100000000/{SEG2}"}}, param.ignoreMissing: false)',
-        "P00  ERROR: [029]: zst error: Data corruption detected",
-    ])
-    assert verify.aborted_on(debug) == (f"15-1/0000000100000000/{SEG1}", "[029] zst error: Data corruption detected")
-
-
-def test_an_abort_without_a_wal_read_names_no_segment() -> None:
-    # e.g. the vault stopped answering: no WAL segment was being read, none is blamed
-    debug = ('P00  DEBUG:     storage/storage::storageNewRead: (this: {type: s3}, fileExp: {"<REPO:BACKUP>/backup.info"})\n'
-             "P00  ERROR: [039]: unable to connect to 'vault-se.lab:8443': [113] No route to host\n")
-    assert verify.aborted_on(debug) is None
-    assert verify.aborted_on("P00   INFO: verify command end: completed successfully\n") is None
-
-
 def test_restic_names_the_damaged_pack_by_its_id() -> None:
     out = ("using temporary cache in /tmp/restic-check-cache-1\ncreate exclusive lock for repository\n"
            "load indexes\ncheck all packs\ncheck snapshots, trees and blobs\nread all data\n"

@@ -106,10 +106,7 @@ BAD_FILE = re.compile(r"invalid (?:result|checksum|size)[^\n]*?(?P<file>\d+-\d+/
 # Before those jobs, verify's main process reads the header of the first WAL segment of each archive id (to learn the
 # segment size: verifyArchive() in pgBackRest's src/command/verify/verify.c), outside the per-file error handling: a
 # segment damaged there (`[029] zst error: Data corruption detected`) aborts verify with an ERROR that names no file.
-# Its debug log names every repo file the main process opens (storageNewRead): the last WAL segment opened is the one.
 VERIFY_ABORT = re.compile(r"ERROR: \[(?P<code>\d{3})\]: (?P<message>[^\n]*)")
-OPENED_WAL = re.compile(r"storageNewRead[^\n]*?(?:<REPO:ARCHIVE>|/archive/[^/\s\"]+)/"
-                        r"(?P<file>\d+-\d+/[0-9A-F]{16}/[0-9A-F]{24}-[0-9a-f]{40}(?:\.[a-z0-9]+)?)")
 PGBR = "sudo runuser -u postgres -- pgbackrest --stanza=home"
 
 
@@ -119,19 +116,6 @@ def bad_file(text: str) -> str | None:
     return bad.group("file") if bad else None
 
 
-def aborted_on(debug_text: str) -> tuple[str, str] | None:
-    """(file, error) when verify aborted while its main process read a WAL segment: the last one it opened."""
-    # Only the main process (P00): a per-file job (P01…) that logged its own reads did not abort the command.
-    main = "\n".join(line for line in debug_text.splitlines() if not re.match(r"\s*P(?!00)\d{2}\b", line))
-    abort = VERIFY_ABORT.search(main)
-    if abort is None:
-        return None
-    opened = OPENED_WAL.findall(main[:abort.start()])
-    if not opened:
-        return None
-    return opened[-1], f"[{abort.group('code')}] {abort.group('message').strip()[:200]}"
-
-
 def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, str]:
     """The object and reason of a failed `pgbackrest verify`: the file it names, else the one it aborted on."""
     summary = f"pgbackrest verify: {' '.join(text.split())[:400]}"
@@ -139,21 +123,15 @@ def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, st
     if named:
         return f"pgbackrest:{named}", summary
     abort = VERIFY_ABORT.search(text)
-    if abort and "Results:" not in text:
-        # Aborted before any result: run it again at debug level to see which file the main process was reading.
-        again = ssh(lab, embassy, f"{PGBR} --log-level-console=debug --output=text verify 2>&1 | "
-                                  "grep -E 'storageNewRead|ERROR: \\[' | tail -c 200000")
-        found = aborted_on(again.stdout)
-        how = "the last WAL segment its main process opened (debug log)"
-        if found is None and abort.group("code") in CONTENT_ERRORS:
-            listing = ssh(lab, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
-            first = header_read_segment(listing.stdout)
-            found = (first, f"[{abort.group('code')}] {abort.group('message').strip()[:200]}") if first else None
-            how = "the one WAL segment verify reads before its per-file checks"
-        if found:
-            return (f"pgbackrest:{found[0]}",
-                    f"pgbackrest verify aborted reading the header of this WAL segment ({how}; the first of its "
-                    f"archive): {found[1]}; the segment is damaged or replaced")
+    if abort and "Results:" not in text and abort.group("code") in CONTENT_ERRORS:
+        # Aborted on a file's content before any result: the one file its main process reads is that first segment.
+        listing = ssh(lab, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
+        first = header_read_segment(listing.stdout)
+        if first:
+            return (f"pgbackrest:{first}",
+                    f"pgbackrest verify aborted reading the header of this WAL segment, the first of its archive, which "
+                    f"it reads before its per-file checks: [{abort.group('code')}] "
+                    f"{abort.group('message').strip()[:200]}; the segment is damaged or replaced")
     return "pgbackrest:repo", summary
 
 
