@@ -323,3 +323,11 @@ class DrillFailed(EmbassyError):
 
     error_code = 309
     default_hint = "read the report's failures section (report.html), fix the first, run the drill again"
+
+
+class RoundRefused(EmbassyError):
+    """A replication round refused to start: home's round state is lost and no vault can say where the chain stands."""
+
+    error_code = 310
+    default_hint = ("bring a vault back and run the round again; to start a new chain anyway, run "
+                    "`python3 -m replication.round run --new-chain` on home (its signed manifests record it)")

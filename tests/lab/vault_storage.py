@@ -78,3 +78,10 @@ def flip_middle_byte(data: bytes) -> bytes:
     out = bytearray(data)
     out[len(out) // 2] ^= 0xFF
     return bytes(out)
+
+
+def flip_byte_at(data: bytes, offset: int) -> bytes:
+    """The bytes with the one at `offset` (counted from the end when negative) inverted."""
+    out = bytearray(data)
+    out[offset] ^= 0xFF
+    return bytes(out)

@@ -10,7 +10,7 @@ import json
 import subprocess
 from typing import Any
 
-from embassy.errors import UserError
+from embassy.errors import RoundRefused, UserError
 from embassy.lab.state import LabState, Role
 
 ROUND_UNIT = "embassy-replication-round.service"
@@ -37,7 +37,10 @@ def _json(done: subprocess.CompletedProcess[str], what: str) -> Any:
 def run_round(lab: LabState, timeout: float = 3600) -> dict[str, Any]:
     """Start one round and wait for it (a round already running is waited for, then ours runs)."""
     _ssh(lab, f"sudo systemctl start {ROUND_UNIT}", timeout)  # fails when an embassy failed: the report says which
-    return _json(_ssh(lab, f"sudo cat {STATE_DIR}/last-round.json", 60), "round report")
+    report: dict[str, Any] = _json(_ssh(lab, f"sudo cat {STATE_DIR}/last-round.json", 60), "round report")
+    if report.get("refused"):  # home's round state lost and the vaults cannot say where the chain stands
+        raise RoundRefused(f"round refused on home: {report['refused']['reason']}", report["refused"].get("hint"))
+    return report
 
 
 def lag(lab: LabState) -> dict[str, Any]:

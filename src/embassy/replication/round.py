@@ -27,7 +27,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from . import digest, hostcmd, manifest, privatefile
+from . import digest, hostcmd, manifest, privatefile, roundstate
 
 CONFIG = "/etc/embassy/replication.json"
 LOCK = "/run/embassy-replication-round.lock"
@@ -85,7 +85,84 @@ def vault_answers(vault: dict[str, Any], timeout: float = VAULT_PROBE_SECONDS) -
 
 
 def upload(vault: dict[str, Any], ca_file: str, key: str, data: bytes) -> None:
-    s3_client(vault, ca_file).put_object(Bucket=vault["bucket"], Key=key, Body=data, ContentType="application/json")
+    s3 = s3_client(vault, ca_file)
+    if _exists(s3, vault["bucket"], key):
+        # A round key already written (the state is behind this vault): never a second history under one name.
+        raise KeyExists(key)
+    s3.put_object(Bucket=vault["bucket"], Key=key, Body=data, ContentType="application/json")
+
+
+class KeyExists(Exception):
+    """The vault already holds an object under the manifest key this round would write."""
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def read_manifests(vault: dict[str, Any], ca_file: str) -> list[tuple[str, bytes]]:
+    """Every object under manifests/ in a vault, each bounded in size (a larger one is kept as a stub: junk)."""
+    s3 = s3_client(vault, ca_file)
+    out = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=vault["bucket"], Prefix=manifest.PREFIX):
+        for item in page.get("Contents", []) or []:
+            if int(item.get("Size", 0)) > roundstate.MAX_MANIFEST_BYTES:
+                out.append((item["Key"], b"\0" * (roundstate.MAX_MANIFEST_BYTES + 1)))
+                continue
+            body = s3.get_object(Bucket=vault["bucket"], Key=item["Key"])["Body"]
+            out.append((item["Key"], body.read(roundstate.MAX_MANIFEST_BYTES + 1)))
+    return out
+
+
+def read_vaults(cfg: dict[str, Any], names: list[str]) -> list[roundstate.VaultView]:
+    """The manifests of these embassies' vaults, read at once (an unreachable vault costs its timeout once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vaults = {e["name"]: e["vault"] for e in cfg["embassies"]}
+
+    def one(name: str) -> roundstate.VaultView:
+        try:
+            return roundstate.VaultView(name, read_manifests(vaults[name], cfg["ca_file"]))
+        except Exception as exc:  # any failure to read is "unreachable": that vault's head stays unknown
+            return roundstate.VaultView(name, None, f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return list(pool.map(one, names))
+
+
+# --------------------------------------------------------------------------- the round state
+
+
+def start_state(cfg: dict[str, Any], private: Any, *, new_chain: bool = False,
+                say: Any = None) -> roundstate.Recovery:
+    """The round state to continue from: state.json, and the vaults for every head it does not hold.
+
+    Unreadable state is set aside (state.json.unreadable-<time>) and recovered like a lost one, never read as
+    round 0; RecoveryRefused when the vaults cannot say where the chain stands.
+    """
+    path = Path(cfg["state_dir"]) / "state.json"
+    why = "missing"
+    try:
+        state = roundstate.load(path)
+    except roundstate.StateUnreadable as exc:
+        why = f"unreadable ({exc})"
+        os.replace(path, path.with_name(f"state.json.unreadable-{now_utc().strftime('%Y%m%dT%H%M%S')}"))
+        state = None
+    names = roundstate.missing_heads(state, [e["name"] for e in cfg["embassies"]])
+    if not names and state is not None:
+        return roundstate.Recovery(state, [], {}, new_chain=new_chain)
+    if say:
+        say(f"round state {why if state is None else 'lacks ' + ', '.join(names)}: reading the chain heads from the vaults")
+    public = private.public_key()
+    return roundstate.recover(state, why, read_vaults(cfg, names), public, stack=cfg["stack"], new_chain=new_chain)
 
 
 # --------------------------------------------------------------------------- what a round ships
@@ -152,19 +229,30 @@ def postgres_entry(reg: dict[str, Any], e: dict[str, Any], info: dict[str, Any],
 # --------------------------------------------------------------------------- the round
 
 
-def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
+def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) -> dict[str, Any]:
     state_dir = Path(cfg["state_dir"])
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-    state = load_json(state_dir / "state.json", {"round": 0, "embassies": {}})
+    private = manifest.load_private_key(Path(cfg["key_file"]).read_bytes())
+    try:  # before anything is shipped: a round that cannot link its manifests does not start
+        recovery = start_state(cfg, private, new_chain=new_chain, say=say)
+    except roundstate.RecoveryRefused as exc:
+        refused: dict[str, Any] = {
+            "round": None, "started": iso(now_utc()), "finished": iso(now_utc()), "embassies": [],
+            "refused": {"object": f"{cfg['state_dir']}/state.json", "reason": exc.reason, "hint": exc.hint}}
+        write_json(state_dir / "last-round.json", refused, mode=0o644)
+        return refused
+    state = recovery.state
     number = int(state["round"]) + 1
     started = now_utc()
-    private = manifest.load_private_key(Path(cfg["key_file"]).read_bytes())
     errors: dict[str, list[str]] = {e["name"]: [] for e in cfg["embassies"]}
+    for name in recovery.unknown:
+        errors[name].append("no manifest this round: its chain head is unknown (vault unreachable or holding no "
+                            "manifest of home's); the next round reads it again")
 
     digests, info, segment = postgres_part(cfg, float(cfg.get("archive_wait_seconds", 30)))
     archive = hostcmd.repo_archive(info)
     statuses = hostcmd.repo_status(info)
-    notes: dict[str, list[str]] = {e["name"]: [] for e in cfg["embassies"]}
+    notes: dict[str, list[str]] = {e["name"]: list(recovery.notes.get(e["name"], [])) for e in cfg["embassies"]}
     for e in cfg["embassies"]:
         repo = e.get("repo")
         if repo and segment and archive.get(repo, {}).get("max", "")[8:] < segment[8:]:
@@ -214,12 +302,23 @@ def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
         body = {"format": manifest.FORMAT, "stack": cfg["stack"], "state": cfg["state"], "embassy": name,
                 "mode": e["mode"], "round": number, "time": iso(started), "previous_sha256": prev.get("sha256"),
                 "registers": registers}
+        if recovery.new_chain:
+            body["new_chain"] = True  # the operator started a new chain beside whatever a vault may hold: signed, on record
         data = manifest.sign(body, private)
         key = manifest.object_key(number)
         entry: dict[str, Any] = {"name": name, "mode": e["mode"], "errors": errors[name], "notes": notes[name],
                                  "registers": registers}
         try:
+            if name in recovery.unknown:
+                raise LookupError("chain head unknown")
             upload(e["vault"], cfg["ca_file"], key, data)
+        except KeyExists:
+            entry["errors"].append(f"manifest not written: the vault already holds {key} (home's round state is behind "
+                                   "this vault); the next round reads its chain head from the vault")
+            entry["manifest"] = None
+            state["embassies"].pop(name, None)
+        except LookupError:
+            entry["manifest"] = None
         except Exception as exc:  # any vault failure: this embassy waits, the others go on
             entry["errors"].append(f"manifest upload failed: {type(exc).__name__}: {str(exc)[:300]}")
             entry["manifest"] = None
@@ -234,7 +333,12 @@ def run_round(cfg: dict[str, Any], *, say: Any = None) -> dict[str, Any]:
         results.append(entry)
     state["round"] = number
     write_json(state_dir / "state.json", state)
-    report = {"round": number, "started": iso(started), "finished": iso(now_utc()), "embassies": results}
+    report: dict[str, Any] = {"round": number, "started": iso(started), "finished": iso(now_utc()),
+                              "embassies": results}
+    if recovery.recovered:
+        report["recovered"] = True  # heads read from the vaults (state lost, unreadable, or missing embassies)
+    if recovery.new_chain:
+        report["new_chain"] = True
     write_json(state_dir / "last-round.json", report, mode=0o644)
     return report
 
@@ -260,6 +364,8 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--config", default=CONFIG)
+    r.add_argument("--new-chain", action="store_true",
+                   help="start a new chain where no head can be recovered (the signed manifests record it)")
     k = sub.add_parser("keygen")
     k.add_argument("key_file")
     k.add_argument("pub_file")
@@ -270,9 +376,12 @@ def main(argv: list[str]) -> int:
     cfg = json.loads(Path(args.config).read_text())
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one round at a time (timer and `embassy replicate` may meet)
-        report = run_round(cfg, say=lambda m: print(m, file=sys.stderr))
-    failed = [e["name"] for e in report["embassies"] if e["errors"]]
+        report = run_round(cfg, say=lambda m: print(m, file=sys.stderr), new_chain=args.new_chain)
     print(json.dumps(report, sort_keys=True))
+    if report.get("refused"):
+        print(f"error: {report['refused']['reason']}\nHINT: {report['refused']['hint']}", file=sys.stderr)
+        return 1
+    failed = [e["name"] for e in report["embassies"] if e["errors"]]
     return 1 if failed else 0
 
 

@@ -232,23 +232,78 @@ def ssh(lab: LabState, embassy: str, command: str, timeout: float = 1800) -> sub
     return subprocess.run(lab.ssh_argv(lab.host(embassy).name, command), capture_output=True, text=True, timeout=timeout)
 
 
-# At log level info, pgBackRest verify names each bad file: "invalid result <archive id>/<dir>/<segment>: …" for
-# WAL, "<label>/pg_data/…" for backup files.
+# At log level info, pgBackRest verify names each bad file it checks in a job: "invalid result <archive id>/<dir>/<segment>: …"
+# for WAL, "<label>/pg_data/…" for backup files.
 BAD_FILE = re.compile(r"invalid (?:result|checksum|size)[^\n]*?(?P<file>\d+-\d+/[0-9A-F]{16}/[0-9A-F]{24}[^\s:,']*|"
                       r"\d{8}-\d{6}F(?:_\d{8}-\d{6}[DI])?/[^\s:,']+)")
+# Before those jobs, verify's main process reads the header of the first WAL segment of each archive id (to learn the
+# segment size: verifyArchive() in pgBackRest's src/command/verify/verify.c), outside the per-file error handling: a
+# segment damaged there (`[029] zst error: Data corruption detected`) aborts verify with an ERROR that names no file.
+VERIFY_ABORT = re.compile(r"ERROR: \[(?P<code>\d{3})\]: (?P<message>[^\n]*)")
+PGBR = "sudo runuser -u postgres -- pgbackrest --stanza=home"
+
+
+def bad_file(text: str) -> str | None:
+    """The repo file that pgBackRest verify's output names as invalid, if any."""
+    bad = BAD_FILE.search(text)
+    return bad.group("file") if bad else None
+
+
+def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, str]:
+    """The object and reason of a failed `pgbackrest verify`: the file it names, else the one it aborted on."""
+    summary = f"pgbackrest verify: {' '.join(text.split())[:400]}"
+    named = bad_file(text)
+    if named:
+        return f"pgbackrest:{named}", summary
+    abort = VERIFY_ABORT.search(text)
+    if abort and "Results:" not in text and abort.group("code") in CONTENT_ERRORS:
+        # Aborted on a file's content before any result: the one file its main process reads is that first segment.
+        listing = ssh(lab, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
+        first = header_read_segment(listing.stdout)
+        if first:
+            return (f"pgbackrest:{first}",
+                    f"pgbackrest verify aborted reading the header of this WAL segment, the first of its archive, which "
+                    f"it reads before its per-file checks: [{abort.group('code')}] "
+                    f"{abort.group('message').strip()[:200]}; the segment is damaged or replaced")
+    return "pgbackrest:repo", summary
+
+
+# Errors of reading a file's content (not of reaching the vault): FormatError (zst, WAL header), CryptoError (cipher).
+CONTENT_ERRORS = {"029", "095"}
+WAL_DIR = re.compile(r"[0-9A-F]{16}")
+WAL_FILE = re.compile(r"[0-9A-F]{24}-[0-9a-f]{40}(?:\.[a-z0-9]+)?")
+
+
+def header_read_segment(repo_ls_json: str) -> str | None:
+    """The WAL segment whose header verify's main process reads, from `repo-ls --recurse archive/home` JSON.
+
+    verifyArchive() reads the first WAL file (sorted) of the first WAL folder of each archive id; with one archive
+    id that is one file, named here; with several it cannot say which one failed (None).
+    """
+    try:
+        listing = json.loads(repo_ls_json)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(listing, dict):
+        return None
+    firsts: dict[str, str] = {}
+    for name in sorted(str(n) for n in listing):
+        parts = name.split("/")
+        if len(parts) == 3 and re.fullmatch(r"\d+-\d+", parts[0]) and WAL_DIR.fullmatch(parts[1]) \
+                and WAL_FILE.fullmatch(parts[2]) and parts[0] not in firsts:
+            firsts[parts[0]] = name
+    return next(iter(firsts.values())) if len(firsts) == 1 else None
 
 
 def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
-    pgbr = "sudo runuser -u postgres -- pgbackrest --stanza=home"
-    done = ssh(lab, embassy, f"{pgbr} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
-                             f"{pgbr} --output=json info")
+    done = ssh(lab, embassy, f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
+                             f"{PGBR} --output=json info")
     text, _, info_json = done.stdout.rpartition("\n[")
     status = re.search(r"status:\s*(\w+)", text)
     invalid = re.search(r"(missing|checksum invalid|size invalid|other): [1-9]", text)
     if status is None or status.group(1) != "ok" or invalid or "error" in text.lower():
-        bad = BAD_FILE.search(text)
-        obj = f"pgbackrest:{bad.group('file')}" if bad else "pgbackrest:repo"
-        result.check(obj, False, f"pgbackrest verify: {' '.join(text.split())[:400]}")
+        obj, reason = _pgbackrest_failure(lab, embassy, text)
+        result.check(obj, False, reason)
         return
     result.check("pgbackrest:repo", True)
     try:
@@ -287,6 +342,25 @@ def check_generation(lab: LabState, embassy: str, head: manifest.Verified, resul
                  "run `embassy deploy` (or restore with --shares)")
 
 
+# restic check names a damaged pack by its id, which is its object name (data/<first two hex digits>/<id>):
+# "Pack ID does not match, want <id>, got <hash of what it read>" (restic 0.14, seen on the lab), "pack <id>: …",
+# "pack <id> contains N errors: …" (later versions), or only by the id's first 8 digits (older ones).
+BAD_PACK = re.compile(r"\b(?:pack|Pack ID does not match, want) ([0-9a-f]{64})\b")
+SHORT_PACK = re.compile(r"\b(?:pack|Pack ID does not match, want) ([0-9a-f]{8,63})(?![0-9a-f])")
+
+
+def bad_pack(text: str, packs: Callable[[], list[str]] = lambda: []) -> str | None:
+    """The id of the first pack restic check names as damaged; a short id is resolved among `packs()` (unique only)."""
+    found = BAD_PACK.search(text)
+    if found:
+        return found.group(1)
+    short = SHORT_PACK.search(text)
+    if short is None:
+        return None
+    matches = [p for p in packs() if re.fullmatch(r"[0-9a-f]{64}", p) and p.startswith(short.group(1))]
+    return matches[0] if len(matches) == 1 else None
+
+
 def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
     subset = "--read-data" if full else f"--read-data-subset={head.round % 5 + 1}/5"
     for reg in head.body["registers"]:
@@ -295,9 +369,13 @@ def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: R
         name = reg["name"]
         restic = f"sudo embassy-restic {embassy} {name} --no-lock"
         done = ssh(lab, embassy, f"{restic} check {subset} 2>&1")
-        if not result.check(f"restic:{name}", done.returncode == 0,
-                            f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}"):
+        if done.returncode != 0:
+            listing = f"{restic} list packs"
+            pack = bad_pack(done.stdout, lambda: ssh(lab, embassy, listing, timeout=300).stdout.split())  # noqa: B023
+            result.check(f"restic:{name}" + (f"/data/{pack[:2]}/{pack}" if pack else ""), False,
+                         f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}")
             return
+        result.check(f"restic:{name}", True)
         snaps = ssh(lab, embassy, f"{restic} snapshots --json")
         ids = [s.get("id", "") for s in json.loads(snaps.stdout or "[]")] if snaps.returncode == 0 else []
         want = reg.get("snapshot_id") or ""
