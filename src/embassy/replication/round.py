@@ -92,8 +92,9 @@ def postgres_part(cfg: dict[str, Any], timeout: float) -> tuple[dict[str, Any], 
     digests: dict[str, Any] = {}
     for reg in cfg["registers"]:
         if reg["kind"] == "postgres":
+            # As the read-only role, at a slot's consistent point: the digest is exactly the state at its LSN.
             res = hostcmd.run(["env", "PYTHONPATH=/opt/embassy", "python3", "-m", "replication.digest", "postgres",
-                               reg["database"]], user="postgres", timeout=3600)
+                               reg["database"], "--exact"], user=digest.ROLE, timeout=3600)
             if res.returncode != 0:
                 raise RuntimeError(f"digest of {reg['name']} failed: {res.stderr.strip()[-500:]}")
             digests[reg["name"]] = json.loads(res.stdout)
