@@ -61,8 +61,10 @@ SESSION = ("SET datestyle = 'ISO, YMD'", "SET timezone = 'UTC'", "SET extra_floa
            "SET row_security = off", "SET work_mem = '64MB'")
 # The rows of one table, hashed and sorted by the server, streamed as hex lines. `{}` is the table as
 # a psycopg.sql.Identifier; everything else is schema-qualified builtins.
-ROWS = ("SELECT pg_catalog.encode(s.h, 'hex') FROM (SELECT pg_catalog.sha256(pg_catalog.convert_to("
-        "pg_catalog.textin(pg_catalog.record_out(t)), 'UTF8')) AS h FROM {} t) s ORDER BY s.h")
+# Sorted as text in the C collation: the order of the hex digits is the order of the bytes, and the sort
+# compares abbreviated keys (measured: a third faster than sorting the bytea values).
+ROWS = ("SELECT s.h FROM (SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.textin("
+        "pg_catalog.record_out(t)), 'UTF8')), 'hex') COLLATE pg_catalog.\"C\" AS h FROM {} t) s ORDER BY s.h")
 
 
 class DigestRefused(Exception):
