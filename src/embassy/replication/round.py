@@ -120,15 +120,18 @@ def freeze(path: str, into: Path) -> None:
         raise RuntimeError(f"copy of {path} for its snapshots failed: {res.stderr.strip()[-300:]}")
 
 
+def seen_at(frozen: Path, path: str, argv: list[str]) -> list[str]:
+    """argv run with `frozen` bind-mounted over `path` in a mount namespace of its own (nobody else sees it)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"',
+            str(frozen), path, *argv]
+
+
 def snapshot_files(embassy: str, register: str, path: str, frozen: Path | None = None) -> dict[str, Any]:
     """restic backup of `path`; with `frozen`, of that copy seen at `path` (a bind mount in a private mount
     namespace: the snapshot names the register's own path, other processes still see the live folder)."""
     backup = ["embassy-restic", embassy, register, "backup", "--json", "--compression", "auto", "--host", "home",
               "--tag", "embassy", path]
-    if frozen is not None:
-        backup = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" "$1" && shift && '
-                  'exec "$@"', str(frozen), path, *backup]
-    res = hostcmd.run(backup, timeout=3600)
+    res = hostcmd.run(seen_at(frozen, path, backup) if frozen is not None else backup, timeout=3600)
     summary = {}
     for line in res.stdout.splitlines():
         try:
