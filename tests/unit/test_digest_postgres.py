@@ -108,6 +108,8 @@ def test_the_server_sorted_digest_is_the_row_by_row_digest(cluster: LogicalClust
     got = digest.postgres("digests", reader(cluster))
     assert got["tables"] == expected and got["construction"] == digest.CONSTRUCTION
     assert digest.postgres("digests", reader(cluster), exact=True)["tables"] == expected
+    with psycopg.connect(cluster.conninfo) as conn:  # the temporary slot went with its connection
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
     with psycopg.connect(f"{reader(cluster)} dbname=digests") as conn:  # the definition, once more, as text
         texts = [r[0] for r in conn.execute("SELECT t::text FROM public.person t")]
     assert digest.combine_rows(texts)[1] == expected["person"]["sha256"]

@@ -90,10 +90,14 @@ def postgres(dbname: str, conninfo: str = "host=/var/run/postgresql", *, exact: 
         _refuse_superuser(conn)
         recovering = bool(_one(conn, "SELECT pg_catalog.pg_is_in_recovery()"))
         if exact and not recovering:
-            with psycopg.connect(f"{conninfo} dbname={dbname} replication=database", autocommit=True) as repl:
+            repl = psycopg.connect(f"{conninfo} dbname={dbname} replication=database", autocommit=True)
+            try:
                 lsn, snapshot = _exported_snapshot(repl)
-                # The slot's snapshot lives while `repl` is idle: import it, then it may go.
-                return _digest_tables(conn, snapshot, lsn, "slot consistent point")
+                # The exported snapshot lives while `repl` is idle; once imported, the slot goes (it would
+                # hold WAL and catalog rows back for as long as the digest runs).
+                return _digest_tables(conn, snapshot, lsn, "slot consistent point", imported=repl.close)
+            finally:
+                repl.close()
         return _digest_tables(conn, None, None, "replay position (recovery)" if recovering else "insert position")
 
 
@@ -128,7 +132,8 @@ def _exported_snapshot(repl: Any) -> tuple[str, str]:
     return lsn.decode(), snapshot.decode()
 
 
-def _digest_tables(conn: Any, snapshot: str | None, lsn: str | None, source: str) -> dict[str, Any]:
+def _digest_tables(conn: Any, snapshot: str | None, lsn: str | None, source: str,
+                   imported: Any = None) -> dict[str, Any]:
     from psycopg import sql
 
     for statement in SESSION:
@@ -140,6 +145,8 @@ def _digest_tables(conn: Any, snapshot: str | None, lsn: str | None, source: str
         # Without a slot, the first query fixes the snapshot and the LSN read with it names its point.
         here = _one(conn, "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() "
                           "ELSE pg_catalog.pg_current_wal_insert_lsn() END)::text")
+        if imported:
+            imported()
         tables = {}
         for oid, name in conn.execute(
                 "SELECT c.oid, c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
