@@ -43,7 +43,8 @@ def _start_writers(lab: LabState) -> list[str]:
         _home_psql(lab, db, "CREATE TABLE IF NOT EXISTS digest_points (id bigserial, v text)")
         insert = "INSERT INTO digest_points (v) VALUES (md5(random()::text));"
         # $! is psql's PID (the last of the pipeline); killing it ends `yes` too
-        loop = f"yes {shlex.quote(insert)} 2>/dev/null | psql -X -q -d {db} >/dev/null 2>&1 & echo $!"
+        # (no descriptor of the ssh session kept open by them, or ssh would wait for them)
+        loop = f"yes {shlex.quote(insert)} </dev/null 2>/dev/null | psql -X -q -d {db} >/dev/null 2>&1 & echo $!"
         pids.append(ssh(lab, "home", f"{AS_PG} sh -c {shlex.quote(loop)}").stdout.strip())
     return pids
 
