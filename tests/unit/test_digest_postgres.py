@@ -144,6 +144,13 @@ def test_the_superuser_is_refused_with_a_hint(cluster: LogicalCluster) -> None:
     assert done.returncode == 2 and done.stdout == "" and "\nHINT: run it as the OS user" in done.stderr
 
 
+def test_a_role_that_cannot_read_everything_is_refused_with_a_hint(cluster: LogicalCluster) -> None:
+    cluster.psql("postgres", "-c", "CREATE ROLE weak LOGIN")
+    with pytest.raises(digest.DigestRefused, match="may not read everything") as caught:
+        digest.postgres("digests", f"host=127.0.0.1 port={cluster.port} user=weak")
+    assert "pg_read_all_data" in caught.value.hint
+
+
 def test_a_register_role_with_create_rights_cannot_subvert_the_digest(cluster: LogicalCluster) -> None:
     """The adversary owns tables and types in the register database and plants every trap it can."""
     marker = cluster.data / "pwned"

@@ -86,6 +86,14 @@ def postgres(dbname: str, conninfo: str = "host=/var/run/postgresql", *, exact: 
     repeatable-read snapshot; with `exact` (a primary) the snapshot of a slot's consistent point."""
     import psycopg  # on the hosts: Debian's python3-psycopg
 
+    try:
+        return _postgres(psycopg, dbname, conninfo, exact)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DigestRefused(f"the digest's role may not read everything: {str(exc).strip()}",
+                            f"grant it pg_read_all_data and BYPASSRLS (the home deploy creates {ROLE} so)") from exc
+
+
+def _postgres(psycopg: Any, dbname: str, conninfo: str, exact: bool) -> dict[str, Any]:
     with psycopg.connect(f"{conninfo} dbname={dbname}", autocommit=True) as conn:
         _refuse_superuser(conn)
         recovering = bool(_one(conn, "SELECT pg_catalog.pg_is_in_recovery()"))
