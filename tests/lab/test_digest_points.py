@@ -26,7 +26,7 @@ from tests.lab.test_restore import deployed  # noqa: F401  (the module's deploye
 
 pytestmark = pytest.mark.lab
 
-EMBASSY = "ie"  # the cold embassy: a restore from its vault
+EMBASSY = "enclave-ie"  # the cold embassy's host: a restore from its vault
 REGISTERS = {"population": "population", "land-register": "land_register"}
 ROUNDS = 20
 DIGEST = f"sudo runuser -u {digest.ROLE} -- env PYTHONPATH=/opt/embassy python3 -m replication.digest postgres"
