@@ -118,7 +118,7 @@ def test_manifest_digests_equal_what_home_computes(lab: LabState, replicated: di
     by_name = {r["name"]: r for r in head["registers"]}
     digest = "sudo env PYTHONPATH=/opt/embassy python3 -m replication.digest"
     for name, db in (("population", "population"), ("land-register", "land_register")):
-        now = json.loads(ssh(lab, "home", f"sudo runuser -u postgres -- env PYTHONPATH=/opt/embassy python3 -m "
+        now = json.loads(ssh(lab, "home", f"sudo runuser -u embassy_digest -- env PYTHONPATH=/opt/embassy python3 -m "
                                           f"replication.digest postgres {db}").stdout)
         assert now["tables"] == by_name[name]["digest"]["tables"] and now["tables"]
         assert by_name[name]["backup_label"] and by_name[name]["wal"]["last"]

@@ -43,6 +43,7 @@ from embassy.errors import (
 from embassy.home import schema
 from embassy.replication import verify as vault_verify
 from embassy.replication.dataplane import PG_VERSION, REGISTERS_ROOT, manifest_generation
+from embassy.replication.digest import ROLE as DIGEST_ROLE
 from embassy.replication.digest import differences
 from embassy.replication.manifest import Verified
 from embassy.targets import Host, LabTarget
@@ -366,7 +367,7 @@ def _compare(s: Session, reg: RegisterOutcome, actual: dict[str, Any], where: st
 
 def _pg_digest(s: Session, reg: RegisterOutcome, port: int) -> dict[str, Any]:
     db = schema.database_name(reg.name)
-    text = s.must(f"sudo runuser -u postgres -- {DIGEST} postgres {db} --conninfo "
+    text = s.must(f"sudo runuser -u {DIGEST_ROLE} -- {DIGEST} postgres {db} --conninfo "
                   f"{shlex.quote(f'host=/var/run/postgresql port={port}')}", f"digest of {reg.name}", timeout=3600)
     got: dict[str, Any] = json.loads(text)
     return got
@@ -456,7 +457,9 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
         with s.step(f"{reg.name}: recover to its digest LSN {lsn}, recompute the digest"):
             if lsn != paused_at:  # registers digested in one snapshot share the pause
                 _write(s, f"{SCRATCH_DIR}/{TARGET_CONF}",
-                       f"recovery_target_lsn = '{lsn}'\nrecovery_target_action = 'pause'\n")
+                       # not inclusive: a digest's LSN is a slot's consistent point, the state before it
+                       f"recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = off\n"
+                       "recovery_target_action = 'pause'\n")
                 _pg_ctl(s, "restart" if running else "start")
                 running, paused_at = True, lsn
                 _wait(s, "SELECT pg_get_wal_replay_pause_state()", "paused", f"recovery paused at {lsn}")

@@ -108,8 +108,9 @@ def home_postgresql_conf(listen: str) -> str:
     return "\n".join([
         "# Managed by embassy (deploys/home_state.py): the home cluster, primary of the warm standbys.",
         f"listen_addresses = 'localhost,{listen}'",
-        "wal_level = replica",
+        "wal_level = logical",  # an exact digest: a temporary logical slot's exported snapshot (replication.digest)
         "max_wal_senders = 10",
+        "max_replication_slots = 10",
         "wal_keep_size = '512MB'",
         "hot_standby = on",
         "",

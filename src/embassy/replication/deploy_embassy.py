@@ -11,12 +11,12 @@ import io
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 
 from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
-from embassy.replication import dataplane
+from embassy.replication import dataplane, digest
 from embassy.replication.deploy_home import ca_bundle, upload_modules
 
 
@@ -61,6 +61,10 @@ def embassy_host() -> None:
         files.put(name=f"Tool {tool}", src=io.StringIO(dataplane.script(tool)), dest=f"/usr/local/sbin/{tool}",
                   user="root", group="root", mode="755")
     upload_modules()  # the digests a restore recomputes are the ones home computed
+    # A restore digests as this OS user: peer authentication maps it to the read-only role that the
+    # standby and a scratch cluster hold as restored copies of home.
+    server.user(name=f"Digest OS user {digest.ROLE} (no login)", user=digest.ROLE, system=True,
+                shell="/usr/sbin/nologin", home="/nonexistent", create_home=False)
 
     # ---------------------------------------------------------------- warm: a streaming standby of home
     if warm:

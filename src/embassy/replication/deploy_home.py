@@ -15,13 +15,13 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
-from embassy.replication import dataplane, facts
+from embassy.replication import dataplane, digest, facts
 
 MODULES_DIR = "/opt/embassy/replication"
 CONFIG_DIR = "/etc/embassy/replication"
@@ -39,6 +39,34 @@ def ca_bundle(vaults: list[Any]) -> str:
         if vault.ca_file and vault.ca_file not in seen:
             seen.append(vault.ca_file)
     return "".join(Path(p).read_text() for p in seen)
+
+
+def digest_role_sql() -> str:
+    """The read-only role the digests run as (idempotent): it reads every table, bypasses row security (a
+    policy can neither hide rows nor run code in a digest), opens the replication connection of an exact
+    digest's temporary slot; it owns nothing, writes nothing, creates no role. Restored copies of home
+    (standbys, scratch clusters) carry it."""
+    role = digest.ROLE
+    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{role}') THEN "
+            f"CREATE ROLE {role}; END IF; END $$; "
+            f"ALTER ROLE {role} LOGIN REPLICATION BYPASSRLS NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT; "
+            f"GRANT pg_read_all_data TO {role};")
+
+
+def digest_role_check() -> str:
+    role = digest.ROLE
+    return (f"SELECT rolcanlogin AND rolreplication AND rolbypassrls AND NOT rolsuper AND NOT rolcreaterole "
+            f"AND NOT rolcreatedb AND pg_has_role('{role}', 'pg_read_all_data', 'USAGE') FROM pg_catalog.pg_roles "
+            f"WHERE rolname = '{role}'")
+
+
+def digest_role() -> None:
+    """The OS user and the PostgreSQL role of the digests (peer authentication maps one to the other)."""
+    server.user(name=f"Digest OS user {digest.ROLE} (no login)", user=digest.ROLE, system=True,
+                shell="/usr/sbin/nologin", home="/nonexistent", create_home=False)
+    ensure(name=f"PostgreSQL: read-only digest role {digest.ROLE}",
+           check=as_user("postgres", f"psql -XAtc \"{digest_role_check()}\" | grep -qx t"),
+           command=as_user("postgres", f"psql -X -v ON_ERROR_STOP=1 -q <<'SQL'\n{digest_role_sql()}\nSQL"))
 
 
 def round_interval(dep: model.Deployment) -> int:
@@ -121,6 +149,7 @@ def home_agent() -> None:
     ensure(name="PostgreSQL: accepting connections",
            check=as_user("postgres", "pg_isready -q"),
            command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
+    digest_role()  # before the first backup: every restored copy of home holds it
     paths = tuple(r.path for r in repos)  # each embassy's key generation: a re-key is a new repo, a new stanza
     stanza = facts.pgbackrest_stanza(name="pgBackRest: stanza in every embassy's repo", repos=[r.index for r in repos],
                                      paths=paths)

@@ -3,11 +3,13 @@
     python3 -m replication.round run [--config /etc/embassy/replication.json]
     python3 -m replication.round keygen KEYFILE PUBFILE
 
-A round: digest every postgres register in one snapshot each, close the current WAL segment and wait
-(bounded) until every embassy's repo holds it, snapshot every file register with restic into every
-embassy that holds it, then write one signed manifest per embassy, chained to that embassy's previous
-one, into its vault (Object Lock applies the bucket's COMPLIANCE retention). An embassy whose vault
-is unreachable or refuses writes is reported and skipped; the others are not held back, and it
+A round: digest every postgres register in one snapshot each (exact: a temporary logical slot's
+snapshot at its consistent point, read by the read-only role embassy_digest), close the current WAL
+segment and wait (bounded) until every embassy's repo holds it, copy every file register once and
+snapshot that copy with restic into every embassy that holds it (its digest is of the copy: exactly
+what each snapshot holds), then write one signed manifest per embassy, chained to that embassy's
+previous one, into its vault (Object Lock applies the bucket's COMPLIANCE retention). An embassy whose
+vault is unreachable or refuses writes is reported and skipped; the others are not held back, and it
 catches up at a later round (its chain links to the last manifest it did receive).
 
 Runs on home as root: stdlib, cryptography, boto3 (Debian packages).
@@ -20,6 +22,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -184,8 +187,9 @@ def postgres_part(cfg: dict[str, Any], timeout: float) -> tuple[dict[str, Any], 
     digests: dict[str, Any] = {}
     for reg in cfg["registers"]:
         if reg["kind"] == "postgres":
+            # As the read-only role, at a slot's consistent point: the digest is exactly the state at its LSN.
             res = hostcmd.run(["env", "PYTHONPATH=/opt/embassy", "python3", "-m", "replication.digest", "postgres",
-                               reg["database"]], user="postgres", timeout=3600)
+                               reg["database"], "--exact"], user=digest.ROLE, timeout=3600)
             if res.returncode != 0:
                 raise RuntimeError(f"digest of {reg['name']} failed: {res.stderr.strip()[-500:]}")
             digests[reg["name"]] = json.loads(res.stdout)
@@ -197,9 +201,29 @@ def postgres_part(cfg: dict[str, Any], timeout: float) -> tuple[dict[str, Any], 
     return digests, wait_archived(segment, repos, timeout), segment
 
 
-def snapshot_files(embassy: str, register: str, path: str) -> dict[str, Any]:
-    res = hostcmd.run(["embassy-restic", embassy, register, "backup", "--json", "--compression", "auto", "--host", "home",
-                       "--tag", "embassy", path], timeout=3600)
+def freeze(path: str, into: Path) -> None:
+    """A copy of a file register as it is now: every embassy's snapshot is taken of it, and its digest is of
+    it, so the digest is exactly what each snapshot holds (the live folder may change between snapshots)."""
+    if into.exists():
+        shutil.rmtree(into)
+    into.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    res = hostcmd.run(["cp", "-a", "--reflink=auto", "--", path, str(into)], timeout=3600)
+    if res.returncode != 0:
+        raise RuntimeError(f"copy of {path} for its snapshots failed: {res.stderr.strip()[-300:]}")
+
+
+def seen_at(frozen: Path, path: str, argv: list[str]) -> list[str]:
+    """argv run with `frozen` bind-mounted over `path` in a mount namespace of its own (nobody else sees it)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"',
+            str(frozen), path, *argv]
+
+
+def snapshot_files(embassy: str, register: str, path: str, frozen: Path | None = None) -> dict[str, Any]:
+    """restic backup of `path`; with `frozen`, of that copy seen at `path` (a bind mount in a private mount
+    namespace: the snapshot names the register's own path, other processes still see the live folder)."""
+    backup = ["embassy-restic", embassy, register, "backup", "--json", "--compression", "auto", "--host", "home",
+              "--tag", "embassy", path]
+    res = hostcmd.run(seen_at(frozen, path, backup) if frozen is not None else backup, timeout=3600)
     summary = {}
     for line in res.stdout.splitlines():
         try:
@@ -262,23 +286,36 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
             (notes if code == 0 else errors)[e["name"]].append(
                 f"WAL segment {segment} not archived in repo{repo} yet ({message or code})")
 
-    file_digests = {r["name"]: digest.files(r["path"]) for r in cfg["registers"] if r["kind"] == "files"}
     shipped: dict[str, dict[str, Any]] = {}
+    silent: set[str] = set()
     for e in cfg["embassies"]:
         if e["files"] and not vault_answers(e["vault"]):
             # restic retries a dead vault with back-off for minutes, and the round snapshots the embassies in
             # turn: one vault cut off would hold every other embassy's snapshot back by that long.
+            silent.add(e["name"])
             errors[e["name"]].append(f"restic snapshots to {e['name']} not taken: its vault {e['vault']['endpoint']} "
                                      f"does not answer within {VAULT_PROBE_SECONDS:g} s")
+    for reg in cfg["registers"]:
+        holders = [e for e in cfg["embassies"] if reg["kind"] == "files" and reg["name"] in e["files"]
+                   and e["name"] not in silent]
+        if not holders:
             continue
-        for reg in cfg["registers"]:
-            if reg["kind"] == "files" and reg["name"] in e["files"]:
+        frozen = state_dir / "frozen" / reg["name"]
+        try:
+            freeze(reg["path"], frozen)
+            file_digest = digest.files(frozen)  # of what every snapshot below holds, byte for byte
+            for e in holders:
                 try:
-                    snap = {**snapshot_files(e["name"], reg["name"], reg["path"]),
+                    snap = {**snapshot_files(e["name"], reg["name"], reg["path"], frozen),
                             "repository": f"{e.get('restic_base') or 'restic'}/{reg['name']}"}
-                    shipped[f"{e['name']}/{reg['name']}"] = {**snap, "digest": file_digests[reg["name"]]}
+                    shipped[f"{e['name']}/{reg['name']}"] = {**snap, "digest": file_digest}
                 except RuntimeError as exc:
                     errors[e["name"]].append(str(exc))
+        except RuntimeError as exc:
+            for e in holders:
+                errors[e["name"]].append(str(exc))
+        finally:
+            shutil.rmtree(frozen, ignore_errors=True)
 
     results = []
     for e in cfg["embassies"]:
