@@ -181,7 +181,19 @@ def test_an_unreachable_embassy_fails_fast_and_a_warm_one_still_restores(lab: La
     assert code == 0, out
     assert_restored_like_home(lab, out)
     assert {r["method"] for r in out["registers"]} == {"standby", "restic"} and out["port"] == 5432
+    assert_proven_at_the_signed_point(out)
     assert seconds < 90, seconds
+
+
+def assert_proven_at_the_signed_point(out: dict[str, Any]) -> None:
+    """A warm restore proves each postgres register at the head's signed point, and says what it serves beyond."""
+    for reg in out["registers"]:
+        proof = reg["proof"]
+        assert proof["signed_round"] == out["manifest"]["round"], reg
+        if reg["kind"] == "postgres":
+            assert proof["signed_point"] == reg["manifest_digest"]["lsn"], reg
+            assert isinstance(proof["beyond_signed"]["transactions"], int), reg
+            assert "streamed from home over the replication channel" in proof["beyond_signed"]["source"], reg
 
 
 def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted(

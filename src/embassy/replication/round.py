@@ -106,6 +106,7 @@ def postgres_part(cfg: dict[str, Any], timeout: float) -> tuple[dict[str, Any], 
 
 
 def snapshot_files(embassy: str, register: str, path: str) -> dict[str, Any]:
+    started = now_utc()  # the snapshot's time is its start: a change after it may be missing from it
     res = hostcmd.run(["embassy-restic", embassy, register, "backup", "--json", "--compression", "auto", "--host", "home",
                        "--tag", "embassy", path], timeout=3600)
     summary = {}
@@ -118,7 +119,7 @@ def snapshot_files(embassy: str, register: str, path: str) -> dict[str, Any]:
             summary = msg
     if res.returncode != 0 or not summary.get("snapshot_id"):
         raise RuntimeError(f"restic backup of {register} to {embassy} failed: {res.stderr.strip()[-300:]}")
-    return {"snapshot_id": summary["snapshot_id"], "time": iso(now_utc())}
+    return {"snapshot_id": summary["snapshot_id"], "time": iso(started)}
 
 
 def postgres_entry(reg: dict[str, Any], e: dict[str, Any], info: dict[str, Any], dig: dict[str, Any]) -> dict[str, Any]:
