@@ -45,7 +45,7 @@ from embassy import model
 from embassy.drill import report as rpt
 from embassy.drill.restore import FILES_ROOT, Outcome, restore
 from embassy.drill.watch import attempts
-from embassy.errors import DrillFailed, EmbassyError
+from embassy.errors import DrillFailed, EmbassyError, UserError
 from embassy.home import load as home_load
 from embassy.home import schema
 from embassy.lab.state import LabState
@@ -144,7 +144,7 @@ class Rounds:
         while not self.stop.is_set():
             try:
                 last = replication.run_round(self.lab, timeout=300)
-            except (EmbassyError, subprocess.TimeoutExpired) as exc:
+            except (UserError, subprocess.TimeoutExpired) as exc:
                 last = {"embassies": [{"name": "home", "errors": [str(exc)[:300]]}]}
             if self.stop.is_set():
                 return  # a round the incident interrupted: it is not one of the drill's
@@ -155,7 +155,10 @@ class Rounds:
             with self.moving:
                 if self.stop.is_set():
                     return
-                advance_all(self.dep, LabTarget(self.dep, self.lab), lambda m: self.say(f"  {m}"))
+                try:
+                    advance_all(self.dep, LabTarget(self.dep, self.lab), lambda m: self.say(f"  {m}"))
+                except (UserError, subprocess.TimeoutExpired) as exc:  # the restore proves anyway, replaying more
+                    self.say(f"  holds not moved: {exc}")
             n += 1
             self.stop.wait(max(0.0, start + n * self.every - time.monotonic()))
 

@@ -463,8 +463,8 @@ def promote_standby(s: Session, postgres: list[RegisterOutcome], body: dict[str,
     first = min(points.values(), key=_lsn)
     with s.step("read the WAL received beyond the signed point (pg_waldump)"):
         found, how = read_beyond(s, first)
-        oids = dict(line.split("|", 1)[::-1] for line in
-                    _standby_sql(s, "SELECT datname || '|' || oid FROM pg_database").splitlines() if "|" in line)
+        names = _standby_sql(s, "SELECT datname || '|' || oid FROM pg_database").splitlines()
+        oids = {name: oid for name, _, oid in (line.partition("|") for line in names)}
     with s.step("release the hold, replay the rest, promote the standby"):
         s.must(f"printf %s {shlex.quote(standby.released_conf())} | sudo install -o postgres -g postgres -m 600 "
                f"/dev/stdin {standby.HOLD_CONF} && sudo systemctl restart {PG_SERVICE}", "release the hold", timeout=300)
