@@ -98,3 +98,8 @@ def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> Non
     cold = restore.signed_proof(_postgres()[0], BODY["registers"][0], 7)
     assert cold["signed_point"] == "0/5000CE8" and cold["beyond_signed"]["transactions"] is None
     assert "not counted" in cold["beyond_signed"]["source"]
+
+
+def test_wal_segments_are_named_as_postgresql_names_them() -> None:
+    assert restore.segment_name(1, standby.lsn_int("0/5000CE8")) == "000000010000000000000005"
+    assert restore.segment_name(2, standby.lsn_int("1/FF000000")) == "0000000200000001000000FF"

@@ -333,6 +333,7 @@ def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time:
         else:
             restore_from_vault(s, postgres, body, target_time)
             out.port = SCRATCH_PORT
+            count_from_vault(s, postgres, body)
     for reg in files:
         restore_files(s, reg, body[reg.name])
     for reg in out.registers:
@@ -355,6 +356,51 @@ def signed_proof(reg: RegisterOutcome, entry: dict[str, Any], signed_round: int)
                 "beyond_signed": {"transactions": 0, "source": FILES_SOURCE}}
     return {"signed_round": signed_round, "signed_point": (entry.get("digest") or {}).get("lsn"),
             "beyond_signed": {"transactions": None, "source": VAULT_SOURCE}}
+
+
+MAX_COUNTED_SEGMENTS = 64  # 1 GB of WAL: beyond, the count would cost more than the restore
+
+
+def segment_name(timeline: int, lsn: int) -> str:
+    return f"{timeline:08X}{lsn >> 32:08X}{(lsn & 0xFFFFFFFF) >> 24:08X}"
+
+
+def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any]) -> None:
+    """What a cluster restored from the vault holds beyond each register's signed point: the archived WAL from the
+    earliest point to where recovery ended (the new timeline's switch point), fetched again with pgBackRest into
+    a scratch folder and read with pg_waldump; each register's proof gets the commits in its database."""
+    points = standby.signed_points(body, [r.name for r in postgres])
+    if not points:
+        return
+    with s.step("count the archived transactions beyond the signed points (pg_waldump)"):
+        history = s.sh(f"sudo sh -c 'cat $(ls {SCRATCH_DIR}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
+        switch = standby.timeline_switch(history)
+        first = min(_lsn(p) for p in points.values())
+        parent = [line.split() for line in history.splitlines() if line.strip() and not line.startswith("#")]
+        timeline = int(parent[-1][0]) if switch is not None else 1  # the timeline the archive holds
+        segments = [] if switch is None else \
+            [segment_name(timeline, n << 24) for n in range(first >> 24, ((switch - 1) >> 24) + 1)]
+        if switch is None or not segments or len(segments) > MAX_COUNTED_SEGMENTS:
+            s.say(f"transactions beyond the signed point not counted ({len(segments)} segments)")
+            return
+        scratch = f"{SCRATCH_DIR}.wal"
+        fetch = " && ".join(f"pgbackrest --stanza=home archive-get {seg} {scratch}/{seg}" for seg in segments)
+        s.sh(f"sudo rm -rf {scratch} && sudo install -d -o postgres -g postgres -m 700 {scratch} && "
+             f"sudo runuser -u postgres -- sh -c {shlex.quote(fetch)}", timeout=600)
+        done = s.sh(f"sudo runuser -u postgres -- {standby.PG_BIN}/pg_waldump -p {scratch} -t {timeline} "
+                    f"-s {standby.lsn_text(first)}; sudo rm -rf {scratch}", timeout=600)
+        found = standby.commits(done.stdout)
+        names = s.psql(SCRATCH_PORT, "postgres", "SELECT datname || '|' || oid FROM pg_database").splitlines()
+        oids = {name: oid for name, _, oid in (line.partition("|") for line in names)}
+    source = (f"archived WAL replayed from this embassy's vault (each segment checked by pgBackRest), not covered by "
+              f"a signature; recovery ended at {standby.lsn_text(switch)}")
+    for reg in postgres:
+        oid = int(oids.get(schema.database_name(reg.name)) or 0)
+        if reg.name in points and oid:
+            reg.proof = {"signed_round": s.outcome.manifest.round if s.outcome.manifest else None,
+                         "signed_point": points[reg.name],
+                         "beyond_signed": {"transactions": standby.count_beyond(found, oid, _lsn(points[reg.name]),
+                                                                                switch), "source": source}}
 
 
 def _lsn(text: str) -> int:
