@@ -103,6 +103,8 @@ def embassy_host() -> None:
         systemd.service(name="Standby: running and enabled", service=dataplane.PG_SERVICE, running=True, enabled=True)
         systemd.service(name="Standby: restart for new settings", service=dataplane.PG_SERVICE, restarted=True,
                         _if=lambda: conf.did_change() and not cloned.did_change())
+        systemd.daemon_reload(name="systemd: reload units (WAL receiver)", _if=receiver.did_change)
         systemd.service(name="Standby: WAL receiver running and enabled", service=standby.RECEIVER_UNIT, running=True,
-                        enabled=True, daemon_reload=receiver.did_change(),
-                        restarted=receiver.did_change())
+                        enabled=True)
+        systemd.service(name="Standby: WAL receiver restarted for a new unit", service=standby.RECEIVER_UNIT,
+                        restarted=True, _if=lambda: receiver.did_change() and not cloned.did_change())
