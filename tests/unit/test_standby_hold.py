@@ -152,12 +152,17 @@ def pair() -> Iterator[tuple[Cluster, Standby]]:
         primary.start()  # initdb's defaults: wal_level replica, replication trusted from 127.0.0.1
         primary.psql("postgres", "-c", "CREATE DATABASE reg")
         primary.psql("reg", "-c", "CREATE TABLE t (id int PRIMARY KEY)")
+        primary.psql("postgres", "-c", "CREATE ROLE reader LOGIN IN ROLE pg_read_all_data")  # digests never as superuser
         second.start()
         yield primary, second
     finally:
         second.stop()
         primary.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _as_reader(conninfo: str) -> str:
+    return conninfo.replace("user=postgres", "user=reader")
 
 
 def _insert(primary: Cluster, first: int, last: int) -> None:
@@ -171,7 +176,7 @@ def test_a_held_standby_is_proven_at_the_signed_point_while_the_receiver_keeps_f
     primary, held = pair
     assert held.paused()  # held just after the clone
     _insert(primary, 1, 5)
-    signed = digest.postgres("reg", primary.conninfo)  # what a round signs, with the LSN it names
+    signed = digest.postgres("reg", _as_reader(primary.conninfo))  # what a round signs, with the LSN it names
     _insert(primary, 6, 12)  # seven transactions beyond the signed point
     primary.psql("postgres", "-c", "SELECT pg_switch_wal()")  # as a round does: the segment is complete
     end = primary.psql("postgres", "-Atc", "SELECT pg_current_wal_lsn()").strip()
@@ -186,7 +191,7 @@ def test_a_held_standby_is_proven_at_the_signed_point_while_the_receiver_keeps_f
     held.pg_ctl("restart")
     at = held.paused()
     assert standby.lsn_int(at) <= standby.lsn_int(signed["lsn"])
-    proven = digest.postgres("reg", held.conninfo)
+    proven = digest.postgres("reg", _as_reader(held.conninfo))
     assert proven["tables"] == signed["tables"] and held.sql("reg", "SELECT max(id) FROM t") == "5"
 
     # Beyond the signed point: the received WAL, read as a restore reads it.
