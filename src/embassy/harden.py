@@ -289,9 +289,10 @@ def harden_target(target: Target, say: Say = _quiet, measure: bool = True, befor
     play = play_for(target)
     out = play.workdir / "result.json"
     play_file = play.workdir / "play.json"
+    # The child refuses (root, tools) before any file is written.
     argv = target.client_argv([sys.executable, "-m", "embassy.harden", "--play", str(play_file), "--out", str(out),
                                *([] if measure else ["--no-lynis"]),
-                               *([] if before_too else ["--no-lynis-before"])])  # refuses (root, tools) before any file is written
+                               *([] if before_too else ["--no-lynis-before"])])
     play.save(play_file)
     out.unlink(missing_ok=True)
     start = time.monotonic()

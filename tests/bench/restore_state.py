@@ -144,8 +144,8 @@ def vault_bytes(lab: LabState, embassy: str) -> int:
 
 
 def wait_standbys(lab: LabState, timeout: float = 900) -> None:
-    """Until every streaming standby has replayed what home has written (a warm restore promotes it)."""
-    sql = ("SELECT count(*) FROM pg_stat_replication WHERE replay_lsn IS NULL OR replay_lsn < pg_current_wal_lsn()")
+    """Until every warm embassy's receiver has flushed what home has written (a warm restore replays it all)."""
+    sql = ("SELECT count(*) FROM pg_stat_replication WHERE flush_lsn IS NULL OR flush_lsn < pg_current_wal_lsn()")
     deadline = time.monotonic() + timeout
     while psql(lab, "home", "postgres", sql) != "0":
         if time.monotonic() > deadline:

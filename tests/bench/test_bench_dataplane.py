@@ -5,8 +5,9 @@ One test, three arms alternated in the same run (rotating order, the same number
   once it is set again: never /bin/true, which would drop it and leave a hole in every vault) and the
   warm standbys stopped;
 - `archiving`: archiving to every vault on, standbys stopped;
-- `full`: as deployed: archiving to every vault and the warm standbys streaming. Lag is sampled here,
-  on the embassies' side: every 0.2 s on each warm standby (age of the newest commit it replayed),
+- `full`: as deployed: archiving to every vault and the warm embassies' WAL receivers streaming. Lag is
+  sampled here: every 0.2 s for each warm embassy, the flush lag home's walsender measures for its
+  pg_receivewal (the standby's replay is held at a signed point since issue 22: replay is no lag),
   every ~0.5 s on the cold enclave (the newest WAL segment its own vault holds, mapped after the run to
   the newest heartbeat it makes restorable, as replication.lag does).
 
@@ -49,7 +50,7 @@ SECONDS = int(os.environ.get("EMBASSY_BENCH_SECONDS", "20"))
 ARMS = ("off", "archiving", "full")
 HOME_CPUS, OTHER_CPUS = "1", "0"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
-PG_UNIT = "postgresql@15-main"
+RECEIVER_UNIT = "embassy-wal-receiver"  # embassy.replication.standby
 AS_PG = "sudo runuser -u postgres --"
 PAUSED_TIMERS = ("embassy-replication-round.timer", "embassy-pgbackrest-full.timer", "embassy-pgbackrest-diff.timer")
 WARM_TARGET_S = 0.25
@@ -95,11 +96,11 @@ def pending_segments(lab: LabState) -> int:
 
 def set_streaming(lab: LabState, warm: list[str], on: bool) -> None:
     for host in warm:
-        ssh(lab, host, f"sudo systemctl {'start' if on else 'stop'} {PG_UNIT}")
+        ssh(lab, host, f"sudo systemctl {'start' if on else 'stop'} {RECEIVER_UNIT}")
     if on:
-        # Caught up: every standby streaming and replayed to within 1 MB of home's WAL.
+        # Caught up: every receiver streaming and flushed to within 1 MB of home's WAL.
         sql = ("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND "
-               "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) < 1048576")
+               "pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn) < 1048576")
         wait_for("the standbys to stream and catch up", lambda: int(q(lab, sql)) == len(warm), timeout=300)
     else:
         wait_for("the standbys to disconnect", lambda: q(lab, "SELECT count(*) FROM pg_stat_replication") == "0",
@@ -143,11 +144,12 @@ def home_cpu_seconds(lab: LabState) -> float:
 
 
 def start_warm_sampler(lab: LabState, host: str) -> subprocess.Popen[str]:
-    # On the standby itself (the other core): age of the newest commit it replayed, every 0.2 s.
-    sql = ("SELECT extract(epoch FROM clock_timestamp()), "
-           "extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp());")
+    # On home (the only side that measures it): the flush lag of this embassy's receiver, every 0.2 s.
+    embassy = next(h.embassy for h in lab.hosts if h.name == host)
+    sql = ("SELECT extract(epoch FROM clock_timestamp()), coalesce(extract(epoch FROM flush_lag), 0) "
+           f"FROM pg_stat_replication WHERE application_name = '{embassy}';")
     script = f"printf '%s\\n' {shlex.quote(sql)} '\\watch 0.2' | timeout {SECONDS + 8} psql -X -Atq -F ' ' -d postgres"
-    return subprocess.Popen(lab.ssh_argv(host, f"{AS_PG} sh -c {shlex.quote(script)}"), stdout=subprocess.PIPE,
+    return subprocess.Popen(lab.ssh_argv("home", f"{AS_PG} sh -c {shlex.quote(script)}"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -384,8 +386,8 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
                   note=f"archiving to every vault, standbys stopped. Home CPU ms a transaction: {cpu['archiving']:.3f} "
                        f"against {cpu['off']:.3f} off (pgBackRest archive-push on the same core). {load}. {pin}."))
     warm_runs = pooled(run.warm)  # all warm embassies of a run
-    how = ("age of the newest commit each warm standby replayed (clock_timestamp() - "
-           "pg_last_xact_replay_timestamp() on the standby), every 0.2 s while pgbench runs in the full arm; "
+    how = ("flush lag of each warm embassy's WAL receiver (pg_stat_replication.flush_lag on home), every 0.2 s "
+           "while pgbench runs in the full arm; "
            f"per-run percentile over the warm embassies (~{statistics.median(len(v) for v in warm_runs):.0f} samples "
            "a run), median of the runs")
     record_lag("warm", warm_runs, WARM_TARGET_S, p99_note=f"{how}; {pin}.", median_note=f"{how}.")

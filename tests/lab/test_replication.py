@@ -321,11 +321,11 @@ def test_lag_is_measured_per_embassy_and_exposed_as_metrics(lab: LabState, repli
             assert r["lag_seconds"] is not None and r["lag_seconds"] >= 0, (e["name"], r)
             assert r["alert"] is (r["lag_seconds"] > r["rpo_bound_seconds"])
         if e["mode"] == "warm":
-            assert e["replay_lag_ms"] is not None
+            assert e["flush_lag_ms"] is not None
     metrics = home_metrics(lab)
     assert 'embassy_replication_lag_seconds{embassy="de",register="population"}' in metrics
     assert 'embassy_replication_alert{embassy="ie"}' in metrics
-    assert 'embassy_replication_replay_lag_milliseconds{embassy="se"}' in metrics
+    assert 'embassy_replication_flush_lag_milliseconds{embassy="se"}' in metrics
 
 
 def test_deploy_left_no_error_in_agent_or_standby_logs(lab: LabState, replicated: dict[str, Any]) -> None:

@@ -93,6 +93,7 @@ def test_cold_embassy_restores_every_register_from_its_vault(lab: LabState, depl
     assert code == 0, out
     assert_restored_like_home(lab, out)
     assert out["port"] == SCRATCH_PORT and {r["method"] for r in out["registers"]} == {"vault", "restic"}
+    assert_proven_at_the_signed_point(out, "archived WAL replayed from this embassy's vault")
     assert seconds < 120, seconds
 
 
@@ -181,7 +182,19 @@ def test_an_unreachable_embassy_fails_fast_and_a_warm_one_still_restores(lab: La
     assert code == 0, out
     assert_restored_like_home(lab, out)
     assert {r["method"] for r in out["registers"]} == {"standby", "restic"} and out["port"] == 5432
+    assert_proven_at_the_signed_point(out, "streamed from home over the replication channel")
     assert seconds < 90, seconds
+
+
+def assert_proven_at_the_signed_point(out: dict[str, Any], source: str) -> None:
+    """Each postgres register proven at the head's signed point, with what it serves beyond counted from `source`."""
+    for reg in out["registers"]:
+        proof = reg["proof"]
+        assert proof["signed_round"] == out["manifest"]["round"], reg
+        if reg["kind"] == "postgres":
+            assert proof["signed_point"] == reg["manifest_digest"]["lsn"], reg
+            assert isinstance(proof["beyond_signed"]["transactions"], int), reg
+            assert proof["beyond_signed"]["source"].startswith(source), reg
 
 
 def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted(

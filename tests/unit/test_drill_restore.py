@@ -120,25 +120,53 @@ def test_postgres_timestamps_are_read_with_their_zone() -> None:
     assert rehearsal._ts(None) is None
 
 
-def test_the_drill_measures_rto_rpo_and_lost_transactions_from_a_restore() -> None:
+LOG = """population 0 1000.0
+land-register 0 1000.05
+court-files 0 1000.1
+population 1 1000.1
+land-register 1 1000.15
+population 2 1000.2
+land-register 2 1000.25
+court-files 1 1001.1
+population 3 1001.2
+land-register 3 1001.25
+population 4 10
+"""
+
+
+def test_the_drill_measures_rto_rpo_and_lost_writes_from_the_load_log_and_the_restored_state() -> None:
     dep = load_stack("rehearsal", ROOT)
     out = restore.Outcome("rehearsal", "ie", "cold")
-    body = {"round": 4, "time": "2026-12-02T18:00:00.000000Z", "registers": [
-        {"name": "court-files", "kind": "files", "snapshot_time": "2026-12-02T18:00:02.000000Z"}]}
-    out.manifest = Verified("manifests/0000000004.json", body, "ab" * 32)
-    out.newest_heartbeat = "2026-12-02 18:00:50+00"
-    incident = dt.datetime(2026, 12, 2, 18, 1, 0, tzinfo=dt.UTC)
     for reg in restore.held_registers(dep, "ie"):
-        r = restore.RegisterOutcome(reg.name, reg.kind.value, reg.priority, verified=True, restored=True,
-                                    done_at=100.0 + reg.priority)
-        out.registers.append(r)
-    results = {r.name: r for r in rehearsal.measure(dep, out, incident, 100.0, "2026-12-02 18:00:59.5+00", 40, None)}
+        out.registers.append(restore.RegisterOutcome(reg.name, reg.kind.value, reg.priority, verified=True,
+                                                     restored=True, done_at=100.0 + reg.priority))
+    log = LOG.replace("population 4 10\n", "")
+    held = {"population": 3, "land-register": 1, "court-files": -1}
+    results = {r.name: r for r in rehearsal.measure(dep, out, 100.0, log, lambda name, _kind: held[name])}
     assert results["population"].rto_seconds == 1.0 and results["court-files"].rto_seconds == 3.0
-    assert results["population"].rpo_seconds == 9.5  # home's last beat minus the newest restored
-    assert results["court-files"].rpo_seconds == 58.0  # the incident minus the restored snapshot's time
+    # It holds home's last write: nothing lost.
+    assert results["population"].rpo_seconds == 0.0 and results["population"].lost_transactions == 0
+    # It holds #1 (acknowledged at 1000.15), home's last is #3 (1001.25): 1.1 s and two writes lost.
+    assert results["land-register"].rpo_seconds == 1.1 and results["land-register"].lost_transactions == 2
+    # None of the load's documents: measured from the first one (a lower bound), both lost.
+    assert results["court-files"].rpo_seconds == 1.0 and results["court-files"].lost_transactions == 2
+    assert all(r.rpo_method and "acknowledged" in r.rpo_method for r in results.values())
     # A cold embassy promises no better than the stack's cold bound.
     assert results["population"].objective.rpo_seconds == dep.cold_rpo_seconds
-    assert results["population"].lost_transactions is None  # not knowable without the restored cluster
+
+
+def test_an_unreadable_restored_state_or_log_measures_no_rpo() -> None:
+    assert rehearsal.rpo_of([(0, 1.0), (1, 2.0)], None) == (None, None)
+    assert rehearsal.rpo_of([], 5) == (None, None)
+    assert rehearsal.rpo_of([(7, 1.0), (8, 2.0)], 9) == (0.0, 0)  # a write acknowledged after the log was read
+
+
+def test_the_load_log_drops_a_torn_line() -> None:
+    from embassy.home.load import parse_log
+
+    parsed = parse_log(LOG + "population 5\nland-register x 1.0\n")
+    assert parsed["population"][-1] == (4, 10.0) and len(parsed["population"]) == 5
+    assert len(parsed["land-register"]) == 4 and len(parsed["court-files"]) == 2
 
 
 def test_a_refused_restore_fails_the_drill_report_naming_the_object() -> None:
@@ -153,7 +181,7 @@ def test_a_refused_restore_fails_the_drill_report_naming_the_object() -> None:
     out.verification.check("manifests/0000000007.json", False, "signature does not verify (the manifest was altered)")
     out.error = ManifestInvalid("manifests/0000000007.json: signature does not verify (the manifest was altered)")
     incident = dt.datetime(2026, 12, 2, 18, 1, 0, tzinfo=dt.UTC)
-    registers = rehearsal.measure(dep, out, incident, 100.0, "2026-12-02 18:00:59+00", 10, None)
+    registers = rehearsal.measure(dep, out, 100.0, LOG, lambda _name, _kind: None)
     assert not any(r.verified or r.restored or r.rto_seconds for r in registers)
     checks, evidence = rehearsal.evidence(out, dep, None)
     failure = rehearsal.failure_of(out.error, out)

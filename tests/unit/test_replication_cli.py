@@ -25,7 +25,7 @@ def test_round_and_lag_combine_into_the_documented_shape() -> None:
         {"name": "de", "manifest": {"key": "manifests/0000000007.json", "sha256": "ab", "round": 7}, "errors": []},
         {"name": "ie", "manifest": None, "errors": ["manifest upload failed: AccessDenied"]}]}
     lag = {"time": "2026-12-02T10:00:00Z", "round": 7, "embassies": [
-        {"name": "de", "mode": "warm", "alert": False, "vault_errors": [], "replay_lag_ms": 1.5,
+        {"name": "de", "mode": "warm", "alert": False, "vault_errors": [], "flush_lag_ms": 1.5,
          "registers": [{"name": "population", "kind": "postgres", "lag_seconds": 0.4, "last_shipped": "0/3000000",
                         "rpo_bound_seconds": 5, "alert": False}]},
         {"name": "ie", "mode": "cold", "alert": False, "vault_errors": [],
@@ -35,6 +35,6 @@ def test_round_and_lag_combine_into_the_documented_shape() -> None:
     assert doc["round"] == 7
     de, ie = doc["embassies"]
     assert de["manifest"] == {"key": "manifests/0000000007.json", "sha256": "ab", "round": 7}
-    assert de["replay_lag_ms"] == 1.5 and de["alert"] is False
+    assert de["flush_lag_ms"] == 1.5 and de["alert"] is False
     assert set(de["registers"][0]) >= {"name", "kind", "lag_seconds", "last_shipped"}
     assert ie["manifest"] is None and ie["alert"] is True  # a vault that refused the round alerts

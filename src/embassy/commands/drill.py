@@ -86,6 +86,12 @@ def restore(
         else:
             console.print(f"[green]restored[/green] at {embassy} in {outcome.as_json()['seconds']:.1f} s: "
                           f"state service {outcome.service_url}, newest heartbeat {outcome.newest_heartbeat}")
+            for reg in outcome.registers:  # what is proven, and what is served beyond it
+                if reg.proof:
+                    beyond = reg.proof["beyond_signed"]
+                    count = "not counted" if beyond["transactions"] is None else f"{beyond['transactions']} transactions"
+                    console.print(f"  {reg.name}: proven at round {reg.proof['signed_round']}, {reg.proof['signed_point']}; "
+                                  f"beyond it: {count} ({beyond['source']})", markup=False, highlight=False)
     if not outcome.ok:
         raise typer.Exit(outcome.error.code if outcome.error else EXIT_FINDING)
 

@@ -48,14 +48,20 @@ def replicate(
 ) -> None:
     """Run one replication round now (--once), or show the live lag per embassy until interrupted."""
     from embassy.replication import replicate as lib
+    from embassy.replication.hold import advance_all
+    from embassy.targets import LabTarget
 
-    load(stack)
+    dep = load(stack)
     lab = _lab(stack)
     try:
         if once:
-            with console.status("replication round on home: digests, WAL, snapshots, signed manifests"):
+            with console.status("replication round on home: digests, WAL, snapshots, signed manifests") as status:
                 report = lib.run_round(lab)
+                # Each warm embassy's standby moves to the new head's signed point, once that head is verified.
+                status.update("warm embassies: verify the new head, hold each standby at its signed point")
+                held = advance_all(dep, LabTarget(dep, lab))
                 doc = lib.combine(report, lib.lag(lab))
+                doc["holds"] = [h.as_json() for h in held]
             if as_json:
                 print(json.dumps(doc, indent=2))
             else:

@@ -1,24 +1,27 @@
 """`embassy drill`: the whole rehearsal on the lab, measured, and its signed report.
 
-lab up (a lab already up is reused) ► harden ► deploy ► a steady, bounded write load on home ►
-replication rounds under it ► the incident ► restore at the embassy ► report ► lab down (unless kept).
+lab up (a lab already up is reused) ► harden ► deploy ► a write load into every register on home ►
+replication rounds on the drill's own schedule under it ► the incident ► restore at the embassy ► report ►
+lab down (unless kept).
 
-The incident, in this order: the write load and the heartbeat are killed and home's last committed
-heartbeat and load transaction are read (the last read of home); the warm standbys are told home is
-gone (primary_conninfo emptied, their WAL receivers closed: a real standby would keep calling a dead
-primary); home's network is cut, every process of its container killed at once (a power cut) and its
-disk (the overlay's upper folder) wiped. From then on a watcher on the lab's bridge counts every frame
-that tries to reach home's address: the drill fails if there is one (a vault closing a connection that
-home opened before the incident is reported, not counted: a server never opens one).
+The load (embassy.home.load) writes into every register (postgres rows, file-register documents) until the
+incident, and logs every write home acknowledged. Rounds run every ROUND_EVERY seconds from the load's
+start, each followed by moving the warm standbys' holds to the new verified head
+(embassy.replication.hold); the incident comes LOAD_SECONDS after the load started, whatever a round is
+doing then (a round running on home dies with it).
+
+The incident, in this order: the write load and the heartbeat are killed (the instant of the incident)
+and home's load log is read (the last read of home: what home committed); the warm embassies' WAL
+receivers are told home is gone (stopped: a real one would keep calling a dead primary); home's network
+is cut, every process of its container killed at once (a power cut) and its disk (the overlay's upper
+folder) wiped. A watcher on the lab's bridge counts every frame that tries to reach home's address.
 
 Measures (README, "Reboot the state"):
 - RTO per register: incident -> the register restored and its digest equal to the manifest's; in
   total: incident -> the state service answering the smoke queries correctly;
-- RPO per postgres register: home's last committed heartbeat - the newest heartbeat restored;
-  per file register: incident - the time of the restored snapshot (any later change would be lost);
-- lost transactions: the write load's last committed id at home - the newest restored.
-The write load writes to `embassy_monitor.drill_load`, never to a register: a register's digest stays
-the one its manifest signed (a promoted standby is past the digest LSN).
+- RPO per register (RPO_METHOD): home's last acknowledged write into it, in the load's log, against the
+  newest write of the load that the restored register holds (the age of what is lost);
+- lost transactions per register: acknowledged at home and absent from the restored state.
 """
 
 from __future__ import annotations
@@ -30,35 +33,39 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from embassy import model
 from embassy.drill import report as rpt
-from embassy.drill.restore import Outcome, restore
+from embassy.drill.restore import FILES_ROOT, Outcome, restore
 from embassy.drill.watch import attempts
-from embassy.errors import DrillFailed, EmbassyError
+from embassy.errors import DrillFailed, EmbassyError, UserError
+from embassy.home import load as home_load
+from embassy.home import schema
 from embassy.lab.state import LabState
 from embassy.replication import manifest
 from embassy.replication import replicate as replication
+from embassy.replication.dataplane import REGISTERS_ROOT
+from embassy.replication.hold import advance_all
+from embassy.replication.standby import RECEIVER_UNIT
 from embassy.targets import LabTarget
 
 Say = Callable[[str], None]
 LOAD_UNIT = "embassy-drill-load"
-LOAD_RATE = 10  # transactions a second: steady and bounded (2 shared cores)
-LOAD_CODE = """
-import sys, time, psycopg
-rate = float(sys.argv[1])
-with psycopg.connect("host=/var/run/postgresql dbname=embassy_monitor", autocommit=True) as conn:
-    conn.execute("CREATE TABLE IF NOT EXISTS drill_load (id bigserial PRIMARY KEY, ts timestamptz NOT NULL "
-                 "DEFAULT clock_timestamp(), payload text NOT NULL)")
-    while True:
-        conn.execute("INSERT INTO drill_load (payload) VALUES (repeat(md5(random()::text), 8))")
-        time.sleep(1 / rate)
-"""
+LOAD_RATE = 10  # transactions a second into each postgres register: steady and bounded (2 shared cores)
+FILES_EVERY = 1.0  # seconds between new documents in each file register
+LOAD_LOG = "/var/tmp/embassy-drill-load.log"
+LOAD_SCRIPT = f"/var/tmp/{LOAD_UNIT}.py"
+ROUND_EVERY = 15.0  # the drill's round schedule, from the load's start
+LOAD_SECONDS = 40.0  # the incident, this long after the load started (not aligned with the rounds)
+RPO_METHOD = ("the load's log of writes home acknowledged, read at the incident: the time of the last one "
+              "against the time of the newest one the restored register holds (0 when it holds the last)")
 REPORT_KEYS_ENV = "EMBASSY_REPORT_KEYS"
 
 
@@ -95,39 +102,87 @@ def _ssh(lab: LabState, host: str, command: str, timeout: float = 120, stdin: st
                           check=False)
 
 
-def start_load(lab: LabState) -> None:
-    done = _ssh(lab, "home", f"sudo install -m 644 /dev/stdin /var/tmp/{LOAD_UNIT}.py && "
-                             f"sudo systemctl stop {LOAD_UNIT} 2>/dev/null; sudo systemctl reset-failed {LOAD_UNIT} 2>/dev/null; "
-                             f"sudo systemd-run --unit {LOAD_UNIT} -p User=postgres /usr/bin/python3 "
-                             f"/var/tmp/{LOAD_UNIT}.py {LOAD_RATE}", stdin=LOAD_CODE)
+def load_config(dep: model.Deployment) -> dict[str, Any]:
+    regs = [{"name": r.name, "kind": r.kind.value, "database": schema.database_name(r.name),
+             "path": f"{REGISTERS_ROOT}/{r.name}"} for r in dep.registers]
+    return {"rate": LOAD_RATE, "files_every": FILES_EVERY, "registers": regs}
+
+
+def start_load(lab: LabState, dep: model.Deployment) -> None:
+    """The load on home: postgres registers as postgres, file registers as root (a register's folder is not
+    postgres's: measured on the lab, the load died on it); each part logs to its own file."""
+    config = load_config(dep)
+    code = resources.files("embassy.home").joinpath("load.py").read_text()
+    parts = [(LOAD_UNIT, "postgres", "postgres"), (f"{LOAD_UNIT}-files", "root", "files")]
+    command = f"sudo install -m 644 /dev/stdin {LOAD_SCRIPT}"
+    for unit, user, kind in parts:
+        regs = [r for r in config["registers"] if r["kind"] == kind]
+        if not regs:
+            continue
+        log = f"{LOAD_LOG}.{kind}"
+        command += (f" && sudo rm -f {log} && (sudo systemctl stop {unit} 2>/dev/null; sudo systemctl reset-failed {unit} "
+                    f"2>/dev/null; true) && sudo systemd-run --unit {unit} -p User={user} /usr/bin/python3 {LOAD_SCRIPT} "
+                    f"{shlex.quote(json.dumps({**config, 'registers': regs}))} {log}")
+    done = _ssh(lab, "home", command, stdin=code)
     if done.returncode != 0:
         raise DrillFailed(f"home: the write load did not start: {done.stderr.strip()[-300:]}")
 
 
-def replicate_rounds(lab: LabState, rounds: int, say: Say) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-    for n in range(rounds):
-        if n:
-            time.sleep(6)  # rounds further apart than the tightest RPO: as the timer spaces them
-        last = replication.run_round(lab)
-        errors = [f"{e['name']}: {'; '.join(e['errors'])}" for e in last.get("embassies", []) if e.get("errors")]
-        say(f"round {last.get('round')}: " + ("; ".join(errors) if errors else "a signed manifest in every vault"))
-        if errors:
-            raise DrillFailed(f"replication round {last.get('round')} failed: {'; '.join(errors)[:400]}")
-    return last
+class Rounds:
+    """Replication rounds on the drill's own schedule (every `every` s from the start), each followed by moving
+    the warm standbys' holds to the new verified head. The incident stops them without waiting for a round:
+    only a hold being moved is waited for (it restarts a standby the restore is about to use)."""
+
+    def __init__(self, dep: model.Deployment, lab: LabState, every: float, say: Say) -> None:
+        self.dep, self.lab, self.every, self.say = dep, lab, every, say
+        self.stop = threading.Event()
+        self.moving = threading.Lock()
+        self.rounds: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="drill-rounds", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        start, n = time.monotonic(), 0
+        while not self.stop.is_set():
+            try:
+                last = replication.run_round(self.lab, timeout=300)
+            except (UserError, subprocess.TimeoutExpired) as exc:
+                last = {"embassies": [{"name": "home", "errors": [str(exc)[:300]]}]}
+            if self.stop.is_set():
+                return  # a round the incident interrupted: it is not one of the drill's
+            errors = [f"{e['name']}: {'; '.join(e['errors'])}" for e in last.get("embassies", []) if e.get("errors")]
+            self.say(f"round {last.get('round')}: " + ("; ".join(errors) if errors else "a signed manifest in every vault"))
+            self.errors += errors
+            self.rounds.append(last)
+            with self.moving:
+                if self.stop.is_set():
+                    return
+                try:
+                    advance_all(self.dep, LabTarget(self.dep, self.lab), lambda m: self.say(f"  {m}"))
+                except (UserError, subprocess.TimeoutExpired) as exc:  # the restore proves anyway, replaying more
+                    self.say(f"  holds not moved: {exc}")
+            n += 1
+            self.stop.wait(max(0.0, start + n * self.every - time.monotonic()))
+
+    def halt(self) -> None:
+        self.stop.set()
+        with self.moving:  # a hold being moved finishes first
+            pass
 
 
-def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str, int]:
-    """Home is lost. Returns (when, home's last committed heartbeat, the load's last committed id)."""
+def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str]:
+    """Home is lost. Returns (when, home's load log: every write it acknowledged)."""
     from embassy.lab import hosts as lab_hosts
     from embassy.lab import system
     from embassy.lab.state import Proc, cgroup_name
 
     home = lab.host("home")
-    sql = "SELECT (SELECT max(ts) FROM heartbeat)::text || '|' || (SELECT coalesce(max(id), 0) FROM drill_load)"
     when = now()
-    done = _ssh(lab, "home", f"sudo systemctl kill -s KILL {LOAD_UNIT} embassy-heartbeat; "
-                             f"sudo runuser -u postgres -- psql -X -A -t -d embassy_monitor -c {shlex.quote(sql)}", timeout=30)
+    done = _ssh(lab, "home", f"sudo systemctl kill -s KILL {LOAD_UNIT} {LOAD_UNIT}-files embassy-heartbeat; sleep 0.2; "
+                             f"sudo sh -c 'cat {LOAD_LOG}.*'", timeout=30)
     detach_standbys(lab, dep)
     # From here on, nothing reads home: cut its network, then a power cut (every process of the
     # container killed at once), then its disk wiped.
@@ -142,21 +197,17 @@ def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str, in
     if lab_hosts.is_mounted(home.root_dir):
         lab_hosts.umount(home.root_dir)
     system.run(["find", home.upper_dir, "-mindepth", "1", "-delete"])
-    heartbeat, _, load = done.stdout.strip().partition("|")
-    if done.returncode != 0 or not heartbeat:
-        raise DrillFailed(f"home's last heartbeat could not be read before the incident: {done.stderr.strip()[-300:]}")
-    return when, heartbeat, int(load or 0)
+    if done.returncode != 0 or not home_load.parse_log(done.stdout):
+        raise DrillFailed(f"home's load log could not be read at the incident: {done.stderr.strip()[-300:]}")
+    return when, done.stdout
 
 
 def detach_standbys(lab: LabState, dep: model.Deployment) -> None:
-    """Tell every warm standby that home is gone, and wait (bounded) until its WAL receiver has closed:
-    a standby would otherwise keep calling a dead primary (it keeps its data and its vault)."""
+    """Tell every warm embassy that home is gone: its WAL receiver is stopped (bounded), as a real one would
+    otherwise keep calling a dead primary; what it received stays on its disk for the restore."""
     for emb in dep.embassies:
         if emb.mode is model.Mode.WARM:
-            _ssh(lab, lab.host(emb.name).name,
-                 "sudo runuser -u postgres -- psql -X -q -c \"ALTER SYSTEM SET primary_conninfo = ''\" "
-                 "-c 'SELECT pg_reload_conf()' && for i in $(seq 50); do sudo runuser -u postgres -- psql -X -Atq "
-                 "-c 'SELECT count(*) FROM pg_stat_wal_receiver' | grep -qx 0 && break; sleep 0.1; done", timeout=30)
+            _ssh(lab, lab.host(emb.name).name, f"sudo systemctl stop {RECEIVER_UNIT}", timeout=30)
 
 
 class Watcher:
@@ -222,34 +273,56 @@ def host_tool_versions(lab: LabState, embassy: str) -> dict[str, str]:
     return {name: line.strip() for name, line in zip(names, lines, strict=False)}
 
 
-def measure(dep: model.Deployment, out: Outcome, incident_at: dt.datetime, incident_mono: float, home_heartbeat: str,
-            home_load: int, lab: LabState | None) -> list[rpt.RegisterResult]:
+def rpo_of(acked: list[tuple[int, float]], restored: int | None) -> tuple[float | None, int | None]:
+    """(RPO seconds, lost writes) of a register: home's acknowledged writes (seq, time) against the newest
+    seq the restored register holds. A restored state older than every logged write is measured from the
+    first of them (a lower bound: the log starts with this drill's load)."""
+    if not acked or restored is None:
+        return None, None
+    last_seq, last_t = acked[-1]
+    if restored >= last_seq:
+        return 0.0, 0
+    times = dict(acked)
+    held_t = times.get(restored, acked[0][1])
+    return round(max(0.0, last_t - held_t), 3), last_seq - restored
+
+
+def restored_newest(lab: LabState, out: Outcome, reg: str, kind: str) -> int | None:
+    """The newest load write (its seq) that the restored register holds; -1: none; None: not readable."""
+    if kind == model.RegisterKind.POSTGRES.value:
+        if not out.port:
+            return None
+        command = (f"sudo runuser -u postgres -- psql -X -A -t -q -p {out.port} -d {schema.database_name(reg)} "
+                   f"-c {shlex.quote(home_load.newest_sql(reg))}")
+    else:
+        folder = f"{FILES_ROOT}{REGISTERS_ROOT}/{reg}/{home_load.FOLDER}"
+        command = f"sudo ls {folder} 2>/dev/null | grep -E '^[0-9]+[.]json$' | sort | tail -1 | cut -d. -f1; true"
+    done = _ssh(lab, lab.host(out.embassy).name, command, timeout=60)
+    text = done.stdout.strip()
+    if done.returncode != 0:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else -1
+
+
+def measure(dep: model.Deployment, out: Outcome, incident_mono: float, home_log: str,
+            newest: Callable[[str, str], int | None]) -> list[rpt.RegisterResult]:
+    """Per register: RTO, and RPO and lost writes (rpo_of) from home's load log and `newest(register, kind)`, the
+    newest load write the restored register holds (restored_newest on the lab)."""
     emb = dep.embassy(out.embassy)
-    restored_hb = _ts(out.newest_heartbeat)
-    home_hb = _ts(home_heartbeat)
-    restored_load = None
-    if lab is not None and out.ok and out.port:
-        done = _ssh(lab, lab.host(out.embassy).name, f"sudo runuser -u postgres -- psql -X -A -t -p {out.port} "
-                    "-d embassy_monitor -c 'SELECT coalesce(max(id), 0) FROM drill_load'", timeout=30)
-        restored_load = int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
-    snapshots = {r["name"]: r.get("snapshot_time") for r in (out.manifest.body["registers"] if out.manifest else [])}
+    acked = home_load.parse_log(home_log)
     results = []
     for reg in out.registers:
         spec = next(r for r in dep.registers if r.name == reg.name)
         rto = round(reg.done_at - incident_mono, 3) if reg.done_at else None
         rpo: float | None = None
         lost = None
-        if reg.restored and reg.kind == model.RegisterKind.POSTGRES.value and home_hb and restored_hb:
-            rpo = round(max(0.0, (home_hb - restored_hb).total_seconds()), 3)
-            lost = max(0, home_load - restored_load) if restored_load is not None else None
-        elif reg.restored and reg.kind == model.RegisterKind.FILES.value and snapshots.get(reg.name):
-            taken = _ts(snapshots[reg.name])
-            rpo = round(max(0.0, (incident_at - taken).total_seconds()), 3) if taken else None
+        if reg.restored:
+            rpo, lost = rpo_of(acked.get(reg.name, []), newest(reg.name, reg.kind))
         results.append(rpt.RegisterResult(
             name=reg.name, kind=reg.kind, priority=reg.priority, verified=reg.verified, restored=reg.restored,
-            rto_seconds=rto, rpo_seconds=rpo, lost_transactions=lost,
+            rto_seconds=rto, rpo_seconds=rpo, rpo_method=RPO_METHOD, lost_transactions=lost,
             objective=rpt.Objective(rto_seconds=spec.rto_seconds, rpo_seconds=dep.rpo_bound(spec, emb)),
-            digest=_digest_text(reg.digest), manifest_digest=_digest_text(reg.manifest_digest)))
+            digest=_digest_text(reg.digest), manifest_digest=_digest_text(reg.manifest_digest), proof=reg.proof))
     return results
 
 
@@ -334,14 +407,21 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         with timeline.step(f"custody: seal each embassy's restore secrets in its vault, {custody_drill.OFFICIALS} "
                            f"officials' sheets, then withdraw every restore secret from the controller and {name}'s host"):
             drill_kit = custody_drill.prepare(dep, target, name, sheets, lambda m: say(f"  {m}"))
-    with timeline.step(f"write load on home ({LOAD_RATE} tx/s) and replication rounds under it"):
-        start_load(lab)
-        replicate_rounds(lab, 2, lambda m: say(f"  {m}"))
-        time.sleep(3)
-    with timeline.step("incident: home stopped, its disk wiped, its network cut"):
+    with timeline.step(f"write load into every register on home ({LOAD_RATE} tx/s per database, a document every "
+                       f"{FILES_EVERY:g} s per file register), rounds every {ROUND_EVERY:g} s, for {LOAD_SECONDS:g} s"):
+        start_load(lab, dep)
+        rounds = Rounds(dep, lab, ROUND_EVERY, lambda m: say(f"  {m}"))
+        rounds.start()
+        time.sleep(LOAD_SECONDS)
+        if not rounds.rounds or rounds.errors:
+            rounds.halt()
+            raise DrillFailed("replication under the load failed: " + ("; ".join(rounds.errors)[:400] or "no round ended"))
+    with timeline.step("incident: home's writers stopped, its disk wiped, its network cut"):
         incident_mono = time.monotonic()
-        incident_at, home_heartbeat, home_load = incident(lab, dep)
-    say(f"  home's last heartbeat {home_heartbeat}, last load transaction {home_load}")
+        rounds.halt()
+        incident_at, home_log = incident(lab, dep)
+    last = {name: acked[-1] for name, acked in home_load.parse_log(home_log).items() if acked}
+    say("  home's last acknowledged writes: " + ", ".join(f"{n} #{seq}" for n, (seq, _) in sorted(last.items())))
     watcher = Watcher(lab, lab.host("home").address)
     custody_error: EmbassyError | None = None
     try:
@@ -356,7 +436,8 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     finally:
         seen = watcher.stop()
     timeline.steps += [rpt.Step(step=f"restore: {s.name}", start=s.start, end=s.end, ok=s.ok) for s in restored.steps]
-    registers = measure(dep, restored, incident_at, incident_mono, home_heartbeat, home_load, lab)
+    registers = measure(dep, restored, incident_mono, home_log,
+                        lambda reg, kind: restored_newest(lab, restored, reg, kind))
     checks, found = evidence(restored, dep, lab)
     checks.append(home_unreached(seen, lab))
     if drill_kit is not None:

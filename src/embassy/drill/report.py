@@ -61,9 +61,12 @@ class RegisterResult(_Strict):
     verified: bool  # its objects and digests matched the manifest
     restored: bool
     rto_seconds: float | None = None  # measured: incident -> register answering at the embassy
-    rpo_seconds: float | None = None  # measured: last heartbeat at home -> newest one restored
+    rpo_seconds: float | None = None  # measured as rpo_method says (the drill's load log against the restored state)
+    rpo_method: str | None = None
     objective: Objective
     lost_transactions: int | None = None  # where it can be known
+    # {"signed_round", "signed_point", "beyond_signed": {"transactions", "source"}}: what the restore proved
+    proof: dict[str, Any] | None = None
     digest: str | None = None  # recomputed after the restore
     manifest_digest: str | None = None  # what the manifest names
 

@@ -41,8 +41,9 @@ from embassy.errors import (
     SmokeCheckFailed,
 )
 from embassy.home import schema
+from embassy.replication import standby
 from embassy.replication import verify as vault_verify
-from embassy.replication.dataplane import PG_VERSION, REGISTERS_ROOT, manifest_generation
+from embassy.replication.dataplane import PG_DATA, PG_SERVICE, PG_VERSION, REGISTERS_ROOT, manifest_generation
 from embassy.replication.digest import ROLE as DIGEST_ROLE
 from embassy.replication.digest import differences
 from embassy.replication.manifest import Verified
@@ -73,11 +74,13 @@ class RegisterOutcome:
     digest: dict[str, Any] | None = None
     manifest_digest: dict[str, Any] | None = None
     detail: str = ""
+    # What is proven: {"signed_round", "signed_point", "beyond_signed": {"transactions", "source"}}
+    proof: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "priority": self.priority, "method": self.method,
                 "verified": self.verified, "restored": self.restored, "digest": self.digest,
-                "manifest_digest": self.manifest_digest, "detail": self.detail}
+                "manifest_digest": self.manifest_digest, "detail": self.detail, "proof": self.proof}
 
 
 @dataclass
@@ -320,20 +323,82 @@ def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time:
     files = [r for r in out.registers if r.kind == model.RegisterKind.FILES.value]
     s.sh(stop_command(), timeout=60)  # a previous restore's scratch cluster and service
     if postgres:
-        archived = max((_lsn(body[r.name].get("archived_lsn") or "0/0") for r in postgres), default=0)
         use_standby = emb.mode is model.Mode.WARM and not from_vault and target_time is None and \
-            _standby_caught_up(s, archived)
+            _standby_caught_up(s, out.manifest.body, postgres)
         if use_standby:
-            promote_standby(s, postgres)
+            promote_standby(s, postgres, out.manifest.body)
             out.port = STANDBY_PORT
         else:
             restore_from_vault(s, postgres, body, target_time)
             out.port = SCRATCH_PORT
+            count_from_vault(s, postgres, body)
     for reg in files:
         restore_files(s, reg, body[reg.name])
+    for reg in out.registers:
+        if reg.proof is None and reg.verified:
+            reg.proof = signed_proof(reg, body[reg.name], out.manifest.round)
     if out.port:
         out.newest_heartbeat = s.psql(out.port, "embassy_monitor", "SELECT max(ts) FROM heartbeat") or None
     start_service(s, dep)
+
+
+VAULT_SOURCE = ("archived WAL replayed from this embassy's vault (each segment checked by pgBackRest) to the end of "
+                "its archive or --target-time, not covered by a signature; not counted")
+FILES_SOURCE = "none: the restic snapshot the manifest signs, restored as it is"
+
+
+def signed_proof(reg: RegisterOutcome, entry: dict[str, Any], signed_round: int) -> dict[str, Any]:
+    """What a register restored from the vault is proven at: its signed point, and what it holds beyond it."""
+    if reg.kind == model.RegisterKind.FILES.value:
+        return {"signed_round": signed_round, "signed_point": f"restic snapshot {entry.get('snapshot_id')}",
+                "beyond_signed": {"transactions": 0, "source": FILES_SOURCE}}
+    return {"signed_round": signed_round, "signed_point": (entry.get("digest") or {}).get("lsn"),
+            "beyond_signed": {"transactions": None, "source": VAULT_SOURCE}}
+
+
+MAX_COUNTED_SEGMENTS = 64  # 1 GB of WAL: beyond, the count would cost more than the restore
+
+
+def segment_name(timeline: int, lsn: int) -> str:
+    return f"{timeline:08X}{lsn >> 32:08X}{(lsn & 0xFFFFFFFF) >> 24:08X}"
+
+
+def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any]) -> None:
+    """What a cluster restored from the vault holds beyond each register's signed point: the archived WAL from the
+    earliest point to where recovery ended (the new timeline's switch point), fetched again with pgBackRest into
+    a scratch folder and read with pg_waldump; each register's proof gets the commits in its database."""
+    points = standby.signed_points(body, [r.name for r in postgres])
+    if not points:
+        return
+    with s.step("count the archived transactions beyond the signed points (pg_waldump)"):
+        history = s.sh(f"sudo sh -c 'cat $(ls {SCRATCH_DIR}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
+        switch = standby.timeline_switch(history)
+        first = min(_lsn(p) for p in points.values())
+        parent = [line.split() for line in history.splitlines() if line.strip() and not line.startswith("#")]
+        timeline = int(parent[-1][0]) if switch is not None else 1  # the timeline the archive holds
+        segments = [] if switch is None else \
+            [segment_name(timeline, n << 24) for n in range(first >> 24, ((switch - 1) >> 24) + 1)]
+        if switch is None or not segments or len(segments) > MAX_COUNTED_SEGMENTS:
+            s.say(f"transactions beyond the signed point not counted ({len(segments)} segments)")
+            return
+        scratch = f"{SCRATCH_DIR}.wal"
+        fetch = " && ".join(f"pgbackrest --stanza=home archive-get {seg} {scratch}/{seg}" for seg in segments)
+        s.sh(f"sudo rm -rf {scratch} && sudo install -d -o postgres -g postgres -m 700 {scratch} && "
+             f"sudo runuser -u postgres -- sh -c {shlex.quote(fetch)}", timeout=600)
+        done = s.sh(f"sudo runuser -u postgres -- {standby.PG_BIN}/pg_waldump -p {scratch} -t {timeline} "
+                    f"-s {standby.lsn_text(first)}; sudo rm -rf {scratch}", timeout=600)
+        found = standby.commits(done.stdout)
+        names = s.psql(SCRATCH_PORT, "postgres", "SELECT datname || '|' || oid FROM pg_database").splitlines()
+        oids = {name: oid for name, _, oid in (line.partition("|") for line in names)}
+    source = (f"archived WAL replayed from this embassy's vault (each segment checked by pgBackRest), not covered by "
+              f"a signature; recovery ended at {standby.lsn_text(switch)}")
+    for reg in postgres:
+        oid = int(oids.get(schema.database_name(reg.name)) or 0)
+        if reg.name in points and oid:
+            reg.proof = {"signed_round": s.outcome.manifest.round if s.outcome.manifest else None,
+                         "signed_point": points[reg.name],
+                         "beyond_signed": {"transactions": standby.count_beyond(found, oid, _lsn(points[reg.name]),
+                                                                                switch), "source": source}}
 
 
 def _lsn(text: str) -> int:
@@ -341,8 +406,13 @@ def _lsn(text: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def _standby_caught_up(s: Session, archived: int) -> bool:
-    with s.step("check the standby: replayed at least what the head manifest names"):
+def _standby_caught_up(s: Session, body: dict[str, Any], postgres: list[RegisterOutcome]) -> bool:
+    """The standby can prove the head: in recovery, and held at or before every signed point it names."""
+    with s.step("check the standby: held at or before the head manifest's signed points"):
+        points = standby.signed_points(body, [r.name for r in postgres])
+        if len(points) != len(postgres):
+            s.say(f"{s.outcome.manifest_key} names no digest LSN for every register: restoring from the vault")
+            return False
         done = s.sh(f"sudo runuser -u postgres -- psql -X -A -t -p {STANDBY_PORT} -d postgres -c "
                     "\"SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()\"", timeout=30)
         fields = done.stdout.strip().split("|")
@@ -350,8 +420,10 @@ def _standby_caught_up(s: Session, archived: int) -> bool:
             s.say(f"no standby in recovery on {s.host.name} ({(done.stderr or done.stdout).strip()[-120:]}): "
                   "restoring from the vault")
             return False
-        if _lsn(fields[1]) < archived:
-            s.say(f"standby replayed {fields[1]}, behind the manifest's archived LSN: restoring from the vault")
+        first = min(points.values(), key=_lsn)
+        if _lsn(fields[1]) > _lsn(first):
+            s.say(f"the standby replayed {fields[1]}, past the signed point {first}: it cannot be proven there; "
+                  "restoring from the vault")
             return False
         return True
 
@@ -373,13 +445,85 @@ def _pg_digest(s: Session, reg: RegisterOutcome, port: int) -> dict[str, Any]:
     return got
 
 
-def promote_standby(s: Session, postgres: list[RegisterOutcome]) -> None:
-    with s.step("promote the standby"):
-        s.psql(STANDBY_PORT, "postgres", "SELECT pg_promote(true, 120)", timeout=150)
+def _standby_sql(s: Session, sql: str, timeout: float = 30) -> str:
+    return s.psql(STANDBY_PORT, "postgres", sql, timeout=timeout)
+
+
+def hold_standby_at(s: Session, lsn: str, note: str, timeout: float = 300) -> None:
+    """Replay to just before `lsn` and pause there (a restart with the hold moved; none if already paused there)."""
+    conf = s.sh(f"sudo cat {standby.HOLD_CONF}", timeout=30).stdout
+    state = _standby_sql(s, "SELECT pg_get_wal_replay_pause_state() || '|' || pg_last_wal_replay_lsn()")
+    if standby.held_lsn(conf) != lsn or not state.startswith("paused|"):
+        s.must(f"printf %s {shlex.quote(standby.hold_conf(lsn, note))} | sudo install -o postgres -g postgres -m 600 "
+               f"/dev/stdin {standby.HOLD_CONF} && sudo systemctl restart {PG_SERVICE}", f"hold the standby at {lsn}",
+               timeout=300)
+    deadline = time.monotonic() + timeout
+    while True:
+        done = s.sh(f"sudo runuser -u postgres -- psql -X -A -t -q -p {STANDBY_PORT} -d postgres -c "
+                    "\"SELECT pg_get_wal_replay_pause_state() || '|' || pg_last_wal_replay_lsn()\"", timeout=30)
+        state = done.stdout.strip()
+        if state.startswith("paused|"):
+            break
+        if time.monotonic() > deadline:
+            raise RestoreFailed(f"standby:{s.host.name}: did not reach the signed point {lsn} in {timeout:.0f} s "
+                                f"(last: {state or done.stderr.strip()[-200:]})",
+                                "the WAL up to it is neither in the received WAL nor in the vault; restore from the vault "
+                                "(--from-vault) or another embassy")
+        time.sleep(0.3)
+    replayed = state.split("|", 1)[1]
+    if _lsn(replayed) > _lsn(lsn):
+        raise RestoreFailed(f"standby:{s.host.name}: paused at {replayed}, past the signed point {lsn}",
+                            "restore from the vault (--from-vault) or another embassy")
+
+
+def read_beyond(s: Session, start: str) -> tuple[list[standby.Commit], str]:
+    """Stop the receiver (home is gone), make its last partial segment readable, and read the WAL it holds from
+    `start` on with pg_waldump: every commit, with the databases it wrote in. Returns (commits, how read)."""
+    d = standby.RECEIVE_DIR
+    s.must(f"sudo systemctl stop {standby.RECEIVER_UNIT} 2>/dev/null; for f in $(sudo ls {d} | grep '\\.partial$'); do "
+           f"sudo mv {d}/$f {d}/${{f%.partial}}; done; true", "stop the WAL receiver")
+    newest = s.sh(f"sudo ls {d} | grep -E '^[0-9A-F]{{24}}$' | sort | tail -1", timeout=30).stdout.strip()
+    if not newest:
+        return [], "no WAL received"
+    done = s.sh(f"sudo runuser -u postgres -- {standby.PG_BIN}/pg_waldump -p {d} -t {int(newest[:8], 16)} -s {start}",
+                timeout=600)
+    found = standby.commits(done.stdout)
+    tail = (done.stderr.strip().splitlines() or [""])[-1]
+    return found, f"pg_waldump of the received WAL from {start} ({tail[-160:] or 'to its end'})"
+
+
+def promote_standby(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any]) -> None:
+    """Prove each register at its signed point on the held standby, then replay the rest, count it, promote."""
+    m = s.outcome.manifest
+    assert m is not None
+    points = standby.signed_points(body, [r.name for r in postgres])
+    for lsn in sorted(set(points.values()), key=_lsn):
+        with s.step(f"standby: replay to the signed point {lsn} of round {m.round}, paused there"):
+            hold_standby_at(s, lsn, f"Restore: round {m.round} ({m.key}).")
+        for reg in (r for r in postgres if points[r.name] == lsn):
+            reg.method = "standby"
+            with s.step(f"{reg.name}: digest of the standby at {lsn} against the manifest"):
+                _compare(s, reg, _pg_digest(s, reg, STANDBY_PORT), f"standby held at {lsn}")
+    first = min(points.values(), key=_lsn)
+    with s.step("read the WAL received beyond the signed point (pg_waldump)"):
+        found, how = read_beyond(s, first)
+        names = _standby_sql(s, "SELECT datname || '|' || oid FROM pg_database").splitlines()
+        oids = {name: oid for name, _, oid in (line.partition("|") for line in names)}
+    with s.step("release the hold, replay the rest, promote the standby"):
+        s.must(f"printf %s {shlex.quote(standby.released_conf())} | sudo install -o postgres -g postgres -m 600 "
+               f"/dev/stdin {standby.HOLD_CONF} && sudo systemctl restart {PG_SERVICE}", "release the hold", timeout=300)
+        _standby_sql(s, "SELECT pg_promote(true, 120)", timeout=150)
+        history = s.sh(f"sudo sh -c 'cat $(ls {PG_DATA}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
+    switch = standby.timeline_switch(history)
+    read_to = max((c.lsn for c in found), default=None)
+    source = standby.SOURCE + (f"; the old timeline ended at {standby.lsn_text(switch)}" if switch is not None else "")
+    if switch is not None and read_to is not None and switch > read_to + 0x1000000:
+        source += " (WAL past the received WAL came from this embassy's vault and is not counted)"
     for reg in postgres:
-        reg.method = "standby"
-        with s.step(f"{reg.name}: digest of the promoted standby against the manifest"):
-            _compare(s, reg, _pg_digest(s, reg, STANDBY_PORT), "promoted standby")
+        oid = int(oids.get(schema.database_name(reg.name), "0") or 0)
+        reg.proof = {"signed_round": m.round, "signed_point": points[reg.name],
+                     "beyond_signed": {"transactions": standby.count_beyond(found, oid, _lsn(points[reg.name]), switch)
+                                       if oid else None, "source": source, "read": how}}
         reg.restored = True
         reg.done_at = time.monotonic()
 

@@ -2,12 +2,14 @@
 
 PostgreSQL 15, pgBackRest, restic and the restore tooling, reading only that embassy's vault with its
 read-only identity (one repo, that embassy's passphrase: never another's). Warm embassies also run a
-streaming standby of home (pg_basebackup, then primary_conninfo to home; the vault is the fallback).
+standby of home (pg_basebackup), held at a signed point, and a WAL receiver (pg_receivewal) that streams
+home's WAL to the embassy's disk meanwhile (embassy.replication.standby says why both).
 """
 
 from __future__ import annotations
 
 import io
+import shlex
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
@@ -16,7 +18,7 @@ from pyinfra.operations import apt, files, server, systemd
 from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
-from embassy.replication import dataplane, digest
+from embassy.replication import dataplane, digest, standby
 from embassy.replication.deploy_home import ca_bundle, upload_modules
 
 
@@ -76,19 +78,37 @@ def embassy_host() -> None:
         files.put(name="Standby: replication password", dest="/var/lib/postgresql/.pgpass",
                   src=io.StringIO(f"{primary}:5432:replication:{dataplane.REPLICATION_USER}:{password}\n"),
                   user="postgres", group="postgres", mode="600")
-        conf = files.put(name="Standby: follow home, fall back to this embassy's vault",
-                         src=io.StringIO(dataplane.standby_conf(primary, embassy)),
+        files.put(name=f"Tool {standby.FETCH_TOOL}", src=io.StringIO(standby.fetch_script()),
+                  dest=f"/usr/local/sbin/{standby.FETCH_TOOL}", user="root", group="root", mode="755")
+        files.directory(name="Standby: the received WAL's folder", path=standby.RECEIVE_DIR, user="postgres",
+                        group="postgres", mode="700")
+        conf = files.put(name="Standby: held at a signed point; WAL from the receiver, then this embassy's vault",
+                         src=io.StringIO(standby.standby_conf()),
                          dest=f"{dataplane.PG_CONF_D}/30-embassy-standby.conf", user="postgres", group="postgres",
                          mode="644")
+        receiver = files.put(name="Standby: WAL receiver unit (pg_receivewal)", src=io.StringIO(
+                             standby.receiver_unit(primary, embassy)),
+                             dest=f"/etc/systemd/system/{standby.RECEIVER_UNIT}.service", user="root", group="root",
+                             mode="644")
+        text = standby.hold_conf(None, "Just after the clone: no signed point verified yet.")
+        hold = f"printf %s {shlex.quote(text)} | install -o postgres -g postgres -m 600 /dev/stdin {standby.HOLD_CONF} && "
         cloned = ensure(
-            name="Standby: clone home (pg_basebackup)",
+            name="Standby: clone home (pg_basebackup), held just after the clone",
             check=f"test -f {dataplane.PG_DATA}/standby.signal",
-            command=(f"systemctl stop {dataplane.PG_SERVICE} && rm -rf {dataplane.PG_DATA} && "
+            command=(f"systemctl stop {standby.RECEIVER_UNIT} {dataplane.PG_SERVICE}; "
+                     f"rm -rf {dataplane.PG_DATA} && find {standby.RECEIVE_DIR} -mindepth 1 -delete && "
                      + as_user("postgres", f"PGPASSFILE=/var/lib/postgresql/.pgpass pg_basebackup -w -X stream -c fast "
                                            f"-d 'host={primary} user={dataplane.REPLICATION_USER} application_name={embassy}' "
                                            f"-D {dataplane.PG_DATA}")
-                     + f" && install -o postgres -g postgres -m 600 /dev/null {dataplane.PG_DATA}/standby.signal"
-                     + f" && systemctl start {dataplane.PG_SERVICE}"))
+                     + f" && install -o postgres -g postgres -m 600 /dev/null {dataplane.PG_DATA}/standby.signal && "
+                     + hold + f"systemctl start {dataplane.PG_SERVICE}"))
+        ensure(name="Standby: a hold in place (just after the clone, when none was ever set)",
+               check=f"test -f {standby.HOLD_CONF}", command=hold + f"systemctl restart {dataplane.PG_SERVICE}")
         systemd.service(name="Standby: running and enabled", service=dataplane.PG_SERVICE, running=True, enabled=True)
         systemd.service(name="Standby: restart for new settings", service=dataplane.PG_SERVICE, restarted=True,
                         _if=lambda: conf.did_change() and not cloned.did_change())
+        systemd.daemon_reload(name="systemd: reload units (WAL receiver)", _if=receiver.did_change)
+        systemd.service(name="Standby: WAL receiver running and enabled", service=standby.RECEIVER_UNIT, running=True,
+                        enabled=True)
+        systemd.service(name="Standby: WAL receiver restarted for a new unit", service=standby.RECEIVER_UNIT,
+                        restarted=True, _if=lambda: receiver.did_change() and not cloned.did_change())

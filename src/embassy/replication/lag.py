@@ -1,5 +1,8 @@
 """Lag per embassy and register, measured at home: the age of the newest heartbeat each embassy could
-restore now (from its repo for cold; replayed on its standby for warm), and warm replay lag in ms.
+restore now (from its repo for cold; for warm, from the WAL its receiver flushed to its disk, or its repo if
+newer), and the warm flush lag in ms. A warm standby's replay is held at the newest signed point
+(embassy.replication.standby): its replay position says how far it is proven, not what it holds, so lag
+is read from the flush position that the embassy's pg_receivewal reports to home.
 
     python3 -m replication.lag [--config /etc/embassy/replication.json]     (JSON on stdout)
 
@@ -34,10 +37,12 @@ def newest_beat_at(lsn: int | None) -> dt.datetime | None:
 
 
 def standbys() -> dict[str, tuple[int | None, float | None]]:
-    """Per application name (= embassy): replay LSN and replay lag in ms, from pg_stat_replication."""
+    """Per application name (= embassy): the LSN flushed to the embassy's disk and the flush lag in ms
+    (pg_stat_replication: the embassy's pg_receivewal --synchronous reports what it flushed)."""
     out: dict[str, tuple[int | None, float | None]] = {}
-    rows = hostcmd.psql("postgres", "SELECT application_name, coalesce(replay_lsn::text, ''), "
-                                    "coalesce((extract(epoch FROM replay_lag) * 1000)::text, '0') FROM pg_stat_replication")
+    rows = hostcmd.psql("postgres", "SELECT application_name, coalesce(flush_lsn::text, ''), "
+                                    "coalesce((extract(epoch FROM flush_lag) * 1000)::text, '0') FROM pg_stat_replication "
+                                    "WHERE state = 'streaming'")
     for line in rows.splitlines():
         name, lsn, lag_ms = line.split("|")
         out[name] = (hostcmd.lsn_int(lsn) if lsn else None, float(lag_ms))
@@ -63,15 +68,15 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         name = e["name"]
         repo_max = archive.get(e["repo"], {}).get("max") if e.get("repo") else None
         vault_lsn = hostcmd.segment_end_lsn(repo_max) if repo_max else None
-        replay_lsn, replay_ms = streaming.get(name, (None, None))
+        flush_lsn, flush_ms = streaming.get(name, (None, None))
         warm = e["mode"] == "warm"
         registers = []
         for reg in cfg["registers"]:
             if reg["kind"] == "postgres" and reg["name"] in e["postgres"]:
-                # A warm embassy restores from its standby (or its vault, if that is newer).
-                lsn = max(x for x in (vault_lsn, replay_lsn if warm else None, -1) if x is not None)
+                # A warm embassy restores from the WAL it received (or its vault, if that is newer).
+                lsn = max(x for x in (vault_lsn, flush_lsn if warm else None, -1) if x is not None)
                 beat = newest_beat_at(lsn if lsn >= 0 else None)
-                shipped = repo_max if not warm or replay_lsn is None else hostcmd.lsn_text(replay_lsn)
+                shipped = repo_max if not warm or flush_lsn is None else hostcmd.lsn_text(flush_lsn)
             elif reg["kind"] == "files" and reg["name"] in e["files"]:
                 snap = state["embassies"].get(name, {}).get("files", {}).get(reg["name"])
                 beat = _parse_ts(snap["time"]) if snap else None
@@ -86,8 +91,8 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
                                  "vault_errors": last_errors.get(name, []),
                                  "alert": any(r["alert"] for r in registers) or bool(last_errors.get(name))}
         if warm:
-            entry["replay_lag_ms"] = replay_ms
-            entry["streaming"] = replay_lsn is not None
+            entry["flush_lag_ms"] = flush_ms
+            entry["streaming"] = flush_lsn is not None
         embassies.append(entry)
     return {"time": iso(now), "round": state.get("round", 0), "embassies": embassies}
 

@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
                   ["embassy", "register"])
     bound_g = Gauge("embassy_replication_rpo_bound_seconds", "the register's RPO objective at that embassy",
                     ["embassy", "register"])
-    replay_g = Gauge("embassy_replication_replay_lag_milliseconds", "warm standby replay lag", ["embassy"])
+    flush_g = Gauge("embassy_replication_flush_lag_milliseconds",
+                    "warm embassy: lag of the WAL flushed to its disk (its standby's replay is held at a signed point)",
+                    ["embassy"])
     alert_g = Gauge("embassy_replication_alert", "1 when a register's lag exceeds its RPO or the vault refused writes",
                     ["embassy"])
     vault_g = Gauge("embassy_replication_vault_ok", "1 when the last round wrote to the embassy's vault", ["embassy"])
@@ -47,8 +49,8 @@ def main(argv: list[str]) -> int:
             for e in m["embassies"]:
                 alert_g.labels(e["name"]).set(1 if e["alert"] else 0)
                 vault_g.labels(e["name"]).set(0 if e["vault_errors"] else 1)
-                if e.get("replay_lag_ms") is not None:
-                    replay_g.labels(e["name"]).set(e["replay_lag_ms"])
+                if e.get("flush_lag_ms") is not None:
+                    flush_g.labels(e["name"]).set(e["flush_lag_ms"])
                 for r in e["registers"]:
                     lag_g.labels(e["name"], r["name"]).set(r["lag_seconds"] if r["lag_seconds"] is not None
                                                            else float("inf"))

@@ -57,8 +57,8 @@ def combine(round_report: dict[str, Any] | None, measured: dict[str, Any]) -> di
                  "errors": r.get("errors", e.get("vault_errors", [])), "notes": r.get("notes", []),
                  "alert": e["alert"] or bool(r.get("errors")),
                  "registers": e["registers"]}
-        if "replay_lag_ms" in e:
-            entry["replay_lag_ms"] = e["replay_lag_ms"]
+        if "flush_lag_ms" in e:
+            entry["flush_lag_ms"] = e["flush_lag_ms"]
         embassies.append(entry)
     return {"round": (round_report or {}).get("round", measured.get("round")), "time": measured["time"],
             "embassies": embassies}

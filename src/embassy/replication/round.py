@@ -218,9 +218,14 @@ def seen_at(frozen: Path, path: str, argv: list[str]) -> list[str]:
             str(frozen), path, *argv]
 
 
-def snapshot_files(embassy: str, register: str, path: str, frozen: Path | None = None) -> dict[str, Any]:
+def snapshot_files(embassy: str, register: str, path: str, frozen: Path | None = None,
+                   started: dt.datetime | None = None) -> dict[str, Any]:
     """restic backup of `path`; with `frozen`, of that copy seen at `path` (a bind mount in a private mount
-    namespace: the snapshot names the register's own path, other processes still see the live folder)."""
+    namespace: the snapshot names the register's own path, other processes still see the live folder).
+
+    The snapshot's time is when what it holds was taken (the copy's start, else restic's start): a change
+    after it may be missing from it."""
+    started = started or now_utc()
     backup = ["embassy-restic", embassy, register, "backup", "--json", "--compression", "auto", "--host", "home",
               "--tag", "embassy", path]
     res = hostcmd.run(seen_at(frozen, path, backup) if frozen is not None else backup, timeout=3600)
@@ -234,7 +239,7 @@ def snapshot_files(embassy: str, register: str, path: str, frozen: Path | None =
             summary = msg
     if res.returncode != 0 or not summary.get("snapshot_id"):
         raise RuntimeError(f"restic backup of {register} to {embassy} failed: {res.stderr.strip()[-300:]}")
-    return {"snapshot_id": summary["snapshot_id"], "time": iso(now_utc())}
+    return {"snapshot_id": summary["snapshot_id"], "time": iso(started)}
 
 
 def postgres_entry(reg: dict[str, Any], e: dict[str, Any], info: dict[str, Any], dig: dict[str, Any]) -> dict[str, Any]:
@@ -302,11 +307,12 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
             continue
         frozen = state_dir / "frozen" / reg["name"]
         try:
+            frozen_at = now_utc()
             freeze(reg["path"], frozen)
             file_digest = digest.files(frozen)  # of what every snapshot below holds, byte for byte
             for e in holders:
                 try:
-                    snap = {**snapshot_files(e["name"], reg["name"], reg["path"], frozen),
+                    snap = {**snapshot_files(e["name"], reg["name"], reg["path"], frozen, frozen_at),
                             "repository": f"{e.get('restic_base') or 'restic'}/{reg['name']}"}
                     shipped[f"{e['name']}/{reg['name']}"] = {**snap, "digest": file_digest}
                 except RuntimeError as exc:

@@ -1,0 +1,105 @@
+"""A warm restore's decisions, against a scripted embassy host: it uses the standby only when it is held at or
+before every signed point of the head (else the vault, saying why), refuses a standby that paused past the
+point it was told, and reports per register what it proved and what it serves beyond (the real PostgreSQL
+side of this is tests/unit/test_standby_hold.py; the whole path runs in tests/lab/test_restore.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import typing
+from contextlib import nullcontext
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from embassy.drill import restore
+from embassy.errors import RestoreFailed
+from embassy.replication import standby
+from embassy.replication.manifest import Verified
+
+BODY: dict[str, Any] = {"round": 7, "registers": [
+    {"name": "population", "kind": "postgres", "digest": {"lsn": "0/5000CE8", "tables": {}}},
+    {"name": "land-register", "kind": "postgres", "digest": {"lsn": "0/5001030", "tables": {}}},
+    {"name": "court-files", "kind": "files", "snapshot_id": "abcd1234", "digest": {"merkle_root": "00"}}]}
+
+
+class Host:
+    """Answers the commands a warm restore sends, from a script of (substring, stdout); records them."""
+
+    def __init__(self, answers: list[tuple[str, str]]) -> None:
+        self.answers, self.sent, self.said = answers, [], []  # type: ignore[var-annotated]
+        self.host = SimpleNamespace(name="enclave-de")
+        self.outcome = restore.Outcome("rehearsal", "de", "warm")
+        self.outcome.manifest = Verified("manifests/0000000007.json", BODY, "ab" * 32)
+
+    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.sent.append(command)
+        for key, out in self.answers:
+            if key in command:
+                return subprocess.CompletedProcess(command, 0, out, "")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    def must(self, command: str, what: str, *, timeout: float = 600, stdin: str | None = None) -> str:
+        return self.sh(command).stdout
+
+    def psql(self, port: int, db: str, sql: str, timeout: float = 60) -> str:
+        return self.sh(f"psql -p {port} -d {db} -c {sql}").stdout.strip()
+
+    def step(self, name: str) -> Any:
+        return nullcontext()
+
+    def say(self, text: str) -> None:
+        self.said.append(text)
+
+
+def _postgres() -> list[restore.RegisterOutcome]:
+    return [restore.RegisterOutcome("population", "postgres", 1), restore.RegisterOutcome("land-register", "postgres", 2)]
+
+
+@pytest.mark.parametrize(("replayed", "usable"), [("0/4000100", True), ("0/5000CE8", True), ("0/5000D00", False)])
+def test_the_standby_is_used_only_when_held_at_or_before_every_signed_point(replayed: str, usable: bool) -> None:
+    # The adversary: a standby that replayed past the signed point (its hold removed, or never set) would serve
+    # a state no signature covers; the restore then goes to the vault and says why.
+    host = Host([("pg_is_in_recovery", f"t|{replayed}\n")])
+    assert restore._standby_caught_up(typing.cast(restore.Session, host), BODY, _postgres()) is usable
+    assert usable or any("past the signed point 0/5000CE8" in s for s in host.said)
+
+
+def test_a_promoted_standby_or_a_manifest_without_points_goes_to_the_vault() -> None:
+    host = Host([("pg_is_in_recovery", "f|\n")])
+    assert not restore._standby_caught_up(typing.cast(restore.Session, host), BODY, _postgres())
+    host = Host([("pg_is_in_recovery", "t|0/1000000\n")])
+    body = {"round": 7, "registers": [{"name": "population", "kind": "postgres", "digest": {"tables": {}}}]}
+    assert not restore._standby_caught_up(typing.cast(restore.Session, host), body, _postgres()[:1])
+
+
+def test_a_standby_that_pauses_past_the_point_it_was_told_is_refused() -> None:
+    host = Host([(f"cat {standby.HOLD_CONF}", standby.hold_conf("0/5000CE8")),
+                 ("pg_get_wal_replay_pause_state", "paused|0/5000D90\n")])
+    with pytest.raises(RestoreFailed, match="past the signed point 0/5000CE8"):
+        restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
+    assert not any("systemctl restart" in c for c in host.sent)  # already held there: no restart
+
+
+def test_a_hold_elsewhere_is_moved_with_a_restart() -> None:
+    host = Host([(f"cat {standby.HOLD_CONF}", standby.hold_conf("0/4000000")),
+                 ("pg_get_wal_replay_pause_state", "paused|0/5000CE8\n")])
+    restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
+    moved = [c for c in host.sent if "systemctl restart" in c]
+    assert moved and "0/5000CE8" in moved[0] and standby.HOLD_CONF in moved[0]
+
+
+def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> None:
+    files = restore.RegisterOutcome("court-files", "files", 3)
+    proof = restore.signed_proof(files, BODY["registers"][2], 7)
+    assert proof == {"signed_round": 7, "signed_point": "restic snapshot abcd1234",
+                     "beyond_signed": {"transactions": 0, "source": restore.FILES_SOURCE}}
+    cold = restore.signed_proof(_postgres()[0], BODY["registers"][0], 7)
+    assert cold["signed_point"] == "0/5000CE8" and cold["beyond_signed"]["transactions"] is None
+    assert "not counted" in cold["beyond_signed"]["source"]
+
+
+def test_wal_segments_are_named_as_postgresql_names_them() -> None:
+    assert restore.segment_name(1, standby.lsn_int("0/5000CE8")) == "000000010000000000000005"
+    assert restore.segment_name(2, standby.lsn_int("1/FF000000")) == "0000000200000001000000FF"
