@@ -42,7 +42,15 @@ def sample_fields(*, embassy: str = "de", slow: str | None = None, failure: dict
         registers.append({"name": reg.name, "kind": reg.kind.value, "priority": reg.priority, "verified": True,
                           "restored": True, "rto_seconds": rto, "rpo_seconds": 0.4,
                           "objective": {"rto_seconds": reg.rto_seconds, "rpo_seconds": rpo_objective},
-                          "lost_transactions": 0, "digest": f"sha256:{i:064x}", "manifest_digest": f"sha256:{i:064x}"})
+                          "lost_transactions": 0, "digest": f"sha256:{i:064x}", "manifest_digest": f"sha256:{i:064x}",
+                          "proof": {"signed_round": 42, "signed_point": "0/5B002E20" if reg.kind.value == "postgres"
+                                    else "snapshot 6117eaa6",
+                                    "beyond_signed": {"transactions": 17 if reg.kind.value == "postgres" else 0,
+                                                      "source": "streamed from home over the authenticated replication "
+                                                                "channel, not covered by a signature"
+                                                      if reg.kind.value == "postgres" else None}},
+                          "rpo_method": "home's last committed transaction at the incident minus the newest one the "
+                                        "restored register holds"})
     steps = [("lab up", -95, -80), ("harden", -80, -50), ("deploy", -50, -30), ("seed registers", -30, -22),
              ("replicate under load", -22, -1), ("incident: stop, wipe, cut home", -1, 0), ("verify manifest chain", 0, 2.5),
              *((f"restore {r['name']}", 2.5 + 2.5 * i, 2.5 + 2.5 * (i + 1)) for i, r in enumerate(registers)),
@@ -62,6 +70,12 @@ def sample_fields(*, embassy: str = "de", slow: str | None = None, failure: dict
         "verifications": [{"object": "manifests 1..42: signatures and links", "ok": True, "detail": "42 manifests"},
                           {"object": "pgbackrest verify (repo of de)", "ok": True, "detail": "no error"}],
         "failures": [failure] if failure else [],
+        "watch": {"method": "nftables counters in the kernel on the lab bridge", "dropped": 0, "frames_toward_home": 0,
+                  "since": at(-1), "cut_at": at(0.4), "until": at(rto_total + 1), "frames_before_cut": 12,
+                  "sources": {}, "frames_on_bridge": 2210, "closing": "3 connections closed in 0.2 s"},
+        "where": {"target": "lab", "description": "the lab (id 5) on one machine", "data_size_mb": 8.0,
+                  "data": "synthetic", "custody": "2 of 3 officials' sheets; the officials were simulated by the drill",
+                  "officials_simulated": True},
     }
 
 

@@ -97,6 +97,7 @@ class Outcome:
     started: float = field(default_factory=time.monotonic)
     verification: vault_verify.Result | None = None
     manifest: Verified | None = None
+    manifest_bytes: bytes | None = None  # the manifest object as read and verified: the report re-checks its signature
     chain_head: Verified | None = None
     registers: list[RegisterOutcome] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -275,6 +276,7 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
             raise ManifestInvalid(f"{failure2[0] if failure2 else emb.name}: {failure2[1] if failure2 else 'no manifest'}")
         out.chain_head = chain[-1]
         out.manifest = choose_manifest(chain, target_time)
+        out.manifest_bytes = dict(objects).get(out.manifest.key)
     try:
         generation, newest = manifest_generation(out.manifest.body), manifest_generation(out.chain_head.body)
     except ValueError as exc:
