@@ -34,7 +34,7 @@ def sample_fields(*, embassy: str = "de", slow: str | None = None, failure: dict
     """
     dep = model.load_stack("rehearsal", ROOT)
     emb = next(e for e in dep.embassies if e.name == embassy)
-    registers = []
+    registers: list[dict[str, Any]] = []
     for i, reg in enumerate(sorted(dep.registers, key=lambda r: r.priority)):
         rto = reg.rto_seconds + 5 if reg.name == slow else 4.0 + 2.5 * i
         # A cold vault receives whole WAL segments only: its RPO objective is at least the archive timeout.

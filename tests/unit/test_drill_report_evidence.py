@@ -101,7 +101,7 @@ def test_vault_checks_are_one_row_each_saying_what_was_checked() -> None:
     # A failed check stays a row of its own, with its reason, even when the same object also passed.
     result.check("pgbackrest:archive/000000010000000000000007", False, "the repo holds only up to …06")
     result.check(manifest.object_key(5), False, "signature does not verify")
-    rows = {r.object: r for r in rehearsal.vault_checks(result.checked)}
-    assert not rows["pgbackrest:archive/000000010000000000000007"].ok
-    assert rows["pgbackrest:archive/000000010000000000000007"].detail.endswith("the repo holds only up to …06")
-    assert not rows[manifest.object_key(5)].ok and rows[manifest.object_key(5)].detail == "signature does not verify"
+    by_object = {r.object: r for r in rehearsal.vault_checks(result.checked)}
+    assert not by_object["pgbackrest:archive/000000010000000000000007"].ok
+    assert by_object["pgbackrest:archive/000000010000000000000007"].detail.endswith("the repo holds only up to …06")
+    assert not by_object[manifest.object_key(5)].ok and by_object[manifest.object_key(5)].detail == "signature does not verify"
