@@ -8,6 +8,7 @@ covers it on the same lab, and the drill's own harden step is the same call.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def test_a_drill_passes_with_a_signed_report_and_nothing_reaches_home_after_the_
     watch = report["watch"]
     assert watch["frames_toward_home"] == 0 and watch["dropped"] == 0 and watch["sources"] == {}, watch
     assert watch["method"].startswith("nftables counters in the kernel") and watch["frames_on_bridge"] > 0, watch
-    assert watch["since"] <= report["incident_at"] <= watch["cut_at"] <= watch["until"] <= report["finished_at"], watch
+    times = [dt.datetime.fromisoformat(t) for t in (watch["since"], report["incident_at"], watch["cut_at"], watch["until"],
+                                                     report["finished_at"])]
+    assert times == sorted(times), watch  # counting from the incident's first step until the report was written
     assert "destroyed" not in watch["closing"], watch["closing"]  # home's connections closed by home and its peers
     assert report["where"]["target"] == "lab" and report["where"]["data"] == "synthetic"
     assert report["where"]["officials_simulated"] is True
