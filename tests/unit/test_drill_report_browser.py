@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,14 +158,14 @@ document.body.insertAdjacentHTML("beforeend", "<pre id=measured>" + JSON.stringi
 </script>"""
 
 
-def measured(folder: Path, width: int) -> dict[str, object]:
+def measured(folder: Path, width: int) -> dict[str, Any]:
     page = folder.parent / f"measure-{folder.name}-{width}.html"
     page.write_text((folder / "report.html").read_text().replace("</body>", MEASURE + "</body>"))
     dom = browse(page.as_uri(), "--dump-dom", width=width)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert not console_messages(dom.stderr), console_messages(dom.stderr)
     text = dom.stdout[dom.stdout.index("<pre id=\"measured\">") + len("<pre id=\"measured\">"):]
-    result: dict[str, object] = json.loads(text[:text.index("</pre>")].replace("&amp;", "&"))
+    result: dict[str, Any] = json.loads(text[:text.index("</pre>")].replace("&amp;", "&"))
     return result
 
 
@@ -191,5 +192,5 @@ def test_the_measure_sees_a_clipped_label(tmp_path: Path) -> None:
     html = html.replace("incident: home lost", "incident: home lost" + " and a label far too long to fit" * 8, 1)
     (folder / "report.html").write_text(html)
     got = measured(folder, 1200)
-    assert any(c[0] == "recovery-chart" for c in got["clipped"]), got  # type: ignore[union-attr]
+    assert any(c[0] == "recovery-chart" for c in got["clipped"]), got
     assert got["overlaps"], got
