@@ -17,7 +17,7 @@ import pytest
 
 from embassy.drill import watch as w
 from embassy.drill.report import WATCH_OBJECT, Report
-from embassy.errors import DrillFailed
+from embassy.errors import DrillFailed, ReportInvalid
 from tests.unit.test_drill_report import sample_fields
 
 NS = f"embwatch-unit-{os.getpid()}"
@@ -160,3 +160,10 @@ def test_the_ruleset_names_every_port_kind_and_home_address() -> None:
         assert f"counter wv0_{kind} {{}}" in text and f"counter other_{kind} {{}}" in text
     assert "fe80::ff:fe00:10" in text and "fd00::10" in text  # the EUI-64 link-local a neighbour would solicit
     assert w.eui64_link_local("02:00:00:00:00:10") == "fe80::ff:fe00:10"
+
+
+def test_a_watch_count_that_is_not_its_sources_is_refused() -> None:
+    fields = sample_fields()
+    fields["watch"] = {**fields["watch"], "frames_toward_home": 0, "sources": {"vault-de": {"arp": 2}}}
+    with pytest.raises(ReportInvalid, match="not the sum of its sources"):
+        Report.build(**fields)

@@ -178,6 +178,12 @@ class Watch(_Strict):
     frames_on_bridge: int | None = None  # every frame into the bridge after the cut: the counting was live
     closing: str | None = None  # how home's connections were closed before the cut
 
+    @model_validator(mode="after")
+    def _count_is_its_sources(self) -> Watch:
+        if self.sources and sum(sum(k.values()) for k in self.sources.values()) != self.frames_toward_home:
+            raise ValueError(f"frames_toward_home={self.frames_toward_home} is not the sum of its sources")
+        return self
+
     @property
     def ok(self) -> bool:
         return self.frames_toward_home == 0 and self.dropped == 0
