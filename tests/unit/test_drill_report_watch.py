@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,22 @@ def test_a_watch_count_that_is_not_its_sources_is_refused() -> None:
     fields["watch"] = {**fields["watch"], "frames_toward_home": 0, "sources": {"vault-de": {"arp": 2}}}
     with pytest.raises(ReportInvalid, match="not the sum of its sources"):
         Report.build(**fields)
+
+
+def test_frames_the_ports_dropped_are_read_from_the_kernel_and_fail_the_drill() -> None:
+    """`dropped` is measured: the ports' receive drops (not home's port), and any makes the watch prove nothing."""
+    links: list[dict[str, Any]] = [{"ifname": "wh0", "stats64": {"rx": {"dropped": 50}}},
+                                   {"ifname": "wv0", "stats64": {"rx": {"dropped": 2}}},
+             {"ifname": "wh1", "stats64": {"rx": {"dropped": 1}, "tx": {"dropped": 9}}}, {"ifname": "wx9"}]
+    assert w.port_drops(links, home_port="wh0") == 3
+    fields = sample_fields()
+    fields["watch"] = {**fields["watch"], "dropped": 3}
+    report = Report.build(**fields)
+    assert not report.passed and any("may have missed 3 frames" in f.reason for f in report.failures)
+
+
+def test_the_drop_count_is_read_live(bridge: str) -> None:
+    watch = started(bridge)
+    watch.mark_cut()
+    send("wv0", *TOWARD_OTHERS)
+    assert watch.result()["dropped"] == 0 and watch.since is not None and watch.since.drops >= 0

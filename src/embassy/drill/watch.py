@@ -6,8 +6,10 @@ that), an IPv4 packet to it, an IPv6 neighbour solicitation for one of home's IP
 packet to one, or any frame addressed to home's MAC. An nftables table of the bridge family, in the
 lab switch's namespace, counts each of them per bridge port (who sent it) and per kind, at the
 bridge's prerouting hook: in the kernel's forwarding path, for every frame that enters the bridge, so
-no frame can pass uncounted and nothing is dropped (a capture read by a process can drop frames; a
-counter cannot). A frame is counted once, under the first kind it matches, in the order of KINDS.
+no frame can pass uncounted (a capture read by a process can drop frames; a counter cannot). What the
+watch may still miss is a frame a port dropped on receipt, before the bridge saw it (a full backlog):
+`dropped` is the rise of the ports' own receive-drop statistics after the cut, read from the kernel,
+and any fails the drill. A frame is counted once, under the first kind it matches, in the order of KINDS.
 
 The counters are put in place at the first step of the incident, snapshotted just before home's link
 is cut (`Watch.mark_cut`), and read last just before the report is written (`Watch.read`): the
@@ -36,7 +38,9 @@ OTHER = "other"  # a port that was not on the bridge when the watch began
 METHOD = ("nftables counters in the kernel, in the lab switch's namespace: a bridge-family table at the prerouting "
           "hook counts every frame entering the lab bridge from any port toward home: ARP for its IPv4 address, "
           "IPv4 to it, IPv6 neighbour solicitations for and packets to its IPv6 addresses, any frame to its MAC; "
-          "per port and kind, from the incident's first step until the report was written")
+          "per port and kind, from the incident's first step until the report was written; dropped: frames the "
+          "bridge's ports dropped on receipt after home was cut (their kernel statistics), before the counters could "
+          "see them")
 
 
 @dataclass(frozen=True)
@@ -111,17 +115,26 @@ def bridge_ports(switch_netns: str) -> list[str]:
         raise DrillFailed(f"the ports of {BRIDGE} in {switch_netns} cannot be read: {exc}") from None
 
 
+def port_drops(links: list[dict[str, Any]], home_port: str) -> int:
+    """Frames the bridge's ports (home's aside) dropped on receipt, before the bridge and its counters saw them
+    (a full backlog, in the kernel's own statistics): what the watch may have missed."""
+    return sum(int(link.get("stats64", {}).get("rx", {}).get("dropped", 0)) for link in links
+               if link.get("ifname") != home_port)
+
+
 @dataclass
 class Counts:
-    """One read of the counters: packets per counter name, and every frame that entered the bridge."""
+    """One read of the counters: packets per counter name, every frame that entered the bridge, and the frames its
+    ports dropped before it could."""
 
     at: dt.datetime
     packets: dict[str, int]
     seen: int
+    drops: int = 0
 
     def minus(self, earlier: Counts) -> Counts:
         return Counts(self.at, {k: v - earlier.packets.get(k, 0) for k, v in self.packets.items()},
-                      self.seen - earlier.seen)
+                      self.seen - earlier.seen, self.drops - earlier.drops)
 
 
 @dataclass
@@ -154,6 +167,14 @@ class Watch:
         listed = self._list()
         self.handle, self.rules = self._shape(listed)
         self.since = self._counts(listed)
+        self.since.drops = self._drops()
+
+    def _drops(self) -> int:
+        done = run(["ip", "-n", self.switch_netns, "-s", "-j", "link", "show", "master", BRIDGE], check=False)
+        try:
+            return port_drops(json.loads(done.stdout), self.home.port)
+        except ValueError:
+            raise DrillFailed(f"the statistics of {BRIDGE}'s ports in {self.switch_netns} cannot be read") from None
 
     def _list(self) -> list[dict[str, Any]]:
         done = run(["ip", "netns", "exec", self.switch_netns, "nft", "-j", "list", "table", "bridge", TABLE], check=False)
@@ -180,6 +201,7 @@ class Watch:
         if self._shape(items) != (self.handle, self.rules):
             raise DrillFailed(f"the counters in {self.switch_netns} were replaced or edited during the drill")
         counts = self._counts(items)
+        counts.drops = self._drops()
         self.history.append(counts)
         return counts
 
@@ -208,7 +230,8 @@ class Watch:
         after = end.minus(cut)
         before = cut.minus(self.since)
         toward = self.by_source(after)
-        return {"method": METHOD, "dropped": 0, "frames_toward_home": sum(sum(k.values()) for k in toward.values()),
+        return {"method": METHOD, "dropped": max(after.drops, 0),
+                "frames_toward_home": sum(sum(k.values()) for k in toward.values()),
                 "since": self.since.at, "cut_at": self.cut.at if self.cut else None, "until": end.at,
                 "frames_before_cut": sum(sum(k.values()) for k in self.by_source(before).values()),
                 "sources": toward, "frames_on_bridge": after.seen, "closing": self.closing}
