@@ -34,7 +34,7 @@ def sample_fields(*, embassy: str = "de", slow: str | None = None, failure: dict
     """
     dep = model.load_stack("rehearsal", ROOT)
     emb = next(e for e in dep.embassies if e.name == embassy)
-    registers = []
+    registers: list[dict[str, Any]] = []
     for i, reg in enumerate(sorted(dep.registers, key=lambda r: r.priority)):
         rto = reg.rto_seconds + 5 if reg.name == slow else 4.0 + 2.5 * i
         # A cold vault receives whole WAL segments only: its RPO objective is at least the archive timeout.
@@ -42,15 +42,33 @@ def sample_fields(*, embassy: str = "de", slow: str | None = None, failure: dict
         registers.append({"name": reg.name, "kind": reg.kind.value, "priority": reg.priority, "verified": True,
                           "restored": True, "rto_seconds": rto, "rpo_seconds": 0.4,
                           "objective": {"rto_seconds": reg.rto_seconds, "rpo_seconds": rpo_objective},
-                          "lost_transactions": 0, "digest": f"sha256:{i:064x}", "manifest_digest": f"sha256:{i:064x}"})
-    steps = [("lab up", -95, -80), ("harden", -80, -50), ("deploy", -50, -30), ("seed registers", -30, -22),
-             ("replicate under load", -22, -1), ("incident: stop, wipe, cut home", -1, 0), ("verify manifest chain", 0, 2.5),
-             *((f"restore {r['name']}", 2.5 + 2.5 * i, 2.5 + 2.5 * (i + 1)) for i, r in enumerate(registers)),
-             ("smoke checks", 2.5 + 2.5 * len(registers), 4 + 2.5 * len(registers))]
+                          "lost_transactions": 0, "digest": f"sha256:{i:064x}", "manifest_digest": f"sha256:{i:064x}",
+                          "proof": {"signed_round": 42, "signed_point": "0/5B002E20" if reg.kind.value == "postgres"
+                                    else "snapshot 6117eaa6",
+                                    "beyond_signed": {"transactions": 17 if reg.kind.value == "postgres" else 0,
+                                                      "source": "streamed from home over the authenticated replication "
+                                                                "channel" if reg.kind.value == "postgres" else None}},
+                          "rpo_method": "home's last committed transaction at the incident minus the newest one the "
+                                        "restored register holds" if reg.kind.value == "postgres" else
+                                        "the incident minus the start of the restored snapshot"})
+    # The steps of a real drill (`make rehearsal`): 11 minutes of setup, then seconds of recovery.
+    steps = [("plan: the desired state this drill rehearses (Pulumi program under mocks)", -640, -620),
+             ("lab up (reused when already up)", -620, -609), ("harden every host (roles/site.yml), Lynis before and after",
+                                                              -609, -285),
+             ("deploy: home state, replication agents, embassy hosts", -285, -32),
+             ("custody: seal each embassy's restore secrets in its vault, 3 officials' sheets, then withdraw every "
+              "restore secret from the controller and de's host", -32, -21),
+             ("write load on home (10 tx/s) and replication rounds under it", -21, -0.1),
+             ("incident: home stopped, its connections closed, its network cut, its disk wiped", -0.1, 1.2),
+             ("custody: open bundle version 1 from 2 of 3 sheets; its secrets to de's host", 1.2, 2.0),
+             ("restore: verify the vault of de: manifest chain, signatures, freshness, backups", 2.0, 2.5),
+             *((f"restore: {r['name']}: digest of the promoted standby against the manifest", 2.5 + 2.5 * i,
+                2.5 + 2.5 * (i + 1)) for i, r in enumerate(registers)),
+             ("restore: smoke-check the state service", 2.5 + 2.5 * len(registers), 4 + 2.5 * len(registers))]
     rto_total = max(4 + 2.5 * len(registers), *(r["rto_seconds"] for r in registers))
     return {
         "stack": dep.stack, "embassy": emb.name, "mode": emb.mode.value, "incident_at": INCIDENT,
-        "started_at": at(-95), "finished_at": at(rto_total + 1), "rto_seconds": rto_total, "rpo_seconds": 0.4,
+        "started_at": at(-640), "finished_at": at(rto_total + 1), "rto_seconds": rto_total, "rpo_seconds": 0.4,
         "registers": registers,
         "timeline": [{"step": s, "start": at(a), "end": at(b)} for s, a, b in steps],
         "plan_hash": plan_hash({"stack": dep.stack, "resources": []}),
@@ -62,6 +80,12 @@ def sample_fields(*, embassy: str = "de", slow: str | None = None, failure: dict
         "verifications": [{"object": "manifests 1..42: signatures and links", "ok": True, "detail": "42 manifests"},
                           {"object": "pgbackrest verify (repo of de)", "ok": True, "detail": "no error"}],
         "failures": [failure] if failure else [],
+        "watch": {"method": "nftables counters in the kernel on the lab bridge", "dropped": 0, "frames_toward_home": 0,
+                  "since": at(-0.1), "cut_at": at(0.4), "until": at(rto_total + 1), "frames_before_cut": 12,
+                  "sources": {}, "frames_on_bridge": 2210, "closing": "3 connections closed in 0.2 s"},
+        "where": {"target": "lab", "description": "the lab (id 5) on one machine", "data_size_mb": 8.0,
+                  "data": "synthetic", "custody": "2 of 3 officials' sheets; the officials were simulated by the drill",
+                  "officials_simulated": True},
     }
 
 
@@ -101,8 +125,9 @@ def test_a_passed_report_has_the_design_shape_and_the_evidence(tmp_path: Path, k
     assert [r["name"] for r in data["registers"]] == ["population", "land-register", "court-files"]  # priority order
     assert data["registers"][0]["objective"] == {"rto_seconds": 300, "rpo_seconds": 5}
     assert all(set(step) >= {"step", "start", "end"} for step in data["timeline"])
-    assert data["timeline"][6] == {"step": "verify manifest chain", "start": "2026-12-02T17:00:00Z",
-                                   "end": "2026-12-02T17:00:02.500000Z", "ok": True}
+    assert data["timeline"][8] == {"step": "restore: verify the vault of de: manifest chain, signatures, freshness, "
+                                           "backups", "start": "2026-12-02T17:00:02Z", "end": "2026-12-02T17:00:02.500000Z",
+                                   "ok": True}
     # ... plus the evidence.
     assert data["stack"] == "rehearsal" and data["mode"] == "warm" and data["incident_at"] == "2026-12-02T17:00:00Z"
     assert data["plan_hash"].startswith("sha256:") and data["tool_versions"]["pgbackrest"] == "2.54.2"
@@ -183,11 +208,17 @@ def test_the_html_page_is_self_contained_with_an_inline_chart(tmp_path: Path, ke
     assert "url(" in html and not re.findall(r"url\((?!#)", html)  # the SVG's clip paths point inside the page only
     # The only URLs are the SVG namespace names (identifiers, never fetched).
     assert set(re.findall(r"https?://[^\s\"'<>)]+", html)) == {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
-    figure = html[html.index('<figure id="timeline-chart"'):html.index("</figure>")]
+    figure = html[html.index('<figure id="timeline-chart"'):]
+    figure = figure[:figure.index("</figure>")]
     assert "<svg" in figure and "</svg>" in figure and "<!DOCTYPE svg" not in html
-    for label in ("lab up", "verify manifest chain", "restore court-files", "smoke checks", "incident",
-                  "seconds since the incident"):
+    for label in ("lab up", "restore at de: 5 steps", "incident", "seconds since the incident"):
         assert label in figure, label
+    recovery = html[html.index('<figure id="recovery-chart"'):]
+    recovery = recovery[:recovery.index("</figure>")]
+    for label in ("restore: verify the vault of de", "restore: court-files: digest", "smoke-check the state service",
+                  "incident: home lost", "service answering: RTO 11.5 s"):
+        assert label in recovery, label
+    assert "lab up" not in recovery  # the setup is not on the recovery's scale
     for register in ("population", "land-register", "court-files"):
         table = html[html.index(f'id="register-{register}"'):]
         table = table[:table.index("</table>")]

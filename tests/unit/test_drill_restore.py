@@ -1,13 +1,11 @@
 """The restore's and the drill's own logic, without a lab: which manifest a point in time uses, the
-scratch cluster's settings, the service config, bad input refused before anything runs, the watcher's
-frame test, and how the drill turns a restore into measured registers."""
+scratch cluster's settings, the service config, bad input refused before anything runs, and how the
+drill turns a restore into measured registers (the watch and the evidence: test_drill_report_watch.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
-import struct
 import subprocess
 import typing
 from pathlib import Path
@@ -17,7 +15,6 @@ from typer.testing import CliRunner
 
 from embassy.cli import app
 from embassy.drill import rehearsal, restore
-from embassy.drill.watch import attempts, classify
 from embassy.errors import OptionInvalid, RestoreFailed
 from embassy.model import load_stack
 from embassy.replication.manifest import Verified
@@ -75,44 +72,6 @@ def test_bad_input_is_refused_before_anything_runs() -> None:
     assert done.exit_code == 2 and "no embassy 'xx'" in done.output
     done = runner.invoke(app, ["drill", "--stack", "rehearsal", "--size-mb", "0", "--report", "out/r"])
     assert done.exit_code == 2 and "--size-mb" in done.output
-
-
-def _arp_request(sender: str, target: str) -> bytes:
-    eth = b"\xff" * 6 + b"\x02" * 6 + struct.pack("!H", 0x0806)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + b"\x02" * 6 + socket.inet_aton(sender) + b"\x00" * 6 \
-        + socket.inet_aton(target)
-    return eth + arp
-
-
-def _ipv4(source: str, dest: str, protocol: int = 6, tcp_flags: int = 0x11) -> bytes:
-    """An IPv4 frame; for TCP (protocol 6) a 20-byte header with `tcp_flags` (default FIN+ACK)."""
-    eth = b"\x02" * 12 + struct.pack("!H", 0x0800)
-    ip = bytes([0x45, 0]) + struct.pack("!H", 40) + b"\x00" * 5 + bytes([protocol]) + b"\x00" * 2 \
-        + socket.inet_aton(source) + socket.inet_aton(dest)
-    return eth + ip + b"\x00" * 13 + bytes([tcp_flags]) + b"\x00" * 6
-
-
-def test_the_watcher_counts_arp_and_ip_toward_home_only() -> None:
-    home = socket.inet_aton("10.87.6.10")
-    assert classify(_arp_request("10.87.6.20", "10.87.6.10"), home) == ("10.87.6.20", "arp")
-    assert classify(_ipv4("10.87.6.2", "10.87.6.10"), home) == ("10.87.6.2", "tcp")
-    assert classify(_ipv4("10.87.6.2", "10.87.6.10", tcp_flags=0x02), home) == ("10.87.6.2", "tcp-syn")
-    assert classify(_ipv4("10.87.6.2", "10.87.6.10", tcp_flags=0x12), home) == ("10.87.6.2", "tcp")  # SYN+ACK
-    assert classify(_ipv4("10.87.6.2", "10.87.6.10", protocol=17), home) == ("10.87.6.2", "udp")
-    assert classify(_ipv4("10.87.6.2", "10.87.6.10", protocol=1), home) == ("10.87.6.2", "icmp")
-    assert classify(_arp_request("10.87.6.20", "10.87.6.21"), home) is None
-    assert classify(_ipv4("10.87.6.10", "10.87.6.2"), home) is None  # from home, not to it
-    assert classify(b"\x00" * 10, home) is None
-
-
-def test_only_a_vault_closing_homes_connections_is_not_an_attempt_to_reach_home() -> None:
-    vaults = {"10.87.6.40", "10.87.6.41"}
-    # A vault's ARP request and FIN/ACK: it closes a connection home opened before the incident.
-    assert attempts({"10.87.6.40": {"arp": 3, "tcp": 1}, "10.87.6.41": {"arp": 3}}, vaults) == (0, 7)
-    # A vault opening a connection, or any frame from a host of the restore path, is an attempt.
-    assert attempts({"10.87.6.40": {"tcp-syn": 1}}, vaults) == (1, 0)
-    assert attempts({"10.87.6.21": {"arp": 2}, "10.87.6.2": {"tcp": 1}}, vaults) == (3, 0)
-    assert attempts({"10.87.6.41": {"udp": 1, "icmp": 1}}, vaults) == (2, 0)
 
 
 def test_postgres_timestamps_are_read_with_their_zone() -> None:
@@ -214,17 +173,3 @@ def test_a_restore_from_the_vault_starts_from_a_backup_consistent_before_the_dig
     assert restore._backup_set_before(session, restore._lsn("1/6000000")) == ""
     # Nothing readable: pgBackRest's own choice.
     assert restore._backup_set_before(typing.cast(restore.Session, _InfoSession("not json")), 1) == ""
-
-
-def test_the_drills_network_check_names_the_vaults_leftovers_and_fails_on_an_attempt() -> None:
-    from types import SimpleNamespace
-
-    home = SimpleNamespace(address="10.87.6.10")
-    lab: typing.Any = SimpleNamespace(vaults=[SimpleNamespace(address="10.87.6.40")], host=lambda _name: home)
-    closing = {"frames": 4, "seconds": 24.1, "sources": {"10.87.6.40": 4}, "kinds": {"10.87.6.40": {"arp": 3, "tcp": 1}}}
-    check = rehearsal.home_unreached(closing, lab)
-    assert check.ok and check.detail.startswith("0 frames tried to reach home in 24.1 s")
-    assert "4 frames were vaults closing connections home had opened" in check.detail
-    tried = {"frames": 2, "seconds": 9.0, "sources": {"10.87.6.21": 2}, "kinds": {"10.87.6.21": {"arp": 2}}}
-    check = rehearsal.home_unreached(tried, lab)
-    assert not check.ok and "2 frames tried to reach home" in check.detail and "10.87.6.21" in check.detail

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from embassy.cli import StackOpt, app, console, load, user_error
@@ -17,6 +19,7 @@ from embassy.errors import EXIT_FINDING, UserError
 
 if TYPE_CHECKING:
     from embassy.custody.shares import ShareText
+    from embassy.drill.report import Report
     from embassy.drill.restore import Outcome
 
 __all__ = ["app"]
@@ -160,23 +163,47 @@ def drill(
                            custody=False if no_custody else (custody or True), say=say)
     except UserError as exc:
         raise user_error(exc) from None
-    table = Table(title=f"drill at {result.embassy} ({result.mode}): {'PASSED' if result.passed else 'FAILED'}")
-    for column in ("register", "verified", "restored", "RTO (s)", "objective", "RPO (s)", "objective", "lost tx"):
-        table.add_column(column)
-    for r in result.registers:
-        table.add_row(r.name, str(r.verified), str(r.restored), _num(r.rto_seconds), _num(r.objective.rto_seconds),
-                      _num(r.rpo_seconds), _num(r.objective.rpo_seconds),
-                      "-" if r.lost_transactions is None else str(r.lost_transactions))
-    console.print(table, width=max(console.width, 110))
+    print_registers(console, result)
     for failure in result.failures:
         console.print(f"failure: {failure.object}: {failure.reason}", markup=False, highlight=False, soft_wrap=True)
     # The verdict is the command's output: stdout, one line each.
     print(f"verdict: {'PASSED' if result.passed else 'FAILED'}")
     print(f"RTO: {_num(result.rto_seconds)} s (incident -> state service answering at {result.embassy})")
     print(f"RPO: {_num(result.rpo_seconds)} s (worst register)")
+    watched = result.watch
+    print("watch: " + (f"{watched.frames_toward_home} frames toward home after it was cut, {watched.dropped} missed "
+                       "(kernel counters on the lab bridge)" if watched else "home was not watched"))
     print(f"report: {(report / 'report.html').resolve()} (signed; public key {report_keys() / 'report-signing.pub'})")
     if not result.passed:
         raise typer.Exit(EXIT_FINDING)
+
+
+def print_registers(out: Console, result: Report) -> None:
+    """The registers' table, never cut: at its natural width when not printed to a terminal (a file, a pipe, CI's
+    log); on a terminal too narrow for it, one line per register that the terminal wraps."""
+    table = Table(title=f"drill at {result.embassy} ({result.mode}): {'PASSED' if result.passed else 'FAILED'}")
+    for column in ("register", "verified", "restored", "RTO (s)", "objective", "RPO (s)", "objective", "lost tx"):
+        table.add_column(column, no_wrap=True)
+    rows = [(r.name, str(r.verified), str(r.restored), _num(r.rto_seconds), _num(r.objective.rto_seconds),
+             _num(r.rpo_seconds), _num(r.objective.rpo_seconds), "-" if r.lost_transactions is None else str(r.lost_transactions))
+            for r in result.registers]
+    for row in rows:
+        table.add_row(*row)
+    natural = Measurement.get(out, out.options.update(width=10_000), table).maximum
+    if not out.is_terminal:  # Rich caps a print at the console's width (80 in a file): widen it for the table
+        width, out.width = out.width, max(out.width, natural)
+        try:
+            out.print(table)
+        finally:
+            out.width = width
+    elif natural <= out.width:
+        out.print(table)
+    else:
+        out.print(table.title, markup=False, highlight=False, soft_wrap=True)
+        for name, verified, restored, rto, rto_obj, rpo, rpo_obj, lost in rows:
+            out.print(f"{name}: verified {verified}, restored {restored}, RTO {rto} s (objective {rto_obj}), "
+                      f"RPO {rpo} s (objective {rpo_obj}), lost transactions {lost}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def _num(value: float | None) -> str:

@@ -10,11 +10,14 @@ start, each followed by moving the warm standbys' holds to the new verified head
 (embassy.replication.hold); the incident comes LOAD_SECONDS after the load started, whatever a round is
 doing then (a round running on home dies with it).
 
-The incident, in this order: the write load and the heartbeat are killed (the instant of the incident)
-and home's load log is read (the last read of home: what home committed); the warm embassies' WAL
-receivers are told home is gone (stopped: a real one would keep calling a dead primary); home's network
-is cut, every process of its container killed at once (a power cut) and its disk (the overlay's upper
-folder) wiped. A watcher on the lab's bridge counts every frame that tries to reach home's address.
+The incident, in this order: the kernel-side watch of home's address is put in place (drill/watch.py:
+nftables counters on the lab bridge); the write load and the heartbeat are killed (the instant of the
+incident) and home's load log is read (the last read of home: what home committed); the warm embassies'
+WAL receivers are told home is gone (stopped: a real one would keep calling a dead primary); every
+process of home's container is killed at once (a power cut), while its network is still up so that its
+kernel closes their connections and the peers close theirs (none is left to call home later); the
+counters are snapshotted, home's network is cut and its disk (the overlay's upper folder) wiped. Every
+frame toward home counted from the cut until the report is written fails the drill.
 
 Measures (README, "Reboot the state"):
 - RTO per register: incident -> the register restored and its digest equal to the manifest's; in
@@ -32,7 +35,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,10 +43,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from embassy import model
 from embassy.drill import report as rpt
 from embassy.drill.restore import FILES_ROOT, Outcome, restore
-from embassy.drill.watch import attempts
+from embassy.drill.watch import Watch
 from embassy.errors import DrillFailed, EmbassyError, UserError
 from embassy.home import load as home_load
 from embassy.home import schema
@@ -173,7 +177,7 @@ class Rounds:
             pass
 
 
-def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str]:
+def incident(lab: LabState, dep: model.Deployment, watch: Watch | None = None) -> tuple[dt.datetime, str]:
     """Home is lost. Returns (when, home's load log: every write it acknowledged)."""
     from embassy.lab import hosts as lab_hosts
     from embassy.lab import system
@@ -184,9 +188,9 @@ def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str]:
     done = _ssh(lab, "home", f"sudo systemctl kill -s KILL {LOAD_UNIT} {LOAD_UNIT}-files embassy-heartbeat; sleep 0.2; "
                              f"sudo sh -c 'cat {LOAD_LOG}.*'", timeout=30)
     detach_standbys(lab, dep)
-    # From here on, nothing reads home: cut its network, then a power cut (every process of the
-    # container killed at once), then its disk wiped.
-    system.run(["ip", "-n", home.netns, "link", "set", "eth0", "down"])
+    # From here on, nothing reads home. A power cut: every process of the container killed at once;
+    # home's kernel, still on the network a moment longer, closes their connections and the peers close
+    # theirs, so that nothing is left that would call home after its link is cut (watch parts below).
     pids = lab_hosts.cgroup_pids(cgroup_name(lab.lab_id), home.name)
     if home.nspawn:
         pids.add(home.nspawn.pid)
@@ -194,6 +198,11 @@ def incident(lab: LabState, dep: model.Deployment) -> tuple[dt.datetime, str]:
         started = system.start_time(pid)
         if started is not None:  # by (pid, start time): never a recycled PID
             system.stop(Proc(pid=pid, start_time=started), grace=0)
+    closing = close_home_connections(lab, home.address)
+    if watch is not None:
+        watch.closing = closing
+        watch.mark_cut()  # every frame toward home from here on fails the drill
+    system.run(["ip", "-n", home.netns, "link", "set", "eth0", "down"])
     if lab_hosts.is_mounted(home.root_dir):
         lab_hosts.umount(home.root_dir)
     system.run(["find", home.upper_dir, "-mindepth", "1", "-delete"])
@@ -210,42 +219,46 @@ def detach_standbys(lab: LabState, dep: model.Deployment) -> None:
             _ssh(lab, lab.host(emb.name).name, f"sudo systemctl stop {RECEIVER_UNIT}", timeout=30)
 
 
-class Watcher:
-    """Counts frames to home's address on the lab's bridge (embassy.drill.watch)."""
-
-    def __init__(self, lab: LabState, address: str) -> None:
-        from embassy.lab.network import BRIDGE
-
-        self.out = Path(lab.dir) / "drill-watch-home.json"
-        self.out.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.switch_netns, sys.executable, "-m", "embassy.drill.watch",
-                                      BRIDGE, address, str(self.out)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while not self.out.exists() and self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not self.out.exists():
-            why = self.proc.stderr.read() if self.proc.stderr else ""
-            raise DrillFailed(f"the watcher of home's address did not start: {why[-300:]}")
-
-    def stop(self) -> dict[str, Any]:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        seen: dict[str, Any] = json.loads(self.out.read_text())
-        return seen
+def peers_of(lab: LabState, address: str) -> dict[str, list[str]]:
+    """Per lab namespace other than home's: its TCP sockets whose peer is `address`, in a state that may still send
+    (TIME-WAIT sends nothing unless its peer does)."""
+    found: dict[str, list[str]] = {}
+    others = [lab.controller_netns] + [h.netns for h in lab.hosts if h.name != "home"] + [v.netns for v in lab.vaults]
+    for netns in others:
+        done = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htan"], capture_output=True, text=True,
+                              timeout=10, check=False)
+        for line in done.stdout.splitlines():
+            cols = line.split()
+            if len(cols) >= 5 and cols[0] != "TIME-WAIT" and cols[4].rsplit(":", 1)[0].strip("[]") in (
+                    address, f"::ffff:{address}"):
+                found.setdefault(netns, []).append(f"{cols[0]} {cols[3]} -> {cols[4]}")
+    return found
 
 
-def home_unreached(seen: dict[str, Any], lab: LabState) -> rpt.Verification:
-    """The network check: nothing tried to reach home after the incident (a vault closing a connection home
-    had opened before it is reported, not counted: embassy.drill.watch.attempts)."""
-    tried, leftover = attempts(seen.get("kinds", {}), {v.address for v in lab.vaults})
-    detail = f"{tried} frames tried to reach home in {seen['seconds']} s after the incident"
-    if tried:
-        detail += f" (from {seen['sources']})"
-    if leftover:
-        detail += (f"; {leftover} frames were vaults closing connections home had opened before the incident "
-                   f"(ARP requests and TCP segments without SYN: {seen['kinds']})")
-    return rpt.Verification(object=f"network:home {lab.host('home').address}", ok=tried == 0, detail=detail)
+def close_home_connections(lab: LabState, address: str, bound: float = 5.0) -> str:
+    """After home's processes died (its kernel still on the network): wait, bounded, until no socket elsewhere in the
+    lab is still connected to home; one left at the bound is destroyed at its peer (`ss -K`: its reset still reaches
+    home). A socket still connected to home after the cut would call it later (a FIN or a retransmission, after an
+    ARP request): removed here, at its cause, not filtered from the watch. Returns what was done, for the report."""
+    start = time.monotonic()
+    first = peers_of(lab, address)
+    left = first
+    while left and time.monotonic() - start < bound:
+        time.sleep(0.1)
+        left = peers_of(lab, address)
+    for netns in left:
+        subprocess.run(["ip", "netns", "exec", netns, "ss", "-K", "-tn", "dst", address], capture_output=True,
+                       timeout=10, check=False)
+    still = peers_of(lab, address) if left else {}
+    if still:
+        raise DrillFailed(f"connections to home are still open after the incident: {still}",
+                          "see which process holds them; it would call home after the cut")
+    opened = sum(len(v) for v in first.values())
+    text = (f"home's processes killed with its link up: {opened} connections to home elsewhere in the lab were "
+            f"closed by home's kernel and their peers in {time.monotonic() - start:.1f} s")
+    if left:
+        text += f"; {sum(len(v) for v in left.values())} destroyed at their peer after {bound:g} s (ss -K): {left}"
+    return text
 
 
 def _digest_text(value: dict[str, Any] | None) -> str | None:
@@ -322,33 +335,132 @@ def measure(dep: model.Deployment, out: Outcome, incident_mono: float, home_log:
             name=reg.name, kind=reg.kind, priority=reg.priority, verified=reg.verified, restored=reg.restored,
             rto_seconds=rto, rpo_seconds=rpo, rpo_method=RPO_METHOD, lost_transactions=lost,
             objective=rpt.Objective(rto_seconds=spec.rto_seconds, rpo_seconds=dep.rpo_bound(spec, emb)),
-            digest=_digest_text(reg.digest), manifest_digest=_digest_text(reg.manifest_digest), proof=reg.proof))
+            digest=_digest_text(reg.digest), manifest_digest=_digest_text(reg.manifest_digest),
+            proof=rpt.Proof.model_validate(reg.proof) if reg.proof else None))
     return results
 
 
-def evidence(out: Outcome, dep: model.Deployment,
-             lab: LabState | None) -> tuple[list[rpt.Verification], rpt.ManifestEvidence | None]:
+def manifest_signature_ok(out: Outcome, public: Ed25519PublicKey) -> bool:
+    """Whether the manifest the restore trusted carries a valid signature by `public`: checked again here on the
+    bytes the restore read, so the report states what the signature says, not what the restore assumed."""
+    if out.manifest is None or out.manifest_bytes is None:
+        return False
+    try:
+        again = manifest.verify(out.manifest.key, out.manifest_bytes, public)
+    except manifest.ManifestError:
+        return False
+    return again.sha256 == out.manifest.sha256 and again.body == out.manifest.body
+
+
+def checked_what(obj: str) -> str:
+    """What a vault check (replication/verify.py) proves, from the object it names."""
+    if obj.startswith("vault:") and obj.endswith("/freshness"):
+        return ("the head manifest is no older than the other embassies' heads by more than an objective "
+                "(not rolled back or frozen)")
+    if obj.startswith("host:") and obj.endswith("/key-generation"):
+        return "the embassy host reads the repositories of the key generation the manifest names"
+    if obj == "pgbackrest:repo":
+        return "`pgbackrest verify`: the checksum of every WAL segment and backup file in the repository"
+    if obj.startswith("pgbackrest:backup/"):
+        return "the base backup the manifest names is in the repository"
+    if obj.startswith("pgbackrest:archive/"):
+        return "the repository holds the WAL up to the segment the manifest names"
+    if obj.startswith("restic:") and obj.endswith("/content"):
+        return "the snapshot, restored in scratch space, has the digest the manifest names"
+    if obj.startswith("restic:") and "/snapshots/" in obj:
+        return "the snapshot the manifest names is in the repository"
+    if obj.startswith("restic:"):
+        return "`restic check`: the repository's structure, and a rotating fifth of its data read back"
+    return ""
+
+
+def vault_checks(checked: list[dict[str, Any]]) -> list[rpt.Verification]:
+    """The vault's checks as report rows: one row per object (a repeated check of it is one row, failed if any
+    failed), the manifests that verified as one row, each row saying what it checked."""
+    rows: dict[str, rpt.Verification] = {}
+    manifests: list[str] = []
+    for c in checked:
+        obj, ok, reason = c["object"], bool(c["ok"]), c.get("reason", "")
+        if ok and obj.startswith(manifest.PREFIX):
+            manifests.append(obj)
+            continue
+        if obj in rows and (rows[obj].ok <= ok):
+            continue  # the same check again: one row, the worse outcome kept
+        what = checked_what(obj)
+        detail = f"{what}: {reason}" if reason and what else (reason or what)
+        rows[obj] = rpt.Verification(object=obj, ok=ok, detail=detail)
+    head: list[rpt.Verification] = []
+    if manifests:
+        first, last = sorted(manifests)[0], sorted(manifests)[-1]
+        head.append(rpt.Verification(
+            object=first if first == last else f"{first} .. {last.rsplit('/', 1)[-1]}", ok=True,
+            detail=f"{len(set(manifests))} manifests: each signed by home's key, in canonical form, and linked to the "
+                   "one before (the chain)"))
+    return head + list(rows.values())
+
+
+def evidence(out: Outcome, dep: model.Deployment, lab: LabState | None,
+             public: Ed25519PublicKey | None = None) -> tuple[list[rpt.Verification], rpt.ManifestEvidence | None]:
+    """The report's verification rows and the manifest evidence; `public`: home's manifest key (default: the
+    stack's, or the one the lab recorded)."""
     from embassy.replication.verify import public_key_pem
 
-    checks = []
-    if out.verification:
-        checks += [rpt.Verification(object=c["object"], ok=c["ok"], detail=c.get("reason", ""))
-                   for c in out.verification.checked]
+    checks = vault_checks(out.verification.checked) if out.verification else []
     for reg in out.registers:
         if reg.digest is not None:
-            checks.append(rpt.Verification(object=f"digest:{reg.name}", ok=reg.verified,
-                                           detail=f"{reg.method}: recomputed {_digest_text(reg.digest)}"))
+            checks.append(rpt.Verification(
+                object=f"digest:{reg.name}", ok=reg.verified,
+                detail=f"the register's digest recomputed after the restore ({reg.method}) against the manifest's: "
+                       f"{_digest_text(reg.digest)}"))
     if out.smoke:
         checks.append(rpt.Verification(object=f"smoke:{out.service_url}", ok=out.service_ok_at is not None,
-                                       detail=f"{len(out.smoke)} queries: " + ", ".join(
+                                       detail=f"the state service answers {len(out.smoke)} queries as home did: " + ", ".join(
                                            f"{p} {a[0]}" for p, a in out.smoke.items())))
     found = None
     if out.manifest and out.chain_head:
-        key = manifest.key_id(manifest.load_public_key(public_key_pem(dep, lab)))
+        if public is None:
+            public = manifest.load_public_key(public_key_pem(dep, lab))
         found = rpt.ManifestEvidence(key=out.manifest.key, sha256=out.manifest.sha256, round=out.manifest.round,
                                      chain_head=rpt.ChainHead(round=out.chain_head.round, sha256=out.chain_head.sha256),
-                                     signature_ok=True, public_key_fingerprint=key)
+                                     signature_ok=manifest_signature_ok(out, public),
+                                     public_key_fingerprint=manifest.key_id(public))
+        if not found.signature_ok:
+            checks.append(rpt.Verification(object=out.manifest.key, ok=False,
+                                           detail="its signature does not verify on the bytes the restore used"))
     return checks, found
+
+
+def where_lab(lab: LabState, size_mb: float | None, custody: bool) -> rpt.Where:
+    """Where this drill ran: the lab on this machine, with the rehearsal's synthetic registers."""
+    import socket
+
+    from embassy.custody import drill as custody_drill
+    from embassy.home.generator import Spec
+
+    return rpt.Where(
+        target="lab", data="synthetic", data_size_mb=size_mb if size_mb is not None else Spec().size_mb,
+        description=f"the lab (id {lab.lab_id}) on one machine ({socket.gethostname()}): home and each embassy a "
+                    "systemd-nspawn container, each vault a SeaweedFS server, on a private bridge",
+        custody=(f"restore secrets opened from {custody_drill.THRESHOLD} of {custody_drill.OFFICIALS} officials' sheets; "
+                 "the officials were simulated by the drill (it issued the sheets and typed them in)") if custody
+        else "no custody: the restore used the secrets the deploy left on the embassy host",
+        officials_simulated=True if custody else None)
+
+
+def write_watched(fields: dict[str, Any], watch: Watch, report_dir: Path) -> rpt.Report:
+    """Build and write the report with the watch read last; if a frame was counted while it was being written,
+    it is written again with it (so the watch covers the drill until its report exists)."""
+    for _ in range(3):
+        try:
+            watched: dict[str, Any] | None = watch.result()
+            failures = list(fields["failures"])
+        except DrillFailed as exc:  # the counters were tampered with or are gone: nothing is proven
+            watched, failures = None, [*fields["failures"], rpt.Failure.of(rpt.WATCH_OBJECT, exc.message, DrillFailed)]
+        report = rpt.Report.build(**{**fields, "failures": failures, "watch": watched, "finished_at": now()})
+        rpt.write_report(report, report_dir, report_keys())
+        if watched is None or watch.snapshot().packets == watch.history[-2].packets:
+            return report
+    return report
 
 
 def failure_of(error: EmbassyError, out: Outcome) -> rpt.Failure:
@@ -416,30 +528,26 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         if not rounds.rounds or rounds.errors:
             rounds.halt()
             raise DrillFailed("replication under the load failed: " + ("; ".join(rounds.errors)[:400] or "no round ended"))
-    with timeline.step("incident: home's writers stopped, its disk wiped, its network cut"):
+    with timeline.step("incident: home's writers stopped, its connections closed, its network cut, its disk wiped"):
+        watch = Watch.start(lab)  # frames toward home counted in the kernel from the incident's first step
         incident_mono = time.monotonic()
         rounds.halt()
-        incident_at, home_log = incident(lab, dep)
+        incident_at, home_log = incident(lab, dep, watch)
     last = {name: acked[-1] for name, acked in home_load.parse_log(home_log).items() if acked}
     say("  home's last acknowledged writes: " + ", ".join(f"{n} #{seq}" for n, (seq, _) in sorted(last.items())))
-    watcher = Watcher(lab, lab.host("home").address)
     custody_error: EmbassyError | None = None
-    try:
-        if drill_kit is not None:
-            try:
-                with timeline.step(f"custody: open bundle version {drill_kit.version} from {custody_drill.THRESHOLD} "
-                                   f"of {custody_drill.OFFICIALS} sheets; its secrets to {name}'s host"):
-                    custody_drill.open_and_apply(dep, target, name, drill_kit, lambda m: say(f"  {m}"))
-            except EmbassyError as exc:  # the restore below then fails without the secrets: both are reported
-                custody_error = exc
-        restored = restore(dep, target, name, say=lambda m: say(f"  {m}"))
-    finally:
-        seen = watcher.stop()
+    if drill_kit is not None:
+        try:
+            with timeline.step(f"custody: open bundle version {drill_kit.version} from {custody_drill.THRESHOLD} "
+                               f"of {custody_drill.OFFICIALS} sheets; its secrets to {name}'s host"):
+                custody_drill.open_and_apply(dep, target, name, drill_kit, lambda m: say(f"  {m}"))
+        except EmbassyError as exc:  # the restore below then fails without the secrets: both are reported
+            custody_error = exc
+    restored = restore(dep, target, name, say=lambda m: say(f"  {m}"))
     timeline.steps += [rpt.Step(step=f"restore: {s.name}", start=s.start, end=s.end, ok=s.ok) for s in restored.steps]
     registers = measure(dep, restored, incident_mono, home_log,
                         lambda reg, kind: restored_newest(lab, restored, reg, kind))
     checks, found = evidence(restored, dep, lab)
-    checks.append(home_unreached(seen, lab))
     if drill_kit is not None:
         held = custody_drill.controller_holds_restore_secrets(dep, target)
         checks.append(rpt.Verification(
@@ -455,13 +563,15 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     total = round(restored.service_ok_at - incident_mono, 3) if restored.service_ok_at else None
     rpos = [r.rpo_seconds for r in registers if r.rpo_seconds is not None]
     versions = {**rpt.controller_tool_versions(), **host_tool_versions(lab, name)}
-    report = rpt.Report.build(
+    fields = dict(
         stack=dep.stack, embassy=name, mode=emb.mode.value, incident_at=incident_at, started_at=started_at,
-        finished_at=now(), rto_seconds=total, rpo_seconds=max(rpos) if rpos and len(rpos) == len(registers) else None,
+        rto_seconds=total, rpo_seconds=max(rpos) if rpos and len(rpos) == len(registers) else None,
         registers=registers, timeline=timeline.steps, tool_versions=versions, manifest=found, hardening=hardening,
         freshness=restored.as_json()["freshness"],
-        verifications=checks, failures=failures, plan_hash=plan)
-    rpt.write_report(report, report_dir, report_keys())
+        verifications=checks, failures=failures, plan_hash=plan,
+        where=where_lab(lab, size_mb, drill_kit is not None))
+    report = write_watched(fields, watch, report_dir)  # the watch is read last, as the report is written
+    watch.remove()
     if not keep_lab:
         say("lab down")
         lifecycle.down()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from embassy.drill.chart import timeline_svg
-from embassy.drill.report import Report
+from embassy.drill.chart import recovery_svg, timeline_svg
+from embassy.drill.report import RegisterResult, Report
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -35,12 +35,37 @@ def yes_no(value: bool | None) -> str:
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(("html.j2",)),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(seconds=seconds, timestamp=timestamp, yes_no=yes_no, cell=md_cell)
+    env.filters.update(seconds=seconds, timestamp=timestamp, yes_no=yes_no, cell=md_cell, proof=proof_text,
+                       kinds=kinds_text)
     return env
 
 
 def _context(report: Report) -> dict[str, object]:
-    return {"r": report, "since": lambda t: (t - report.incident_at).total_seconds()}
+    recovery = [s for s in report.timeline if s.end > report.incident_at]
+    return {"r": report, "since": lambda t: (t - report.incident_at).total_seconds(), "recovery": recovery}
+
+
+def proof_text(register: RegisterResult) -> str:
+    """What is proven of a restored register, in words: the signed point, and what it serves beyond it."""
+    p = register.proof
+    if p is None:
+        return "-"
+    if p.signed_round is None:
+        return "not proven up to any signed point"
+    text = f"round {p.signed_round}" + (f", at {p.signed_point}" if p.signed_point else "")
+    beyond = p.beyond_signed
+    if beyond.transactions:
+        text += f"; {beyond.transactions} transactions beyond it" + (f", {beyond.source}" if beyond.source else "") \
+            + " (no signature covers them)"
+    elif beyond.transactions == 0:
+        text += "; nothing beyond it"
+    else:
+        text += "; beyond it: not known"
+    return text
+
+
+def kinds_text(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.items())
 
 
 def render_markdown(report: Report) -> str:
@@ -49,4 +74,5 @@ def render_markdown(report: Report) -> str:
 
 def render_html(report: Report) -> str:
     """One self-contained page: styles inline, the chart as inline SVG, no script, nothing fetched."""
-    return environment().get_template("report.html.j2").render(**_context(report), chart=timeline_svg(report))
+    return environment().get_template("report.html.j2").render(**_context(report), chart=timeline_svg(report),
+                                                                recovery_chart=recovery_svg(report))

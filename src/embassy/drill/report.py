@@ -54,6 +54,21 @@ class Objective(_Strict):
     rpo_seconds: float = Field(gt=0)
 
 
+class BeyondSigned(_Strict):
+    """What the restored register serves past the signed point, and where it came from (no signature covers it)."""
+
+    transactions: int | None = Field(default=None, ge=0)  # None: not known
+    source: str | None = None  # e.g. "streamed from home over the authenticated replication channel"
+
+
+class Proof(_Strict):
+    """Up to which point a register is proven: the signed round and point its digest was verified at."""
+
+    signed_round: int | None = None
+    signed_point: str | None = None  # postgres: the LSN the signed digest is at; files: the restic snapshot
+    beyond_signed: BeyondSigned = Field(default_factory=BeyondSigned)
+
+
 class RegisterResult(_Strict):
     name: str
     kind: str  # postgres | files
@@ -62,13 +77,12 @@ class RegisterResult(_Strict):
     restored: bool
     rto_seconds: float | None = None  # measured: incident -> register answering at the embassy
     rpo_seconds: float | None = None  # measured as rpo_method says (the drill's load log against the restored state)
-    rpo_method: str | None = None
     objective: Objective
     lost_transactions: int | None = None  # where it can be known
-    # {"signed_round", "signed_point", "beyond_signed": {"transactions", "source"}}: what the restore proved
-    proof: dict[str, Any] | None = None
     digest: str | None = None  # recomputed after the restore
     manifest_digest: str | None = None  # what the manifest names
+    proof: Proof | None = None  # filled from the restore: what is proven, and what is served beyond it
+    rpo_method: str | None = None  # how rpo_seconds was measured, in words
 
     @property
     def rto_met(self) -> bool:
@@ -148,6 +162,44 @@ class ManifestEvidence(_Strict):
     public_key_fingerprint: str | None = None  # the manifest key's, from the stack config
 
 
+class Watch(_Strict):
+    """The watch of home's address: frames toward home counted in the kernel, from the incident's first step until
+    the report is written. Frames before home's link was cut (the drill's last read of home, its connections
+    closing) are reported; every frame after the cut fails the drill."""
+
+    method: str  # how the frames were counted, in words
+    dropped: int = Field(ge=0)  # frames the counting may have missed
+    frames_toward_home: int = Field(ge=0)  # after the cut, until the report was written
+    since: datetime | None = None  # counters in place
+    cut_at: datetime | None = None  # home's link cut
+    until: datetime | None = None  # last read, as the report was written
+    frames_before_cut: int = Field(default=0, ge=0)
+    sources: dict[str, dict[str, int]] = Field(default_factory=dict)  # after the cut: per port (who), per kind
+    frames_on_bridge: int | None = None  # every frame into the bridge after the cut: the counting was live
+    closing: str | None = None  # how home's connections were closed before the cut
+
+    @model_validator(mode="after")
+    def _count_is_its_sources(self) -> Watch:
+        if self.sources and sum(sum(k.values()) for k in self.sources.values()) != self.frames_toward_home:
+            raise ValueError(f"frames_toward_home={self.frames_toward_home} is not the sum of its sources")
+        return self
+
+    @property
+    def ok(self) -> bool:
+        return self.frames_toward_home == 0 and self.dropped == 0
+
+
+class Where(_Strict):
+    """Where the drill ran and on what: a reader must know a lab rehearsal with synthetic data from a real one."""
+
+    target: Literal["lab", "site", "aws"]
+    description: str
+    data_size_mb: float | None = None
+    data: Literal["synthetic", "real"]
+    custody: str  # how the restore secrets were obtained
+    officials_simulated: bool | None = None  # True: the drill itself played the custody officials
+
+
 class Signer(_Strict):
     algorithm: Literal["ed25519"] = "ed25519"
     public_key: str  # PEM
@@ -174,11 +226,13 @@ class Report(_Strict):
     hardening: dict[str, int | None] = Field(default_factory=dict)  # host -> Lynis hardening index
     verifications: list[Verification] = Field(default_factory=list)
     failures: list[Failure] = Field(default_factory=list)
+    watch: Watch | None = None
+    where: Where | None = None
     signer: Signer | None = None
 
     @model_validator(mode="after")
     def _verdict_follows_the_evidence(self) -> Report:
-        if self.passed != verdict(self.registers, self.verifications, self.failures):
+        if self.passed != verdict(self.registers, self.verifications, self.failures, self.watch):
             raise ValueError(f"passed={self.passed} contradicts the registers, verifications and failures")
         return self
 
@@ -191,11 +245,13 @@ class Report(_Strict):
             checks = [v if isinstance(v, Verification) else Verification.model_validate(v)
                       for v in probe.get("verifications", [])]
             failures = [f if isinstance(f, Failure) else Failure.model_validate(f) for f in probe.get("failures", [])]
+            watch = probe.get("watch")
+            watch = watch if watch is None or isinstance(watch, Watch) else Watch.model_validate(watch)
         except (KeyError, ValidationError) as exc:
             raise ReportInvalid(f"report fields are invalid: {exc}") from None
-        failures += derived_failures(registers, checks, failures)
-        probe.update(registers=registers, verifications=checks, failures=failures,
-                     passed=verdict(registers, checks, failures))
+        failures += derived_failures(registers, checks, failures, watch)
+        probe.update(registers=registers, verifications=checks, failures=failures, watch=watch,
+                     passed=verdict(registers, checks, failures, watch))
         try:
             return cls.model_validate(probe)
         except ValidationError as exc:
@@ -206,11 +262,18 @@ class Report(_Strict):
         return data
 
 
-def verdict(registers: list[RegisterResult], checks: list[Verification], failures: list[Failure]) -> bool:
-    return bool(registers) and not failures and all(r.ok for r in registers) and all(v.ok for v in checks)
+def verdict(registers: list[RegisterResult], checks: list[Verification], failures: list[Failure],
+            watch: Watch | None) -> bool:
+    """Passed: registers all within their objectives, every check good, no failure, and home watched and unreached."""
+    return (bool(registers) and not failures and all(r.ok for r in registers) and all(v.ok for v in checks)
+            and watch is not None and watch.ok)
 
 
-def derived_failures(registers: list[RegisterResult], checks: list[Verification], named: list[Failure]) -> list[Failure]:
+WATCH_OBJECT = "network:home"
+
+
+def derived_failures(registers: list[RegisterResult], checks: list[Verification], named: list[Failure],
+                     watch: Watch | None = None) -> list[Failure]:
     """A failure for each register and check that fell short and that no failure names yet."""
     already = {f.object for f in named}
     found: list[Failure] = []
@@ -233,6 +296,14 @@ def derived_failures(registers: list[RegisterResult], checks: list[Verification]
     for v in checks:
         if not v.ok:
             add(v.object, v.detail or "verification failed", CheckFailed)
+    if watch is None:
+        add(WATCH_OBJECT, "not watched: nothing shows that the restore never reached home", CheckFailed)
+    elif watch.dropped:
+        add(WATCH_OBJECT, f"the watch may have missed {watch.dropped} frames: it proves nothing", CheckFailed)
+    elif watch.frames_toward_home:
+        who = "; ".join(f"{port}: {', '.join(f'{n} {k}' for k, n in kinds.items())}"
+                        for port, kinds in watch.sources.items())
+        add(WATCH_OBJECT, f"{watch.frames_toward_home} frames tried to reach home after it was cut ({who})", CheckFailed)
     return found
 
 

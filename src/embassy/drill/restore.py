@@ -99,6 +99,7 @@ class Outcome:
     started: float = field(default_factory=time.monotonic)
     verification: vault_verify.Result | None = None
     manifest: Verified | None = None
+    manifest_bytes: bytes | None = None  # the manifest object as read and verified: the report re-checks its signature
     chain_head: Verified | None = None
     registers: list[RegisterOutcome] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -275,6 +276,7 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
         # chain while it is verified and another one now (vault_verify.same_chain compares any later read).
         out.chain_head = result.chain[-1]
         out.manifest = choose_manifest(result.chain, target_time)
+        out.manifest_bytes = out.manifest.data or None
     try:
         generation, newest = manifest_generation(out.manifest.body), manifest_generation(out.chain_head.body)
     except ValueError as exc:

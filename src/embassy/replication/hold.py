@@ -52,7 +52,7 @@ def advance(dep: model.Deployment, target: LabTarget, embassy: str) -> Moved:
     except vault_verify.VaultUnreachable as exc:
         out.reason = f"vault unreachable: {exc.reason}"
         return out
-    chain, failure = manifest.verify_chain(objects, public, stack=dep.stack, embassy=embassy)
+    chain, failure = vault_verify.walk(objects, public, stack=dep.stack, embassy=embassy)
     if failure or not chain:
         out.reason = f"chain not verified: {failure[0] + ': ' + failure[1] if failure else 'no manifest'}"
         return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -112,6 +113,8 @@ class Verified:
     key: str
     body: dict[str, Any]
     sha256: str
+    # The stored bytes that verified: a report re-checks their signature.
+    data: bytes = dataclasses.field(default=b"", repr=False, compare=False)
 
     @property
     def round(self) -> int:
@@ -228,7 +231,7 @@ def verify(key: str, data: bytes, public: Ed25519PublicKey) -> Verified:
     if key != object_key(body["round"]):
         raise ManifestError(f"stored under the wrong name (round {body['round']} belongs at {object_key(body['round'])})")
     _check_body(body)
-    return Verified(key, body, sha256(data))
+    return Verified(key, body, sha256(data), data)
 
 
 def verify_chain(objects: list[tuple[str, bytes]], public: Ed25519PublicKey, *, stack: str,
