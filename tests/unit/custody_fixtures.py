@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy import model
 from embassy.custody import kit, seal
+from embassy.custody.vaultio import version_of
 from embassy.lab.state import LabState, VaultState
 from embassy.replication.verify import PUBLIC_KEY_FILE
 
@@ -50,8 +51,9 @@ class MemoryVaults:
         self.planted.add(key)
 
     def envelopes(self, embassy: str, stack: str) -> list[tuple[str, kit.Stored]]:
-        return [(k, seal.parse_envelope(v)) for k, v in sorted(self.objects.get(embassy, {}).items())
-                if k.startswith(f"custody/{stack}/")]
+        # as vaultio lists them: only a bundle's own key is read
+        return [(k, seal.parse_envelope(v) if version_of(k, stack) else "not read")
+                for k, v in sorted(self.objects.get(embassy, {}).items()) if k.startswith(f"custody/{stack}/")]
 
 
 def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[str]]:

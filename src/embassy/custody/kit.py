@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from embassy import model
 from embassy.custody import seal, shares, sheets
 from embassy.custody.bundle import Bundle, gather
-from embassy.custody.vaultio import MAX_OBJECTS, PREFIX, object_key
+from embassy.custody.vaultio import MAX_OBJECTS, PREFIX, object_key, version_of
 from embassy.errors import (
     BundleInvalid,
     ObjectMissing,
@@ -120,7 +120,7 @@ class LabVaults:
     def _listed(self, embassy: str, stack: str, action: str) -> list[dict[str, Any]]:
         v = self.lab.vault(embassy)
         got = self._run(action, {"endpoint": v.endpoint, "ca_file": v.ca_file, "credentials": v.reader_credentials,
-                                 "bucket": v.bucket, "prefix": f"{PREFIX}{stack}/"})
+                                 "bucket": v.bucket, "prefix": f"{PREFIX}{stack}/", "stack": stack})
         if not got.get("ok"):
             raise VaultUnreachable(f"vault:{embassy}: {str(got.get('error'))[:300]}")
         if got.get("truncated"):
@@ -134,7 +134,8 @@ class LabVaults:
         out: list[tuple[str, Stored]] = []
         for obj in self._listed(embassy, stack, "list"):
             if "data" not in obj:
-                out.append((obj["key"], f"{obj.get('size')} bytes, more than an envelope's {seal.MAX_ENVELOPE_BYTES}"))
+                out.append((obj["key"], f"not read ({obj.get('size')} bytes; an envelope is at most "
+                                        f"{seal.MAX_ENVELOPE_BYTES}, at a bundle's key)"))
                 continue
             try:
                 data = base64.b64decode(obj["data"], validate=True)
@@ -202,6 +203,9 @@ def authentic_headers(store: Store, dep: model.Deployment, public_pem: str,
             continue
         for key, stored in listed:
             name = f"vault:{emb.name}/{key}"
+            if version_of(key, dep.stack) is None:
+                ignored.append(f"{name}: not a bundle's key")
+                continue
             try:
                 if isinstance(stored, str):
                     raise BundleInvalid(f"{name}: {stored}")
@@ -339,6 +343,9 @@ def _candidates(store: Store, embassy: str, stack: str, failures: list[BundleInv
     found = []
     for key, stored in store.envelopes(embassy, stack):
         name = f"vault:{embassy}/{key}"
+        if version_of(key, stack) is None:  # not a bundle's key: nothing of it is read (bounds the work to MAX_VERSION)
+            failures.append(BundleInvalid(f"{name}: not a bundle's key (custody/<stack>/bundle-vNNNN.json)"))
+            continue
         try:
             if isinstance(stored, str):
                 raise BundleInvalid(f"{name}: {stored}")

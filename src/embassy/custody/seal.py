@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -134,13 +135,17 @@ def header_of(envelope: dict[str, Any], name: str) -> Header:
         raise BundleInvalid(f"{name}: header field {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
+@functools.lru_cache(maxsize=8)
+def _public(pem: str) -> Ed25519PublicKey:
+    return load_public_key(pem)
+
+
 def authenticate(envelope: dict[str, Any], name: str, public_pem: str) -> Header:
     """The header, if home's manifest key signed it and the ciphertext; SignatureInvalid or BundleInvalid otherwise."""
     header = header_of(envelope, name)
     try:
         signature = Signature.model_validate(envelope["signature"])
-        public: Ed25519PublicKey = load_public_key(public_pem)
-        public.verify(base64.b64decode(signature.value, validate=True),
+        _public(public_pem).verify(base64.b64decode(signature.value, validate=True),
                       signed_bytes(header.model_dump(), envelope["ciphertext"]))
     except (ValidationError, InvalidSignature, binascii.Error, ValueError, ManifestError):
         raise SignatureInvalid(f"{name}: its header is not signed by home's manifest key (forged, or altered after "

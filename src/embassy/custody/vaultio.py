@@ -6,8 +6,8 @@ reader identity.
     python -m embassy.custody.vaultio list SPEC_JSON                  -> {"ok", "objects": [...], "truncated"}
     python -m embassy.custody.vaultio locks SPEC_JSON                 -> {"ok", "objects": [...], "truncated"}
 
-SPEC: {"endpoint", "ca_file", "credentials", "bucket", "prefix" | "key", "retention_days" (put)}.
-Each listed object: {"key", "data" (base64, absent when too large), "size", "lock_mode", "retain_until",
+SPEC: {"endpoint", "ca_file", "credentials", "bucket", "prefix" and "stack" | "key"}.
+Each listed object: {"key", "data" (base64; absent when too large or not a bundle's key), "size", "lock_mode", "retain_until",
 "last_modified"}. Bounded: at most MAX_OBJECTS keys are listed (then "truncated": true) and no object
 larger than an envelope is downloaded, so a flood of objects planted by the vault's host cannot make a
 reader loop or fill memory.
@@ -32,6 +32,16 @@ MAX_OBJECTS = 2 * MAX_VERSION  # keys listed under a stack's custody prefix, at 
 
 def object_key(stack: str, version: int) -> str:
     return f"{PREFIX}{stack}/bundle-v{version:04d}.json"
+
+
+def version_of(key: str, stack: str) -> int | None:
+    """The version a key names if it is a bundle's own key (1..MAX_VERSION), else None: at most MAX_VERSION keys of a
+    vault ever get a header read or a signature checked, whatever the host planted."""
+    head, tail = f"{PREFIX}{stack}/bundle-v", ".json"
+    digits = key[len(head):-len(tail)] if key.startswith(head) and key.endswith(tail) else ""
+    if len(digits) != 4 or not digits.isdigit() or not 1 <= int(digits) <= MAX_VERSION:
+        return None
+    return int(digits)
 
 
 def _when(value: Any) -> str:
@@ -64,7 +74,8 @@ def list_bundles(spec: dict[str, Any], *, data: bool = True) -> dict[str, Any]:
     objects = []
     for item in items:
         entry: dict[str, Any] = {"key": item["Key"], "size": int(item.get("Size") or 0)}
-        if data and entry["size"] <= MAX_ENVELOPE_BYTES:
+        # Only a bundle's own key is downloaded (at most MAX_VERSION of them): anything else is listed, never read.
+        if data and entry["size"] <= MAX_ENVELOPE_BYTES and version_of(item["Key"], spec["stack"]) is not None:
             got = s3.get_object(Bucket=spec["bucket"], Key=item["Key"])
             entry["data"] = base64.b64encode(got["Body"].read(MAX_ENVELOPE_BYTES + 1)).decode()
         else:
