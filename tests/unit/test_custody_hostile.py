@@ -126,7 +126,7 @@ def test_restore_writes_nothing_to_the_host_when_the_bundle_is_another_embassys(
     (Path(kit1.lab.dir) / PUBLIC_KEY_FILE).unlink()  # the day home is gone: no key recorded on this controller
     target = SimpleNamespace(lab=kit1.lab)
     with pytest.raises(BundleInvalid) as err:
-        restore.with_shares(dep, target, "de", [SimpleNamespace(name="enclave-de")],  # type: ignore[arg-type]
+        restore.with_shares(dep, target, "de", [SimpleNamespace(name="enclave-de")],  # type: ignore[arg-type,list-item]
                             sheets_of(kit1.sheets, [2, 3, 4]), lambda _m: None)
     assert err.value.code == EXIT_FINDING and f"vault:de/{V1}: holds the bundle of embassy 'se'" in err.value.message
     assert written == [] and not (Path(kit1.lab.dir) / PUBLIC_KEY_FILE).exists()  # no secret, no key trusted
