@@ -74,7 +74,7 @@ class BundleLock:
             return f"lock mode {self.mode or 'none'}, not COMPLIANCE"
         if self.retain_until is None or self.written is None:
             return "no retain-until date or write time"
-        wanted = self.written + dt.timedelta(days=retention_days) - dt.timedelta(hours=1)  # the bucket rounds to days
+        wanted = self.written + dt.timedelta(days=retention_days - 1)  # retention is counted in whole days: a day's slack
         if self.retain_until < wanted:
             return f"retained until {self.retain_until.isoformat()}, less than {retention_days} days after its write"
         return None
