@@ -21,6 +21,7 @@ from embassy import model
 from embassy.home import context, schema
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane
+from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 SEED_DIR = "/var/lib/embassy/seed"
 SERVICE_PORT = 8088
@@ -72,10 +73,10 @@ if host.data.get("role") == "home":
 
     # The password travels in a 0600 file, never on a command line (where `ps` would show it).
     role = dataplane.REPLICATION_USER
-    role_sql = files.put(
+    role_sql = secret_file(
         name="PostgreSQL: replication role definition (0600)",
-        src=io.StringIO(f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')\\gexec\n"
-                        f"ALTER ROLE {role} WITH LOGIN REPLICATION PASSWORD '{context.replication_password(host.data)}';\n"),
+        content=(f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')\\gexec\n"
+                 f"ALTER ROLE {role} WITH LOGIN REPLICATION PASSWORD '{context.replication_password(host.data)}';\n"),
         dest="/etc/embassy/replication-role.sql", user="postgres", group="postgres", mode="600")
     role_psql = as_user("postgres", "psql -X -q -v ON_ERROR_STOP=1 -f /etc/embassy/replication-role.sql")
     created = ensure(name="PostgreSQL: replication role for the warm standbys",

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets as secrets_random
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,9 +33,11 @@ from embassy.lab.state import LabState
 from embassy.model import load_stack
 from embassy.replication import dataplane, secrets
 from embassy.replication.dataplane import PGBACKREST_CONF, RESTIC_DIR
+from embassy.replication.verify import PUBLIC_KEY_FILE
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK, ssh
 from tests.lab.test_replication import embassy_cli, replicate_once
+from tests.lab.vault_storage import Filer
 
 pytestmark = pytest.mark.lab
 
@@ -79,6 +82,36 @@ def test_init_stores_a_locked_bundle_in_every_vault_and_a_second_init_is_refused
         for vault in lab.vaults:
             found = subprocess.run(["grep", "-rlaF", "-e", value, "--", vault.data_dir], capture_output=True, text=True)
             assert found.returncode == 1, f"vault {vault.embassy} stores a secret in plaintext: {found.stdout}"
+
+
+def _digests(lab: LabState, host: str) -> str:
+    return ssh(lab, host, f"sudo sha256sum {PGBACKREST_CONF} {RESTIC_DIR}/*", check=False).stdout
+
+
+def test_se_bundle_in_de_vault_is_refused_and_nothing_is_written(lab: LabState, kit: dict[str, Any]) -> None:
+    """The host of de's vault puts se's bundle (same version, same shares) in place of de's, below S3: `restore
+    --shares` at de refuses it, exit 1, naming the object and the embassy it belongs to; nothing reaches enclave-de."""
+    key = custody_kit.object_key(STACK, kit["version"])
+    de, se = Filer(lab, "de"), Filer(lab, "se")
+    se_bytes = se.read(se.latest_version_file(key))
+    before, public = _digests(lab, "enclave-de"), (Path(lab.dir) / PUBLIC_KEY_FILE).read_text()
+    original, planted = f"{de.root}/{key}.versions", f"{de.root}/aside-{secrets_random.token_hex(4)}"
+    de.move(original, planted + "-original")
+    try:
+        de.write(f"{original}/v_forged", se_bytes)
+        done = embassy_cli(lab, "restore", "--stack", STACK, "--embassy", "de", "--shares",
+                           str(kit["v1"] / "official-1.txt"), str(kit["v1"] / "official-3.txt"), timeout=300)
+    finally:
+        de.move(original, planted)
+        de.move(planted + "-original", original)
+    assert done.returncode == 1, done.stderr[-2000:] + done.stdout[-1000:]
+    assert f"error: [209]: vault:de/{key}: holds the bundle of embassy 'se' (stack {STACK}), not de's" in done.stderr, \
+        done.stderr[-2000:]
+    assert _digests(lab, "enclave-de") == before and (Path(lab.dir) / PUBLIC_KEY_FILE).read_text() == public
+    # Put back: de's own bundle opens again with the same sheets.
+    dep = load_stack(STACK, ROOT)
+    texts = custody_kit.read_shares([str(kit["v1"] / "official-1.txt"), str(kit["v1"] / "official-3.txt")], lambda: "")
+    assert custody_kit.open_bundle(dep, custody_kit.LabVaults(lab, dep), "de", texts).embassy == "de"
 
 
 def _psql(lab: LabState, host: str, sql: str, port: int = 5432) -> str:
@@ -177,13 +210,23 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
         _psql(lab, "home", f"INSERT INTO custody_probe VALUES ({i})")
     v2 = tmp_path / "v2"
     old_generation = _generation(lab, "ie")
+    # The re-key's deploy sends enclave-ie its new passphrase, restic password and vault secret with /tmp closed to
+    # the SSH user there: pyinfra's own upload would stop at /tmp/pyinfra-<sha1>; secret_file goes through ~/.
+    ssh(lab, "enclave-ie", "sudo chmod 1755 /tmp")
     start = time.monotonic()
-    rotated = embassy_cli(lab, "custody", "rotate", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(v2),
-                          timeout=1800)
+    try:
+        rotated = embassy_cli(lab, "custody", "rotate", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(v2),
+                              timeout=1800)
+    finally:
+        ssh(lab, "enclave-ie", "sudo chmod 1777 /tmp")
     print(f"custody rotate with re-key: {time.monotonic() - start:.1f} s")
-    assert rotated.returncode == 0, rotated.stderr[-3000:]
+    assert rotated.returncode == 0, rotated.stderr[-3000:] + rotated.stdout[-3000:]
     version = kit["version"] + 1
     assert f"bundle version {version}" in rotated.stdout
+    # Nothing of the upload stayed behind: not in /tmp, not in the SSH user's home.
+    for host in ("home", "enclave-ie"):
+        left = ssh(lab, host, "ls -d /tmp/pyinfra-* ~/.embassy-upload-* 2>/dev/null; true").stdout.strip()
+        assert left == "", f"{host}: {left}"
     assert f"# bundle version: {version}" in (v2 / "official-1.txt").read_text()
     folder = Path(lab.dir) / "secrets"
     withdrawn.update({p.name: p.read_text() for p in folder.glob("*.pass")})  # put back after the test, new ones too

@@ -16,11 +16,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy import model
-from embassy.custody import kit
+from embassy.custody import kit, seal
+from embassy.custody.vaultio import version_of
 from embassy.lab.state import LabState, VaultState
 from embassy.replication.verify import PUBLIC_KEY_FILE
 
 NOW = dt.datetime(2026, 12, 2, 22, 0, tzinfo=dt.UTC)
+HOME_KEY = Ed25519PrivateKey.generate()  # home's manifest key: signs the envelopes' headers (on home, in the lab)
+
+
+def home_sign(data: bytes) -> bytes:
+    return HOME_KEY.sign(data)
 
 
 class MemoryVaults:
@@ -28,16 +34,26 @@ class MemoryVaults:
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, bytes]] = {}
+        self.planted: set[str] = set()  # keys a hostile host wrote (tests)
+        self.lock: dict[str, Any] = {"lock_mode": "COMPLIANCE", "retain_until": "2036-12-01T22:00:00+00:00",
+                                     "last_modified": NOW.isoformat()}  # what the lab's buckets report (3650 days)
 
     def put(self, embassy: str, key: str, envelope: dict[str, Any]) -> dict[str, Any]:
         bucket = self.objects.setdefault(embassy, {})
-        assert key not in bucket, f"{key} overwritten"
+        # Object Lock: a key's stored version is never replaced; a new one may be written over a planted object
+        assert key not in bucket or key in self.planted, f"{key} overwritten"
         bucket[key] = json.dumps(envelope).encode()
-        return {"ok": True, "key": key, "lock_mode": "COMPLIANCE", "retain_until": "2036-12-01"}
+        return {"ok": True, "key": key, **self.lock}
 
-    def envelopes(self, embassy: str, stack: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(k, json.loads(v)) for k, v in sorted(self.objects.get(embassy, {}).items())
-                if k.startswith(f"custody/{stack}/")]
+    def plant(self, embassy: str, key: str, data: bytes | dict[str, Any]) -> None:
+        """What a vault's host can do below S3: any bytes at any key."""
+        self.objects.setdefault(embassy, {})[key] = data if isinstance(data, bytes) else json.dumps(data).encode()
+        self.planted.add(key)
+
+    def envelopes(self, embassy: str, stack: str) -> list[tuple[str, kit.Stored]]:
+        # as vaultio lists them: only a bundle's own key is read
+        return [(k, seal.parse_envelope(v) if version_of(k, stack) else "not read")
+                for k, v in sorted(self.objects.get(embassy, {}).items()) if k.startswith(f"custody/{stack}/")]
 
 
 def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[str]]:
@@ -45,8 +61,7 @@ def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[s
     returns them with every secret value written."""
     lab_dir = tmp / "lab"
     lab_dir.mkdir()
-    pem = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM,
-                                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = HOME_KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     (lab_dir / PUBLIC_KEY_FILE).write_bytes(pem)
     (lab_dir / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nTESTCA\n-----END CERTIFICATE-----\n")
     folder = lab_dir / "secrets"
@@ -71,4 +86,5 @@ def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[s
 
 def issue(dep: model.Deployment, lab: LabState, store: MemoryVaults, folder: Path, out: Path, *, rotate: bool = False,
           officials: int = 5, threshold: int = 3) -> kit.Issued:
-    return kit.issue(dep, lab, store, folder, out, officials=officials, threshold=threshold, rotate=rotate, now=NOW)
+    return kit.issue(dep, lab, store, folder, out, officials=officials, threshold=threshold, rotate=rotate, now=NOW,
+                     signer=home_sign)

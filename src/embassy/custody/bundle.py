@@ -19,7 +19,7 @@ from embassy.lab.state import LabState
 from embassy.replication import dataplane, secrets
 from embassy.replication import verify as vault_verify
 
-FORMAT = "embassy-custody-bundle/1"
+FORMAT = "embassy-custody-bundle/2"  # 2: the envelope carries home's signature (seal.py)
 PGBACKREST_REPO_PATH = dataplane.PGBACKREST_PATH  # key generation 1's repo path
 
 

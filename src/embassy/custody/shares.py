@@ -16,10 +16,11 @@ import shamir_mnemonic
 from shamir_mnemonic import MnemonicError, Share
 from shamir_mnemonic.wordlist import WORD_INDEX_MAP
 
-from embassy.errors import OptionInvalid, SharesRefused
+from embassy.errors import OptionInvalid, SharesRefused, UserError
 
 KEY_BYTES = 32  # AES-256 / ChaCha20 key
 MAX_SHARES = 16  # SLIP-39's limit on a group's members
+MAX_DRAWS = 64  # identifier draws: with up to 9999 versions taken, 64 clashes in a row have odds below 1e-33
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,13 @@ def check_counts(officials: int, threshold: int) -> None:
 def split(key: bytes, officials: int, threshold: int, taken: frozenset[int] = frozenset()) -> list[str]:
     """N mnemonics of which any K recover `key`, with an identifier none of the `taken` (earlier versions') has."""
     check_counts(officials, threshold)
-    while True:  # the identifier is 15 random bits: draw again on the rare clash with an earlier version
+    for _ in range(MAX_DRAWS):  # the identifier is 15 random bits: draw again on the rare clash with an earlier version
         groups = shamir_mnemonic.generate_mnemonics(1, [(threshold, officials)], key, b"")
         if identifier_of(groups[0][0]) not in taken:
             return list(groups[0])
+    # Only signed headers fill `taken` (at most one per version): this is never reached by a forged vault.
+    raise UserError(f"no free share identifier in {MAX_DRAWS} draws ({len(taken)} of 32768 taken)",
+                    "start a kit under a new stack name")
 
 
 def fingerprint(words: str) -> str:

@@ -20,6 +20,7 @@ from embassy.home import context
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane, digest, standby
 from embassy.replication.deploy_home import ca_bundle, upload_modules
+from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 
 @deploy("Embassy host: restore tooling and, when warm, a standby of home")
@@ -41,20 +42,20 @@ def embassy_host() -> None:
                     mode="750")
     files.put(name="pgBackRest: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])), dest=dataplane.PGBACKREST_CA,
               user="postgres", group="postgres", mode="644")
-    files.put(name=f"pgBackRest: the vault of {embassy} (its own repo and passphrase only; read-only identity)",
-              src=io.StringIO(dataplane.pgbackrest_conf([repo], archive_async=False)),
-              dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
+    secret_file(name=f"pgBackRest: the vault of {embassy} (its own repo and passphrase only; read-only identity)",
+                content=dataplane.pgbackrest_conf([repo], archive_async=False),
+                dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
     for folder in ("/var/log/pgbackrest", "/var/lib/pgbackrest", dataplane.SPOOL):
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
     files.directory(name="restic config folder", path=dataplane.RESTIC_DIR, user="root", group="root", mode="700")
     files.directory(name="restic cache", path="/var/cache/restic", user="root", group="root", mode="700")
     files.put(name="restic: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])),
               dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt", user="root", group="root", mode="644")
-    files.put(name=f"restic: key of embassy {embassy}", src=io.StringIO(context.restic_password(host.data, embassy) + "\n"),
-              dest=f"{dataplane.RESTIC_DIR}/{embassy}.pass", user="root", group="root", mode="600")
+    secret_file(name=f"restic: key of embassy {embassy}", content=context.restic_password(host.data, embassy) + "\n",
+                dest=f"{dataplane.RESTIC_DIR}/{embassy}.pass", user="root", group="root", mode="600")
     restic_env = dataplane.restic_env(repo.vault, context.generation(host.data, embassy))  # its key generation's
-    files.put(name=f"restic: vault of embassy {embassy}", src=io.StringIO(restic_env),
-              dest=f"{dataplane.RESTIC_DIR}/{embassy}.env", user="root", group="root", mode="600")
+    secret_file(name=f"restic: vault of embassy {embassy}", content=restic_env,
+                dest=f"{dataplane.RESTIC_DIR}/{embassy}.env", user="root", group="root", mode="600")
     files.put(name=f"restic: registers held by {embassy}", src=io.StringIO("".join(f"{r}\n" for r in held_files)),
               dest=f"{dataplane.RESTIC_DIR}/{embassy}.registers", user="root", group="root", mode="600")
 
@@ -75,9 +76,9 @@ def embassy_host() -> None:
             raise SystemExit("error: a warm standby needs the home host in the inventory\nHINT: use inventories/lab.py")
         primary = homes[0].data.get("private_address") or homes[0].data.ssh_hostname
         password = context.replication_password(host.data)
-        files.put(name="Standby: replication password", dest="/var/lib/postgresql/.pgpass",
-                  src=io.StringIO(f"{primary}:5432:replication:{dataplane.REPLICATION_USER}:{password}\n"),
-                  user="postgres", group="postgres", mode="600")
+        secret_file(name="Standby: replication password", dest="/var/lib/postgresql/.pgpass",
+                    content=f"{primary}:5432:replication:{dataplane.REPLICATION_USER}:{password}\n",
+                    user="postgres", group="postgres", mode="600")
         files.put(name=f"Tool {standby.FETCH_TOOL}", src=io.StringIO(standby.fetch_script()),
                   dest=f"/usr/local/sbin/{standby.FETCH_TOOL}", user="root", group="root", mode="755")
         files.directory(name="Standby: the received WAL's folder", path=standby.RECEIVE_DIR, user="postgres",

@@ -22,6 +22,7 @@ from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane, digest, facts
+from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 MODULES_DIR = "/opt/embassy/replication"
 CONFIG_DIR = "/etc/embassy/replication"
@@ -133,9 +134,9 @@ def home_agent() -> None:
                     mode="750")
     ca = files.put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
                    user="postgres", group="postgres", mode="644")
-    conf = files.put(name="pgBackRest: one encrypted repo per embassy",
-                     src=io.StringIO(dataplane.pgbackrest_conf(repos, archive_async=True)),
-                     dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
+    conf = secret_file(name="pgBackRest: one encrypted repo per embassy",
+                       content=dataplane.pgbackrest_conf(repos, archive_async=True),
+                       dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
     for folder in (dataplane.SPOOL, "/var/log/pgbackrest", "/var/lib/pgbackrest"):
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
 
@@ -184,13 +185,13 @@ def home_agent() -> None:
               dest="/usr/local/sbin/embassy-restic", user="root", group="root", mode="755")
     for vault in vaults:
         held = [r.name for r in file_registers if context.holds(dep, r, vault.embassy)]
-        files.put(name=f"restic: key of embassy {vault.embassy}", src=io.StringIO(context.restic_password(host.data,
-                  vault.embassy) + "\n"), dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.pass", user="root", group="root",
-                  mode="600")
+        secret_file(name=f"restic: key of embassy {vault.embassy}",
+                    content=context.restic_password(host.data, vault.embassy) + "\n",
+                    dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.pass", user="root", group="root", mode="600")
         generation = context.generation(host.data, vault.embassy)  # a re-key: new repositories, a new key
         folder = dataplane.restic_base(generation)
-        files.put(name=f"restic: vault of embassy {vault.embassy}", src=io.StringIO(dataplane.restic_env(vault, generation)),
-                  dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.env", user="root", group="root", mode="600")
+        secret_file(name=f"restic: vault of embassy {vault.embassy}", content=dataplane.restic_env(vault, generation),
+                    dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.env", user="root", group="root", mode="600")
         for register in held:
             facts.restic_repository(name=f"restic: repository {register} at {vault.embassy}", embassy=vault.embassy,
                                     register=register, folder=folder)
@@ -212,10 +213,9 @@ def home_agent() -> None:
               user="root", group="root", mode="644")
     by_name = {v.embassy: v for v in vaults}
     for vault in vaults:
-        files.put(name=f"Replication: manifest writer of {vault.embassy} (agent identity)",
-                  src=io.StringIO(json.dumps({"access_key_id": vault.access_key,
-                                              "secret_access_key": vault.secret_key}) + "\n"),
-                  dest=f"{CONFIG_DIR}/{vault.embassy}.s3.json", user="root", group="root", mode="600")
+        secret_file(name=f"Replication: manifest writer of {vault.embassy} (agent identity)",
+                    content=json.dumps({"access_key_id": vault.access_key, "secret_access_key": vault.secret_key}) + "\n",
+                    dest=f"{CONFIG_DIR}/{vault.embassy}.s3.json", user="root", group="root", mode="600")
     config = files.put(name="Replication: rounds config",
                        src=io.StringIO(json.dumps(round_config(dep, by_name, {r.vault.embassy: r for r in repos},
                                                                {v.embassy: context.generation(host.data, v.embassy)
