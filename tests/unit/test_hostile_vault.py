@@ -22,11 +22,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy import errors
+from embassy.custody import kit
 from embassy.drill import restore
 from embassy.errors import UserError
 from embassy.model import load_stack
 from embassy.replication import freshness, manifest
 from embassy.replication import verify as v
+
+from .custody_fixtures import MemoryVaults, controller, issue
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Ed25519PrivateKey.generate()
@@ -291,6 +294,32 @@ def test_a_bundle_round_anchors_freshness_alone(served: dict[str, Any]) -> None:
     result = v.verify(DEP, served["lab"], "de", bundle_round=4)
     assert result.first_failure is not None and "custody bundle" in result.first_failure["reason"]
     assert v.verify(DEP, served["lab"], "de", bundle_round=3).intact
+
+
+def test_a_bundle_sealed_after_round_4_refuses_a_head_rolled_back_to_3(served: dict[str, Any], tmp_path: Path) -> None:
+    # The whole path: verify raises the controller's mark to 4, `custody init` seals it into de's bundle, and
+    # on the day home (and its controller's marks) is gone, the opened bundle alone anchors freshness.
+    assert v.verify(DEP, served["lab"], "de").intact
+    (tmp_path / "custody").mkdir()
+    lab, folder, _ = controller(tmp_path / "custody", DEP)
+    mark = freshness.mark_path(v.controller_folder(DEP, served["lab"]), "de")
+    os.replace(mark, freshness.mark_path(folder, "de"))  # the controller's secrets folder; gone from verify's
+    store = MemoryVaults()
+    issue(DEP, lab, store, folder, tmp_path / "sheets")
+    opened = kit.open_bundle(DEP, store, "de", kit.read_shares(
+        [str(tmp_path / "sheets" / f"official-{i}.txt") for i in (1, 2, 3)], lambda: ""))
+    anchor = freshness.bundle_round(opened)
+    assert anchor == 4
+    served["de"] = served["de"][:3]  # the host rolls de back; nothing else can be compared
+    served["se"] = served["ie"] = v.VaultUnreachable("x", "down")
+    result = v.verify(DEP, served["lab"], "de", bundle_round=anchor)
+    assert result.first_failure is not None and result.first_failure["object"] == "vault:de/manifests/0000000003.json"
+    assert "older than round 4 known from the custody bundle" in result.first_failure["reason"]
+    assert isinstance(result.error("x"), errors.VaultStale)
+    # A bundle without a sealed round anchors nothing: not stale, but never intact either.
+    unanchored = v.verify(DEP, served["lab"], "de", bundle_round=freshness.bundle_round(opened.model_copy(
+        update={"sealed_round": None})))
+    assert unanchored.first_failure is not None and "freshness not established" in unanchored.first_failure["reason"]
 
 
 def test_another_vaults_hostile_object_makes_it_not_comparable_never_a_crash(served: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from embassy import model
 from embassy.errors import UserError
 from embassy.lab.state import LabState
-from embassy.replication import dataplane, secrets
+from embassy.replication import dataplane, freshness, secrets
 from embassy.replication import verify as vault_verify
 
 FORMAT = "embassy-custody-bundle/2"  # 2: the envelope carries home's signature (seal.py)
@@ -55,6 +55,9 @@ class Bundle(BaseModel):
     pgbackrest: list[Passphrase] = Field(default_factory=list)  # newest last; the history restores older backups
     restic: list[Passphrase] = Field(default_factory=list)
     outputs: dict[str, Any] = Field(default_factory=dict)  # the stack facts the embassy needs (mode, registers)
+    # The newest round home had signed for this embassy, as the controller could prove it at sealing: inside the
+    # sealed content (AES-GCM), so no host can lower it; freshness.bundle_round() reads it. None: anchors nothing.
+    sealed_round: int | None = Field(default=None, ge=1)
 
     def secrets(self) -> list[str]:
         """Every secret value in the bundle (tests search stored objects, sheets and logs for each)."""
@@ -96,6 +99,19 @@ def vault_access(lab: LabState, embassy: str) -> VaultAccess:
                        access_key_id=creds["access_key_id"], secret_access_key=creds["secret_access_key"])
 
 
+def sealed_round(folder: Path, embassy: str) -> int | None:
+    """The embassy's round to seal: its high-water mark in the controller's secrets folder, or None.
+
+    Why the mark and not a fresh read of the embassy's vault: the mark is the newest head this controller
+    verified with home's public key (verify raises it, from this vault or any other that holds the embassy's
+    manifests), kept in a 0600 file the hosts never touch; a read at sealing would take whatever round the
+    vault's host chooses to serve at that moment (at best what verify already recorded) and would make
+    `custody init` depend on every vault being reachable. A controller that never verified the embassy seals
+    no round: that bundle anchors nothing rather than a guessed round."""
+    mark = freshness.read_mark(folder, embassy)
+    return mark.round if mark is not None and mark.round > 0 else None
+
+
 def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now: dt.datetime) -> dict[str, Bundle]:
     """One bundle per embassy, from the controller's secrets folder and the lab's vault records."""
     public = vault_verify.public_key_pem(dep, lab)
@@ -103,7 +119,7 @@ def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now
     for emb in dep.embassies:
         bundle = Bundle(
             stack=dep.stack, embassy=emb.name, version=version, created=now.isoformat(), manifest_public_key=public,
-            vault=vault_access(lab, emb.name),
+            vault=vault_access(lab, emb.name), sealed_round=sealed_round(folder, emb.name),
             outputs={"mode": emb.mode.value, "region": emb.region, "retention_days": emb.retention_days,
                      "registers": [r.name for r in dep.registers_in_restore_order()
                                    if any(e.name == emb.name for e in dep.holders(r))]})

@@ -268,6 +268,9 @@ def issue(dep: model.Deployment, lab: LabState, store: Store, secrets_folder: Pa
     words = shares.split(key, officials, threshold, frozenset(taken))
     identifier = shares.identifier_of(words[0])
     say(f"sealing {len(bundles)} bundles, each header signed by home's manifest key")
+    for name, b in bundles.items():
+        say(f"bundle of {name}: sealed at round {b.sealed_round}" if b.sealed_round else
+            f"bundle of {name}: no verified round on this controller (run `embassy verify` first): anchors nothing")
     envelopes = {name: seal.seal(b, key, identifier=identifier, threshold=threshold, officials=officials, sign=sign)
                  for name, b in bundles.items()}
     del key  # from here on only the officials' shares hold it
