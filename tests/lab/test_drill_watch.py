@@ -22,6 +22,9 @@ from embassy.drill import rehearsal
 from embassy.drill import watch as w
 from embassy.drill.report import WATCH_OBJECT, Report
 from embassy.lab.state import LabState
+from embassy.model import Mode, load_stack
+from embassy.replication.standby import RECEIVER_UNIT
+from tests.lab.conftest import ROOT, STACK, ssh
 from tests.unit.test_drill_report import sample_fields
 
 pytestmark = pytest.mark.lab
@@ -39,6 +42,20 @@ def watch(lab: LabState) -> Iterator[w.Watch]:
         yield started
     finally:
         started.remove()
+
+
+@pytest.fixture
+def receivers_stopped(lab: LabState) -> Iterator[None]:
+    """The warm embassies' WAL receivers stopped, as the incident stops them before home's processes die (their
+    connections to home are the only others on a deployed lab); started again afterwards for the later tests."""
+    dep = load_stack(STACK, ROOT)
+    rehearsal.detach_standbys(lab, dep)
+    try:
+        yield
+    finally:
+        for emb in dep.embassies:
+            if emb.mode is Mode.WARM:
+                ssh(lab, lab.host(emb.name).name, f"sudo systemctl start {RECEIVER_UNIT}", check=False)
 
 
 def in_netns(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +78,7 @@ def frames_toward(home: w.Home) -> list[bytes]:
 
 
 def test_home_connections_close_at_their_cause_and_every_frame_toward_home_is_counted(
-        lab: LabState, watch: w.Watch) -> None:
+        lab: LabState, receivers_stopped: None, watch: w.Watch) -> None:
     home, vault, enclave = lab.host("home"), lab.vault("de"), lab.host("de")
     # A connection home opened to a vault, as its replication agent does; then home's process dies, link up.
     holder = subprocess.Popen(["ip", "netns", "exec", home.netns, sys.executable, "-c",
