@@ -193,8 +193,11 @@ def assert_proven_at_the_signed_point(out: dict[str, Any], source: str) -> None:
         assert proof["signed_round"] == out["manifest"]["round"], reg
         if reg["kind"] == "postgres":
             assert proof["signed_point"] == reg["manifest_digest"]["lsn"], reg
-            assert isinstance(proof["beyond_signed"]["transactions"], int), reg
-            assert proof["beyond_signed"]["source"].startswith(source), reg
+            beyond = proof["beyond_signed"]
+            assert beyond["source"].startswith(source), reg
+            # A count that could not be made says so (never a number it did not read): the vault's WAL beyond the
+            # point is counted where pgBackRest can fetch it again (restore.count_from_vault), else "not counted".
+            assert isinstance(beyond["transactions"], int) or beyond["source"].endswith("not counted"), reg
 
 
 def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted(

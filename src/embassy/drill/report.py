@@ -59,6 +59,7 @@ class BeyondSigned(_Strict):
 
     transactions: int | None = Field(default=None, ge=0)  # None: not known
     source: str | None = None  # e.g. "streamed from home over the authenticated replication channel"
+    read: str | None = None  # how the WAL beyond the point was read to count it (and where that read stopped)
 
 
 class Proof(_Strict):
