@@ -132,6 +132,9 @@ BREAKS: dict[str, tuple[Callable[[Plan], None], str]] = {
     "EMB-S3-07": (lambda p: find(p, "s3/bucket:Bucket", "de-vault")["inputs"].update(forceDestroy=True), "forceDestroy"),
     "EMB-IAM-01": (lambda p: _agent_allows(p, "s3:Delete*"), "s3:DeleteObjectVersion"),
     "EMB-IAM-02": (lambda p: _agent_allows(p, "*", "*"), '"*" on "*"'),
+    "EMB-IAM-03": (lambda p: _agent_allows(p, "kms:*Grant*", "*"), "kms:CreateGrant"),
+    "EMB-IAM-04": (lambda p: find(p, "rolePolicyAttachment:RolePolicyAttachment", "de-host-ssm")["inputs"].update(
+        policyArn="arn:aws:iam::aws:policy/ReadOnlyAccess"), "AWS managed policy ReadOnlyAccess"),
     "EMB-EC2-01": (lambda p: _inst(p)["metadataOptions"].update(httpTokens="optional"), "IMDSv1"),
     "EMB-EC2-02": (lambda p: _inst(p).update(associatePublicIpAddress=True), "public IP"),
     "EMB-EC2-03": (lambda p: find(p, "subnet:Subnet", "de-private-eu-central-1a")["inputs"].update(mapPublicIpOnLaunch=True),

@@ -89,9 +89,31 @@ def _control(raw: dict[str, Any]) -> Control:
 
 
 @cache
+def _raw() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(resources.files("embassy.compliance").joinpath("catalog.yaml").read_text())
+    return loaded
+
+
+@dataclass(frozen=True)
+class ManagedPolicy:
+    """An AWS managed policy the catalog allows on roles of these tags, after review (EMB-IAM-04)."""
+
+    name: str
+    roles: tuple[str, ...]
+    reviewed: str
+
+
+@cache
+def managed_allow_list() -> dict[str, ManagedPolicy]:
+    entries = (ManagedPolicy(str(m["name"]), tuple(str(r) for r in m["roles"]), " ".join(str(m["reviewed"]).split()))
+               for m in _raw().get("managed_policies") or [])
+    return {m.name: m for m in entries}
+
+
+@cache
 def controls() -> tuple[Control, ...]:
     """Every control of the catalog, in catalog order."""
-    raw = yaml.safe_load(resources.files("embassy.compliance").joinpath("catalog.yaml").read_text())
+    raw = _raw()
     result = tuple(_control(c) for c in raw["controls"])
     ids = [c.id for c in result]
     if len(ids) != len(set(ids)):

@@ -13,6 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from embassy import model
+from embassy.compliance import grants, iamdb
+from embassy.compliance.catalog import managed_allow_list
 from embassy.compliance.context import Context, Resource
 from embassy.compliance.props import (
     SECRET,
@@ -55,6 +57,9 @@ DESTRUCTIVE_ACTIONS = (
     "s3:PutBucketObjectLockConfiguration", "s3:PutBucketVersioning", "s3:PutLifecycleConfiguration",
     "s3:DeleteBucket", "s3:PutBucketPolicy", "s3:DeleteBucketPolicy",
     "kms:ScheduleKeyDeletion", "kms:DisableKey", "kms:PutKeyPolicy",
+    # undo encryption, exposure or placement of the replicas, or hand the key to someone else
+    "kms:CreateGrant", "kms:ReplicateKey", "s3:PutBucketPublicAccessBlock", "s3:PutEncryptionConfiguration",
+    "s3:PutReplicationConfiguration", "s3:PutBucketAcl",
 )
 # Address space that never routes on the internet (RFC 1918, RFC 4193). Not ipaddress.is_private, which also
 # counts documentation ranges such as 198.51.100.0/24 as private.
@@ -523,6 +528,7 @@ BREAK_GLASS = "break-glass"
 ROLE = "aws:iam/role:Role"
 POLICY = "aws:iam/policy:Policy"
 ATTACHMENTS = ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/policyAttachment:PolicyAttachment")
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 
 def attached_roles(res: Resource, ctx: Context) -> list[Resource]:
@@ -610,6 +616,99 @@ def no_admin(res: Resource, ctx: Context) -> Iterator[str]:
     for actions, resources, negated in _allowed_actions(res):
         if not negated and "*" in actions and "*" in resources:
             yield 'policy allows "*" on "*"'
+
+
+def _identity_documents(res: Resource) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(where, document) of every identity policy a resource carries: a role's inline ones, a policy's own."""
+    if res.type == ROLE:
+        for i, inline in enumerate(as_list(res.inputs.get("inlinePolicies"))):
+            if isinstance(inline, dict):
+                yield f"inlinePolicies[{i}]", policy_document(inline.get("policy"), f"inlinePolicies.{i}.policy")
+    elif res.type in (POLICY, ROLE_POLICY):
+        yield "policy", policy_document(res.inputs.get("policy"), "policy")
+
+
+def _listed(actions: list[str], shown: int = 8) -> str:
+    return ", ".join(actions[:shown]) + (f" (+{len(actions) - shown} more)" if len(actions) > shown else "")
+
+
+def _pm(actions: frozenset[str]) -> list[str]:
+    return sorted(a for a in actions if iamdb.level(a) == iamdb.PERMISSIONS)
+
+
+@check("EMB-IAM-03")
+def only_break_glass_manages_permissions(res: Resource, ctx: Context) -> Iterator[str]:
+    if res.type in (BUCKET_POLICY, KEY):
+        yield from _resource_policy_pm(res, ctx)
+        return
+    allowed: set[str] = set()
+    for _where, doc in _identity_documents(res):
+        for st in statements(doc):
+            if grants.is_allow(st):
+                allowed |= grants.statement_actions(st)
+    pm = _pm(frozenset(allowed))
+    if pm and not is_break_glass(res, ctx):
+        roles = attached_roles(res, ctx)
+        who = ", ".join(sorted(f"{r.name} ({ctx.role_of(r) or 'untagged'})" for r in roles)) or "a role not in this input"
+        yield f"grants permissions management to {who}: {_listed(pm)}"
+
+
+def _resource_policy_pm(res: Resource, ctx: Context) -> Iterator[str]:
+    """A vault's bucket policy or a key policy: permissions management only for break-glass (and, on a key, the home
+    state's key administrators of the stack config)."""
+    service = "kms" if res.type == KEY else "s3"
+    admins = {f"AWS:{a}" for a in ctx.model.principals.key_admins} if ctx.model and res.type == KEY else set()
+    for st in statements(policy_document(res.inputs.get("policy"), "policy")):
+        if not grants.is_allow(st):
+            continue
+        pm = _pm(grants.statement_actions(st, service))
+        if not pm:
+            continue
+        for p in grants.principals(st):
+            role = grants.role_for_principal(p, res, ctx)
+            if p in admins or (role is not None and is_break_glass_role(role, ctx)):
+                continue
+            yield f"{grants.resource_label(res)} grants permissions management to {role.name if role else p}: {_listed(pm)}"
+
+
+def _managed_unknown(arn: Any, roles: list[Resource], ctx: Context) -> Iterator[str]:
+    name = grants.managed_name(arn)
+    if not name:
+        return
+    entry = managed_allow_list().get(name)
+    tags = sorted({ctx.role_of(r) or "untagged" for r in roles})
+    if entry is not None and roles and set(tags) <= set(entry.roles):
+        return
+    where = f"role {', '.join(tags)}" if roles else "a role not in this input"
+    allowed = f" (allowed only on {', '.join(entry.roles)})" if entry else ""
+    yield (f"AWS managed policy {name} on {where}: {iamdb.database().source} ships no content for it and the "
+           f"catalog's allow-list does not name it for that role{allowed}")
+
+
+def _unknown_actions(doc: dict[str, Any] | None) -> Iterator[str]:
+    for st in statements(doc):
+        if not grants.is_allow(st):
+            continue
+        for a in (str(x) for x in as_list(st.get("Action", st.get("NotAction")))):
+            wild = any(c in a for c in "*?")
+            if (wild and not iamdb.expand(a)) or (not wild and not iamdb.known(a)):
+                yield f"{a} is an action {iamdb.database().source} does not know: what it grants cannot be judged"
+
+
+@check("EMB-IAM-04")
+def grants_are_known(res: Resource, ctx: Context) -> Iterator[str]:
+    if res.type in ATTACHMENTS:
+        arn = ref(res.inputs, "policyArn", "")
+        if grants.managed_name(arn):
+            yield from _managed_unknown(arn, attached_roles(res, ctx), ctx)
+        elif grants.attached_policy(res, ctx) is None:
+            yield f"attaches {arn or 'a policy'} from outside this input: its content cannot be read"
+        return
+    if res.type == ROLE:
+        for arn in as_list(res.inputs.get("managedPolicyArns")):
+            yield from _managed_unknown(arn, [res], ctx)
+    for _where, doc in _identity_documents(res):
+        yield from _unknown_actions(doc)
 
 
 # --------------------------------------------------------------------------- hosts

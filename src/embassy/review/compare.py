@@ -14,6 +14,7 @@ from embassy.compliance.context import Context, Resource, SecretValue
 from embassy.compliance.evaluate import SHAPE_ERRORS, Finding, evaluate
 from embassy.compliance.props import Unknown
 from embassy.errors import EXIT_FINDING, EXIT_OK, UserError
+from embassy.review.permissions import PermissionChange, permission_diff
 from embassy.review.sources import Change, Source
 
 SUMMARY_OPS = ("create", "update", "replace", "delete")
@@ -64,6 +65,9 @@ class Review:
     stack: str | None = None
     notes: list[str] = field(default_factory=list)
     sides: list[str] = field(default_factory=list)  # what was read, side by side
+    permissions: list[PermissionChange] = field(default_factory=list)  # who may now do what, shown first
+    iam_database: str = ""
+    provenance: list[str] = field(default_factory=list)  # where each side's plan came from: the first lines
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
@@ -323,4 +327,9 @@ def review(base: Source | None, head: Source, allow_different_stacks: bool = Fal
             embassies[f.urn] = head_ctx.embassy_of(after_state[f.urn]) or ""
     real = [c for c in changes.values() if c.op != "same"]
     stack = head.stack or (base.stack if base else None)
-    return Review(base_label, head_label, real, head_findings, weakenings, embassies, stack, notes, sides)
+    from embassy.compliance.iamdb import database
+
+    perms = permission_diff(base_ctx, head_ctx)
+    provenance = [p for src in {id(s): s for s in (base, head) if s is not None}.values() for p in src.provenance]
+    return Review(base_label, head_label, real, head_findings, weakenings, embassies, stack, notes, sides,
+                  perms, database().source, provenance)

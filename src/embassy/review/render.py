@@ -9,11 +9,23 @@ from typing import Any
 import jinja2
 
 from embassy import __name__ as _pkg
+from embassy.compliance import iamdb
 from embassy.compliance.catalog import FRAMEWORKS, Control, controls
 from embassy.review.compare import Review
 from embassy.review.engine import ENGINE_CONTROLS
+from embassy.review.permissions import GRANT_RULE, PermissionChange, by_role, shouted
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+GRANT_RULE_DEF: dict[str, Any] = {
+    "id": GRANT_RULE,
+    "name": "RoleGainsWriteOrPermissionsManagement",
+    "shortDescription": {"text": "A role gains write or permissions-management actions"},
+    "fullDescription": {"text": "The change adds actions of the Write or Permissions management access level (or a grant "
+                                "whose content cannot be known) to a role or to a principal of a vault or key policy."},
+    "help": {"text": "Check that the role needs them; the permission diff of the review lists every added action."},
+    "defaultConfiguration": {"level": "warning"},
+    "properties": {"tags": ["security", "iam"], "security-severity": "7.0", "precision": "high"},
+}
 SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
 
 
@@ -39,12 +51,29 @@ def _env() -> jinja2.Environment:
     return env
 
 
+MAX_SHOWN = 12  # actions per Markdown cell; the JSON has them all
+
+
+def _actions(entries: list[str]) -> str:
+    if not entries:
+        return ""
+    shown = ", ".join(f"`{e}`" if ":" in e and " " not in e else e for e in entries[:MAX_SHOWN])
+    return _cell(shown + (f" (+{len(entries) - MAX_SHOWN} more)" if len(entries) > MAX_SHOWN else ""))
+
+
+def _permission_rows(change: PermissionChange) -> list[dict[str, str]]:
+    added, removed = dict(change.grouped("added")), dict(change.grouped("removed"))
+    return [{"level": lvl, "added": _actions(added.get(lvl, [])), "removed": _actions(removed.get(lvl, []))}
+            for lvl in change.levels()]
+
+
 def markdown(r: Review) -> str:
     weak = {w.urn for w in r.weakenings}
     rest = [c for c in r.changes if c.urn not in weak]
     text = _env().get_template("review.md.j2").render(
         r=r, rest=rest, mandatory_count=sum(1 for f in r.findings if f.mandatory),
-        mandatory_weak=sum(1 for w in r.weakenings if w.mandatory))
+        mandatory_weak=sum(1 for w in r.weakenings if w.mandatory), roles=by_role(r.permissions),
+        permission_rows=_permission_rows)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text
@@ -52,6 +81,9 @@ def markdown(r: Review) -> str:
 
 def as_json(r: Review) -> dict[str, Any]:
     return {
+        "permissions": [p.as_json() for p in r.permissions],
+        "provenance": r.provenance,
+        "iam_database": r.iam_database,
         "base": r.base_label,
         "head": r.head_label,
         "stack": r.stack,
@@ -106,6 +138,7 @@ def sarif(r: Review, lines: dict[str, int] | None = None) -> dict[str, Any]:
     catalog = list(controls())
     catalog += [ENGINE_CONTROLS[i] for i in sorted({f.control for f in r.findings} & set(ENGINE_CONTROLS))]
     index = {c.id: i for i, c in enumerate(catalog)}
+    rules = [_rule(c) for c in catalog]
     artifact = f"Pulumi.{r.stack}.yaml" if r.stack else "Pulumi.yaml"
     weak = {(w.control, w.urn): w for w in r.weakenings}
     results = []
@@ -127,12 +160,27 @@ def sarif(r: Review, lines: dict[str, int] | None = None) -> dict[str, Any]:
             }],
             "partialFingerprints": {"embassyControlUrn/v1": f"{ctl}:{urn}"},
         })
+    if any(shouted(p) for p in r.permissions):
+        rules.append(GRANT_RULE_DEF)
+        for p in r.permissions:
+            for lvl, acts in shouted(p):
+                results.append({
+                    "ruleId": GRANT_RULE,
+                    "ruleIndex": len(rules) - 1,
+                    "level": "warning" if lvl != iamdb.WRITE else "note",
+                    "message": {"text": f"{p.role} ({p.role_tag or 'no role tag'}) gains {lvl} on {p.resource}: "
+                                        f"{', '.join(acts[:40])}{f' (+{len(acts) - 40} more)' if len(acts) > 40 else ''}"},
+                    "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact},
+                                                        "region": {"startLine": 1}},
+                                   "logicalLocations": [{"name": p.role, "kind": "role"}]}],
+                    "partialFingerprints": {"embassyGrant/v1": f"{p.role}:{p.resource}:{lvl}"},
+                })
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "embassy-review",
-                                "semanticVersion": _version(), "rules": [_rule(c) for c in catalog]}},
+                                "semanticVersion": _version(), "rules": rules}},
             "automationDetails": {"id": f"embassy-review/{r.stack or 'stack'}/"},
             "results": results,
         }],

@@ -61,6 +61,7 @@ class Source:
     default_region: str | None = None  # the prelude's aws:region, for resources on the default provider
     project: str | None = None
     file_format: str = ""  # how the file was stored: json, json lines, concatenated json, gzip, events wrapper
+    provenance: list[str] = field(default_factory=list)  # a git ref: whose code made its plan, and how
 
     def state_after(self) -> dict[str, Resource]:
         if self.resources is not None:
