@@ -156,6 +156,22 @@ class SharesRefused(EmbassyError):
     default_hint = "type each share again from its sheet; ask for the sheets of the bundle version the vault holds"
 
 
+class SandboxUnavailable(EmbassyError):
+    """A git ref's program would run outside a sandbox (not root, or util-linux's unshare/setpriv missing): refused."""
+
+    error_code = 123
+    default_hint = ("run the review as root (CI does) so that the ref's code runs as an unprivileged user without "
+                    "network, or plan each ref yourself in a checkout you trust (`embassy plan --stack S --out F`) "
+                    "and review the two plan files")
+
+
+class RefPlanFailed(EmbassyError):
+    """A git ref's program, run in the review's sandbox, failed, overran its time or memory, or printed no plan."""
+
+    error_code = 124
+    default_hint = "check out the ref and run `embassy plan --stack S --out F` there to see the whole error"
+
+
 # 2xx: integrity (exit 1)
 
 

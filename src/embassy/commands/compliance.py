@@ -114,6 +114,12 @@ def review_cmd(
             base_src = read(base, root, stack)
         result = review(None, base_src) if head_src is None else \
             review(base_src, head_src, allow_different_stacks=allow_different_stacks)
+        if head is not None and len(refs) == 2:
+            from embassy.review.gitrefs import code_changes, code_note
+
+            files = code_changes(root, base, head)
+            if files:
+                result.provenance.insert(0, code_note(base, head, files))
     except UserError as exc:
         raise user_error(exc) from None
     except RecursionError:

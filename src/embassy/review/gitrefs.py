@@ -1,4 +1,5 @@
-"""Review git refs: each ref's plan, computed in a temporary `git worktree` that nothing leaves behind.
+"""Review git refs: each ref's plan, computed in a temporary `git worktree` that nothing leaves behind, by the ref's
+own program run in a sandbox (review/sandbox.py): never as the reviewer.
 
 A cancelled CI job sends SIGTERM: it unwinds the review (exit 143) and the worktrees go with it.
 """
@@ -103,21 +104,37 @@ def _at_ref(exc: UserError, tree: Path, ref: str, stack: str) -> UserError:
 
 def read_ref(root: Path, ref: str, stack: str) -> Source:
     """The plan of `stack` as the code and config at `ref` produce it (once per commit in this process)."""
-    from embassy.plan import compute_plan  # the plan module of this checkout plans the other one in a subprocess
+    from embassy.review.sandbox import Limits, describe, plan_ref
 
+    limits = Limits()
     sha = _git(root, "rev-parse", f"{ref}^{{commit}}").stdout.strip()
     key = (str(root.resolve()), sha, stack)
     if key not in _PLANS:
         with cleanup_on_sigterm(), checkout(root, sha) as tree:
             try:
-                _PLANS[key] = (compute_plan(tree, stack), model_for(stack, tree))
+                _PLANS[key] = (plan_ref(tree, stack, limits), model_for(stack, tree))
             except UserError as exc:
                 raise _at_ref(exc, tree, ref, stack) from None
     plan, deployment = _PLANS[key]
     src = state_source(f"{ref} ({sha[:7]})", "git", plan.get("resources"), "resources", stack, root)
     src.model = deployment
+    src.provenance = [f"{ref} ({sha[:7]}): its plan comes from its own program (stacks/ and src/ at {sha[:7]}), "
+                      f"{describe(limits)}; the judging is this reviewer's own code"]
     return src
 
 
 def in_repository(root: Path) -> bool:
     return _git(root, "rev-parse", "--git-dir").returncode == 0
+
+
+def code_changes(root: Path, base: str, head: str) -> list[str]:
+    """Files under src/ or stacks/ that differ between two refs: code that made HEAD's plan and that no control reads."""
+    out = _git(root, "diff", "--name-only", f"{base}^{{commit}}", f"{head}^{{commit}}", "--", "src", "stacks")
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def code_note(base: str, head: str, files: list[str]) -> str:
+    dirs = " and ".join(d for d in ("src/", "stacks/") if any(f.startswith(d) for f in files))
+    shown = ", ".join(files[:5]) + (f" (+{len(files) - 5} more)" if len(files) > 5 else "")
+    return (f"HEAD ({head}) changes code under {dirs} against {base}: {len(files)} file(s): {shown}. HEAD's plan came "
+            "from HEAD's own program (run in the sandbox): read that code too, the controls judge only what it planned")
