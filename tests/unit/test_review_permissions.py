@@ -116,6 +116,13 @@ CASES: dict[str, tuple[Callable[[Plan], None], str, str | None, set[str], set[st
     "action the database does not know": (lambda p: agent_statement(p, {"Effect": "Allow", "Action": "kms:CreateGrantz",
                                                                          "Resource": "*"}),
                                           "de-agent", "*", {"kms:CreateGrantz"}, set(), 1, "EMB-IAM-04"),
+    "a user instead of a role": (lambda p: add(p, "aws:iam/userPolicy:UserPolicy", "de-ops", {
+        "user": "intruder", "policy": json.dumps({"Statement": [{"Effect": "Allow", "Action": "iam:Attach*",
+                                                                 "Resource": "*"}]})}, []),
+                                 "user intruder", "*", {"iam:AttachRolePolicy"}, set(), 1, "EMB-IAM-03"),
+    "managed policy on a group": (lambda p: add(p, "aws:iam/groupPolicyAttachment:GroupPolicyAttachment", "de-ops",
+                                                {"group": "ops", "policyArn": "arn:aws:iam::aws:policy/IAMFullAccess"}, []),
+                                  "group ops", "*", {"IAMFullAccess (AWS managed)"}, set(), 1, "EMB-IAM-04"),
     "trust adds a principal": (lambda p: trust_adds(p, "arn:aws:iam::444455556666:root"), "de-agent", None,
                                {"trusted: AWS:arn:aws:iam::444455556666:root may AssumeRole"}, set(), 0, None),
     "narrowing": (narrow, "de-agent", None, set(), {"s3:AbortMultipartUpload"}, 0, None),
@@ -221,3 +228,37 @@ def test_database_is_complete_and_not_taken_from_home(tmp_path: Path, monkeypatc
     finally:
         iamdb.database.cache_clear()
         iamdb.expand.cache_clear()
+
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "pulumi"  # read where they lie
+
+
+def fixture(name: str) -> Path:
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the real Pulumi fixtures live in shared/ beside the project")
+    return path
+
+
+def test_real_event_log_fails_closed_on_managed_policies_it_cannot_read() -> None:
+    """A real `pulumi up` event log (an EKS stack): its roles carry AWS managed policies that no database ships and the
+    allow-list does not name: each is a mandatory finding, not a silent pass."""
+    result = runner.invoke(app, ["review", str(fixture("engine-events-up.jsonl")), "--format", "json"])
+    doc = json.loads(result.stdout)
+    unknown = [f for f in doc["findings"] if f["control"] == "EMB-IAM-04"]
+    assert result.exit_code == 1 and unknown and all(f["mandatory"] for f in unknown)
+    assert any("AmazonEKSClusterPolicy" in f["message"] and "(untagged)" in f["message"] for f in unknown)
+    assert doc["permissions"] == []  # its roles are `same` steps: nobody gains or loses anything
+
+
+def test_real_checkpoint_roles_show_their_managed_policies() -> None:
+    from embassy.compliance import Context
+    from embassy.compliance.grants import permissions
+    from embassy.review.sources import read_file
+
+    src = read_file(fixture("real/checkpoint-v3.json"), Path.cwd())
+    rows = permissions(Context.of(src.state_after().values()))
+    managed = {e for r in rows for e in r.entries if e.endswith("(AWS managed)")}
+    assert "AWSLambdaFullAccess (AWS managed)" in managed
+    assert any(r.resource == "assume role (trust policy)" and any("lambda.amazonaws.com" in e for e in r.entries)
+               for r in rows)

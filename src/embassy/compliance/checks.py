@@ -624,7 +624,7 @@ def _identity_documents(res: Resource) -> Iterator[tuple[str, dict[str, Any] | N
         for i, inline in enumerate(as_list(res.inputs.get("inlinePolicies"))):
             if isinstance(inline, dict):
                 yield f"inlinePolicies[{i}]", policy_document(inline.get("policy"), f"inlinePolicies.{i}.policy")
-    elif res.type in (POLICY, ROLE_POLICY):
+    elif res.type in (POLICY, ROLE_POLICY, *grants.USER_GROUP_POLICIES):
         yield "policy", policy_document(res.inputs.get("policy"), "policy")
 
 
@@ -679,7 +679,7 @@ def _managed_unknown(arn: Any, roles: list[Resource], ctx: Context) -> Iterator[
     tags = sorted({ctx.role_of(r) or "untagged" for r in roles})
     if entry is not None and roles and set(tags) <= set(entry.roles):
         return
-    where = f"role {', '.join(tags)}" if roles else "a role not in this input"
+    where = ", ".join(sorted(f"{r.name} ({ctx.role_of(r) or 'untagged'})" for r in roles)) or "a role not in this input"
     allowed = f" (allowed only on {', '.join(entry.roles)})" if entry else ""
     yield (f"AWS managed policy {name} on {where}: {iamdb.database().source} ships no content for it and the "
            f"catalog's allow-list does not name it for that role{allowed}")
@@ -697,7 +697,7 @@ def _unknown_actions(doc: dict[str, Any] | None) -> Iterator[str]:
 
 @check("EMB-IAM-04")
 def grants_are_known(res: Resource, ctx: Context) -> Iterator[str]:
-    if res.type in ATTACHMENTS:
+    if res.type in (*ATTACHMENTS, *grants.USER_GROUP_ATTACHMENTS):
         arn = ref(res.inputs, "policyArn", "")
         if grants.managed_name(arn):
             yield from _managed_unknown(arn, attached_roles(res, ctx), ctx)

@@ -24,6 +24,10 @@ ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 POLICY = "aws:iam/policy:Policy"
 ATTACHMENTS = ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/policyAttachment:PolicyAttachment")
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+# Grants to IAM users and groups: no role of the stack holds them, so never break-glass (they fail closed).
+USER_GROUP_POLICIES = ("aws:iam/userPolicy:UserPolicy", "aws:iam/groupPolicy:GroupPolicy")
+USER_GROUP_ATTACHMENTS = ("aws:iam/userPolicyAttachment:UserPolicyAttachment",
+                          "aws:iam/groupPolicyAttachment:GroupPolicyAttachment")
 KEY = "aws:kms/key:Key"
 TRUST = "assume role (trust policy)"
 # Pseudo access levels of rows that are not actions of the database.
@@ -145,6 +149,9 @@ def attached_policy(att: Resource, ctx: Context) -> Resource | None:
 def _role_key(res: Resource, ctx: Context, roles: list[Resource]) -> list[tuple[str, str]]:
     if roles:
         return [(r.name, role_tag(r, ctx)) for r in roles]
+    for kind in ("user", "group"):
+        if res.inputs.get(kind):
+            return [(f"{kind} {res.inputs[kind]}", "")]
     named = res.inputs.get("role") or res.inputs.get("roles")
     return [(f"{', '.join(str(n) for n in as_list(named)) or res.name} (not a role of this input)", "")]
 
@@ -238,11 +245,11 @@ def permissions(ctx: Context) -> list[Row]:
                 _document(role, inline.get("policy"), f"inlinePolicies[{i}].policy", acc)
         for arn in as_list(role.inputs.get("managedPolicyArns")):
             _attach_arn(arn, acc)
-    for res in ctx.by_type(ROLE_POLICY, POLICY):
+    for res in ctx.by_type(ROLE_POLICY, POLICY, *USER_GROUP_POLICIES):
         targets = _role_key(res, ctx, roles_of(res, ctx))
         for name, tag in targets:
             _document(res, res.inputs.get("policy"), "policy", acc_for(name, tag))
-    for att in ctx.by_type(*ATTACHMENTS):
+    for att in ctx.by_type(*ATTACHMENTS, *USER_GROUP_ATTACHMENTS):
         if attached_policy(att, ctx) is not None:
             continue  # counted through the policy itself
         for name, tag in _role_key(att, ctx, roles_of(att, ctx)):

@@ -40,7 +40,7 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class Limits:
     seconds: float = 300.0  # wall clock; CPU seconds get the same bound
-    memory: int = 4096 * MiB  # address space (RLIMIT_AS): pulumi's gRPC threads reserve much more than they use
+    memory: int = 2048 * MiB  # address space (RLIMIT_AS); the rehearsal plan needs 400-512 MiB of it (measured)
     output: int = 64 * MiB  # what the plan may print
     scratch: int = 256 * MiB  # the tmpfs on /tmp
     processes: int = 512  # RLIMIT_NPROC of the sandbox user (threads count)
