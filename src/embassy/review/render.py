@@ -182,6 +182,7 @@ def sarif(r: Review, lines: dict[str, int] | None = None) -> dict[str, Any]:
             "tool": {"driver": {"name": "embassy-review",
                                 "semanticVersion": _version(), "rules": rules}},
             "automationDetails": {"id": f"embassy-review/{r.stack or 'stack'}/"},
+            "properties": {"provenance": r.provenance, "iamDatabase": r.iam_database},
             "results": results,
         }],
     }
