@@ -633,7 +633,7 @@ def _listed(actions: list[str], shown: int = 8) -> str:
 
 
 def _pm(actions: frozenset[str]) -> list[str]:
-    return sorted(a for a in actions if iamdb.level(a) == iamdb.PERMISSIONS)
+    return sorted((a for a in actions if iamdb.level(a) == iamdb.PERMISSIONS), key=iamdb.importance)
 
 
 @check("EMB-IAM-03")

@@ -24,6 +24,8 @@ LIST = "List"
 UNKNOWN_LEVEL = "Unknown"  # a name the database does not hold: what it grants cannot be known
 LEVELS = (PERMISSIONS, WRITE, TAGGING, READ, LIST, UNKNOWN_LEVEL)
 DATA_FILE = "shared/data/iam-definition.json"
+# Services whose actions reach the vaults, keys and roles: listed first wherever a list is cut short.
+FIRST_SERVICES = ("iam", "kms", "s3", "sts", "organizations", "ec2", "ssm", "logs", "cloudtrail")
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,10 @@ def complement(patterns: list[str]) -> frozenset[str]:
 
 def known(action: str) -> bool:
     return action.lower() in database().levels
+
+
+def importance(action: str) -> tuple[int, str]:
+    """Sort key: the services of an embassy's vaults, keys and roles first, then the rest alphabetically."""
+    service = action.partition(":")[0].lower()
+    rank = FIRST_SERVICES.index(service) if service in FIRST_SERVICES else len(FIRST_SERVICES)
+    return rank, action.lower()

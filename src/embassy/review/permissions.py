@@ -33,7 +33,7 @@ class PermissionChange:
         by: dict[str, list[str]] = {}
         for e in entries:
             by.setdefault(grants.level_of(e), []).append(e)
-        return [(lvl, sorted(by[lvl])) for lvl in grants.GROUP_ORDER if lvl in by]
+        return [(lvl, sorted(by[lvl], key=iamdb.importance)) for lvl in grants.GROUP_ORDER if lvl in by]
 
     def levels(self) -> list[str]:
         """Every access level of the change, added or removed."""

@@ -43,7 +43,7 @@ class Limits:
     memory: int = 2048 * MiB  # address space (RLIMIT_AS); the rehearsal plan needs 400-512 MiB of it (measured)
     output: int = 64 * MiB  # what the plan may print
     scratch: int = 256 * MiB  # the tmpfs on /tmp
-    processes: int = 512  # RLIMIT_NPROC of the sandbox user (threads count)
+    processes: int = 1024  # RLIMIT_NPROC of the sandbox user (threads count; so do its other processes)
 
 
 def unavailable() -> str | None:
