@@ -8,7 +8,9 @@ Both end as a `Side`: resources before and after, and the engine's op per URN wh
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -209,18 +211,35 @@ def _parse_stream(text: str) -> list[Any] | None:
         rows.append(value)
 
 
+# What any input may hold, as read and (gzip) as expanded: a real state of a large stack is tens of MB; a 204 KB gzip
+# expanded to 437 MB before this bound. Past it: exit 2, nothing parsed.
+INPUT_LIMIT = 256 * 1024 * 1024
+
+
+def _too_big(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what} more than {INPUT_LIMIT // (1024 * 1024)} MiB, the review's limit for one input",
+                     "review a smaller input: a plan (`embassy plan --out F`), a preview digest or an event log of the "
+                     "change; a state that large is not a Pulumi file this review reads")
+
+
 def _text_of(path: Path) -> tuple[str, str]:
     """The file's text and how it was stored (gzip: the local backend's `PULUMI_SELF_MANAGED_STATE_GZIP`)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(INPUT_LIMIT + 1)
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions") from None
+    if len(data) > INPUT_LIMIT:
+        raise _too_big(path, "holds")
     stored = ""
     if data[:2] == b"\x1f\x8b":
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+                data = gz.read(INPUT_LIMIT + 1)  # never more than the limit in memory, whatever the ratio
+        except (OSError, EOFError, zlib.error) as exc:
             raise UserError(f"{path} is a damaged gzip file: {exc}", "copy the checkpoint again from the backend") from None
+        if len(data) > INPUT_LIMIT:
+            raise _too_big(path, "expands to")
         stored = "gzip"
     try:
         return data.decode("utf-8-sig"), stored
