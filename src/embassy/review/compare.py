@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -101,12 +103,31 @@ def _has_secret(value: Any) -> bool:
     return isinstance(value, list) and any(_has_secret(v) for v in value)
 
 
+NOW_SECRET = " (now secret)"
+
+
+def _now_secret(before: Any, after: Any) -> bool:
+    """A plain value that became a secret with the same plaintext (known where the secret carries its plaintext:
+    an export with --show-secrets, a preview): no update, only its storage changed."""
+    if not isinstance(after, SecretValue) or isinstance(before, SecretValue) or before is None:
+        return False
+    forms = {json.dumps(before, sort_keys=True)}
+    if isinstance(before, str):
+        forms.add(before)
+    return after.digest in {hashlib.sha256(f.encode()).hexdigest() for f in forms}
+
+
+def _key_label(k: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    if _now_secret(a.get(k), b.get(k)):
+        return f"{k}{NOW_SECRET}"
+    # a secret is named, never shown: "key (secret)" when either side stores it as one
+    return f"{k} (secret)" if _has_secret(a.get(k)) or _has_secret(b.get(k)) else k
+
+
 def diff_keys(before: Resource, after: Resource) -> list[str]:
     """The declared inputs that differ (secrets compare as secrets), and the provider when both sides name one."""
     a, b = _clean(dict(before.asked)), _clean(dict(after.asked))
-    # a secret is named, never shown: "key (secret)" when either side stores it as one
-    keys = sorted(f"{k} (secret)" if _has_secret(a.get(k)) or _has_secret(b.get(k)) else k
-                  for k in set(a) | set(b) if a.get(k) != b.get(k))
+    keys = sorted(_key_label(k, a, b) for k in set(a) | set(b) if a.get(k) != b.get(k))
     if before.provider and after.provider and before.provider != after.provider:
         keys.append("provider")
     return keys
@@ -128,7 +149,10 @@ def infer_changes(base: Mapping[str, Resource], head: Mapping[str, Resource],
             if moved and "region" not in keys:
                 keys.append("region")  # the provider's region changed: every resource on it moves
             forcing = set(REPLACE_KEYS.get(after.type, ())) | {"region"}
-            op = "same" if not keys else "replace" if moved or forcing & set(keys) else "update"
+            if keys and all(k.endswith(NOW_SECRET) for k in keys):
+                op = "now-secret"  # the same values, now stored as secrets: not an update
+            else:
+                op = "same" if not keys else "replace" if moved or forcing & set(keys) else "update"
             changes[urn] = Change(urn, op, before, after, keys)
     return changes
 
