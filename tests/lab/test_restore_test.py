@@ -80,7 +80,7 @@ def test_the_timer_records_a_signed_locked_result_that_status_reads(lab: LabStat
     assert ssh(lab, "enclave-se", SCRATCH_GONE, check=False).returncode == 0
     metrics = ssh(lab, "enclave-se", f"curl -s http://{lab.host('se').address}:9751/metrics", check=False).stdout
     assert 'embassy_restore_test_passed{embassy="se"} 1.0' in metrics, metrics[-1500:]
-    code, doc = status(lab)
+    _, doc = status(lab)
     se = next(e for e in doc["embassies"] if e["name"] == "se")
     assert se["restore_tests_established"], se
     last = se["last_restore_test"]
