@@ -108,8 +108,37 @@ def status(dep: model.Deployment, lab: LabState, now: dt.datetime | None = None)
     now = now or dt.datetime.now(dt.UTC)
     public = manifest.load_public_key(vault_verify.public_key_pem(dep, lab))
     folder = vault_verify.controller_folder(dep, lab)
-    found = [embassy_status(dep, lab, e, public, folder, now) for e in dep.embassies]
-    return {"stack": dep.stack, "time": now.isoformat(), "ok": not any(s.alerts for s in found),
+    return document(dep.stack, [embassy_status(dep, lab, e, public, folder, now) for e in dep.embassies], now)
+
+
+def last_restore_tests(dep: model.Deployment, lab: LabState, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """What the drill's report records beside its own RTO: each embassy's last restore test, or why none counts.
+    Never raises: a vault that cannot be read is that embassy's "not established"."""
+    out = []
+    for e in status_of_each(dep, lab, now or dt.datetime.now(dt.UTC)):
+        last, tests = e["last_restore_test"], e["restore_tests_problem"]
+        out.append({"embassy": e["name"], "established": e["restore_tests_established"], "overdue": e["overdue"],
+                    "time": last["time"] if last else None, "passed": last["passed"] if last else None,
+                    "seconds": last["seconds"] if last else None,
+                    "round": last["point"]["round"] if last else None,
+                    "registers": [{"name": r["name"], "seconds": r["seconds"], "rto_seconds": r["rto_seconds"]}
+                                  for r in (last or {}).get("registers", [])],
+                    "problem": f"{tests['object']}: {tests['reason']}" if tests else None})
+    return out
+
+
+def status_of_each(dep: model.Deployment, lab: LabState, now: dt.datetime) -> list[dict[str, Any]]:
+    try:
+        return list(status(dep, lab, now)["embassies"])
+    except Exception as exc:  # the drill goes on: this is evidence beside it, not its verdict
+        return [{"name": e.name, "last_restore_test": None, "restore_tests_established": False, "overdue": True,
+                 "restore_tests_problem": {"object": "status", "reason": f"{type(exc).__name__}: {str(exc)[:200]}"}}
+                for e in dep.embassies]
+
+
+def document(stack: str, found: list[EmbassyStatus], now: dt.datetime) -> dict[str, Any]:
+    """`status --json`: {"stack", "time", "ok", "embassies": [...], "alerts": [...]}."""
+    return {"stack": stack, "time": now.isoformat(), "ok": not any(s.alerts for s in found),
             "embassies": [s.as_json() for s in found], "alerts": [a for s in found for a in s.alerts]}
 
 
