@@ -78,7 +78,14 @@ def test_the_timer_records_a_signed_locked_result_that_status_reads(lab: LabStat
     ran = ssh(lab, "enclave-se", "sudo systemctl start embassy-restore-test.service", check=False, timeout=900)
     assert ran.returncode == 0, ssh(lab, "enclave-se", "sudo journalctl -u embassy-restore-test -n 30", check=False).stdout
     assert ssh(lab, "enclave-se", SCRATCH_GONE, check=False).returncode == 0
-    metrics = ssh(lab, "enclave-se", f"curl -s http://{lab.host('se').address}:9751/metrics", check=False).stdout
+    url = f"http://{lab.host('se').address}:9751/metrics"
+    metrics = ""
+    for _ in range(30):  # the exporter reads the last result every 15 s
+        metrics = ssh(lab, "enclave-se", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}', "
+                                         f"timeout=5).read().decode())\"", check=False).stdout
+        if 'embassy_restore_test_passed{embassy="se"} 1.0' in metrics:
+            break
+        time.sleep(1)
     assert 'embassy_restore_test_passed{embassy="se"} 1.0' in metrics, metrics[-1500:]
     _, doc = status(lab)
     se = next(e for e in doc["embassies"] if e["name"] == "se")
