@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.replication import restoretest
+from embassy.replication.standby import RECEIVER_UNIT
 from tests.lab.conftest import STACK, ssh
 from tests.lab.test_replication import embassy_cli, replicate_once
 from tests.lab.vault_storage import Filer, flip_middle_byte
@@ -63,9 +64,8 @@ def test_restore_tests_pass_leave_nothing_behind_and_are_recorded(lab: LabState,
         assert all(r["digest_ok"] and r["seconds"] <= r["rto_seconds"] for r in out["registers"])
         assert ssh(lab, f"enclave-{embassy}", SCRATCH_GONE, check=False).returncode == 0, "scratch data left behind"
     held = ssh(lab, "enclave-de", "sudo runuser -u postgres -- psql -X -Atq -p 5432 -d postgres -c "
-                                  "'SELECT pg_is_in_recovery()'; systemctl is-active embassy-standby-receiver "
-                                  "postgresql@15-main 2>/dev/null || systemctl is-active postgresql", check=False)
-    assert held.stdout.splitlines()[0] == "t", held.stdout  # the standby was neither promoted nor stopped
+                                  f"'SELECT pg_is_in_recovery()'; systemctl is-active {RECEIVER_UNIT}", check=False)
+    assert held.stdout.split() == ["t", "active"], held.stdout  # the standby held, its WAL receiver streaming
     home = ssh(lab, "home", "sudo runuser -u postgres -- psql -X -Atq -d postgres -c 'SELECT pg_is_in_recovery()'")
     assert home.stdout.strip() == "f"  # home serving, untouched
     print(f"restore-test seconds (CLI, whole): {times}")
