@@ -273,3 +273,22 @@ def test_the_result_is_the_issues_json_and_fails_on_a_missed_rto() -> None:
     manifest.canonical(b)  # signable: no floats
     failed = rt.result(config, None, NOW, 1.0, [], rt.Failed("vault:de/manifests/x", "broken"), "timer")
     assert failed["passed"] is False and failed["failure"] == {"object": "vault:de/manifests/x", "reason": "broken"}
+
+
+def test_random_picks_only_points_a_backup_can_reach() -> None:
+    chain = [manifest.Verified(manifest.object_key(i), {"round": i, "time": "2026-12-06T00:00:00Z", "registers": [
+        {"name": "population", "digest": {"lsn": f"0/{i:X}000000"}}]}, f"{i:064x}") for i in range(1, 6)]
+    regs = [{"name": "population", "kind": "postgres"}]
+    info = json.dumps([{"backup": [{"label": "F1", "lsn": {"stop": "0/3800000"}}]}])
+
+    def reachable(m: manifest.Verified) -> bool:
+        lsn = rt.first_lsn(m, regs)
+        return lsn is not None and rt.backup_set_before(info, lsn) is not None
+
+    picked = {rt.choose_point(chain, "random", 30, NOW, random.Random(s), restorable=reachable).round
+              for s in range(40)}
+    assert picked == {4, 5}  # rounds 1-3 sign points before the only backup ends
+    with pytest.raises(rt.Failed) as err:
+        rt.choose_point(chain, "random", 30, NOW, restorable=lambda _m: False)
+    assert "base backup" in err.value.reason
+    assert rt.first_lsn(manifest.Verified("k", {"registers": [{"name": "population"}]}, "x"), regs) is None

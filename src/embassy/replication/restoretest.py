@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,10 @@ def sign_record(body: dict[str, Any], private: Any) -> bytes:
 
 
 def choose_point(chain: list[manifest.Verified], point: str, window_days: int, now: dt.datetime,
-                 rng: random.Random | None = None) -> manifest.Verified:
-    """The newest signed point, or a random one whose round started within the window."""
+                 rng: random.Random | None = None,
+                 restorable: Callable[[manifest.Verified], bool] = lambda _m: True) -> manifest.Verified:
+    """The newest signed point, or a random one whose round started within the window and that the vault can
+    restore (a base backup ends before its signed points: pgBackRest's recovery points, as AWS Backup's)."""
     if not chain:
         raise Failed("manifests/", "no signed manifest in this vault")
     if point == "latest":
@@ -90,7 +93,21 @@ def choose_point(chain: list[manifest.Verified], point: str, window_days: int, n
     if not within:
         raise Failed(chain[-1].key, f"no signed point within the last {window_days} days (newest: "
                                     f"{chain[-1].body['time']})")
-    return (rng or random.SystemRandom()).choice(within)
+    candidates = [m for m in within if restorable(m)]
+    if not candidates:
+        raise Failed(chain[-1].key, f"no signed point within the last {window_days} days has a base backup in this "
+                                    "vault that ends before it")
+    return (rng or random.SystemRandom()).choice(candidates)
+
+
+def first_lsn(m: manifest.Verified, registers: list[dict[str, Any]]) -> int | None:
+    """The earliest signed LSN of the postgres registers held here (None: none held, or none named)."""
+    body = {r.get("name"): r for r in m.body.get("registers", []) if isinstance(r, dict)}
+    lsns = [(body.get(r["name"], {}).get("digest") or {}).get("lsn") for r in registers if r["kind"] == "postgres"]
+    try:
+        return min(lsn_value(str(x)) for x in lsns) if lsns and all(lsns) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def result(config: dict[str, Any], chosen: manifest.Verified | None, started: dt.datetime, seconds: float,
@@ -329,13 +346,27 @@ def restore_all(config: dict[str, Any], chosen: manifest.Verified, out: list[dic
     out.sort(key=lambda r: [x["name"] for x in regs].index(r["name"]))
 
 
+def restorable_in(config: dict[str, Any], point: str) -> Callable[[manifest.Verified], bool]:
+    """Which signed points this vault can restore: a base backup must end before their signed LSNs."""
+    if point != "random" or not any(r["kind"] == "postgres" for r in config["registers"]):
+        return lambda _m: True
+    info = sh("runuser -u postgres -- pgbackrest --stanza=home --output=json info", "pgbackrest info", 300)
+
+    def restorable(m: manifest.Verified) -> bool:
+        lsn = first_lsn(m, config["registers"])
+        return lsn is not None and backup_set_before(info, lsn) is not None
+
+    return restorable
+
+
 def run(config: dict[str, Any], point: str, window_days: int, trigger: str) -> dict[str, Any]:
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     registers: list[dict[str, Any]] = []
     chosen: manifest.Verified | None = None
     failure: Failed | None = None
     try:
-        chosen = choose_point(read_chain(config), point, window_days, started)
+        chain = read_chain(config)
+        chosen = choose_point(chain, point, window_days, started, restorable=restorable_in(config, point))
         stop_scratch()
         restore_all(config, chosen, registers)
         late = [r for r in registers if not r["within_rto"]]
