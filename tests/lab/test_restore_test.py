@@ -4,7 +4,9 @@ A restore test at a cold (ie) and a warm (de) embassy passes and leaves home ser
 streaming, and no scratch data behind; a tampered vault makes it fail naming the object; a run of the timer's
 unit on the embassy host (`systemctl start`) writes a signed, locked record that `status` reads (its signature
 checked with `cryptography` directly); a record edited in the vault's storage makes `status --json` show the
-restore tests as not established, naming it, within one call; a second deploy changes nothing.
+restore tests as not established, naming it, within one call. That a second deploy changes nothing on any host
+(the restore-test timer, units, keys and config included) is tests/lab/test_deploy.py's
+test_second_run_changes_nothing: not run twice here.
 """
 
 from __future__ import annotations
@@ -138,12 +140,3 @@ def test_an_edited_record_and_a_tampered_vault_fail(lab: LabState, deployed: dic
         f.write(mpath, moriginal)
     assert code == 1 and not out["passed"] and mkey in out["failure"]["object"], out
     assert ssh(lab, "enclave-ie", SCRATCH_GONE, check=False).returncode == 0
-
-
-def test_a_second_deploy_changes_nothing_on_the_embassies(lab: LabState, deployed: dict[str, Any]) -> None:
-    done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
-                       timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    hosts = json.loads(done.stdout)["hosts"]
-    assert {h["name"]: h["changed"] for h in hosts if h["name"].startswith("enclave-")} == \
-        {"enclave-de": 0, "enclave-se": 0, "enclave-ie": 0}
