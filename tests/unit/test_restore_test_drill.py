@@ -33,3 +33,14 @@ def test_a_report_without_them_renders_as_before() -> None:
     report = Report.build(**sample_fields())
     assert report.restore_tests == [] and 'id="restore-tests"' not in render_html(report)
     assert "none read" in render_markdown(report)
+
+
+def test_the_drill_goes_on_when_no_record_can_be_read() -> None:
+    from embassy import model
+    from embassy.assurance.status import last_restore_tests
+
+    dep = model.load_stack("rehearsal", Path(__file__).resolve().parents[2])
+    got = last_restore_tests(dep, None)  # type: ignore[arg-type]  # no lab: no key, no vault
+    assert [t["embassy"] for t in got] == [e.name for e in dep.embassies]
+    assert all(t["established"] is False and t["problem"].startswith("status: ") for t in got)
+    Report.build(**sample_fields(), restore_tests=got)  # and the report takes them
