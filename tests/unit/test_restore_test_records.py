@@ -292,3 +292,13 @@ def test_random_picks_only_points_a_backup_can_reach() -> None:
         rt.choose_point(chain, "random", 30, NOW, restorable=lambda _m: False)
     assert "base backup" in err.value.reason
     assert rt.first_lsn(manifest.Verified("k", {"registers": [{"name": "population"}]}, "x"), regs) is None
+
+
+def test_one_restore_test_at_a_time_on_a_host(tmp_path: Path) -> None:
+    first = rt.exclusive(tmp_path / "run.lock")
+    assert first is not None
+    assert rt.exclusive(tmp_path / "run.lock") is None  # the timer's run and the CLI's share the scratch space
+    first.close()
+    again = rt.exclusive(tmp_path / "run.lock")
+    assert again is not None
+    again.close()

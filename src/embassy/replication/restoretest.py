@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -399,6 +400,17 @@ def record(config: dict[str, Any], body: dict[str, Any]) -> str:
     return key
 
 
+def exclusive(path: Path) -> Any:
+    """The run's lock (kept open until the process ends), or None when another run holds it."""
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def keep_last(body: dict[str, Any]) -> None:
     """The last result and the last success, for the metrics exporter."""
     folder = Path(STATE_DIR)
@@ -460,6 +472,11 @@ def main(argv: list[str]) -> int:
     if args.command == "metrics":
         metrics(args.bind, args.port)
         return 0
+    held = exclusive(Path(STATE_DIR) / "run.lock")
+    if held is None:  # the timer's run and a `restore-test` from the controller share the scratch port and folders
+        print("error: another restore test is running on this host\nHINT: wait for it to end "
+              "(systemctl status embassy-restore-test), then run this one again", file=sys.stderr)
+        return 2
     config = json.loads(Path(args.config).read_text())
     body = run(config, args.point or config["point"], args.window_days or config["window_days"], args.trigger)
     try:
