@@ -50,6 +50,7 @@ def validate(stack: StackOpt) -> None:
 
 
 # Each area registers its commands on `app` from its own module (one owner per module).
+from embassy.commands import assurance as _assurance  # noqa: E402,F401  restore-test, status
 from embassy.commands import compliance as _compliance  # noqa: E402,F401  check, review
 from embassy.commands import custody as _custody  # noqa: E402,F401  custody init|rotate
 from embassy.commands import drill as _drill  # noqa: E402,F401  restore, drill

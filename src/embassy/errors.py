@@ -347,3 +347,19 @@ class RoundRefused(EmbassyError):
     error_code = 310
     default_hint = ("bring a vault back and run the round again; to start a new chain anyway, run "
                     "`python3 -m replication.round run --new-chain` on home (its signed manifests record it)")
+
+
+class RestoreTestFailed(EmbassyError):
+    """A restore test at an embassy did not pass: its result names the object and the reason."""
+
+    error_code = 311
+    default_hint = ("the embassy could not restore this point: run `embassy verify` on it, fix the first failure, "
+                    "run `embassy restore-test` again")
+
+
+class RestoreTestsNotEstablished(EmbassyError):
+    """An embassy's restore-test records cannot be trusted (edited, forged, replayed, removed, unlocked) or are missing."""
+
+    error_code = 233
+    default_hint = ("treat the embassy's restore tests as failed: run `embassy restore-test` there and investigate "
+                    "the vault object named")

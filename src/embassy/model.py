@@ -15,7 +15,7 @@ from enum import StrEnum
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
@@ -218,6 +218,27 @@ class Principals(_Strict):
         return arns
 
 
+# systemd's calendar shorthands, and how long each allows between two runs (an older last test is overdue)
+SCHEDULE_SHORTHANDS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 31 * 86400,
+                       "quarterly": 92 * 86400, "semiannually": 183 * 86400, "yearly": 366 * 86400}
+# A systemd calendar expression: weekdays, dates, times, ranges and repetitions; no quotes, no newlines (it is
+# written into a unit file), at most 100 characters. systemd re-checks it on the host (systemd-analyze calendar).
+SCHEDULE_PATTERN = r"^[A-Za-z0-9*/:.,~ -]{1,100}$"
+
+
+class RestoreTests(_Strict):
+    """data-embassy:restore_tests: when each embassy proves on its own that it can restore (issue 25)."""
+
+    schedule: StrictStr = Field(default="weekly", pattern=SCHEDULE_PATTERN)
+    point: Literal["latest", "random"] = "random"
+    window_days: StrictInt = Field(default=30, ge=1, le=3650)
+
+    @property
+    def interval_seconds(self) -> int:
+        """The longest wait between two runs: a shorthand's period; an expression counts as weekly at most."""
+        return SCHEDULE_SHORTHANDS.get(self.schedule.strip().lower(), SCHEDULE_SHORTHANDS["weekly"])
+
+
 class Deployment(_Strict):
     """One stack: the home state, its embassies and the registers they hold."""
 
@@ -230,6 +251,7 @@ class Deployment(_Strict):
                                       pattern=TAG_VALUE_PATTERN)
     # The RPO every cold embassy promises at best: it only receives whole WAL segments (archive_timeout).
     cold_rpo_seconds: StrictInt = Field(default=COLD_MIN_RPO_SECONDS, ge=COLD_MIN_RPO_SECONDS, le=MAX_COLD_RPO_SECONDS)
+    restore_tests: RestoreTests = RestoreTests()
 
     def embassy(self, name: str) -> Embassy:
         for embassy in self.embassies:
@@ -468,7 +490,8 @@ ConfigGetter = Callable[[str], Any]
 MAX_STACK_FILE_BYTES = 4 * 1024 * 1024
 # Pulumi stack files' own top-level keys; a misspelled `config:` would leave every key unread.
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
-CONFIG_KEYS = ("state", "embassies", "registers", "principals", "classification", "cold_rpo_seconds")
+CONFIG_KEYS = ("state", "embassies", "registers", "principals", "classification", "cold_rpo_seconds",
+               "restore_tests")
 # Secret config the program reads (`pulumi config set --secret`); never part of the model.
 SECRET_CONFIG_KEYS = ("break_glass_external_id",)
 

@@ -20,7 +20,8 @@ STABLE = {
     230: "VaultDataInvalid", 231: "FreshnessNotEstablished", 232: "LockInsufficient",
     300: "VaultUnreachable", 301: "VaultRefusedWrite", 302: "HostUnreachable", 303: "HardeningFailed",
     304: "DeployFailed", 305: "ReplicationFailed", 306: "RestoreFailed", 307: "SmokeCheckFailed",
-    308: "ObjectiveMissed", 309: "DrillFailed", 310: "RoundRefused",
+    308: "ObjectiveMissed", 309: "DrillFailed", 310: "RoundRefused", 311: "RestoreTestFailed",
+    233: "RestoreTestsNotEstablished",
 }
 
 

@@ -528,6 +528,10 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         if not rounds.rounds or rounds.errors:
             rounds.halt()
             raise DrillFailed("replication under the load failed: " + ("; ".join(rounds.errors)[:400] or "no round ended"))
+    with timeline.step("read each embassy's last restore test (signed records in its vault)"):
+        from embassy.assurance.status import last_restore_tests
+
+        restore_tests = last_restore_tests(dep, lab)
     with timeline.step("incident: home's writers stopped, its connections closed, its network cut, its disk wiped"):
         watch = Watch.start(lab)  # frames toward home counted in the kernel from the incident's first step
         incident_mono = time.monotonic()
@@ -569,7 +573,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         registers=registers, timeline=timeline.steps, tool_versions=versions, manifest=found, hardening=hardening,
         freshness=restored.as_json()["freshness"],
         verifications=checks, failures=failures, plan_hash=plan,
-        where=where_lab(lab, size_mb, drill_kit is not None))
+        where=where_lab(lab, size_mb, drill_kit is not None), restore_tests=restore_tests)
     report = write_watched(fields, watch, report_dir)  # the watch is read last, as the report is written
     watch.remove()
     if not keep_lab:

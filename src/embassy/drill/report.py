@@ -229,6 +229,9 @@ class Report(_Strict):
     failures: list[Failure] = Field(default_factory=list)
     watch: Watch | None = None
     where: Where | None = None
+    # Each embassy's last restore test (issue 25), read from its vault's signed records before the incident:
+    # beside the RTO this drill measured; evidence, not part of the verdict.
+    restore_tests: list[dict[str, Any]] = Field(default_factory=list)
     signer: Signer | None = None
 
     @model_validator(mode="after")

@@ -9,11 +9,15 @@ home's WAL to the embassy's disk meanwhile (embassy.replication.standby says why
 from __future__ import annotations
 
 import io
+import json
 import shlex
+from pathlib import Path
+from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from embassy import model
 from embassy.home import context
@@ -21,6 +25,7 @@ from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane, digest, standby
 from embassy.replication.deploy_home import ca_bundle, upload_modules
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
+from embassy.replication.secrets import secrets_dir
 
 
 @deploy("Embassy host: restore tooling and, when warm, a standby of home")
@@ -34,7 +39,7 @@ def embassy_host() -> None:
 
     apt.packages(name="Install PostgreSQL 15, pgBackRest, restic",
                  packages=["postgresql-15", "postgresql-client-15", "pgbackrest", "restic", "python3-psycopg",
-                           "python3-cryptography"],
+                           "python3-cryptography", "python3-boto3", "python3-prometheus-client"],
                  update=True, cache_time=86400, no_recommends=True)
 
     # ---------------------------------------------------------------- this embassy's vault only, read-only
@@ -68,6 +73,8 @@ def embassy_host() -> None:
     # standby and a scratch cluster hold as restored copies of home.
     server.user(name=f"Digest OS user {digest.ROLE} (no login)", user=digest.ROLE, system=True,
                 shell="/usr/sbin/nologin", home="/nonexistent", create_home=False)
+
+    restore_tests(dep, embassy, repo)
 
     # ---------------------------------------------------------------- warm: a streaming standby of home
     if warm:
@@ -113,3 +120,90 @@ def embassy_host() -> None:
                         enabled=True)
         systemd.service(name="Standby: WAL receiver restarted for a new unit", service=standby.RECEIVER_UNIT,
                         restarted=True, _if=lambda: receiver.did_change() and not cloned.did_change())
+
+
+# ---------------------------------------------------------------- restore tests, at the embassy, alone (issue 25)
+
+RT_DIR = "/etc/embassy/restore-test"
+RT_UNIT = "embassy-restore-test"
+RT_METRICS_UNIT = "embassy-restore-test-metrics"
+RT_METRICS_PORT = 9751
+
+
+def restore_test_config(dep: model.Deployment, embassy: str, vault: Any, public_key: str) -> dict[str, Any]:
+    """/etc/embassy/restore-test.json: what replication.restoretest needs, with no controller and no home."""
+    from embassy.home import schema
+
+    held = [r for r in dep.registers_in_restore_order() if context.holds(dep, r, embassy)]
+    rt = dep.restore_tests
+    return {"stack": dep.stack, "embassy": embassy, "point": rt.point, "window_days": rt.window_days,
+            "retention_days": dep.embassy(embassy).retention_days, "public_key": public_key,
+            "signing_key": f"{RT_DIR}/signing.pem",
+            "vault": {"endpoint": vault.url, "bucket": vault.bucket, "region": vault.region,
+                      "ca_file": f"{dataplane.RESTIC_DIR}/vault-ca.crt",
+                      "reader_credentials": f"{RT_DIR}/reader.json", "writer_credentials": f"{RT_DIR}/writer.json"},
+            "registers": [{"name": r.name, "kind": r.kind.value, "priority": r.priority, "rto_seconds": r.rto_seconds,
+                           **({"database": schema.database_name(r.name)} if r.kind is model.RegisterKind.POSTGRES
+                              else {})} for r in held]}
+
+
+def _home_public_key(dep: model.Deployment) -> str:
+    configured = getattr(dep, "manifest_public_key", None)
+    if configured:
+        return str(configured)
+    path = host.data.get("manifest_public_key_file")
+    try:
+        return Path(str(path)).read_text() if path else ""
+    except OSError:
+        return ""
+
+
+def restore_tests(dep: model.Deployment, embassy: str, repo: Any) -> None:
+    """A timer that restores a signed point into scratch space here, signs the result with this embassy's key and
+    writes it to this embassy's vault under Object Lock; a Prometheus exporter of the last results."""
+    from embassy.assurance import records
+
+    public = _home_public_key(dep)
+    if not public:
+        raise SystemExit("error: the embassy's restore test needs home's manifest public key\n"
+                         "HINT: deploy home first (deploys/home_state.py, deploys/agent.py record it), or set "
+                         "data-embassy:manifest_public_key")
+    writer = next(v for v in context.vaults(host.data, "agent") if v.embassy == embassy)
+    folder = secrets_dir(host.data)
+    files.directory(name="Restore test: config folder", path=RT_DIR, user="root", group="root", mode="700")
+    files.directory(name="Restore test: state folder", path="/var/lib/embassy/restore-test", user="root",
+                    group="root", mode="700")
+    secret_file(name=f"Restore test: signing key of embassy {embassy} (its records)",
+                content=records.private_pem(folder, embassy), dest=f"{RT_DIR}/signing.pem", user="root", group="root",
+                mode="600")
+    for name, vault in (("reader", repo.vault), ("writer", writer)):
+        secret_file(name=f"Restore test: {name} identity of the vault of {embassy}",
+                    content=json.dumps({"access_key_id": vault.access_key, "secret_access_key": vault.secret_key}) + "\n",
+                    dest=f"{RT_DIR}/{name}.json", user="root", group="root", mode="600")
+    files.put(name="Restore test: config", dest="/etc/embassy/restore-test.json", user="root", group="root", mode="600",
+              src=io.StringIO(json.dumps(restore_test_config(dep, embassy, repo.vault, public), indent=2,
+                                         sort_keys=True) + "\n"))
+    py = "/usr/bin/env PYTHONPATH=/opt/embassy /usr/bin/python3 -m"
+    address = host.data.get("service_address") or host.data.ssh_hostname
+    units = [
+        files.put(name="Restore test: unit", dest=f"/etc/systemd/system/{RT_UNIT}.service", user="root", group="root",
+                  mode="644", src=io.StringIO(dataplane.unit(
+                      "embassy: restore a signed point into scratch space, record the signed result in the vault",
+                      f"{py} replication.restoretest run --trigger timer", extra=["TimeoutStartSec=7200", "Nice=10"]))),
+        files.put(name="Restore test: timer (data-embassy:restore_tests.schedule)",
+                  dest=f"/etc/systemd/system/{RT_UNIT}.timer", user="root", group="root", mode="644",
+                  src=io.StringIO(dataplane.timer("embassy: restore tests", f"{RT_UNIT}.service",
+                                                  calendar=dep.restore_tests.schedule))),
+        files.put(name="Restore test: metrics unit", dest=f"/etc/systemd/system/{RT_METRICS_UNIT}.service", user="root",
+                  group="root", mode="644", src=io.StringIO(dataplane.unit(
+                      "embassy: Prometheus metrics of the restore tests",
+                      f"{py} replication.restoretest metrics --bind {address} --port {RT_METRICS_PORT}", oneshot=False,
+                      extra=["Restart=always", "RestartSec=5"]))),
+    ]
+    reload = systemd.daemon_reload(name="systemd: reload units (restore tests)", _if=any_changed(*units))
+    systemd.service(name="Restore test timer: enabled and running", service=f"{RT_UNIT}.timer", running=True,
+                    enabled=True)
+    systemd.service(name="Restore test metrics: enabled and running", service=RT_METRICS_UNIT, running=True,
+                    enabled=True)
+    systemd.service(name="Restore test metrics: restarted for a new unit", service=RT_METRICS_UNIT, restarted=True,
+                    _if=reload.did_change)

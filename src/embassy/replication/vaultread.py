@@ -51,10 +51,16 @@ def _listed(s3: Any, bucket: str, prefix: str, limit: int) -> list[dict[str, Any
     return items
 
 
+READABLE = (PREFIX, "restore-tests/")  # spec "prefix": the manifests (default) or the restore-test records
+
+
 def read_manifests(spec: dict[str, Any]) -> dict[str, Any]:
     s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
     objects, total = [], 0
-    for item in _listed(s3, spec["bucket"], PREFIX, MAX_OBJECTS):
+    prefix = spec.get("prefix", PREFIX)
+    if prefix not in READABLE:
+        raise ValueError(f"prefix {prefix!r} is not one of {READABLE}")
+    for item in _listed(s3, spec["bucket"], prefix, MAX_OBJECTS):
         size = int(item.get("Size") or 0)
         entry: dict[str, Any] = {"key": item["Key"], "size": size}
         if size <= MAX_BYTES and total + size <= MAX_TOTAL_BYTES:
