@@ -195,9 +195,10 @@ def assert_proven_at_the_signed_point(out: dict[str, Any], source: str) -> None:
             assert proof["signed_point"] == reg["manifest_digest"]["lsn"], reg
             beyond = proof["beyond_signed"]
             assert beyond["source"].startswith(source), reg
-            # A count that could not be made says so (never a number it did not read): the vault's WAL beyond the
-            # point is counted where pgBackRest can fetch it again (restore.count_from_vault), else "not counted".
-            assert isinstance(beyond["transactions"], int) or beyond["source"].endswith("not counted"), reg
+            # Counted from the WAL it read (the received WAL, or the vault's fetched again by pgBackRest), never
+            # a number it did not read; how it was read is said beside it.
+            assert isinstance(beyond["transactions"], int) and beyond["transactions"] >= 0, reg
+            assert beyond["read"] and "pg_waldump" in beyond["read"], reg
 
 
 def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted(
