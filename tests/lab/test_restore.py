@@ -94,7 +94,7 @@ def test_cold_embassy_restores_every_register_from_its_vault(lab: LabState, depl
     assert_restored_like_home(lab, out)
     assert out["port"] == SCRATCH_PORT and {r["method"] for r in out["registers"]} == {"vault", "restic"}
     assert_proven_at_the_signed_point(out, "archived WAL replayed from this embassy's vault")
-    assert seconds < 120, seconds
+    assert seconds < tightest_rto(), seconds  # the stack's promise; how fast it is, the bench measures
 
 
 def _psql(lab: LabState, host: str, sql: str, port: int = 5432) -> str:
@@ -183,7 +183,12 @@ def test_an_unreachable_embassy_fails_fast_and_a_warm_one_still_restores(lab: La
     assert_restored_like_home(lab, out)
     assert {r["method"] for r in out["registers"]} == {"standby", "restic"} and out["port"] == 5432
     assert_proven_at_the_signed_point(out, "streamed from home over the replication channel")
-    assert seconds < 90, seconds
+    assert seconds < tightest_rto(), seconds
+
+
+def tightest_rto() -> int:
+    """The smallest RTO objective of the stack's registers: what every restore must meet, loaded or not."""
+    return min(r.rto_seconds for r in load_stack(STACK, ROOT).registers)
 
 
 def assert_proven_at_the_signed_point(out: dict[str, Any], source: str) -> None:
