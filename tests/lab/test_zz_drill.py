@@ -54,7 +54,7 @@ def test_a_drill_passes_with_a_signed_report_and_nothing_reaches_home_after_the_
             assert beyond["source"].startswith("streamed from home over the replication channel"), reg
         else:
             assert proof["beyond_signed"]["transactions"] == 0 and proof["signed_point"].startswith("restic snapshot")
-    assert report["rto_seconds"] is not None and report["rto_seconds"] < 60
+    assert report["rto_seconds"] is not None  # within each register's objective (above); speed: the bench
     # Not one frame toward home after its link was cut, counted in the kernel until the report was written
     # (the positive control that such a frame is counted and fails the drill: test_drill_watch.py).
     watch = report["watch"]

@@ -317,3 +317,19 @@ def test_report_verify_cli(tmp_path: Path, keys: Path) -> None:
     assert missing.exit_code == 2 and "cannot read public key" in missing.output
     with pytest.raises(ReportMissing):
         check_report(tmp_path / "nowhere", public_key(keys))
+
+
+@pytest.mark.parametrize(("beyond", "said"), [
+    ({"transactions": 12, "source": "streamed from home"}, "round 4, at 0/3000000; 12 transactions beyond it, "
+                                                           "streamed from home (no signature covers them)"),
+    ({"transactions": 0}, "round 4, at 0/3000000; nothing beyond it"),
+    ({"transactions": None, "read": "70 archived segments lie beyond the signed point, more than 64"},
+     "round 4, at 0/3000000; beyond it: not counted (70 archived segments lie beyond the signed point, more than 64)"),
+])
+def test_the_proof_says_what_lies_beyond_the_signed_point_and_why_it_was_not_counted(
+        beyond: dict[str, Any], said: str) -> None:
+    from embassy.drill.render import proof_text
+    from embassy.drill.report import Proof, RegisterResult
+    register = RegisterResult.model_construct(proof=Proof(signed_round=4, signed_point="0/3000000",
+                                                          beyond_signed=beyond))
+    assert proof_text(register) == said

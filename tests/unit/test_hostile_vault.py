@@ -30,6 +30,7 @@ from embassy.replication import freshness, manifest
 from embassy.replication import verify as v
 
 from .custody_fixtures import MemoryVaults, controller, issue
+from .manifest_chains import signed_chain
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Ed25519PrivateKey.generate()
@@ -51,12 +52,7 @@ def _body(n: int, previous: str | None, embassy: str = "de", minutes: int = 10) 
 
 
 def _chain(n: int, embassy: str = "de") -> list[tuple[str, bytes]]:
-    out, previous = [], None
-    for i in range(1, n + 1):
-        data = manifest.sign(_body(i, previous, embassy), KEY)
-        out.append((manifest.object_key(i), data))
-        previous = manifest.sha256(data)
-    return out
+    return signed_chain(n, _body, KEY, embassy)
 
 
 def _stored(objects: list[tuple[str, bytes]], **lock: Any) -> list[v.Stored]:

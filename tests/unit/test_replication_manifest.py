@@ -14,6 +14,8 @@ from embassy.replication.dataplane import Repo, pgbackrest_path
 from embassy.replication.deploy_home import round_config, round_interval
 from embassy.replication.secrets import Vault
 
+from .manifest_chains import signed_chain
+
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()
 
@@ -27,12 +29,7 @@ def _body(n: int, previous: str | None, embassy: str = "de") -> dict:
 
 
 def _chain(n: int, embassy: str = "de", key: Ed25519PrivateKey = KEY) -> list[tuple[str, bytes]]:
-    out, previous = [], None
-    for i in range(1, n + 1):
-        data = manifest.sign(_body(i, previous, embassy), key)
-        out.append((manifest.object_key(i), data))
-        previous = manifest.sha256(data)
-    return out
+    return signed_chain(n, _body, key, embassy)
 
 
 def test_a_signed_manifest_verifies_and_its_bytes_are_canonical() -> None:

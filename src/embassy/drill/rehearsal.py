@@ -7,8 +7,8 @@ lab down (unless kept).
 The load (embassy.home.load) writes into every register (postgres rows, file-register documents) until the
 incident, and logs every write home acknowledged. Rounds run every ROUND_EVERY seconds from the load's
 start, each followed by moving the warm standbys' holds to the new verified head
-(embassy.replication.hold); the incident comes LOAD_SECONDS after the load started, whatever a round is
-doing then (a round running on home dies with it).
+(embassy.replication.hold); the incident comes LOAD_SECONDS plus a random part of one round period after
+the load started, whatever a round is doing then (a round running on home dies with it).
 
 The incident, in this order: the kernel-side watch of home's address is put in place (drill/watch.py:
 nftables counters on the lab bridge); the write load and the heartbeat are killed (the instant of the
@@ -33,6 +33,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import random
 import shlex
 import subprocess
 import threading
@@ -67,7 +68,9 @@ FILES_EVERY = 1.0  # seconds between new documents in each file register
 LOAD_LOG = "/var/tmp/embassy-drill-load.log"
 LOAD_SCRIPT = f"/var/tmp/{LOAD_UNIT}.py"
 ROUND_EVERY = 15.0  # the drill's round schedule, from the load's start
-LOAD_SECONDS = 40.0  # the incident, this long after the load started (not aligned with the rounds)
+LOAD_SECONDS = 40.0  # the incident, at least this long after the load started...
+# ...and a random part of one round period more, drawn per drill: the incident falls at any phase of the rounds'
+# schedule, so that no drill's RPO comes from a phase chosen once (a fixed delay would always hit the same one).
 RPO_METHOD = ("the load's log of writes home acknowledged, read at the incident: the time of the last one "
               "against the time of the newest one the restored register holds (0 when it holds the last)")
 REPORT_KEYS_ENV = "EMBASSY_REPORT_KEYS"
@@ -519,12 +522,14 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
         with timeline.step(f"custody: seal each embassy's restore secrets in its vault, {custody_drill.OFFICIALS} "
                            f"officials' sheets, then withdraw every restore secret from the controller and {name}'s host"):
             drill_kit = custody_drill.prepare(dep, target, name, sheets, lambda m: say(f"  {m}"))
+    load_seconds = round(LOAD_SECONDS + random.SystemRandom().uniform(0, ROUND_EVERY), 1)
     with timeline.step(f"write load into every register on home ({LOAD_RATE} tx/s per database, a document every "
-                       f"{FILES_EVERY:g} s per file register), rounds every {ROUND_EVERY:g} s, for {LOAD_SECONDS:g} s"):
+                       f"{FILES_EVERY:g} s per file register), rounds every {ROUND_EVERY:g} s, for {load_seconds:g} s "
+                       f"(the incident's time drawn at random within one round period)"):
         start_load(lab, dep)
         rounds = Rounds(dep, lab, ROUND_EVERY, lambda m: say(f"  {m}"))
         rounds.start()
-        time.sleep(LOAD_SECONDS)
+        time.sleep(load_seconds)
         if not rounds.rounds or rounds.errors:
             rounds.halt()
             raise DrillFailed("replication under the load failed: " + ("; ".join(rounds.errors)[:400] or "no round ended"))

@@ -60,7 +60,7 @@ def proof_text(register: RegisterResult) -> str:
     elif beyond.transactions == 0:
         text += "; nothing beyond it"
     else:
-        text += "; beyond it: not known"
+        text += "; beyond it: not counted" + (f" ({beyond.read})" if beyond.read else "")
     return text
 
 

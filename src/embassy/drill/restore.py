@@ -333,7 +333,7 @@ def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time:
         else:
             restore_from_vault(s, postgres, body, target_time)
             out.port = SCRATCH_PORT
-            count_from_vault(s, postgres, body)
+            count_from_vault(s, postgres, out.manifest.body)
     for reg in files:
         restore_files(s, reg, body[reg.name])
     for reg in out.registers:
@@ -381,7 +381,14 @@ def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str
         segments = [] if switch is None else \
             [segment_name(timeline, n << 24) for n in range(first >> 24, ((switch - 1) >> 24) + 1)]
         if switch is None or not segments or len(segments) > MAX_COUNTED_SEGMENTS:
-            s.say(f"transactions beyond the signed point not counted ({len(segments)} segments)")
+            why = ("recovery did not end on a new timeline" if switch is None else
+                   f"{len(segments)} archived segments lie beyond the signed point, more than {MAX_COUNTED_SEGMENTS}")
+            s.say(f"transactions beyond the signed point not counted: {why}")
+            for reg in postgres:
+                if reg.name in points:
+                    reg.proof = {"signed_round": s.outcome.manifest.round if s.outcome.manifest else None,
+                                 "signed_point": points[reg.name],
+                                 "beyond_signed": {"transactions": None, "source": VAULT_SOURCE, "read": why}}
             return
         scratch = f"{SCRATCH_DIR}.wal"
         fetch = " && ".join(f"pgbackrest --stanza=home archive-get {seg} {scratch}/{seg}" for seg in segments)
@@ -400,7 +407,9 @@ def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str
             reg.proof = {"signed_round": s.outcome.manifest.round if s.outcome.manifest else None,
                          "signed_point": points[reg.name],
                          "beyond_signed": {"transactions": standby.count_beyond(found, oid, _lsn(points[reg.name]),
-                                                                                switch), "source": source}}
+                                                                                switch), "source": source,
+                                           "read": f"pg_waldump of {len(segments)} archived segments fetched again "
+                                                   f"from the vault by pgBackRest ({segments[0]} to {segments[-1]})"}}
 
 
 def _lsn(text: str) -> int:

@@ -45,22 +45,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise JsonRefused(f"duplicate key '{key}'")
-        seen[key] = value
-    return seen
-
-
 def _no_constant(name: str) -> Any:
     raise JsonRefused(f"{name} is not a JSON number")
 
 
 def strict_loads(text: str | bytes) -> Any:
     """json.loads that refuses duplicate keys, NaN and Infinity (raises JsonRefused or ValueError)."""
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    return json.loads(text, object_pairs_hook=manifest.unique_keys, parse_constant=_no_constant)
 
 
 def public_bytes(key: Ed25519PublicKey) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 from embassy.errors import UserError
 from embassy.lab import hosts as hostlib
-from embassy.lab import image, mirror, network, pki, syslog, vaults
+from embassy.lab import image, mirror, network, pki, syslog, system, vaults
 from embassy.lab.state import (
     DOMAIN,
     MIRROR_PORT,
@@ -190,6 +190,7 @@ def _build(lab: LabState, say: Say) -> None:
     public_key = Path(lab.ssh_key + ".pub").read_text()
     Path(lab.ssh_config).write_text(ssh_config(lab))
 
+    system.ensure_inotify_instances(say)
     say(f"network: bridge in {lab.switch_netns}, controller {lab.controller_address}, "
         f"{len(lab.hosts)} hosts, {len(lab.vaults)} vaults")
     network.make_switch(lab.switch_netns)

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from embassy.errors import UserError
@@ -149,3 +149,18 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.chmod(path, 0o600)
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+# Each booted host's systemd takes inotify instances from root's one budget (the containers share root's
+# uid): the kernel's default of 128 lets about two labs boot; past it a host boots "degraded" (its
+# systemd-ask-password-wall.path fails). 1024 is what container managers (LXD, Incus) recommend.
+MIN_INOTIFY_INSTANCES = 1024
+
+
+def ensure_inotify_instances(say: Callable[[str], None], minimum: int = MIN_INOTIFY_INSTANCES) -> None:
+    """Raise the machine's inotify instance limit to `minimum` when it is lower (never lowers it)."""
+    current = int(INOTIFY_INSTANCES.read_text())
+    if current < minimum:
+        INOTIFY_INSTANCES.write_text(f"{minimum}\n")
+        say(f"fs.inotify.max_user_instances {current} -> {minimum} (every lab host's systemd needs some)")

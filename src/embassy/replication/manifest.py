@@ -124,7 +124,7 @@ class Verified:
 REQUIRED = {"format": str, "stack": str, "embassy": str, "round": int, "time": str, "registers": list}
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Two parsers may keep different copies of a duplicated key: a signed document holds each key once.
     out: dict[str, Any] = {}
     for name, value in pairs:
@@ -159,7 +159,7 @@ def parse_json(data: bytes, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_unique_keys)
+        doc = json.loads(text, object_pairs_hook=unique_keys)
     except RecursionError:
         raise ValueError(f"nested deeper than {max_depth}") from None
     except ValueError as exc:
