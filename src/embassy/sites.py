@@ -33,7 +33,7 @@ VERSION = 1
 MAX_INVENTORY_BYTES = 1 << 20
 NAME = r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"
 # A DNS name or an IP address; never starting with '-' (an ssh option), never a space or a shell character.
-ADDRESS = r"^(?=.{1,253}$)[A-Za-z0-9_\[]([A-Za-z0-9_.:\]-]*[A-Za-z0-9\]])?$"
+ADDRESS = r"^[A-Za-z0-9_\[]([A-Za-z0-9_.:\]-]{0,251}[A-Za-z0-9\]])?$"
 USER = r"^[a-z_][a-z0-9_-]{0,31}$"
 NETNS = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 ENV_PREFIX = r"^[A-Z][A-Z0-9_]{0,63}$"
