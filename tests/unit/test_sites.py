@@ -339,3 +339,16 @@ def test_verify_target_options_are_checked_before_anything_is_reached(tmp_path: 
 def test_an_unknown_target_kind_is_refused() -> None:
     with pytest.raises(OptionInvalid):
         targets.target_for("site", model.load_stack("production", ROOT))
+
+
+def test_an_embassy_the_inventory_leaves_out_is_not_comparable_never_a_crash(production: model.Deployment,
+                                                                              tmp_path: Path) -> None:
+    """A site inventory may describe some embassies only: the others are recorded as not comparable for freshness."""
+    doc = example()
+    del doc["embassies"]["de-sovereign"]
+    target = targets.SiteTarget(production, sites.load(write(tmp_path, doc), production))
+    fresh = verify.freshness.Freshness(accepted_unanchored=False)
+    said: list[str] = []
+    verify.gather_anchors(production, target, "se", None, fresh, said.append)
+    assert {n["embassy"] for n in fresh.not_comparable} == {"de-sovereign", "ca", "jp"} and not fresh.anchors
+    assert all("not reachable through target site" in n["reason"] for n in fresh.not_comparable)

@@ -445,6 +445,8 @@ def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: An
             return fetch_manifests(where, name)
         except (VaultUnreachable, VaultGarbled) as exc:
             return exc
+        except UserError as exc:  # the target does not describe that vault, or has no credentials for it here
+            return VaultUnreachable(name, f"not reachable through target {getattr(where, 'kind', 'lab')}: {exc.message}")
 
     with ThreadPoolExecutor(max(1, len(others))) as pool:  # an unreachable vault costs its timeout once, not in turn
         served = dict(zip([o.name for o in others], pool.map(read, [o.name for o in others]), strict=True))
