@@ -352,3 +352,13 @@ def test_an_embassy_the_inventory_leaves_out_is_not_comparable_never_a_crash(pro
     verify.gather_anchors(production, target, "se", None, fresh, said.append)
     assert {n["embassy"] for n in fresh.not_comparable} == {"de-sovereign", "ca", "jp"} and not fresh.anchors
     assert all("not reachable through target site" in n["reason"] for n in fresh.not_comparable)
+
+
+def test_lab_status_names_the_labs_site_inventory(rehearsal: model.Deployment, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LAB_ROOT_ENV, str(tmp_path / "labs"))
+    lab = lifecycle.plan(rehearsal, LAB_ID)
+    Path(lab.dir).mkdir(parents=True)
+    lab.save()
+    status = lifecycle.status(LAB_ID, rehearsal.stack)
+    assert status["site_inventory"] == str(Path(lab.dir) / site_inventory.FILE)
