@@ -128,6 +128,28 @@ class HostUnknown(EmbassyError):
     default_hint = "use a host of the target's inventory (home, enclave-<embassy>)"
 
 
+class InventoryInvalid(EmbassyError):
+    """A site inventory that cannot be used: unreadable, not YAML, a key out of shape, or a secret written into it."""
+
+    error_code = 140
+    default_hint = "fix the key it names (see examples/sites/federation.yaml); credentials go in files or env vars"
+
+
+class CredentialsUnavailable(EmbassyError):
+    """A vault identity's credentials cannot be read: file missing or readable by others, environment unset."""
+
+    error_code = 141
+    default_hint = "write the identity's JSON credentials file (mode 0600), or export its environment variables"
+
+
+class ManifestKeyMissing(EmbassyError):
+    """Verify or restore outside the lab without `data-embassy:manifest_public_key`: nothing else is trusted."""
+
+    error_code = 142
+    default_hint = ("set data-embassy:manifest_public_key in the stack config to home's manifest public key "
+                    "(PEM, Ed25519): outside the lab it is the only trust anchor")
+
+
 class KeyInvalid(EmbassyError):
     """A key file cannot be read, is of the wrong kind, or is readable by others."""
 

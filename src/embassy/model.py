@@ -252,6 +252,20 @@ class Deployment(_Strict):
     # The RPO every cold embassy promises at best: it only receives whole WAL segments (archive_timeout).
     cold_rpo_seconds: StrictInt = Field(default=COLD_MIN_RPO_SECONDS, ge=COLD_MIN_RPO_SECONDS, le=MAX_COLD_RPO_SECONDS)
     restore_tests: RestoreTests = RestoreTests()
+    # Home's manifest-signing public key (PEM, Ed25519): the only trust anchor of verify and restore outside the lab.
+    manifest_public_key: StrictStr | None = Field(default=None, max_length=4096)
+
+    @field_validator("manifest_public_key")
+    @classmethod
+    def _is_ed25519_public_key(cls, pem: str | None) -> str | None:
+        if pem is None:
+            return None
+        problem = ed25519_public_key_problem(pem)
+        if problem:
+            refuse(f"not an Ed25519 public key: {problem}",
+                   "give home's manifest public key as the PEM block `embassy custody init` or the agent deploy "
+                   "prints (-----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----, an Ed25519 key)")
+        return pem
 
     def embassy(self, name: str) -> Embassy:
         for embassy in self.embassies:
@@ -274,6 +288,29 @@ class Deployment(_Strict):
         if embassy.mode is Mode.COLD:
             return max(register.rpo_seconds, self.cold_rpo_seconds)
         return register.rpo_seconds
+
+
+def ed25519_public_key_problem(pem: str) -> str | None:
+    """Why `pem` is not one Ed25519 public key in PEM (SubjectPublicKeyInfo), or None.
+
+    A private key, a certificate, another algorithm or two keys in one value are refused: whoever edits the
+    stack config must see the one key that verify and restore will trust."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    text = pem.strip()
+    if "PRIVATE KEY" in text:
+        return "this is a private key; the stack config takes only the public key"
+    if text.count("-----BEGIN ") != 1 or not text.startswith("-----BEGIN PUBLIC KEY-----") \
+            or not text.endswith("-----END PUBLIC KEY-----"):
+        return "expected exactly one PEM block -----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----"
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError) as exc:
+        return f"the PEM does not decode ({str(exc)[:120]})"
+    if not isinstance(key, Ed25519PublicKey):
+        return f"it is a {type(key).__name__.removeprefix('_').replace('PublicKey', '')} key, not Ed25519"
+    return None
 
 
 # --------------------------------------------------------------------------- errors
@@ -491,7 +528,7 @@ MAX_STACK_FILE_BYTES = 4 * 1024 * 1024
 # Pulumi stack files' own top-level keys; a misspelled `config:` would leave every key unread.
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 CONFIG_KEYS = ("state", "embassies", "registers", "principals", "classification", "cold_rpo_seconds",
-               "restore_tests")
+               "restore_tests", "manifest_public_key")
 # Secret config the program reads (`pulumi config set --secret`); never part of the model.
 SECRET_CONFIG_KEYS = ("break_glass_external_id",)
 
@@ -521,7 +558,8 @@ def _from_values(stack: str, values: Mapping[str, Any], source: str) -> Deployme
     return dep
 
 
-TEXT_KEYS = ("classification",)  # plain strings: a JSON parse would turn "10" into 10 and "null" into nothing
+# Plain strings: a JSON parse would turn "10" into 10 and "null" into nothing.
+TEXT_KEYS = ("classification", "manifest_public_key")
 
 
 def from_pulumi_config(stack: str, get_object: ConfigGetter, get_text: ConfigGetter | None = None) -> Deployment:

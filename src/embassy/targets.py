@@ -10,13 +10,24 @@ Every operation (harden, deploy, and next replicate, verify, restore, drill) tak
 - how to run a shell command on one host: in the lab, SSH from the controller namespace; on AWS,
   SSH tunnelled through SSM Session Manager (the enclaves have no inbound SSH), as inventories/aws.py
   documents it;
-- how Ansible connects (the connection variables of its inventory).
+- how Ansible connects (the connection variables of its inventory);
+- each embassy's vault as the data plane reaches it (`vault(embassy)`: a vaultaccess.VaultAccess with endpoint,
+  bucket, addressing, CA, the namespace its clients run in, and where each identity's credentials come from);
+- home's manifest public key, the trust anchor of verify and restore (`manifest_public_key()`): the stack
+  config's `data-embassy:manifest_public_key`; only the lab (and a site inventory that is the lab's own) may
+  fall back to the key its deploy recorded on this controller;
+- where the controller keeps what it learnt of the vaults (`controller_folder`: the high-water marks).
+
+The site target (`--target site --inventory FILE`, src/embassy/sites.py) is a host nation's own data centre:
+SSH hosts and an S3-compatible vault per embassy. `embassy lab up` writes the lab's own site inventory, so the
+generic path is run against the lab too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,18 +36,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from embassy import model
-from embassy.errors import EmbassyUnknown, HostUnknown, RootRequired, TargetUnknown, ToolMissing, UserError
+from embassy.errors import (
+    EmbassyUnknown,
+    HostUnknown,
+    ManifestKeyMissing,
+    OptionInvalid,
+    RootRequired,
+    TargetUnknown,
+    ToolMissing,
+    UserError,
+)
 from embassy.lab.state import Role
+from embassy.vaultaccess import CredentialSource, VaultAccess
 
 if TYPE_CHECKING:
     from embassy.lab.state import LabState
 
-__all__ = ["KINDS", "AwsTarget", "Host", "LabTarget", "Role", "Target", "aws_hosts", "stack_outputs", "target_for"]
+__all__ = ["KINDS", "AwsTarget", "Host", "LabTarget", "Role", "SiteTarget", "Target", "aws_hosts", "lab_vault",
+           "stack_outputs", "target_for"]
 
-KINDS = ("lab", "aws")
+KINDS = ("lab", "site", "aws")
+MANIFEST_KEY_FILE = "manifest_public_key.pem"  # in a lab's state folder, written by the agent deploy
 AWS_SSH_CONFIG_ENV = "EMBASSY_SSH_CONFIG"  # the ssh_config with the SSM ProxyCommand (inventories/aws.py)
 SSM_BUCKET_ENV = "EMBASSY_SSM_BUCKET"  # Ansible's SSM connection moves files through an S3 bucket
 
@@ -136,6 +160,31 @@ class Target(ABC):
     def ansible_host_vars(self, host: Host) -> dict[str, Any]:
         """Ansible connection variables of one host."""
 
+    def vault(self, embassy: str) -> VaultAccess:
+        """How the data plane reaches the embassy's vault (endpoint, bucket, CA, identities)."""
+        raise UserError(f"target {self.kind} cannot reach vaults yet", "use --target lab or --target site")
+
+    def recorded_manifest_key(self) -> str | None:
+        """A manifest key recorded on this controller by a lab deploy: only a lab target has one."""
+        return None
+
+    def manifest_public_key(self) -> str:
+        """Home's manifest public key (PEM): the stack config's; outside the lab, nothing else is trusted."""
+        if self.dep.manifest_public_key:
+            return self.dep.manifest_public_key
+        recorded = self.recorded_manifest_key()
+        if recorded:
+            return recorded
+        raise ManifestKeyMissing(f"stack '{self.stack}' sets no data-embassy:manifest_public_key: target {self.kind} "
+                                 "has nothing else to trust (never a key a vault or a host serves)")
+
+    @property
+    def controller_folder(self) -> Path:
+        """Where this controller keeps the vaults' high-water marks (0700)."""
+        from embassy.replication.secrets import secrets_dir
+
+        return secrets_dir(SimpleNamespace(lab_id=None, stack=self.stack))
+
     def run_client(self, argv: Sequence[str], *, timeout: float | None = None, cwd: Path | None = None,
                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run a client where the hosts are reachable; its output is captured as text."""
@@ -208,6 +257,125 @@ class LabTarget(Target):
 
     def ansible_host_vars(self, host: Host) -> dict[str, Any]:
         return {"ansible_host": host.address}
+
+    def vault(self, embassy: str) -> VaultAccess:
+        self.embassy_hosts(embassy)  # refuses an embassy the stack does not declare
+        return lab_vault(self.lab, embassy)
+
+    def recorded_manifest_key(self) -> str | None:
+        return _recorded_key(Path(self.lab.dir))
+
+    @property
+    def controller_folder(self) -> Path:
+        from embassy.replication.secrets import secrets_dir
+
+        return secrets_dir(SimpleNamespace(lab_id=self.lab.lab_id, stack=self.stack))
+
+
+def _recorded_key(lab_folder: Path) -> str | None:
+    path = lab_folder / MANIFEST_KEY_FILE
+    return path.read_text() if path.is_file() else None
+
+
+def lab_vault(lab: LabState, embassy: str) -> VaultAccess:
+    """A lab vault: reachable from the controller namespace only, the lab CA, path-style, credentials files."""
+    v = lab.vault(embassy)
+    identities = {"reader": CredentialSource(file=v.reader_credentials), "agent": CredentialSource(file=v.agent_credentials)}
+    return VaultAccess(embassy=embassy, endpoint=v.endpoint, bucket=v.bucket, ca_file=v.ca_file, addressing="path",
+                       netns=lab.controller_netns, identities=identities)
+
+
+# --------------------------------------------------------------------------- a site: a host nation's data centre
+
+
+class SiteTarget(Target):
+    """A host nation's own data centre, from a site inventory (src/embassy/sites.py): SSH hosts, S3 vaults."""
+
+    kind = "site"
+    inventory = "inventories/site.py"
+
+    def __init__(self, dep: model.Deployment, inventory: Any, path: Path | None = None) -> None:
+        super().__init__(dep)
+        self.site = inventory  # sites.Inventory, already bound to the stack
+        self.path = path
+
+    @cached_property
+    def hosts(self) -> list[Host]:
+        found = [Host(h.name, Role.HOME, None, None, h.address) for h in (self.site.home.hosts if self.site.home else ())]
+        for emb in self.dep.embassies:
+            site = self.site.embassies.get(emb.name)
+            found += [Host(h.name, Role.EMBASSY, emb.name, emb.mode, h.address) for h in (site.hosts if site else ())]
+        return found
+
+    def _site_host(self, host: Host | str) -> Any:
+        h = self._host(host)
+        groups = [self.site.home.hosts if self.site.home else (), *(e.hosts for e in self.site.embassies.values())]
+        return next(s for group in groups for s in group if s.name == h.name)
+
+    @property
+    def workdir(self) -> Path:
+        return self.controller_folder.parent
+
+    def recorded_manifest_key(self) -> str | None:
+        """Only the lab's own inventory (lab_id, written by `embassy lab up`) is that lab: its recorded key."""
+        if self.site.lab_id is None:
+            return None
+        from embassy.lab.state import load_state
+
+        lab = load_state(self.site.lab_id)
+        return _recorded_key(Path(lab.dir)) if lab is not None and lab.stack == self.stack else None
+
+    @property
+    def controller_folder(self) -> Path:
+        from embassy.replication.secrets import secrets_dir
+
+        return secrets_dir(SimpleNamespace(lab_id=self.site.lab_id, stack=self.stack))
+
+    def _in_netns(self, netns: str | None, argv: list[str]) -> list[str]:
+        if netns is None:
+            return argv
+        if os.geteuid() != 0:
+            raise RootRequired(f"the site inventory runs these clients in the network namespace {netns}",
+                               f"run it as root, e.g. `sudo .venv/bin/embassy … --stack {self.stack}`")
+        return ["ip", "netns", "exec", netns, *argv]
+
+    def client_argv(self, argv: Sequence[str]) -> list[str]:
+        return self._in_netns(self.site.netns, list(argv))
+
+    def ssh_options(self, host: Host | str) -> list[str]:
+        """ssh options for one host: keys pinned in its known_hosts, batch mode, the jump host checked the same way."""
+        s = self._site_host(host)
+        pinned = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={s.known_hosts}",
+                  "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10"]
+        key = ["-o", "IdentitiesOnly=yes", "-i", s.identity_file] if s.identity_file else []
+        jump = []
+        if s.jump is not None:
+            inner = ["ssh", "-F", "none", *pinned, *key, "-p", str(s.jump.port), "-l", s.jump.user, "-W", "%h:%p", "--",
+                     s.jump.address]
+            jump = ["-o", "ProxyCommand=" + " ".join(shlex.quote(a) for a in inner)]
+        return ["-F", "none", *pinned, *key, *jump, "-p", str(s.port), "-l", s.user]
+
+    def host_argv(self, host: Host | str, command: str) -> list[str]:
+        s = self._site_host(host)
+        return self._in_netns(self.site.host_netns(s), ["ssh", *self.ssh_options(host), "--", s.address, command])
+
+    def require_ansible(self) -> None:
+        return None  # SSH: ansible-core's own connection
+
+    def ansible_vars(self) -> dict[str, Any]:
+        return {}
+
+    def ansible_host_vars(self, host: Host) -> dict[str, Any]:
+        s = self._site_host(host)
+        return {"ansible_host": s.address, "ansible_port": s.port, "ansible_user": s.user,
+                "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options(host)[2:])}
+
+    def vault(self, embassy: str) -> VaultAccess:
+        self.embassy_hosts(embassy)
+        if embassy not in self.site.embassies:
+            raise EmbassyUnknown(f"the site inventory {self.path or ''} describes no embassy '{embassy}'",
+                                 f"add embassies.{embassy} (hosts, vault, credentials) to the inventory")
+        return self.site.vault_access(embassy)
 
 
 # --------------------------------------------------------------------------- AWS
@@ -338,12 +506,24 @@ class AwsTarget(Target):
 # --------------------------------------------------------------------------- choosing one
 
 
-def target_for(kind: str, dep: model.Deployment) -> Target:
-    """The target `kind` (lab | aws) of the stack; the lab must be up (else an error that says how)."""
+def target_for(kind: str, dep: model.Deployment, inventory: Path | None = None) -> Target:
+    """The target `kind` (lab | site | aws) of the stack; the lab must be up (else an error that says how);
+    a site takes its inventory file (--inventory)."""
+    if kind != "site" and inventory is not None:
+        raise OptionInvalid(f"--inventory is for --target site, not --target {kind}",
+                            "drop --inventory, or use --target site --inventory FILE")
     if kind == "lab":
         from embassy.lab.state import lab_state
 
         return LabTarget(dep, lab_state(dep.stack))  # a UserError with its HINT when that lab is not up
+    if kind == "site":
+        if inventory is None:
+            raise OptionInvalid("--target site needs --inventory FILE (the site inventory)",
+                                "see examples/sites/federation.yaml; for the lab, `embassy lab status --json` names "
+                                "its own as site_inventory")
+        from embassy import sites
+
+        return SiteTarget(dep, sites.load(inventory, dep), inventory)
     if kind == "aws":
         return AwsTarget(dep)
     raise TargetUnknown(f"unknown target '{kind}'", f"use --target {' or --target '.join(KINDS)}")

@@ -158,6 +158,17 @@ BREAKS: dict[str, tuple[Callable[[Plan], None], str]] = {
     "EMB-CHG-02": (lambda p: find(p, "s3/bucket:Bucket", "de-vault").update(protect=False, retainOnDelete=False),
                    "not protected"),
 }
+def _role_policy_allows(plan: Plan, name: str, action: str, resource: str) -> None:
+    rec = find(plan, "rolePolicy:RolePolicy", name)
+    policy = doc(rec)
+    policy["Statement"].append({"Effect": "Allow", "Action": action, "Resource": resource})
+    set_doc(rec, policy)
+
+
+BREAKS["EMB-HST-01"] = (lambda p: _role_policy_allows(p, "de-host-vault-read", "s3:PutObject", "arn:aws:s3:::x/*"),
+                        "s3:PutObject")
+BREAKS["EMB-CUS-01"] = (lambda p: _role_policy_allows(p, "de-custody-vault", "s3:PutObject", "arn:aws:s3:::de-v/*"),
+                        "arn:aws:s3:::de-v/*")
 # Advisory controls the shipped stack does not meet (by design), and what makes them pass.
 FIXES: dict[str, Callable[[Plan], None]] = {
     "EMB-LOG-03": lambda p: [r["inputs"].update(isMultiRegionTrail=True) for r in p["resources"] if r["type"].endswith("Trail")],

@@ -189,7 +189,8 @@ def test_key_policy_names_only_home_principals_roles_and_services(rehearsal_plan
     outputs = rehearsal_plan["outputs"]["embassies"]
     for key in of_type(rehearsal_plan, "aws:kms/key:Key"):
         out = outputs[embassy_of(key)]
-        allowed = {*dep.principals.key_admins, out["agent_role_arn"], out["restore_role_arn"], out["break_glass_role_arn"]}
+        allowed = {*dep.principals.key_admins, out["agent_role_arn"], out["restore_role_arn"], out["custody_role_arn"],
+                   out["break_glass_role_arn"]}
         for st in statements(key["inputs"]["policy"]):
             assert st["Effect"] == "Allow"
             principal = st["Principal"]

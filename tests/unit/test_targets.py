@@ -135,7 +135,7 @@ def test_unknown_names_are_refused_with_the_names_there_are(lab_env: Path, dep: 
     assert emb.value.hint == "use one of: de, se, ie"
     with pytest.raises(TargetUnknown) as kind:
         target_for("gcp", dep)
-    assert kind.value.code == EXIT_USAGE and "use --target lab or --target aws" in kind.value.render()
+    assert kind.value.code == EXIT_USAGE and "use --target lab or --target site or --target aws" in kind.value.render()
 
 
 def test_harden_inventory_of_the_lab(lab_env: Path, dep: model.Deployment) -> None:

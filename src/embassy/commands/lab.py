@@ -104,5 +104,7 @@ def lab_status(stack: StackOpt,
                   f"processes={h['processes']} pss={h['pss_kib'] / 1024:.0f} MiB")
         for v in result["vaults"]:
             print(f"  vault {v['embassy']:<14} {v['endpoint']} {'reachable' if v['reachable'] else 'UNREACHABLE'}")
+        if result.get("site_inventory"):
+            print(f"  site inventory {result['site_inventory']} (--target site --inventory PATH)")
     if not result["up"]:
         raise typer.Exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from embassy.cli import StackOpt, app, console, load, user_error
-from embassy.errors import EXIT_FINDING, UserError
+from embassy.errors import EXIT_FINDING, OptionInvalid, UserError
 
 __all__ = ["app"]
 
@@ -91,15 +92,23 @@ def verify(
     accept_unanchored: Annotated[bool, typer.Option(
         "--accept-unanchored", help="when nothing anchors freshness (no high-water mark on this controller, no other "
                                     "vault to compare with), take the chain as it is; the JSON records it")] = False,
+    target: Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab) or site (a host nation's "
+                                                               "data centre, from --inventory)")] = "lab",
+    inventory: Annotated[Path | None, typer.Option("--inventory", help="the site inventory (--target site); the lab's "
+                                                   "own is named by `embassy lab status --json`")] = None,
 ) -> None:
     """Check an embassy's vault: manifest chain, signatures, freshness, backups, locks. Exit 0 intact, 1 not."""
     from embassy.replication import verify as lib
+    from embassy.targets import target_for
 
     dep = load(stack)
-    lab = _lab(stack)
     try:
+        if target not in ("lab", "site"):
+            raise OptionInvalid(f"verify reaches vaults through --target lab or site, not '{target}'",
+                                "use --target lab, or --target site --inventory FILE (AWS: not yet, see README)")
+        where = target_for(target, dep, inventory)
         with console.status(f"verifying the vault of {embassy}") as status:
-            result = lib.verify(dep, lab, embassy, full=full, accept_unanchored=accept_unanchored,
+            result = lib.verify(dep, where, embassy, full=full, accept_unanchored=accept_unanchored,
                                 say=lambda m: status.update(m))
     except UserError as exc:
         raise user_error(exc) from None

@@ -1013,3 +1013,81 @@ def _no_change_here(res: Resource, ctx: Context) -> Iterator[str]:
 def protected(res: Resource, ctx: Context) -> Iterator[str]:
     if res.protect is False:
         yield f"{res.name} is not protected (protect / retainOnDelete)"
+
+
+# --------------------------------------------------------------------------- the data plane's roles (issue 24)
+
+HOST_READ = frozenset(a.lower() for a in ("s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions",
+                                          "s3:GetBucketLocation", "s3:GetObjectRetention",
+                                          "s3:GetBucketObjectLockConfiguration"))
+HOST_KMS = frozenset({"kms:decrypt", "kms:describekey"})
+HOST_MANAGED = ("AmazonSSMManagedInstanceCore",)  # SSM Session Manager: how hosts are reached without inbound SSH
+S3_WRITES = ("s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:RestoreObject")
+
+
+def _of_role(res: Resource, ctx: Context, tag: str) -> bool:
+    """Whether the policy is attached to a role tagged `tag` (by the components; never judged by name)."""
+    return any(ctx.role_of(r) == tag for r in attached_roles(res, ctx))
+
+
+def _bucket_of(arn: str) -> str:
+    return arn.split(":::", 1)[-1].split("/", 1)[0] if arn.startswith("arn:") else arn
+
+
+def _host_buckets(role: Resource, ctx: Context) -> set[str]:
+    """Every bucket any policy attached to the role lets it reach with an s3 action (all policies: a second one
+    naming another bucket counts as much as a second statement)."""
+    found: set[str] = set()
+    for pol in ctx.by_type("aws:iam/rolePolicy:RolePolicy", POLICY):
+        if role not in attached_roles(pol, ctx):
+            continue
+        for actions, resources, negated in _allowed(policy_document(pol.inputs.get("policy"), "policy")):
+            if negated or any(a.lower().startswith("s3:") or a == "*" for a in actions):
+                found |= {_bucket_of(r) for r in resources}
+    return found
+
+
+@check("EMB-HST-01")
+def host_reads_own_vault_only(res: Resource, ctx: Context) -> Iterator[str]:
+    if res.type == ROLE or not _of_role(res, ctx, "host"):
+        return
+    if res.type in ATTACHMENTS:
+        managed = _managed_policy(res)
+        if managed not in HOST_MANAGED:
+            yield f"{res.name} attaches {managed or ref(res.inputs, 'policyArn', '?')} to the host role: SSM only"
+        return
+    reaches_s3 = False
+    for actions, _resources, negated in _allowed(policy_document(res.inputs.get("policy"), "policy")):
+        if negated:
+            yield f"{res.name} allows the host role everything but {', '.join(actions)} (NotAction)"
+            continue
+        lowered = [a.lower() for a in actions]
+        extra = [a for a, low in zip(actions, lowered, strict=True)
+                 if (low.startswith("s3:") or low == "*") and low not in HOST_READ]
+        extra += [a for a, low in zip(actions, lowered, strict=True) if low.startswith("kms:") and low not in HOST_KMS]
+        if extra:
+            yield f"{res.name} allows the host role {', '.join(extra)}: it reads its own vault, never more"
+        reaches_s3 = reaches_s3 or any(low.startswith("s3:") or low == "*" for low in lowered)
+    buckets = sorted({b for role in attached_roles(res, ctx) for b in _host_buckets(role, ctx)})
+    if reaches_s3 and (len(buckets) != 1 or any(c in buckets[0] for c in "*?")):
+        yield f"{res.name} lets the host role read {', '.join(buckets) or 'no named bucket'}: its own vault only"
+    if reaches_s3:
+        vaults = [d for d in (ctx.resources.get(u) for u in res.dependencies) if d is not None and d.type == BUCKET]
+        if not vaults or any(bucket_role(v, ctx) != "vault" or v.provider != res.provider for v in vaults):
+            yield f"{res.name} is not tied to a vault of its own embassy (it depends on no vault bucket on its provider)"
+
+
+@check("EMB-CUS-01")
+def custody_writes_only_bundles(res: Resource, ctx: Context) -> Iterator[str]:
+    if res.type == ROLE or not _of_role(res, ctx, "custody"):
+        return
+    if res.type in ATTACHMENTS:
+        if _managed_policy(res) or ref(res.inputs, "policyArn", ""):
+            yield f"{res.name} attaches a managed policy to the custody role: its grants are not limited to custody/"
+        return
+    prefix = f"/custody/{ctx.model.stack}/" if ctx.model is not None else "/custody/"
+    for actions, resources, negated in _allowed(policy_document(res.inputs.get("policy"), "policy")):
+        writes = negated or any(_action_covers(a, w) for a in actions for w in S3_WRITES)
+        outside = [r for r in resources if prefix not in r or r.count("*") > 1]
+        if writes and outside:
+            yield f"{res.name} lets the custody role write {', '.join(outside)}: only {prefix.strip('/')}/ of the vault"

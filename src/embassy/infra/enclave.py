@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from embassy.infra.iam import HOST_DENIED, HOST_READ_ACTIONS
 from embassy.infra.site import Site, policy_json, role_tag
 
 DEBIAN_OWNER = "136693071363"  # the Debian cloud team's AWS account
@@ -40,25 +41,30 @@ class EnclaveArgs:
     vpc_cidr: str
     s3_prefix_list_id: pulumi.Input[str]
     key_arn: pulumi.Input[str]
+    vault_arn: pulumi.Input[str] | None = None  # the embassy's own vault: the hosts may read it, nothing more
 
 
 class Enclave(pulumi.ComponentResource):
     """`host_count` instances spread over the private subnets."""
 
     hosts: list[aws.ec2.Instance]
+    role: aws.iam.Role
 
     def __init__(self, name: str, args: EnclaveArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("data-embassy:infra:Enclave", name, None, opts)
         site, emb = args.site, args.site.embassy
         child = pulumi.ResourceOptions(parent=self)
 
-        role = aws.iam.Role(site.child("host"), description=f"enclave hosts of embassy {site.name}: SSM only", opts=child,
+        role = aws.iam.Role(site.child("host"), description=f"enclave hosts of embassy {site.name}: SSM, read own vault",
+                            opts=child,
                             tags=role_tag("host"),
                             assume_role_policy=policy_json({"Version": "2012-10-17", "Statement": [{
                                 "Effect": "Allow", "Action": "sts:AssumeRole",
                                 "Principal": {"Service": site.service_principal("ec2")}}]}))
         aws.iam.RolePolicyAttachment(site.child("host-ssm"), role=role.name, opts=child,
                                      policy_arn=f"arn:{site.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore")
+        if args.vault_arn is not None:
+            self._read_own_vault(site, role, args.vault_arn, args.key_arn, child)
         profile = aws.iam.InstanceProfile(site.child("host"), role=role.name, opts=child)
 
         ingress = [aws.ec2.SecurityGroupIngressArgs(
@@ -105,5 +111,24 @@ class Enclave(pulumi.ComponentResource):
                 enclave_options=aws.ec2.InstanceEnclaveOptionsArgs(enabled=nitro_enclaves_capable(emb.instance_type)),
                 tags={"Name": f"{site.stack}-{site.name}-{index + 1}", **role_tag("host")},
                 opts=child))
+        self.role = role
         self.register_outputs({"instance_ids": [h.id for h in self.hosts],
-                               "private_ips": [h.private_ip for h in self.hosts]})
+                               "private_ips": [h.private_ip for h in self.hosts], "role_arn": role.arn})
+
+    @staticmethod
+    def _read_own_vault(site: Site, role: aws.iam.Role, vault_arn: pulumi.Input[str], key_arn: pulumi.Input[str],
+                        child: pulumi.ResourceOptions) -> None:
+        """Restore on the host and a warm standby's WAL replay read the embassy's own vault; nothing is written.
+
+        The key's use comes by a KMS grant (Decrypt only) rather than the key policy: the key exists before the
+        host role does, and its policy names no principal of the host nation's account beyond the stack's roles."""
+        bucket = pulumi.Output.from_input(vault_arn)
+        vault = [bucket, bucket.apply(lambda arn: f"{arn}/*")]
+        aws.iam.RolePolicy(site.child("host-vault-read"), role=role.id, opts=child, policy=policy_json({
+            "Version": "2012-10-17", "Statement": [
+                {"Sid": "ReadOwnVault", "Effect": "Allow", "Action": list(HOST_READ_ACTIONS), "Resource": vault},
+                {"Sid": "DecryptWithEmbassyKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"],
+                 "Resource": key_arn},
+                {"Sid": "NeverWriteDeleteOrUnlock", "Effect": "Deny", "Action": list(HOST_DENIED), "Resource": vault}]}))
+        aws.kms.Grant(site.child("host-decrypt"), key_id=key_arn, grantee_principal=role.arn,
+                      operations=["Decrypt", "DescribeKey"], opts=child)

@@ -1,4 +1,5 @@
-"""IAM of an embassy: who may write replicas (agent), read them (restore), and break the glass.
+"""IAM of an embassy: who may write replicas (agent), read them (restore), seal custody bundles (custody), and
+break the glass.
 
 Two components because of an ordering the cloud imposes: the KMS key policy names the roles (so the
 roles exist first), and the roles' permissions name the key and the vault (so they come last).
@@ -28,6 +29,16 @@ READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:List
                 "s3:GetObjectRetention", "s3:GetBucketObjectLockConfiguration")
 WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts", "s3:ListBucketMultipartUploads")
 KMS_USE = ("kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey")
+# What the enclave host may do to its own vault (restore, and a warm standby's WAL replay): read, nothing more.
+HOST_READ_ACTIONS = READ_ACTIONS
+# Never to the host: every write, every delete, every lock change.
+HOST_DENIED = (*WRITE_ACTIONS, "s3:DeleteObject", *AGENT_DENIED)
+# The custody bundles' place in the embassy's vault (custody/<stack>/, as embassy.custody writes them).
+CUSTODY_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectRetention")
+
+
+def custody_prefix(stack: str) -> str:
+    return f"custody/{stack}/"
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class RolesArgs:
     restorers: Sequence[str]
     break_glass: Sequence[str]
     break_glass_external_id: pulumi.Input[str]  # a secret: the trust policy that holds it is secret too
+    custodians: Sequence[str] = ()  # who may assume the custody role (the key administrators)
 
 
 def _trust(principals: Sequence[str], external_id: pulumi.Input[str] | None = None) -> pulumi.Output[str]:
@@ -52,6 +64,7 @@ class Roles(pulumi.ComponentResource):
 
     agent: aws.iam.Role
     restore: aws.iam.Role
+    custody: aws.iam.Role
     break_glass: aws.iam.Role
 
     def __init__(self, name: str, args: RolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -64,12 +77,16 @@ class Roles(pulumi.ComponentResource):
         self.restore = aws.iam.Role(site.child("restore"), description=f"read-only restore from embassy {site.name}",
                                     assume_role_policy=_trust(args.restorers), max_session_duration=3600,
                                     tags=role_tag("restore"), opts=child)
+        # Home's custody officials seal and read bundles under custody/<stack>/ only (the key administrators).
+        self.custody = aws.iam.Role(site.child("custody"), description=f"custody bundles of {site.state.code} in embassy "
+                                    f"{site.name}: custody/{site.stack}/ only", assume_role_policy=_trust(args.custodians),
+                                    max_session_duration=3600, tags=role_tag("custody"), opts=child)
         self.break_glass = aws.iam.Role(
             site.child("break-glass"), description=f"break-glass of embassy {site.name}: the only principal allowed lock changes",
             assume_role_policy=_trust(args.break_glass, args.break_glass_external_id), max_session_duration=3600,
             tags=role_tag("break-glass"), opts=child)
         self.register_outputs({"agent_arn": self.agent.arn, "restore_arn": self.restore.arn,
-                               "break_glass_arn": self.break_glass.arn})
+                               "custody_arn": self.custody.arn, "break_glass_arn": self.break_glass.arn})
 
 
 @dataclass(frozen=True)
@@ -107,4 +124,13 @@ class Grants(pulumi.ComponentResource):
         aws.iam.RolePolicy(site.child("break-glass-vault"), role=roles.break_glass.id, opts=child, policy=_doc(
             {"Sid": "ReadAndManageLocks", "Effect": "Allow", "Action": [*READ_ACTIONS, *LOCK_ACTIONS], "Resource": vault},
             kms))
+        prefix = custody_prefix(site.stack)
+        aws.iam.RolePolicy(site.child("custody-vault"), role=roles.custody.id, opts=child, policy=_doc(
+            {"Sid": "SealAndReadBundles", "Effect": "Allow", "Action": list(CUSTODY_ACTIONS),
+             "Resource": bucket.apply(lambda arn: f"{arn}/{prefix}*")},
+            {"Sid": "ListBundles", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket,
+             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+            kms,
+            {"Sid": "NeverDestroyOrUnlock", "Effect": "Deny", "Action": ["s3:DeleteObject", *AGENT_DENIED],
+             "Resource": vault}))
         self.register_outputs({})

@@ -14,7 +14,7 @@ from typing import Any
 
 from embassy.errors import UserError
 from embassy.lab import hosts as hostlib
-from embassy.lab import image, mirror, network, pki, syslog, system, vaults
+from embassy.lab import image, mirror, network, pki, site_inventory, syslog, system, vaults
 from embassy.lab.state import (
     DOMAIN,
     MIRROR_PORT,
@@ -153,6 +153,8 @@ def up(dep: Deployment, lab_id: int | None = None, say: Say = _quiet) -> tuple[L
                 raise UserError(f"lab {lab_id} runs stack '{current.stack}', not '{dep.stack}'",
                                 f"run `embassy lab down --stack {current.stack}` first, or use another EMBASSY_LAB_ID")
             if is_up(current):
+                if not site_inventory.inventory_path(current).is_file():  # a lab built before inventories existed
+                    site_inventory.write(current)
                 return current, False
             raise LabError(f"lab {lab_id} is half-built or broken (a previous `lab up` failed, or a process died)",
                            f"run `embassy lab down --stack {dep.stack}`, then `embassy lab up --stack {dep.stack}`")
@@ -166,6 +168,7 @@ def up(dep: Deployment, lab_id: int | None = None, say: Say = _quiet) -> tuple[L
         _build(lab, say)
         lab.phase = Phase.UP
         lab.save()
+        site_inventory.write(lab)
         return lab, True
 
 
@@ -400,5 +403,6 @@ def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any
     return {"up": is_up(lab), "lab_id": lab_id, "stack": lab.stack, "phase": lab.phase.value, "range": lab.range,
             "controller_netns": lab.controller_netns, "mirror_url": lab.mirror_url,
             "syslog_target": lab.syslog_target, "state_file": str(Path(lab.dir) / "state.json"),
+            "site_inventory": str(site_inventory.inventory_path(lab)),
             "hosts": hosts_out, "vaults": vaults_out}
 

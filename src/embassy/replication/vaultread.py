@@ -1,9 +1,11 @@
-"""Read an embassy's vault with the read-only identity (run inside the lab's controller namespace: vault
-names resolve there alone). Everything the vault says is bounded here; the caller parses it as untrusted.
+"""Read an embassy's vault with the read-only identity (run where the target says the vault is reachable: in a
+lab, inside its controller namespace, where vault names resolve alone). Everything the vault says is bounded
+here; the caller parses it as untrusted.
 
     python -m embassy.replication.vaultread SPEC_JSON      -> JSON on stdout
 
-SPEC: {"endpoint", "ca_file", "credentials", "bucket"} and either nothing (the manifests) or "heads":
+SPEC: a vaultaccess client spec {"endpoint", "bucket", "ca_file", "addressing", "region", "credentials": {"file"
+| "env"}} (never a secret: credentials are read here) and either nothing (the manifests) or "heads":
 {"prefixes": [...], "keys": [...]} (the lock of every object under those prefixes, and of those keys).
 Output: {"ok": true, "objects": [{"key", "size", "data" (base64; absent when over the bound), "lock_mode",
 "retain_until", "last_modified"}]} or {"ok": false, "error": "..."}.
@@ -19,8 +21,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from embassy.lab.buckets import client
+from embassy.errors import UserError
 from embassy.replication.manifest import MAX_BYTES, PREFIX
+from embassy.vaultaccess import s3_client
 
 # A host chooses how many objects it lists and how large each is: the reader stops at these bounds and
 # says so, rather than filling the controller's memory (a round a minute for 10 years is 5.3 million manifests:
@@ -55,7 +58,7 @@ READABLE = (PREFIX, "restore-tests/")  # spec "prefix": the manifests (default) 
 
 
 def read_manifests(spec: dict[str, Any]) -> dict[str, Any]:
-    s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
+    s3 = s3_client(spec)
     objects, total = [], 0
     prefix = spec.get("prefix", PREFIX)
     if prefix not in READABLE:
@@ -74,7 +77,7 @@ def read_manifests(spec: dict[str, Any]) -> dict[str, Any]:
 
 def read_heads(spec: dict[str, Any]) -> dict[str, Any]:
     """The lock of every object under the prefixes and of the keys (HEAD: no data read)."""
-    s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
+    s3 = s3_client(spec)
     keys = [str(k) for k in spec["heads"].get("keys", [])]
     for prefix in spec["heads"].get("prefixes", []):
         keys += [i["Key"] for i in _listed(s3, spec["bucket"], str(prefix), MAX_HEADS)]
@@ -96,7 +99,7 @@ def main(argv: list[str]) -> int:
     try:
         spec = json.loads(argv[0])
         result = read_heads(spec) if "heads" in spec else read_manifests(spec)
-    except (BotoCoreError, ClientError, OSError, ValueError, KeyError, Bounded) as exc:
+    except (BotoCoreError, ClientError, OSError, ValueError, KeyError, Bounded, UserError) as exc:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result))
     return 0

@@ -5,7 +5,8 @@ path to it and what it serves when, but holds no signing key. So:
 1. every object is read bounded (size, count) and parsed so that it can only fail this vault, naming
    itself (manifest.parse_json); another vault's bad object makes that vault "not comparable", nothing more;
 2. the manifest chain, first to newest: canonical bytes, Ed25519 signatures by the home state's key
-   (taken from the stack config or the lab state, never from the vault), links, rounds; every object
+   (the target's trust anchor: the stack config's data-embassy:manifest_public_key, or in the lab only the key
+   its deploy recorded; never one from the vault), links, rounds; every object
    under manifests/ must be a manifest of this chain;
 3. freshness, anchored outside the vault (freshness.py): the controller's high-water mark, the custody
    bundle's round, and any manifest home signed in any reachable vault. No anchor: "freshness not
@@ -19,6 +20,10 @@ path to it and what it serves when, but holds no signing key. So:
    the restic repositories, the custody bundles), under COMPLIANCE until at least its write time plus the
    embassy's retention (HEAD with the read-only identity).
 The verified chain is kept (Result.chain): a restore uses exactly it, never a second read.
+
+Everything is reached through a target (embassy.targets): `target.vault(embassy)` for the S3 reads (run where
+the vault is reachable, with its read-only identity), `target.run_on(host, …)` for the checks on the embassy's
+host. Callers that still hand over the lab's state get the lab's vault and SSH, as before.
 """
 
 from __future__ import annotations
@@ -38,13 +43,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from embassy import errors, model
-from embassy.errors import UserError
-from embassy.lab.state import LabState
+from embassy import errors, model, targets
+from embassy.errors import ManifestKeyMissing, UserError
 from embassy.replication import dataplane, freshness, manifest
 from embassy.replication.secrets import secrets_dir
+from embassy.targets import Target
+from embassy.vaultaccess import VaultAccess
 
-PUBLIC_KEY_FILE = "manifest_public_key.pem"  # in the lab's state folder (written by the agent deploy)
+PUBLIC_KEY_FILE = targets.MANIFEST_KEY_FILE  # in the lab's state folder (written by the agent deploy)
+# Where verify reaches hosts and vaults: a Target, or (callers not yet moved to one) the lab's state.
+Where = Any
 READ_TIMEOUT = 90  # seconds for one vault's manifests; a host that serves slower is unreachable
 LOCK_SLACK = dt.timedelta(minutes=10)  # home's clock and the vault's differ by less than this
 
@@ -90,18 +98,25 @@ class Result:
                 "freshness": self.freshness.as_json() if self.freshness else None}
 
 
-def public_key_pem(dep: model.Deployment, lab: LabState | None) -> str:
-    """The manifest public key: the stack config's, else the one the lab recorded at deploy."""
+def public_key_pem(dep: model.Deployment, where: Where | None) -> str:
+    """The manifest public key: the stack config's, else (in the lab only) the one the lab recorded at deploy."""
+    if isinstance(where, Target):
+        return where.manifest_public_key()
     configured = getattr(dep, "manifest_public_key", None)
     if configured:
         return str(configured)
-    if lab is not None:
-        path = Path(lab.dir) / PUBLIC_KEY_FILE
+    if where is not None:
+        path = Path(where.dir) / PUBLIC_KEY_FILE
         if path.is_file():
             return path.read_text()
-    raise UserError("no manifest public key for this stack",
-                    "set data-embassy:manifest_public_key in the stack config, or run `embassy deploy --target lab` "
-                    "(it records home's public key in the lab state)")
+    raise ManifestKeyMissing("no manifest public key for this stack",
+                             "set data-embassy:manifest_public_key in the stack config, or run `embassy deploy --target "
+                             "lab` (it records home's public key in the lab state)")
+
+
+def vault_of(where: Where, embassy: str) -> VaultAccess:
+    """The embassy's vault as the target reaches it."""
+    return where.vault(embassy) if isinstance(where, Target) else targets.lab_vault(where, embassy)
 
 
 class VaultUnreachable(Exception):
@@ -170,28 +185,27 @@ def parse_reader_output(embassy: str, stdout: str) -> list[Stored]:
     return out
 
 
-def _reader(lab: LabState, embassy: str, extra: dict[str, Any] | None = None) -> list[Stored]:
-    vault = lab.vault(embassy)
-    spec = {"endpoint": vault.endpoint, "ca_file": vault.ca_file, "credentials": vault.reader_credentials,
-            "bucket": vault.bucket, **(extra or {})}
+def _reader(where: Where, embassy: str, extra: dict[str, Any] | None = None) -> list[Stored]:
+    vault = vault_of(where, embassy)
+    spec = {**vault.client_spec("reader"), **(extra or {})}  # names where the credentials are, never holds them
     try:
-        done = subprocess.run(lab.in_controller([sys.executable, "-m", "embassy.replication.vaultread", json.dumps(spec)]),
+        done = subprocess.run(vault.client_argv([sys.executable, "-m", "embassy.replication.vaultread", json.dumps(spec)]),
                               capture_output=True, text=True, errors="replace", timeout=READ_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise VaultUnreachable(embassy, f"no answer in {READ_TIMEOUT} s") from None
     return parse_reader_output(embassy, done.stdout)
 
 
-def fetch_manifests(lab: LabState, embassy: str) -> list[Stored]:
+def fetch_manifests(where: Where, embassy: str) -> list[Stored]:
     """Every object under manifests/ in the embassy's vault, read with its read-only identity, bounded.
 
     VaultUnreachable if it does not answer, VaultGarbled if what it serves is not a listing of objects."""
-    return _reader(lab, embassy)
+    return _reader(where, embassy)
 
 
-def fetch_locks(lab: LabState, embassy: str, prefixes: list[str], keys: list[str]) -> list[Stored]:
+def fetch_locks(where: Where, embassy: str, prefixes: list[str], keys: list[str]) -> list[Stored]:
     """The lock of every object under the prefixes and of the keys (HEAD, no data)."""
-    return _reader(lab, embassy, {"heads": {"prefixes": prefixes, "keys": keys}})
+    return _reader(where, embassy, {"heads": {"prefixes": prefixes, "keys": keys}})
 
 
 def walk(objects: list[Stored], public: Any, *, stack: str,
@@ -228,8 +242,12 @@ def _time(text: str) -> dt.datetime:
     return manifest.parse_time(text)
 
 
-def ssh(lab: LabState, embassy: str, command: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(lab.ssh_argv(lab.host(embassy).name, command), capture_output=True, text=True, timeout=timeout)
+def ssh(where: Where, embassy: str, command: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run `command` on the embassy's (first) host through the target."""
+    if isinstance(where, Target):
+        return where.run_on(where.embassy_hosts(embassy)[0], command, timeout=timeout)
+    return subprocess.run(where.ssh_argv(where.host(embassy).name, command), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # At log level info, pgBackRest verify names each bad file it checks in a job: "invalid result <archive id>/<dir>/<segment>: …"
@@ -249,7 +267,7 @@ def bad_file(text: str) -> str | None:
     return bad.group("file") if bad else None
 
 
-def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, str]:
+def _pgbackrest_failure(where: Where, embassy: str, text: str) -> tuple[str, str]:
     """The object and reason of a failed `pgbackrest verify`: the file it names, else the one it aborted on."""
     summary = f"pgbackrest verify: {' '.join(text.split())[:400]}"
     named = bad_file(text)
@@ -258,7 +276,7 @@ def _pgbackrest_failure(lab: LabState, embassy: str, text: str) -> tuple[str, st
     abort = VERIFY_ABORT.search(text)
     if abort and "Results:" not in text and abort.group("code") in CONTENT_ERRORS:
         # Aborted on a file's content before any result: the one file its main process reads is that first segment.
-        listing = ssh(lab, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
+        listing = ssh(where, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
         first = header_read_segment(listing.stdout)
         if first:
             return (f"pgbackrest:{first}",
@@ -295,14 +313,14 @@ def header_read_segment(repo_ls_json: str) -> str | None:
     return next(iter(firsts.values())) if len(firsts) == 1 else None
 
 
-def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
-    done = ssh(lab, embassy, f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
+def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
+    done = ssh(where, embassy, f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
                              f"{PGBR} --output=json info")
     text, _, info_json = done.stdout.rpartition("\n[")
     status = re.search(r"status:\s*(\w+)", text)
     invalid = re.search(r"(missing|checksum invalid|size invalid|other): [1-9]", text)
     if status is None or status.group(1) != "ok" or invalid or "error" in text.lower():
-        obj, reason = _pgbackrest_failure(lab, embassy, text)
+        obj, reason = _pgbackrest_failure(where, embassy, text)
         result.check(obj, False, reason)
         return
     result.check("pgbackrest:repo", True)
@@ -325,10 +343,10 @@ def check_pgbackrest(lab: LabState, embassy: str, head: manifest.Verified, resul
                          f"WAL up to {last} named by {head.key}, the repo holds only up to {archive_max or 'nothing'}")
 
 
-def check_generation(lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
+def check_generation(where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
     """The host reads the repositories (key generation) the head names, else its checks would prove another repo."""
     want = dataplane.manifest_generation(head.body)
-    done = ssh(lab, embassy, f"sudo sed -n 's/^repo1-path=//p' {dataplane.PGBACKREST_CONF}; "
+    done = ssh(where, embassy, f"sudo sed -n 's/^repo1-path=//p' {dataplane.PGBACKREST_CONF}; "
                              f"sudo sed -n 's/^RESTIC_BASE=.*\\///p' {dataplane.RESTIC_DIR}/{embassy}.env", timeout=60)
     if done.returncode == 255:
         result.check(f"host:{embassy}", False, f"ssh: {done.stderr.strip()[-300:]}")
@@ -361,22 +379,22 @@ def bad_pack(text: str, packs: Callable[[], list[str]] = lambda: []) -> str | No
     return matches[0] if len(matches) == 1 else None
 
 
-def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
+def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
     subset = "--read-data" if full else f"--read-data-subset={head.round % 5 + 1}/5"
     for reg in head.body["registers"]:
         if reg["kind"] != "files":
             continue
         name = reg["name"]
         restic = f"sudo embassy-restic {embassy} {name} --no-lock"
-        done = ssh(lab, embassy, f"{restic} check {subset} 2>&1")
+        done = ssh(where, embassy, f"{restic} check {subset} 2>&1")
         if done.returncode != 0:
             listing = f"{restic} list packs"
-            pack = bad_pack(done.stdout, lambda: ssh(lab, embassy, listing, timeout=300).stdout.split())  # noqa: B023
+            pack = bad_pack(done.stdout, lambda: ssh(where, embassy, listing, timeout=300).stdout.split())  # noqa: B023
             result.check(f"restic:{name}" + (f"/data/{pack[:2]}/{pack}" if pack else ""), False,
                          f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}")
             return
         result.check(f"restic:{name}", True)
-        snaps = ssh(lab, embassy, f"{restic} snapshots --json")
+        snaps = ssh(where, embassy, f"{restic} snapshots --json")
         ids = [s.get("id", "") for s in json.loads(snaps.stdout or "[]")] if snaps.returncode == 0 else []
         want = reg.get("snapshot_id") or ""
         if not result.check(f"restic:{name}/snapshots/{want[:8]}", bool(want) and any(i.startswith(want) or
@@ -384,7 +402,7 @@ def check_restic(lab: LabState, embassy: str, head: manifest.Verified, result: R
             return
         if full and reg.get("digest"):
             # A fresh 0700 folder per run (mktemp -d), never a fixed path another user could prepare.
-            got = ssh(lab, embassy, f"scratch=$(sudo mktemp -d -p /var/tmp embassy-verify.XXXXXXXXXX) && "
+            got = ssh(where, embassy, f"scratch=$(sudo mktemp -d -p /var/tmp embassy-verify.XXXXXXXXXX) && "
                                     f"{restic} restore {want} --target \"$scratch\" >/dev/null && "
                                     f"sudo env PYTHONPATH=/opt/embassy python3 -m replication.digest files "
                                     f"\"$scratch\"/srv/registers/{name}; rc=$?; "
@@ -408,23 +426,27 @@ def _bound(dep: model.Deployment, embassy: str) -> int:
     return min((dep.rpo_bound(r, me) for r in held), default=0)
 
 
-def controller_folder(dep: model.Deployment, lab: LabState) -> Path:
+def controller_folder(dep: model.Deployment, where: Where) -> Path:
     """Where the high-water marks live: the controller's secrets folder (0700)."""
-    return secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
+    if isinstance(where, Target):
+        return where.controller_folder
+    return secrets_dir(SimpleNamespace(lab_id=where.lab_id, stack=dep.stack))
 
 
-def gather_anchors(dep: model.Deployment, lab: LabState, embassy: str, public: Any, fresh: freshness.Freshness,
+def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: Any, fresh: freshness.Freshness,
                    say: Callable[[str], None]) -> None:
     """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
     whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass)."""
-    folder = controller_folder(dep, lab)
+    folder = controller_folder(dep, where)
     others = [e for e in dep.embassies if e.name != embassy]
 
     def read(name: str) -> list[Stored] | Exception:
         try:
-            return fetch_manifests(lab, name)
+            return fetch_manifests(where, name)
         except (VaultUnreachable, VaultGarbled) as exc:
             return exc
+        except UserError as exc:  # the target does not describe that vault, or has no credentials for it here
+            return VaultUnreachable(name, f"not reachable through target {getattr(where, 'kind', 'lab')}: {exc.message}")
 
     with ThreadPoolExecutor(max(1, len(others))) as pool:  # an unreachable vault costs its timeout once, not in turn
         served = dict(zip([o.name for o in others], pool.map(read, [o.name for o in others]), strict=True))
@@ -453,14 +475,14 @@ def gather_anchors(dep: model.Deployment, lab: LabState, embassy: str, public: A
             freshness.raise_mark(folder, str(newest.body["embassy"]), newest)
 
 
-def check_freshness(dep: model.Deployment, lab: LabState, embassy: str, chain: list[manifest.Verified], public: Any,
+def check_freshness(dep: model.Deployment, where: Where, embassy: str, chain: list[manifest.Verified], public: Any,
                     result: Result, say: Callable[[str], None], *, bundle_round: int | None = None,
                     accept_unanchored: bool = False) -> None:
     """The head against every anchor (freshness.py): stale, a second history, or not established, each a failure."""
     head = chain[-1]
     fresh = freshness.Freshness(accepted_unanchored=False)
     result.freshness = fresh
-    mark = freshness.read_mark(controller_folder(dep, lab), embassy)
+    mark = freshness.read_mark(controller_folder(dep, where), embassy)
     if mark is not None:
         fresh.anchors.append(mark)
         fork = freshness.second_history(chain, mark)
@@ -470,7 +492,7 @@ def check_freshness(dep: model.Deployment, lab: LabState, embassy: str, chain: l
             return
     if bundle_round is not None:
         fresh.anchors.append(freshness.Anchor(freshness.BUNDLE, bundle_round))
-    gather_anchors(dep, lab, embassy, public, fresh, say)
+    gather_anchors(dep, where, embassy, public, fresh, say)
     stale = freshness.judge(head, fresh, _bound(dep, embassy))
     if stale:
         result.check(f"vault:{embassy}/{head.key}", False, stale, kind="stale")
@@ -549,13 +571,13 @@ def relied_on(dep: model.Deployment, head: manifest.Verified) -> tuple[list[str]
 SEGMENT = re.compile(r"(?:^|/)([0-9A-F]{24})(?:-[0-9a-f]{40})?(?:\.[a-z0-9]+)?$")
 
 
-def check_locks(dep: model.Deployment, lab: LabState, embassy: str, head: manifest.Verified, result: Result) -> None:
+def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
     """Every object a restore from the head relies on: under COMPLIANCE until its write time + retention."""
     days = dep.embassy(embassy).retention_days
     prefixes, keys, wal = relied_on(dep, head)
     started = time.monotonic()
     try:
-        objects = fetch_locks(lab, embassy, prefixes + [w[0] for w in wal], keys)
+        objects = fetch_locks(where, embassy, prefixes + [w[0] for w in wal], keys)
     except VaultUnreachable as exc:
         result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
         return
@@ -584,7 +606,7 @@ def check_locks(dep: model.Deployment, lab: LabState, embassy: str, head: manife
                                                        f"{days} days (HEAD in {time.monotonic() - started:.1f} s)")
 
 
-def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = False,
+def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = False,
            accept_unanchored: bool = False, bundle_round: int | None = None,
            say: Callable[[str], None] = lambda _m: None) -> Result:
     """Check the embassy's vault (module docstring); the Result names the first failure and keeps the chain.
@@ -594,11 +616,11 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
     if embassy not in {e.name for e in dep.embassies}:
         raise UserError(f"no embassy '{embassy}' in stack '{dep.stack}'",
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
-    public = manifest.load_public_key(public_key_pem(dep, lab))
+    public = manifest.load_public_key(public_key_pem(dep, where))
     result = Result(embassy)
     say(f"reading the manifests of {embassy} (read-only identity)")
     try:
-        objects = fetch_manifests(lab, embassy)
+        objects = fetch_manifests(where, embassy)
     except VaultUnreachable as exc:
         result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
         return result
@@ -622,23 +644,23 @@ def verify(dep: model.Deployment, lab: LabState, embassy: str, *, full: bool = F
     if not result.intact:
         return result
     say("freshness: the high-water mark, the custody bundle, the other embassies")
-    check_freshness(dep, lab, embassy, chain, public, result, say, bundle_round=bundle_round,
+    check_freshness(dep, where, embassy, chain, public, result, say, bundle_round=bundle_round,
                     accept_unanchored=accept_unanchored)
     if not result.intact:
         return result
     say("the host's repositories: the key generation the head manifest names")
-    check_generation(lab, embassy, head, result)
+    check_generation(where, embassy, head, result)
     if not result.intact:
         return result
     say("pgBackRest: verify every WAL segment and backup file")
-    check_pgbackrest(lab, embassy, head, result)
+    check_pgbackrest(where, embassy, head, result)
     if result.intact:
         say(f"restic: check {'all data' if full else 'a rotating fifth of the data'}")
-        check_restic(lab, embassy, head, result, full)
+        check_restic(where, embassy, head, result, full)
     if result.intact:
         say("locks: every object a restore from the head relies on")
-        check_locks(dep, lab, embassy, head, result)
+        check_locks(dep, where, embassy, head, result)
     if result.intact:
         result.chain = chain
-        freshness.raise_mark(controller_folder(dep, lab), embassy, head)
+        freshness.raise_mark(controller_folder(dep, where), embassy, head)
     return result
