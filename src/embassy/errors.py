@@ -150,6 +150,21 @@ class ManifestKeyMissing(EmbassyError):
                     "(PEM, Ed25519): outside the lab it is the only trust anchor")
 
 
+class OutputsInvalid(EmbassyError):
+    """The AWS target's stack outputs (--outputs FILE or `pulumi stack output --json`) are missing or malformed."""
+
+    error_code = 150
+    default_hint = "pass the stack's outputs: `pulumi stack output --json --stack S > outputs.json`, --outputs outputs.json"
+
+
+class RoleNotAssumed(EmbassyError):
+    """STS refused (or could not be asked) to let this controller assume one of the stack's roles."""
+
+    error_code = 151
+    default_hint = ("sign in as a principal the role's trust policy names (data-embassy:principals), e.g. "
+                    "`aws sso login`, then run the command again")
+
+
 class KeyInvalid(EmbassyError):
     """A key file cannot be read, is of the wrong kind, or is readable by others."""
 

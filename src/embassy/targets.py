@@ -506,9 +506,12 @@ class AwsTarget(Target):
 # --------------------------------------------------------------------------- choosing one
 
 
-def target_for(kind: str, dep: model.Deployment, inventory: Path | None = None) -> Target:
+def target_for(kind: str, dep: model.Deployment, inventory: Path | None = None, outputs: Path | None = None) -> Target:
     """The target `kind` (lab | site | aws) of the stack; the lab must be up (else an error that says how);
-    a site takes its inventory file (--inventory)."""
+    a site takes its inventory file (--inventory); aws its saved stack outputs (--outputs), else the pulumi CLI's."""
+    if kind != "aws" and outputs is not None:
+        raise OptionInvalid(f"--outputs is for --target aws, not --target {kind}",
+                            "drop --outputs, or use --target aws --outputs FILE")
     if kind != "site" and inventory is not None:
         raise OptionInvalid(f"--inventory is for --target site, not --target {kind}",
                             "drop --inventory, or use --target site --inventory FILE")
@@ -525,5 +528,7 @@ def target_for(kind: str, dep: model.Deployment, inventory: Path | None = None) 
 
         return SiteTarget(dep, sites.load(inventory, dep), inventory)
     if kind == "aws":
-        return AwsTarget(dep)
+        from embassy.aws_target import aws_target  # the data plane's AWS target: assumed roles, SSM argv
+
+        return aws_target(dep, outputs)
     raise TargetUnknown(f"unknown target '{kind}'", f"use --target {' or --target '.join(KINDS)}")

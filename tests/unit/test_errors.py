@@ -16,6 +16,7 @@ STABLE = {
     105: "EmbassyUnknown", 106: "HostUnknown", 107: "KeyInvalid", 108: "ReportMissing", 109: "ReportInvalid",
     110: "SharesRefused", 123: "SandboxUnavailable", 124: "RefPlanFailed", 209: "BundleInvalid",
     140: "InventoryInvalid", 141: "CredentialsUnavailable", 142: "ManifestKeyMissing",
+    150: "OutputsInvalid", 151: "RoleNotAssumed",
     200: "ManifestInvalid", 201: "ManifestChainBroken", 202: "SignatureInvalid", 203: "VaultStale",
     204: "DigestMismatch", 205: "ObjectMissing", 206: "BackupInvalid", 207: "ReportEdited", 208: "CheckFailed",
     230: "VaultDataInvalid", 231: "FreshnessNotEstablished", 232: "LockInsufficient",

@@ -92,10 +92,12 @@ def verify(
     accept_unanchored: Annotated[bool, typer.Option(
         "--accept-unanchored", help="when nothing anchors freshness (no high-water mark on this controller, no other "
                                     "vault to compare with), take the chain as it is; the JSON records it")] = False,
-    target: Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab) or site (a host nation's "
-                                                               "data centre, from --inventory)")] = "lab",
+    target: Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab), site (a host nation's "
+                                                               "data centre, from --inventory) or aws (stack outputs)")] = "lab",
     inventory: Annotated[Path | None, typer.Option("--inventory", help="the site inventory (--target site); the lab's "
                                                    "own is named by `embassy lab status --json`")] = None,
+    outputs: Annotated[Path | None, typer.Option("--outputs", help="the stack outputs saved from `pulumi stack output "
+                                                 "--json` (--target aws; default: ask the pulumi CLI)")] = None,
 ) -> None:
     """Check an embassy's vault: manifest chain, signatures, freshness, backups, locks. Exit 0 intact, 1 not."""
     from embassy.replication import verify as lib
@@ -103,10 +105,10 @@ def verify(
 
     dep = load(stack)
     try:
-        if target not in ("lab", "site"):
-            raise OptionInvalid(f"verify reaches vaults through --target lab or site, not '{target}'",
-                                "use --target lab, or --target site --inventory FILE (AWS: not yet, see README)")
-        where = target_for(target, dep, inventory)
+        if target not in ("lab", "site", "aws"):
+            raise OptionInvalid(f"verify reaches vaults through --target lab, site or aws, not '{target}'",
+                                "use --target lab, --target site --inventory FILE or --target aws [--outputs FILE]")
+        where = target_for(target, dep, inventory, outputs)
         with console.status(f"verifying the vault of {embassy}") as status:
             result = lib.verify(dep, where, embassy, full=full, accept_unanchored=accept_unanchored,
                                 say=lambda m: status.update(m))

@@ -1,0 +1,169 @@
+"""The AWS target without an emulator: the stack outputs it accepts and refuses, and the SSM command lines as argv.
+
+Adversaries: outputs handed over from elsewhere that smuggle shell or ssh syntax into an instance id or a region,
+or point at another stack's roles; a remote argv whose elements a shell would split or expand; credentials that
+would show in an argv (readable by any local user in /proc, on the controller and on the host).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from embassy import aws_target as at
+from embassy.aws_outputs import parse
+from embassy.errors import EXIT_USAGE, OptionInvalid, OutputsInvalid, ToolMissing
+from embassy.model import load_stack
+from embassy.targets import target_for
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTILE = ["; rm -rf /", "$(touch /tmp/pwned)", "`id`", "a b", "it's", '"q"', "\\", "*", "~root", "-oProxyCommand=x",
+           "line\nbreak", ""]
+
+
+@pytest.fixture(scope="module")
+def dep() -> Any:
+    return load_stack("rehearsal", ROOT)
+
+
+@pytest.fixture
+def outputs(rehearsal_plan: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(rehearsal_plan["outputs"])
+
+
+def test_the_plans_outputs_are_what_the_target_reads(dep: Any, outputs: dict[str, Any]) -> None:
+    parsed = parse(outputs, dep, "plan")
+    target = at.AwsDataTarget(dep, outputs)
+    assert sorted(parsed.embassies) == sorted(e.name for e in dep.embassies)
+    de = target.host("de")
+    assert (de.name, de.instance_id, de.region) == ("enclave-de", outputs["embassies"]["de"]["host_instance_ids"][0],
+                                                    "eu-central-1")
+    vault = target.vault("de")
+    assert vault.bucket == outputs["embassies"]["de"]["vault_bucket"]
+    assert vault.endpoint in ("https://s3.eu-central-1.amazonaws.com", os.environ.get("AWS_ENDPOINT_URL"))
+    roles = {name: src.role_arn for name, src in vault.identities.items()}  # type: ignore[attr-defined]
+    assert roles == {"reader": outputs["embassies"]["de"]["restore_role_arn"],
+                     "agent": outputs["embassies"]["de"]["agent_role_arn"],
+                     "custody": outputs["embassies"]["de"]["custody_role_arn"]}
+    # Never a file or an environment of static keys: every identity is a role of the stack.
+    assert all(isinstance(src, at.AssumedRole) and src.file is None for src in vault.identities.values())
+
+
+BAD = [
+    (lambda o: o["embassies"]["de"].pop("restore_role_arn"), "embassies.de.restore_role_arn"),
+    (lambda o: o["embassies"]["de"].update(host_instance_ids=["i-0123456789abcdef0; id"]), "host_instance_ids[0]"),
+    (lambda o: o["embassies"]["de"].update(region="eu-central-1 --profile x"), "embassies.de.region"),
+    (lambda o: o["embassies"]["de"].update(region="eu-west-1"), "the stack config says eu-central-1"),
+    (lambda o: o["embassies"]["de"].update(mode="cold"), "embassies.de.mode"),
+    (lambda o: o["embassies"]["de"].update(agent_role_arn="arn:aws:iam::123:role/x"), "embassies.de.agent_role_arn"),
+    (lambda o: o["embassies"]["de"].update(vault_arn="arn:aws:s3:::another-bucket"), "not the ARN of vault_bucket"),
+    (lambda o: o["embassies"].pop("ie"), "embassies.ie: missing"),
+    (lambda o: o["embassies"].update(xx=o["embassies"]["de"]), "embassies.xx: stack 'rehearsal' declares no such"),
+    (lambda o: o.update(stack="production"), "outputs of stack 'production'"),
+]
+
+
+@pytest.mark.parametrize(("spoil", "named"), BAD)
+def test_bad_outputs_are_refused_naming_the_key(dep: Any, outputs: dict[str, Any], spoil: Any, named: str) -> None:
+    spoil(outputs)
+    with pytest.raises(OutputsInvalid) as exc:
+        at.AwsDataTarget(dep, outputs).vault("de")
+    assert named in exc.value.message
+    assert exc.value.code == EXIT_USAGE and exc.value.hint
+
+
+def test_the_cli_refuses_bad_outputs_with_exit_2_and_a_hint(tmp_path: Path, outputs: dict[str, Any]) -> None:
+    outputs["embassies"]["de"]["host_instance_ids"] = ["$(reboot)"]
+    bad = tmp_path / "outputs.json"
+    bad.write_text(json.dumps(outputs))
+    for args, named in ((["--outputs", str(bad)], "host_instance_ids[0]"),
+                        (["--outputs", str(tmp_path / "absent.json")], "cannot read it"),
+                        (["--outputs", str(ROOT / "Pulumi.yaml")], "not JSON")):
+        done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "verify", "--stack", "rehearsal", "--embassy", "de",
+                               "--target", "aws", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert named in done.stderr and "HINT:" in done.stderr
+
+
+def test_outputs_belong_to_the_aws_target_only(dep: Any, tmp_path: Path) -> None:
+    with pytest.raises(OptionInvalid):
+        target_for("site", dep, tmp_path / "inventory.yaml", tmp_path / "outputs.json")
+
+
+# --------------------------------------------------------------------------- SSM command lines
+
+
+def test_the_ssm_command_line_is_an_argv(dep: Any, outputs: dict[str, Any], tmp_path: Path) -> None:
+    target = at.AwsDataTarget(dep, outputs)
+    host = target.host("de")
+    remote = ["sudo", "runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=home", *HOSTILE]
+    argv = at.ssh_argv(host, remote, known_hosts=tmp_path / "kh")
+    assert argv == [
+        "ssh", "-o", "ProxyCommand=aws ssm start-session --region eu-central-1 --document-name AWS-StartSSHSession "
+                     "--target %h --parameters portNumber=%p",
+        "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"UserKnownHostsFile={tmp_path / 'kh'}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-l", "admin", "--", host.instance_id, shlex.join(remote)]
+    # The remote shell splits the last element back into exactly the argv that was meant: nothing expands.
+    assert shlex.split(argv[-1]) == remote
+
+
+def test_a_remote_argv_reaches_the_program_unchanged() -> None:
+    """The remote side's shell run for real on what the SSM session would carry (sh -c stands in for sshd's shell)."""
+    remote = ["printf", "%s\\0", *HOSTILE]
+    done = subprocess.run(["sh", "-c", shlex.join(remote)], capture_output=True, timeout=10, check=True)
+    assert done.stdout.split(b"\0")[:-1] == [h.encode() for h in HOSTILE]
+
+
+def test_credentials_travel_on_stdin_never_in_an_argv(dep: Any, outputs: dict[str, Any], monkeypatch: Any) -> None:
+    session = at.Session("ASIAEXAMPLEEXAMPLE01", "se'cr$(et)`x`\n;", "tok en\"'", at.dt.datetime.now(at.dt.UTC))
+    env = at.host_env(session, pgbackrest_repos=[2])
+    assert env["PGBACKREST_REPO2_S3_KEY_SECRET"] == session.secret_access_key
+    assert env["PGBACKREST_REPO2_S3_KEY_TYPE"] == "shared" and env["AWS_SESSION_TOKEN"] == session.session_token
+    probe = ["sh", "-c", 'printf "%s|%s|%s" "$AWS_SECRET_ACCESS_KEY" "$PGBACKREST_REPO2_S3_TOKEN" "$1"', "-", *HOSTILE[:3]]
+    script = at.credentials_script(env, probe)
+    done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=10, check=True,
+                          env={"PATH": os.environ["PATH"]})
+    assert done.stdout == f"{session.secret_access_key}|{session.session_token}|{HOSTILE[0]}"
+    with pytest.raises(ValueError):
+        at.credentials_script({"A=B; id": "x"}, ["true"])
+
+    # What runs on the controller: the session's secrets are in the input, in no element of the argv.
+    target = at.AwsDataTarget(dep, outputs)
+    monkeypatch.setattr(target, "session", lambda embassy, identity: session)
+    monkeypatch.setattr(at.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    seen: dict[str, Any] = {}
+
+    def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen.update(argv=argv, input=kwargs["input"])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(at.subprocess, "run", run)
+    target.run_with_credentials("de", ["pgbackrest", "--stanza=home", "verify"], embassy="de")
+    assert seen["argv"][-1] == "sudo runuser -u postgres -- sh -s"
+    assert not any(secret in part for part in seen["argv"]
+                   for secret in (session.secret_access_key, session.session_token, session.access_key_id))
+    assert f"export AWS_SESSION_TOKEN={shlex.quote(session.session_token)}" in seen["input"]
+
+
+def test_without_the_ssm_tools_a_host_command_is_refused_with_a_hint(dep: Any, outputs: dict[str, Any],
+                                                                      monkeypatch: Any) -> None:
+    monkeypatch.setattr(at.shutil, "which", lambda tool: None if tool == "session-manager-plugin" else "/bin/x")
+    with pytest.raises(ToolMissing) as exc:
+        at.AwsDataTarget(dep, outputs).host_argv("de", "true")
+    assert "session-manager-plugin" in exc.value.message
+
+
+def test_emulator_endpoints_must_be_https(monkeypatch: Any) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    with pytest.raises(OptionInvalid):
+        at.endpoint("s3", "eu-central-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert at.endpoint("sts", "cn-north-1") == "https://sts.cn-north-1.amazonaws.com.cn"
