@@ -269,6 +269,16 @@ class AwsDataTarget(AwsTarget):
 
     # ---- hosts
 
+    def require_ansible(self) -> None:
+        """The SSM connection plugin comes with the `ansible` package (the `aws` extra): no ansible-galaxy."""
+        from embassy.targets import aws_collection_path
+
+        if aws_collection_path() is None:
+            raise ToolMissing("the amazon.aws / community.aws collections are not installed: AWS hosts are reached "
+                              "over SSM (aws_ssm connection), which ansible-core does not ship",
+                              "pip install -c constraints.txt -e '.[aws]' (the `ansible` package brings them), "
+                              "and install the AWS session-manager-plugin")
+
     @property
     def known_hosts(self) -> Path:
         return self.controller_folder / "aws_known_hosts"

@@ -176,6 +176,22 @@ def apply_vault(m: Moto, plan: dict[str, Any], embassy: str) -> str:
     return str(bucket)
 
 
+# moto authorizes some calls under their API name instead of IAM's action name. Where the plan grants the IAM
+# action, the same Allow statement also gets moto's name for that call; Deny statements and everything else stay
+# as the plan wrote them.
+MOTO_NAMES = {"s3:ListBucket": ("s3:ListObjects", "s3:ListObjectsV2"),
+              "s3:GetBucketObjectLockConfiguration": ("s3:GetObjectLockConfiguration",)}
+
+
+def with_moto_names(policy: str) -> str:
+    doc = json.loads(policy)
+    for statement in doc["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Effect"] == "Allow":
+            statement["Action"] = actions + [alias for a in actions for alias in MOTO_NAMES.get(a, ())]
+    return json.dumps(doc)
+
+
 def apply_roles(m: Moto, plan: dict[str, Any], embassy: str) -> dict[str, str]:
     """The embassy's agent, restore, custody and break-glass roles with the plan's trust and inline policies."""
     iam = m.client("iam", m.admin)
@@ -198,6 +214,6 @@ def apply_roles(m: Moto, plan: dict[str, Any], embassy: str) -> dict[str, str]:
         policy = _by(plan, "aws:iam/rolePolicy:RolePolicy", f"{embassy}-{kind}-vault")
         assert policy is not None
         iam.put_role_policy(RoleName=physical, PolicyName=f"{embassy}-{kind}-vault",
-                            PolicyDocument=policy["inputs"]["policy"])
+                            PolicyDocument=with_moto_names(policy["inputs"]["policy"]))
         made[kind] = arn
     return made

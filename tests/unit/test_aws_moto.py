@@ -1,0 +1,254 @@
+"""The AWS target's vault path against moto's server (127.0.0.1, TLS, IAM enforced), started once for this module.
+
+The buckets and roles are the stack's plan (`embassy plan`, stacks/ under Pulumi's mocks) applied to the emulator
+(tests/unit/aws_moto.py says how, and what moto does not enforce). The controller reaches them only as the
+`--target aws` does: outputs from a file, roles assumed through STS, S3 through vaultaccess.
+
+Adversaries: the host nation holding the vault (it plants a manifest signed by another key: verify names it and
+exits 1; a restore refuses before touching a host), and anyone with static keys (an IAM user the trust
+policies do not name: it can neither read the vault nor assume a role; static keys exported where the target
+keeps its identities are replaced by a role session, never used).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from embassy import aws_target as at
+from embassy import errors
+from embassy.custody import seal, vaultio
+from embassy.custody.bundle import Bundle
+from embassy.custody.bundle import VaultAccess as BundleVault
+from embassy.model import load_stack
+from embassy.replication import manifest
+from embassy.replication import verify as v
+from embassy.vaultaccess import s3_client
+
+from .aws_moto import Moto, apply_roles, apply_vault, moto_server
+from .manifest_chains import signed_chain
+
+ROOT = Path(__file__).resolve().parents[2]
+HOME_KEY = Ed25519PrivateKey.generate()
+OTHER_KEY = Ed25519PrivateKey.generate()  # not home's: what a host nation can sign with
+STACK = "rehearsal"
+ROUNDS = 3
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30)
+
+
+def _body(n: int, previous: str | None, embassy: str) -> dict[str, Any]:
+    return {"format": manifest.FORMAT, "stack": STACK, "state": {"name": "Estonia", "code": "EE"},
+            "embassy": embassy, "mode": "warm" if embassy != "ie" else "cold", "round": n,
+            "time": (NOW + dt.timedelta(minutes=5 * n)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "previous_sha256": previous,
+            "registers": [{"name": "population", "kind": "postgres", "repo_path": "/pgbackrest",
+                           "backup_label": "20261202-100000F", "wal": {"first": "000000010000000000000002",
+                                                                       "last": "000000010000000000000009"},
+                           "digest": {"lsn": "0/2FFFFF0"}}]}
+
+
+class World:
+    """The emulator, the temp project whose stack config carries home's key, the outputs file, the environment."""
+
+    def __init__(self, moto: Moto, plan: dict[str, Any], folder: Path) -> None:
+        self.moto, self.plan, self.folder = moto, plan, folder
+        self.project = folder / "project"
+        self.project.mkdir()
+        shutil.copy(ROOT / "Pulumi.yaml", self.project / "Pulumi.yaml")
+        config = yaml.safe_load((ROOT / f"Pulumi.{STACK}.yaml").read_text())
+        config["config"]["data-embassy:manifest_public_key"] = manifest.public_key_pem(HOME_KEY)
+        (self.project / f"Pulumi.{STACK}.yaml").write_text(yaml.safe_dump(config))
+        self.dep = load_stack(STACK, self.project)
+        self.outputs = folder / "outputs.json"
+        self.outputs.write_text(json.dumps(plan["outputs"]))
+        self.buckets = {e: apply_vault(moto, plan, e) for e in plan["outputs"]["embassies"]}
+        self.roles = {e: apply_roles(moto, plan, e) for e in plan["outputs"]["embassies"]}
+        # The controller's own identity (an SSO session in real use): here an emulator user the trust policies name.
+        self.env = {"AWS_ENDPOINT_URL": moto.url, at.CA_ENV: moto.ca_file,
+                    "AWS_ACCESS_KEY_ID": moto.controller["access_key_id"],
+                    "AWS_SECRET_ACCESS_KEY": moto.controller["secret_access_key"],
+                    "EMBASSY_SECRETS_DIR": str(folder / "controller"), "AWS_CONFIG_FILE": "/dev/null",
+                    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+    def target(self) -> at.AwsDataTarget:
+        return at.aws_target(self.dep, self.outputs)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: val for k, val in os.environ.items() if not k.startswith(("AWS_", "EMBASSY_AWS_"))}
+        return subprocess.run([str(ROOT / ".venv/bin/embassy"), *args], cwd=self.project, capture_output=True,
+                              text=True, timeout=120, env={**env, **self.env})
+
+
+@pytest.fixture(scope="module")
+def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    folder = tmp_path_factory.mktemp("aws")
+    with moto_server(folder) as moto, pytest.MonkeyPatch.context() as mp:
+        w = World(moto, rehearsal_plan, folder)
+        for key in [k for k in os.environ if k.startswith(("AWS_", "EMBASSY_AWS_"))]:
+            mp.delenv(key)
+        for key, value in w.env.items():
+            mp.setenv(key, value)
+        at.forget_sessions()
+        # home's agents write the same signed chain into every embassy's vault, through each one's agent role
+        target = w.target()
+        for embassy in w.buckets:
+            s3 = s3_client(target.vault(embassy).client_spec("agent"))
+            for key, data in signed_chain(ROUNDS, _body, HOME_KEY, embassy):
+                s3.put_object(Bucket=w.buckets[embassy], Key=key, Body=data)
+        yield w
+        at.forget_sessions()
+
+
+def _denied(call: Any) -> str:
+    with pytest.raises(ClientError) as exc:
+        call()
+    return str(exc.value.response["Error"]["Code"])
+
+
+def test_the_vault_is_locked_as_the_plan_makes_it(world: World) -> None:
+    # Read as the operator: moto names this call s3:GetObjectLockConfiguration, not IAM's
+    # s3:GetBucketObjectLockConfiguration, so the restore role (which AWS lets read it) is refused here.
+    reader = world.moto.client("s3", world.moto.admin, "eu-central-1")
+    assert reader.get_bucket_versioning(Bucket=world.buckets["de"])["Status"] == "Enabled"
+    lock = next(r for r in world.plan["resources"] if r["name"] == "de-vault" and r["type"].endswith(
+        "BucketObjectLockConfiguration"))["inputs"]["rule"]["defaultRetention"]
+    got = reader.get_object_lock_configuration(Bucket=world.buckets["de"])["ObjectLockConfiguration"]
+    rule = got["Rule"]["DefaultRetention"]
+    assert got["ObjectLockEnabled"] == "Enabled" and (rule["Mode"], rule["Days"]) == (lock["mode"], int(lock["days"]))
+    assert lock["mode"] == "COMPLIANCE" and int(lock["days"]) == world.dep.embassy("de").retention_days
+
+
+def test_identities_are_role_sessions_with_the_roles_limits(world: World) -> None:
+    target = world.target()
+    vault = target.vault("de")
+    bucket = world.buckets["de"]
+    agent, reader = s3_client(vault.client_spec("agent")), s3_client(vault.client_spec("reader"))
+    custody = s3_client(vault.client_spec("custody"))
+    prefix = at.env_prefix("de", "reader")
+    assert os.environ[f"{prefix}_SESSION_TOKEN"]  # a session of the restore role: temporary, never a static key
+    assert target.session("de", "reader").expires - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=at.SESSION_SECONDS)
+
+    put = agent.put_object(Bucket=bucket, Key="probes/limits.json", Body=b"{}")
+    assert agent.get_object(Bucket=bucket, Key="probes/limits.json")["ObjectLockMode"] == "COMPLIANCE"
+    # The agent role cannot destroy a version or shorten a lock (its policy's explicit Deny, as moto evaluates it).
+    assert _denied(lambda: agent.delete_object(Bucket=bucket, Key="probes/limits.json",
+                                               VersionId=put["VersionId"])) == "AccessDenied"
+    assert _denied(lambda: agent.put_object_retention(
+        Bucket=bucket, Key="probes/limits.json",
+        Retention={"Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=1)})) \
+        == "AccessDenied"
+    # The restore role reads and cannot write; the custody role writes bundles only.
+    assert _denied(lambda: reader.put_object(Bucket=bucket, Key="manifests/x.json", Body=b"{}")) == "AccessDenied"
+    assert _denied(lambda: custody.put_object(Bucket=bucket, Key="manifests/x.json", Body=b"{}")) == "AccessDenied"
+
+
+def test_anyone_with_static_keys_gets_nothing(world: World) -> None:
+    stranger = world.moto.user("someone-with-static-keys")
+    s3 = world.moto.client("s3", stranger, "eu-central-1")
+    assert _denied(lambda: s3.get_object(Bucket=world.buckets["de"], Key=manifest.object_key(1))) == "AccessDenied"
+    sts = world.moto.client("sts", stranger, "eu-central-1")
+    assert _denied(lambda: sts.assume_role(RoleArn=world.roles["de"]["restore"], RoleSessionName="theft")) \
+        == "AccessDenied"
+    # Static keys exported where the target keeps the reader identity are replaced by a role session, never used.
+    prefix = at.env_prefix("de", "reader")
+    os.environ[f"{prefix}_ACCESS_KEY_ID"] = stranger["access_key_id"]
+    os.environ[f"{prefix}_SECRET_ACCESS_KEY"] = stranger["secret_access_key"]
+    spec = world.target().vault("de").client_spec("reader")
+    assert os.environ[f"{prefix}_ACCESS_KEY_ID"] != stranger["access_key_id"]
+    assert s3_client(spec).get_object(Bucket=world.buckets["de"], Key=manifest.object_key(1))["Body"].read()
+    # And a controller whose identity the trust policies do not name cannot become the role.
+    at.forget_sessions()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", stranger["access_key_id"])
+        mp.setenv("AWS_SECRET_ACCESS_KEY", stranger["secret_access_key"])
+        with pytest.raises(errors.RoleNotAssumed) as exc:
+            world.target().vault("de").client_spec("reader")
+    assert world.roles["de"]["restore"] in exc.value.message and exc.value.code == errors.EXIT_USAGE
+    at.forget_sessions()
+
+
+def test_manifests_written_by_the_agent_role_are_read_back_by_the_restore_role(world: World) -> None:
+    target = world.target()
+    objects = v.fetch_manifests(target, "de")  # the verify's own reader, in a subprocess, with the reader role
+    want = dict(signed_chain(ROUNDS, _body, HOME_KEY, "de"))
+    assert {o.key: o.data for o in objects} == want
+    assert {o.lock_mode for o in objects} == {"COMPLIANCE"}
+    chain, failure = v.walk(objects, HOME_KEY.public_key(), stack=STACK, embassy="de")
+    assert failure is None and [m.round for m in chain] == list(range(1, ROUNDS + 1))
+    result = v.Result("de")
+    v.check_manifest_locks(objects, chain, world.dep.embassy("de").retention_days, "de", result)
+    assert result.intact, result.first_failure
+    # What a restore compares any later read with: the same bytes, nothing added.
+    assert v.same_chain(chain, v.fetch_manifests(target, "de")) is None
+
+
+def test_verify_cli_on_an_intact_vault_passes_the_vault_and_then_needs_ssm(world: World) -> None:
+    done = world.cli("verify", "--stack", STACK, "--embassy", "de", "--target", "aws", "--outputs", str(world.outputs))
+    if shutil.which("aws") and shutil.which("session-manager-plugin"):
+        pytest.fail("this machine has the SSM tools: the host checks would reach for a real instance")
+    # Signatures, links, manifest locks and freshness (the other two vaults hold the same chain) passed; the next
+    # checks run on the enclave host over SSM, which this machine cannot reach: exit 2 naming what is missing.
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "over SSM needs" in done.stderr and "HINT:" in done.stderr
+
+
+def test_a_manifest_signed_by_another_key_is_named_exit_1(world: World) -> None:
+    chain = signed_chain(ROUNDS, _body, HOME_KEY, "se")
+    forged_body = _body(ROUNDS + 1, manifest.sha256(chain[-1][1]), "se")
+    forged_key = manifest.object_key(ROUNDS + 1)
+    # The host nation writes below S3 what it likes; here through S3 with the agent role (the bytes are the point).
+    s3 = s3_client(world.target().vault("se").client_spec("agent"))
+    s3.put_object(Bucket=world.buckets["se"], Key=forged_key, Body=manifest.sign(forged_body, OTHER_KEY))
+    done = world.cli("verify", "--stack", STACK, "--embassy", "se", "--target", "aws", "--outputs", str(world.outputs),
+                     "--json")
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["intact"] is False and result["first_failure"]["object"] == forged_key
+    assert "signed by another key" in result["first_failure"]["reason"]
+
+    # A restore's vault check: the same verdict, as the registry error a restore raises before touching a host.
+    checked = v.verify(world.dep, world.target(), "se", accept_unanchored=True)
+    assert not checked.intact and checked.chain == []
+    err = checked.error("nothing was restored")
+    assert isinstance(err, errors.EmbassyError) and err.code == errors.EXIT_FINDING and forged_key in err.message
+
+
+def test_a_custody_bundle_is_stored_by_the_custody_role_and_read_back(world: World) -> None:
+    target = world.target()
+    vault = target.vault("ie")
+    bundle = Bundle(stack=STACK, embassy="ie", version=1, created=NOW.isoformat(),
+                    manifest_public_key=manifest.public_key_pem(HOME_KEY),
+                    vault=BundleVault(embassy="ie", endpoint=vault.endpoint, dns_name="", bucket=vault.bucket,
+                                      region=vault.region, ca_pem="", access_key_id="", secret_access_key=""),
+                    sealed_round=ROUNDS)
+    key = os.urandom(32)
+    envelope = seal.seal(bundle, key, identifier=1, threshold=2, officials=3, sign=HOME_KEY.sign)
+    name = vaultio.object_key(STACK, 1)
+    custody = s3_client(vault.client_spec("custody"))
+    custody.put_object(Bucket=vault.bucket, Key=name, Body=json.dumps(envelope).encode())
+    # Read back with the restore role (what a restore at the embassy holds), listed under the stack's prefix.
+    reader = s3_client(vault.client_spec("reader"))
+    listed = reader.list_objects_v2(Bucket=vault.bucket, Prefix=f"{vaultio.PREFIX}{STACK}/")["Contents"]
+    assert [i["Key"] for i in listed] == [name] and vaultio.version_of(name, STACK) == 1
+    got = reader.get_object(Bucket=vault.bucket, Key=name)
+    assert got["ObjectLockMode"] == "COMPLIANCE"
+    stored = seal.parse_envelope(got["Body"].read())
+    assert isinstance(stored, dict)
+    seal.authenticate(stored, name, manifest.public_key_pem(HOME_KEY))
+    assert seal.unseal(stored, key, name, stack=STACK, embassy="ie") == bundle
+    # Signed by anyone else, the same envelope is refused before a byte of it is read.
+    forged = {**stored, "signature": {"alg": "ed25519", "value": base64.b64encode(
+        OTHER_KEY.sign(seal.signed_bytes(seal.header_of(stored, name).model_dump(), stored["ciphertext"]))).decode()}}
+    with pytest.raises(errors.SignatureInvalid):
+        seal.authenticate(forged, name, manifest.public_key_pem(HOME_KEY))
