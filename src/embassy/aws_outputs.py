@@ -27,6 +27,7 @@ trusted: the manifests are checked against the stack config's manifest key, what
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,33 +41,25 @@ REGION = r"^[a-z]{2,}(-[a-z]+)+-\d+$"
 BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 ROLE_ARN = r"^arn:aws(-[a-z]+)*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
 BUCKET_ARN = r"^arn:aws(-[a-z]+)*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
+INSTANCE_ID = r"^(i|mi)-[0-9a-z]{1,32}$"  # EC2 (i-) or SSM-managed (mi-): letters and digits only
 IPV4 = r"^(\d{1,3}\.){3}\d{1,3}$"
 HINT = ("save the stack's outputs with `pulumi stack output --json --stack S > outputs.json` and pass "
         "--outputs outputs.json (see the module docstring of embassy.aws_outputs for the keys it needs)")
 IDENTITY_ROLES = {"reader": "restore_role_arn", "agent": "agent_role_arn", "custody": "custody_role_arn"}
 
 
-class EmbassyOutputs(BaseModel):
-    """One embassy's outputs, as infra/embassy.py exports them."""
+class HostOutputs(BaseModel):
+    """What naming and reaching an embassy's hosts needs (harden and deploy need no more)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     region: StrictStr = Field(pattern=REGION, max_length=64)
     mode: model.Mode
-    vault_bucket: StrictStr = Field(pattern=BUCKET)
-    vault_arn: StrictStr = Field(pattern=BUCKET_ARN)
-    restore_role_arn: StrictStr = Field(pattern=ROLE_ARN)
-    agent_role_arn: StrictStr = Field(pattern=ROLE_ARN)
-    custody_role_arn: StrictStr = Field(pattern=ROLE_ARN)
-    break_glass_role_arn: StrictStr = Field(pattern=ROLE_ARN)
     host_instance_ids: list[StrictStr] = Field(max_length=16)
     host_private_ips: list[StrictStr] = Field(max_length=16)
 
     @model_validator(mode="after")
-    def _consistent(self) -> EmbassyOutputs:
-        import re
-
+    def _hosts(self) -> HostOutputs:
         for i, iid in enumerate(self.host_instance_ids):
             if not re.fullmatch(INSTANCE_ID, iid):
                 raise ValueError(f"host_instance_ids[{i}] {iid[:40]!r} is not an EC2 instance id (i-…)")
@@ -75,6 +68,21 @@ class EmbassyOutputs(BaseModel):
                 raise ValueError(f"host_private_ips[{i}] {ip[:40]!r} is not an IPv4 address")
         if len(self.host_private_ips) != len(self.host_instance_ids):
             raise ValueError("host_instance_ids and host_private_ips differ in length")
+        return self
+
+
+class EmbassyOutputs(HostOutputs):
+    """One embassy's outputs as infra/embassy.py exports them: its hosts, its vault and its roles."""
+
+    vault_bucket: StrictStr = Field(pattern=BUCKET)
+    vault_arn: StrictStr = Field(pattern=BUCKET_ARN)
+    restore_role_arn: StrictStr = Field(pattern=ROLE_ARN)
+    agent_role_arn: StrictStr = Field(pattern=ROLE_ARN)
+    custody_role_arn: StrictStr = Field(pattern=ROLE_ARN)
+    break_glass_role_arn: StrictStr = Field(pattern=ROLE_ARN)
+
+    @model_validator(mode="after")
+    def _vault(self) -> EmbassyOutputs:
         if not self.vault_arn.endswith(f":::{self.vault_bucket}"):
             raise ValueError(f"vault_arn {self.vault_arn} is not the ARN of vault_bucket {self.vault_bucket}")
         return self
@@ -83,25 +91,33 @@ class EmbassyOutputs(BaseModel):
         return str(getattr(self, IDENTITY_ROLES[identity]))
 
 
-class StackOutputs(BaseModel):
-    """The outputs of one stack that the AWS target reads."""
+class HostsOutputs(BaseModel):
+    """The outputs of one stack that naming its hosts reads."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     stack: StrictStr | None = None
-    embassies: dict[StrictStr, EmbassyOutputs] = Field(min_length=1)
+    embassies: dict[StrictStr, HostOutputs] = Field(min_length=1)
+
+
+class StackOutputs(HostsOutputs):
+    """The outputs of one stack that the AWS target's data plane reads."""
+
+    embassies: dict[StrictStr, EmbassyOutputs] = Field(min_length=1)  # type: ignore[assignment]
 
 
 def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def parse(raw: Any, dep: model.Deployment, source: str) -> StackOutputs:
-    """Validate outputs against the stack config: OutputsInvalid (exit 2) naming the key path otherwise."""
+def parse(raw: Any, dep: model.Deployment, source: str, *, hosts_only: bool = False) -> StackOutputs:
+    """Validate outputs against the stack config: OutputsInvalid (exit 2) naming the key path otherwise.
+
+    hosts_only: what naming the hosts needs (harden, deploy); the result then holds HostOutputs."""
     if not isinstance(raw, dict):
         raise OutputsInvalid(f"{source}: the stack outputs are not a JSON object", HINT)
     try:
-        outputs = StackOutputs.model_validate(raw)
+        outputs: Any = (HostsOutputs if hosts_only else StackOutputs).model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise OutputsInvalid(f"{source}: {_where(first['loc'])}: {first['msg']}", HINT) from None
@@ -126,8 +142,8 @@ def parse(raw: Any, dep: model.Deployment, source: str) -> StackOutputs:
     return outputs
 
 
-def load_file(path: Path, dep: model.Deployment) -> StackOutputs:
-    """Outputs saved from `pulumi stack output --json` (the CLI elsewhere)."""
+def read_file(path: Path) -> Any:
+    """The JSON of outputs saved from `pulumi stack output --json` (the CLI elsewhere), bounded."""
     try:
         data = path.read_bytes()[: MAX_OUTPUTS_BYTES + 1]
     except OSError as exc:
@@ -138,4 +154,4 @@ def load_file(path: Path, dep: model.Deployment) -> StackOutputs:
         raw = json.loads(data)
     except ValueError as exc:
         raise OutputsInvalid(f"--outputs {path}: not JSON ({exc})", HINT) from None
-    return parse(raw, dep, f"--outputs {path}")
+    return raw

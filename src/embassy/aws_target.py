@@ -39,8 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from embassy import model
-from embassy.aws_outputs import IDENTITY_ROLES, EmbassyOutputs, StackOutputs, load_file, parse
-from embassy.errors import CredentialsUnavailable, HostUnknown, OptionInvalid, RoleNotAssumed, ToolMissing
+from embassy.aws_outputs import IDENTITY_ROLES, EmbassyOutputs, StackOutputs, parse, read_file
+from embassy.errors import (
+    CredentialsUnavailable,
+    HostUnknown,
+    OptionInvalid,
+    OutputsInvalid,
+    RoleNotAssumed,
+    ToolMissing,
+)
 from embassy.targets import AWS_SSH_CONFIG_ENV, AwsTarget, Host, aws_hosts, stack_outputs
 from embassy.vaultaccess import ENV_PARTS, SYSTEM_CA, CredentialSource, VaultAccess
 
@@ -224,19 +231,20 @@ class AwsDataTarget(AwsTarget):
     @property
     def outputs(self) -> dict[str, Any]:
         if self._outputs is None:
-            if self._outputs_file is not None:
-                import json
-
-                self._parsed = load_file(self._outputs_file, self.dep)
-                self._outputs = json.loads(self._outputs_file.read_text())
-            else:
-                self._outputs = stack_outputs(self.stack)
+            self._outputs = read_file(self._outputs_file) if self._outputs_file is not None else stack_outputs(self.stack)
+            if not isinstance(self._outputs, dict):
+                raise OutputsInvalid(f"{self._source}: the stack outputs are not a JSON object")
         return self._outputs
 
     @property
+    def _source(self) -> str:
+        return f"--outputs {self._outputs_file}" if self._outputs_file else f"outputs of stack {self.stack}"
+
+    @property
     def parsed(self) -> StackOutputs:
+        """Every output the data plane reads, validated (OutputsInvalid, exit 2, naming the key otherwise)."""
         if self._parsed is None:
-            self._parsed = parse(self.outputs, self.dep, str(self._outputs_file or f"outputs of stack {self.stack}"))
+            self._parsed = parse(self.outputs, self.dep, self._source)
         return self._parsed
 
     def embassy_outputs(self, embassy: str) -> EmbassyOutputs:
@@ -245,7 +253,7 @@ class AwsDataTarget(AwsTarget):
 
     @cached_property
     def hosts(self) -> list[Host]:
-        self.parsed  # noqa: B018 - validated before any host is named
+        parse(self.outputs, self.dep, self._source, hosts_only=True)  # what reaches an argv is checked first
         return aws_hosts(self.dep, self.outputs)
 
     # ---- vaults
@@ -312,5 +320,5 @@ def aws_target(dep: model.Deployment, outputs: Path | None = None) -> AwsDataTar
     reached), else from `pulumi stack output --json` when first needed."""
     target = AwsDataTarget(dep, outputs_file=outputs)
     if outputs is not None:
-        target.parsed  # noqa: B018 - validation only
+        target.parsed  # noqa: B018 - validation only: every output the data plane reads
     return target
