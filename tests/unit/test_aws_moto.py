@@ -108,6 +108,8 @@ def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
                 s3.put_object(Bucket=w.buckets[embassy], Key=key, Body=data)
         yield w
         at.forget_sessions()
+        for key in [k for k in os.environ if k.startswith("EMBASSY_AWS_")]:  # the sessions the target exported
+            del os.environ[key]
 
 
 def _denied(call: Any) -> str:

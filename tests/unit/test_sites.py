@@ -323,7 +323,8 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def test_verify_target_options_are_checked_before_anything_is_reached(tmp_path: Path) -> None:
     base = ["verify", "--stack", "production", "--embassy", "se"]
-    for extra, words in ((["--target", "site"], "needs --inventory"), (["--target", "aws", "--inventory", str(EXAMPLE)], "for --target site"),
+    for extra, words in ((["--target", "site"], "needs --inventory"),
+                         (["--target", "aws", "--inventory", str(EXAMPLE)], "for --target site"),
                          (["--target", "site", "--outputs", str(EXAMPLE)], "for --target aws"),
                          (["--target", "lab", "--inventory", str(EXAMPLE)], "for --target site")):
         done = cli(*base, *extra)
