@@ -79,17 +79,18 @@ def test_bad_outputs_are_refused_naming_the_key(dep: Any, outputs: dict[str, Any
     assert exc.value.code == EXIT_USAGE and exc.value.hint
 
 
-def test_the_cli_refuses_bad_outputs_with_exit_2_and_a_hint(tmp_path: Path, outputs: dict[str, Any]) -> None:
+def test_the_cli_refuses_bad_outputs_with_exit_2_and_a_hint(dep: Any, tmp_path: Path, outputs: dict[str, Any]) -> None:
     outputs["embassies"]["de"]["host_instance_ids"] = ["$(reboot)"]
     bad = tmp_path / "outputs.json"
     bad.write_text(json.dumps(outputs))
-    for args, named in ((["--outputs", str(bad)], "host_instance_ids[0]"),
-                        (["--outputs", str(tmp_path / "absent.json")], "cannot read it"),
-                        (["--outputs", str(ROOT / "Pulumi.yaml")], "not JSON")):
-        done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "verify", "--stack", "rehearsal", "--embassy", "de",
-                               "--target", "aws", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2, done.stderr
-        assert named in done.stderr and "HINT:" in done.stderr
+    done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "verify", "--stack", "rehearsal", "--embassy", "de",
+                           "--target", "aws", "--outputs", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "host_instance_ids[0]" in done.stderr and "HINT:" in done.stderr
+    # The file itself unreadable or not JSON: refused when the target is made, before anything is reached.
+    for path, named in ((tmp_path / "absent.json", "cannot read it"), (ROOT / "Pulumi.yaml", "not JSON")):
+        with pytest.raises(OutputsInvalid, match=named):
+            target_for("aws", dep, outputs=path)
 
 
 def test_outputs_belong_to_the_aws_target_only(dep: Any, tmp_path: Path) -> None:
