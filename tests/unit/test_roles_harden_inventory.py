@@ -62,8 +62,8 @@ def test_harden_aws_without_the_collection_is_a_clear_error(tmp_path: Path) -> N
     res = subprocess.run([EMBASSY, "harden", "--target", "aws", "--stack", "rehearsal"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120, env={"PATH": "/usr/bin:/bin", "ANSIBLE_HOME": str(tmp_path)})
     assert res.returncode == 2
-    assert res.stderr.startswith("error: the community.aws collection is not installed"), res.stderr
-    assert "HINT: ansible-galaxy collection install community.aws" in res.stderr
+    assert res.stderr.startswith("error: [104]: the amazon.aws / community.aws collections are not installed"), res.stderr
+    assert "HINT: pip install -c constraints.txt -e '.[aws]'" in res.stderr  # the `ansible` package: no ansible-galaxy
 
 
 def test_harden_refuses_an_unknown_target() -> None:
