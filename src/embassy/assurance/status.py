@@ -51,14 +51,14 @@ def _stored(items: list[vault_verify.Stored]) -> list[records.Stored]:
 def embassy_status(dep: model.Deployment, lab: LabState, emb: model.Embassy, public: Any, folder: Path,
                    now: dt.datetime) -> EmbassyStatus:
     out = EmbassyStatus(emb.name, emb.mode.value)
-    chain_index: dict[int, str] | None = None
+    chain_index: dict[int, manifest.Verified] | None = None
     try:
         chain, failure = vault_verify.walk(vault_verify.fetch_manifests(lab, emb.name), public, stack=dep.stack,
                                            embassy=emb.name)
         if failure:
             out.chain_problem = {"object": f"vault:{emb.name}/{failure[0]}", "reason": failure[1]}
         elif chain:
-            chain_index = {m.round: m.sha256 for m in chain}
+            chain_index = {m.round: m for m in chain}
             head = chain[-1]
             age = (now - manifest.parse_time(head.body["time"])).total_seconds()
             out.head = {"round": head.round, "sha256": head.sha256, "time": head.body["time"], "age_seconds": round(age)}
@@ -76,7 +76,7 @@ def embassy_status(dep: model.Deployment, lab: LabState, emb: model.Embassy, pub
     out.last_verify = mark.as_json() if mark else None
     out.tests = records.history(emb.name, stored, records.public_key(folder, emb.name), stack=dep.stack,
                                 days=emb.retention_days, chain=chain_index, mark=records.read_mark(folder, emb.name),
-                                interval_seconds=dep.restore_tests.interval_seconds, now=now)
+                                schedule=dep.restore_tests.schedule, now=now)
     records.raise_mark(folder, emb.name, out.tests, now)
     out.alerts = alerts(out)
     return out
