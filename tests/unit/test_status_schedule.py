@@ -69,7 +69,9 @@ def test_status_judges_a_history_by_its_schedule() -> None:
     weekly = rec.history("de", items, key.public_key(), stack="rehearsal", days=3650, chain=_chain(), mark=None,
                          schedule="weekly", now=now)
     assert every_4h.established and every_4h.overdue
+    assert every_4h.as_json()["next_due"] == "2026-12-07T04:00:00+00:00"
     assert weekly.established and not weekly.overdue
+    assert weekly.as_json()["next_due"] == "2026-12-14T00:00:00+00:00"
 
 
 def _chain() -> dict[int, manifest.Verified]:

@@ -187,6 +187,7 @@ class History:
     records: list[Record] = field(default_factory=list)  # valid, oldest first
     problem: dict[str, str] | None = None  # {"object", "reason"}: the first thing that failed
     overdue: bool = False
+    next_due: dt.datetime | None = None  # the run the schedule called for after the last record
 
     @property
     def established(self) -> bool:
@@ -199,6 +200,7 @@ class History:
     def as_json(self) -> dict[str, Any]:
         last = self.last
         return {"established": self.established, "overdue": self.overdue, "problem": self.problem,
+                "next_due": self.next_due.isoformat() if self.next_due else None,
                 "last_restore_test": ({**{k: v for k, v in last.summary().items()
                                           if k in ("time", "point", "passed", "seconds")},
                                        "registers": last.summary()["registers"]}
@@ -288,7 +290,8 @@ def history(embassy: str, stored: list[Stored], public: Ed25519PublicKey | None,
         out.overdue = True
         return fail(RECORD_PREFIX, "no restore test recorded: not established")
     try:
-        out.overdue = schedule_lib.overdue(schedule, out.records[-1].time, now, RUN_SLACK)
+        out.next_due = schedule_lib.due_after(schedule, out.records[-1].time)
+        out.overdue = out.next_due is None or now > out.next_due + RUN_SLACK
     except schedule_lib.ScheduleInvalid:  # the schedule cannot be read here: on time cannot be established
         out.overdue = True
     return out

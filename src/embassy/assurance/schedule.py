@@ -88,11 +88,17 @@ def check(expression: str, now: dt.datetime | None = None) -> None:
                               "give a repeating expression such as weekly or 'Sun *-*-* 02:00'")
 
 
+def due_after(expression: str, last: dt.datetime) -> dt.datetime | None:
+    """The run the schedule calls for next after `last` (None: it never fires again)."""
+    period = shorthand(expression)
+    if period is not None and shutil.which(ANALYZE) is None:  # a shorthand's period, at most
+        return last + dt.timedelta(seconds=period)
+    nxt = elapses(expression, last, 1)
+    return nxt[0] if nxt else None
+
+
 def overdue(expression: str, last: dt.datetime, now: dt.datetime, slack: dt.timedelta) -> bool:
     """Whether a run the schedule called for after `last` is more than `slack` late at `now` (a schedule that
     never fires again after `last` has ended: overdue, as nothing will test this embassy any more)."""
-    period = shorthand(expression)
-    if period is not None and shutil.which(ANALYZE) is None:
-        return now - last > dt.timedelta(seconds=period) + slack
-    nxt = elapses(expression, last, 1)
-    return not nxt or now > nxt[0] + slack
+    due = due_after(expression, last)
+    return due is None or now > due + slack

@@ -41,6 +41,7 @@ class EmbassyStatus:
                 "last_restore_test": tests.get("last_restore_test"), "restore_tests": tests.get("restore_tests", []),
                 "restore_tests_established": tests.get("established", False),
                 "restore_tests_problem": tests.get("problem"), "overdue": tests.get("overdue", True),
+                "restore_test_due": tests.get("next_due"),
                 "alerts": self.alerts}
 
 
@@ -100,7 +101,8 @@ def alerts(s: EmbassyStatus) -> list[str]:
             found.append(f"{s.name}: last restore test FAILED ({t.last.body['time']}): {failure.get('object')}: "
                          f"{failure.get('reason')}")
         if t.overdue and t.records:
-            found.append(f"{s.name}: restore test OVERDUE: the last one is of {t.records[-1].body['time']}")
+            due = f"; the next was due at {t.next_due.isoformat()}" if t.next_due else "; the schedule has ended"
+            found.append(f"{s.name}: restore test OVERDUE: the last one is of {t.records[-1].body['time']}{due}")
     return found
 
 
