@@ -148,6 +148,12 @@ def _digest_differs(key: Ed25519PrivateKey) -> list[rec.Stored]:  # "passed" ove
     return [stored(b, key)]
 
 
+def _digest_malformed(key: Ed25519PrivateKey) -> list[rec.Stored]:  # shaped to crash the comparison
+    b = body(NOW - dt.timedelta(days=1))
+    b["registers"][0]["digest"] = {**DIGEST, "tables": {"persons": "all rows fine"}}
+    return [stored(b, key)]
+
+
 def _digest_missing(key: Ed25519PrivateKey) -> list[rec.Stored]:  # "passed" with nothing to compare
     b = body(NOW - dt.timedelta(days=1))
     del b["registers"][0]["digest"]
@@ -195,6 +201,7 @@ ATTACKS = {
     "oversized": (_oversized, "larger than a record can be"),
     "future": (_future, "in the future"),
     "digest-differs": (_digest_differs, "its digest of register population differs from the one signed in round 8"),
+    "digest-malformed": (_digest_malformed, "its digest of register population is not a digest"),
     "digest-missing": (_digest_missing, "without a digest of register population"),
     "register-skipped": (_register_skipped, "but round 8 signs ['court-files', 'population']"),
     "passed-over-rto": (_passed_over_rto, "took 301000 ms against its RTO of 300 s"),
