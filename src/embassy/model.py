@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from embassy.assurance import schedule as schedule_lib
 from embassy.errors import UserError
 
 NAMESPACE = "data-embassy"
@@ -218,12 +219,11 @@ class Principals(_Strict):
         return arns
 
 
-# systemd's calendar shorthands, and how long each allows between two runs (an older last test is overdue)
-SCHEDULE_SHORTHANDS = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400, "monthly": 31 * 86400,
-                       "quarterly": 92 * 86400, "semiannually": 183 * 86400, "yearly": 366 * 86400}
+# systemd's calendar shorthands, and how long each allows between two runs (assurance/schedule.py reads the rest)
+SCHEDULE_SHORTHANDS = schedule_lib.SHORTHANDS
 # A systemd calendar expression: weekdays, dates, times, ranges and repetitions; no quotes, no newlines (it is
-# written into a unit file), at most 100 characters. systemd re-checks it on the host (systemd-analyze calendar).
-SCHEDULE_PATTERN = r"^[A-Za-z0-9*/:.,~ -]{1,100}$"
+# written into a unit file), at most 100 characters; then read by systemd-analyze (schedule.check).
+SCHEDULE_PATTERN = r"^[A-Za-z0-9*/:.,~ _+-]{1,100}$"
 
 
 class RestoreTests(_Strict):
@@ -233,9 +233,18 @@ class RestoreTests(_Strict):
     point: Literal["latest", "random"] = "random"
     window_days: StrictInt = Field(default=30, ge=1, le=3650)
 
+    @field_validator("schedule")
+    @classmethod
+    def _is_a_systemd_schedule(cls, value: str) -> str:
+        try:
+            schedule_lib.check(value)
+        except schedule_lib.ScheduleInvalid as exc:
+            refuse(exc.reason, exc.hint)
+        return value
+
     @property
     def interval_seconds(self) -> int:
-        """The longest wait between two runs: a shorthand's period; an expression counts as weekly at most."""
+        """A shorthand's period (a calendar expression's runs are computed by schedule.overdue); weekly otherwise."""
         return SCHEDULE_SHORTHANDS.get(self.schedule.strip().lower(), SCHEDULE_SHORTHANDS["weekly"])
 
 

@@ -103,6 +103,10 @@ def test_the_timer_records_a_signed_locked_result_that_status_reads(lab: LabStat
     assert isinstance(private, Ed25519PrivateKey)
     signed = json.dumps(doc_["record"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     private.public_key().verify(base64.b64decode(doc_["signature"]["value"]), signed)
+    # Format /2: each register's digest as the host computed it, which status compared with the signed manifest's
+    # (an established history above means they agreed, the LSN aside).
+    assert doc_["record"]["format"] == restoretest.RECORD_FORMAT
+    assert all(isinstance(r.get("digest"), dict) for r in doc_["record"]["registers"]), doc_["record"]["registers"]
 
 
 def lab_secrets(lab: LabState) -> Any:

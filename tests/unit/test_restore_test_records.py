@@ -24,16 +24,20 @@ from embassy.replication import restoretest as rt
 
 NOW = dt.datetime(2026, 12, 7, 6, 0, tzinfo=dt.UTC)
 STACK, EMB = "rehearsal", "de"
-CHAIN = {7: "a" * 64, 8: "b" * 64}
-WEEK = 7 * 86400
+# What home signed for the population register in rounds 7 and 8 (a digest as replication.digest computes it).
+DIGEST = {"construction": "sorted-row-sha256/1", "lsn": "0/3000000",
+          "tables": {"persons": {"rows": 1200, "sha256": "d" * 64}}}
+CHAIN = {n: manifest.Verified(manifest.object_key(n), {"round": n, "registers": [
+    {"name": "population", "kind": "postgres", "digest": DIGEST}]}, sha) for n, sha in ((7, "a" * 64), (8, "b" * 64))}
 
 
 def body(when: dt.datetime, *, passed: bool = True, embassy: str = EMB, round_: int = 8) -> dict[str, Any]:
+    # The host's digest is of the scratch cluster paused at the signed LSN: its own LSN, the same content.
     regs = [{"name": "population", "kind": "postgres", "digest_ok": True, "milliseconds": 4200, "rto_seconds": 300,
-             "within_rto": True}]
+             "within_rto": True, "digest": {**DIGEST, "lsn": "0/3000028"}}]
     return {"format": rt.RECORD_FORMAT, "stack": STACK, "embassy": embassy, "trigger": "timer", "time": rt.iso(when),
             "point": {"round": round_, "time": "2026-12-06T10:00:00Z", "manifest": manifest.object_key(round_),
-                      "sha256": CHAIN[round_]},
+                      "sha256": CHAIN[round_].sha256},
             "passed": passed, "milliseconds": 5100, "registers": regs if passed else [],
             "failure": None if passed else {"object": "register population", "reason": "differs"}}
 
@@ -46,8 +50,8 @@ def stored(b: dict[str, Any], key: Any, *, data: bytes | None = None, lock: str 
 
 
 def judge(items: list[rec.Stored], public: Any, *, mark: dict[str, Any] | None = None,
-          chain: dict[int, str] | None = CHAIN) -> rec.History:
-    return rec.history(EMB, items, public, stack=STACK, days=3650, chain=chain, mark=mark, interval_seconds=WEEK,
+          chain: dict[int, manifest.Verified] | None = CHAIN, schedule: str = "weekly") -> rec.History:
+    return rec.history(EMB, items, public, stack=STACK, days=3650, chain=chain, mark=mark, schedule=schedule,
                        now=NOW)
 
 
@@ -138,6 +142,36 @@ def _passed_without_registers(key: Ed25519PrivateKey) -> list[rec.Stored]:
     return [stored(b, key)]
 
 
+def _digest_differs(key: Ed25519PrivateKey) -> list[rec.Stored]:  # "passed" over a restore of something else
+    b = body(NOW - dt.timedelta(days=1))
+    b["registers"][0]["digest"] = {**DIGEST, "tables": {"persons": {"rows": 1199, "sha256": "e" * 64}}}
+    return [stored(b, key)]
+
+
+def _digest_malformed(key: Ed25519PrivateKey) -> list[rec.Stored]:  # shaped to crash the comparison
+    b = body(NOW - dt.timedelta(days=1))
+    b["registers"][0]["digest"] = {**DIGEST, "tables": {"persons": "all rows fine"}}
+    return [stored(b, key)]
+
+
+def _digest_missing(key: Ed25519PrivateKey) -> list[rec.Stored]:  # "passed" with nothing to compare
+    b = body(NOW - dt.timedelta(days=1))
+    del b["registers"][0]["digest"]
+    return [stored(b, key)]
+
+
+def _register_skipped(key: Ed25519PrivateKey) -> list[rec.Stored]:  # "passed" for one register of two
+    CHAIN_TWO[8] = manifest.Verified(CHAIN[8].key, {"round": 8, "registers": [
+        *CHAIN[8].body["registers"], {"name": "court-files", "kind": "files", "digest": {"files": 3}}]}, CHAIN[8].sha256)
+    return [stored(body(NOW - dt.timedelta(days=1)), key)]
+
+
+def _passed_over_rto(key: Ed25519PrivateKey) -> list[rec.Stored]:  # "passed" though the register was late
+    b = body(NOW - dt.timedelta(days=1))
+    b["registers"][0]["milliseconds"] = 301_000
+    return [stored(b, key)]
+
+
 def _garbage(key: Ed25519PrivateKey) -> list[rec.Stored]:
     return [stored(body(NOW - dt.timedelta(days=2)), key),
             rec.Stored(rt.record_key(NOW - dt.timedelta(days=1)), b"\xff{not json", "COMPLIANCE",
@@ -166,13 +200,21 @@ ATTACKS = {
     "garbage": (_garbage, "not JSON of a record"),
     "oversized": (_oversized, "larger than a record can be"),
     "future": (_future, "in the future"),
+    "digest-differs": (_digest_differs, "its digest of register population differs from the one signed in round 8"),
+    "digest-malformed": (_digest_malformed, "its digest of register population is not a digest"),
+    "digest-missing": (_digest_missing, "without a digest of register population"),
+    "register-skipped": (_register_skipped, "but round 8 signs ['court-files', 'population']"),
+    "passed-over-rto": (_passed_over_rto, "took 301000 ms against its RTO of 300 s"),
 }
+CHAIN_TWO: dict[int, manifest.Verified] = {}  # an attack's own chain, when it needs home to have signed more
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_each_attack_makes_the_restore_tests_not_established(name: str, key: Ed25519PrivateKey) -> None:
     make, reason = ATTACKS[name]
-    h = judge(make(key), key.public_key())
+    CHAIN_TWO.clear()
+    items = make(key)
+    h = judge(items, key.public_key(), chain={**CHAIN, **CHAIN_TWO})
     assert not h.established, name
     assert h.problem and reason in h.problem["reason"], h.problem
     assert h.problem["object"].startswith(f"vault:{EMB}/restore-tests/")

@@ -51,7 +51,8 @@ def test_each_embassy_that_is_not_well_has_its_alert(doc: dict[str, Any]) -> Non
     alerts = "\n".join(doc["alerts"])
     assert not [a for a in doc["alerts"] if a.startswith("de:")]  # passed last, on time: no alert
     assert "se: last restore test FAILED" in alerts and "register population" in alerts
-    assert "ie: restore test OVERDUE" in alerts
+    # the last on Tue 17 Nov; weekly: the next was due on Mon 23 Nov
+    assert "ie: restore test OVERDUE" in alerts and "the next was due at 2026-11-23T00:00:00+00:00" in alerts
     assert "fr: restore tests NOT ESTABLISHED" in alerts and "no restore test recorded" in alerts
 
 

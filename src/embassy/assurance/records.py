@@ -7,7 +7,11 @@ signing key only for the records of its own embassy. So a record counts only whe
 - it is signed by THIS embassy's restore-test key (the controller's copy, never one the vault names);
 - it names this stack and this embassy, and sits under the name of its own time (a replay sits elsewhere);
 - it is locked (COMPLIANCE) until at least its write time plus the embassy's retention;
-- its signed point is a manifest of the chain the controller verified (same round, same sha256).
+- its signed point is a manifest of the chain the controller verified (same round, same sha256);
+- if it says passed: it names every register that manifest names, each within its RTO, with the digest the host
+  computed equal to the one home signed in that manifest (a host that restored something else, or skipped a
+  register, and still signed "passed" is caught here; a host that copies home's digests into a false "passed"
+  is not: it holds its own signing key, see the README).
 Anything else in restore-tests/ is a failure of that embassy's restore tests, naming the object: one forged or
 edited record makes the whole history "not established". A record seen before (the controller's high-water mark)
 and missing now is a removal; no record, or none newer than the schedule allows, is "overdue".
@@ -27,7 +31,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, load_pem_private_key
 
+from embassy.assurance import schedule as schedule_lib
 from embassy.replication import manifest
+from embassy.replication.digest import differences
 from embassy.replication.privatefile import create_private
 from embassy.replication.restoretest import RECORD_FORMAT, RECORD_PREFIX, record_key
 
@@ -181,6 +187,7 @@ class History:
     records: list[Record] = field(default_factory=list)  # valid, oldest first
     problem: dict[str, str] | None = None  # {"object", "reason"}: the first thing that failed
     overdue: bool = False
+    next_due: dt.datetime | None = None  # the run the schedule called for after the last record
 
     @property
     def established(self) -> bool:
@@ -193,6 +200,7 @@ class History:
     def as_json(self) -> dict[str, Any]:
         last = self.last
         return {"established": self.established, "overdue": self.overdue, "problem": self.problem,
+                "next_due": self.next_due.isoformat() if self.next_due else None,
                 "last_restore_test": ({**{k: v for k, v in last.summary().items()
                                           if k in ("time", "point", "passed", "seconds")},
                                        "registers": last.summary()["registers"]}
@@ -209,11 +217,45 @@ class Stored:
     last_modified: str | None = None
 
 
+def check_point(body: dict[str, Any], chain: dict[int, manifest.Verified]) -> str | None:
+    """What is wrong with a record's point against the verified chain, or None: the point must be a manifest of
+    the chain, and a passed record must show, register by register, the digests home signed in that manifest."""
+    point = body.get("point")
+    if not isinstance(point, dict) or point.get("round") is None:
+        return None
+    signed = chain.get(point["round"]) if isinstance(point["round"], int) else None
+    if signed is None or signed.sha256 != point.get("sha256"):
+        return f"its point, round {point['round']}, is not a manifest of the verified chain (or has another sha256)"
+    if not body["passed"]:
+        return None
+    want = {r.get("name"): r for r in signed.body.get("registers", []) if isinstance(r, dict)}
+    got = {r.get("name"): r for r in body["registers"] if isinstance(r, dict)}
+    if set(got) != set(want):
+        return (f"says passed for registers {sorted(map(str, got))}, but round {point['round']} signs "
+                f"{sorted(map(str, want))}")
+    for name in sorted(want, key=str):
+        entry, reg = want[name], got[name]
+        if not isinstance(reg.get("digest"), dict) or not isinstance(entry.get("digest"), dict):
+            return f"says passed without a digest of register {name} to compare with round {point['round']}'s"
+        try:  # the record's digest is the host's: its shape is checked here, never trusted to crash status
+            diff = differences(entry["digest"], reg["digest"])
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return f"says passed, but its digest of register {name} is not a digest"
+        if diff:
+            return (f"says passed, but its digest of register {name} differs from the one signed in round "
+                    f"{point['round']}: {'; '.join(diff)[:300]}")
+        ms, rto = reg.get("milliseconds"), reg.get("rto_seconds")
+        if not isinstance(ms, int) or not isinstance(rto, int) or ms > rto * 1000 or reg.get("within_rto") is not True:
+            return f"says passed, but register {name} took {ms} ms against its RTO of {rto} s"
+    return None
+
+
 def history(embassy: str, stored: list[Stored], public: Ed25519PublicKey | None, *, stack: str, days: int,
-            chain: dict[int, str] | None, mark: dict[str, Any] | None, interval_seconds: int,
+            chain: dict[int, manifest.Verified] | None, mark: dict[str, Any] | None, schedule: str,
             now: dt.datetime) -> History:
-    """Every record checked; the first failure names its object. `chain`: round -> sha256 of the verified chain
-    (None: the chain did not verify, so no record's point can be checked); `mark`: the newest record seen before."""
+    """Every record checked; the first failure names its object. `chain`: round -> manifest of the verified chain
+    (None: the chain did not verify, so no record's point can be checked); `mark`: the newest record seen before;
+    `schedule`: the timer's calendar expression (overdue: a run it called for after the last record is late)."""
     out = History(embassy)
 
     def fail(obj: str, reason: str) -> History:
@@ -239,9 +281,9 @@ def history(embassy: str, stored: list[Stored], public: Ed25519PublicKey | None,
         if isinstance(point, dict) and point.get("round") is not None:
             if chain is None:
                 return fail(s.key, "its signed point cannot be checked: the manifest chain did not verify")
-            if chain.get(point["round"]) != point.get("sha256"):
-                return fail(s.key, f"its point, round {point['round']}, is not a manifest of the verified chain "
-                                   "(or has another sha256)")
+            wrong = check_point(rec.body, chain)
+            if wrong:
+                return fail(s.key, wrong)
         out.records.append(rec)
     out.records.sort(key=lambda r: r.time)
     if mark and mark.get("key") and mark["key"] not in {r.key for r in out.records}:
@@ -250,8 +292,11 @@ def history(embassy: str, stored: list[Stored], public: Ed25519PublicKey | None,
     if not out.records:
         out.overdue = True
         return fail(RECORD_PREFIX, "no restore test recorded: not established")
-    age = now - out.records[-1].time
-    out.overdue = age > dt.timedelta(seconds=interval_seconds) + RUN_SLACK
+    try:
+        out.next_due = schedule_lib.due_after(schedule, out.records[-1].time)
+        out.overdue = out.next_due is None or now > out.next_due + RUN_SLACK
+    except schedule_lib.ScheduleInvalid:  # the schedule cannot be read here: on time cannot be established
+        out.overdue = True
     return out
 
 

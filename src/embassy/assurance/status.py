@@ -41,6 +41,7 @@ class EmbassyStatus:
                 "last_restore_test": tests.get("last_restore_test"), "restore_tests": tests.get("restore_tests", []),
                 "restore_tests_established": tests.get("established", False),
                 "restore_tests_problem": tests.get("problem"), "overdue": tests.get("overdue", True),
+                "restore_test_due": tests.get("next_due"),
                 "alerts": self.alerts}
 
 
@@ -51,14 +52,14 @@ def _stored(items: list[vault_verify.Stored]) -> list[records.Stored]:
 def embassy_status(dep: model.Deployment, lab: LabState, emb: model.Embassy, public: Any, folder: Path,
                    now: dt.datetime) -> EmbassyStatus:
     out = EmbassyStatus(emb.name, emb.mode.value)
-    chain_index: dict[int, str] | None = None
+    chain_index: dict[int, manifest.Verified] | None = None
     try:
         chain, failure = vault_verify.walk(vault_verify.fetch_manifests(lab, emb.name), public, stack=dep.stack,
                                            embassy=emb.name)
         if failure:
             out.chain_problem = {"object": f"vault:{emb.name}/{failure[0]}", "reason": failure[1]}
         elif chain:
-            chain_index = {m.round: m.sha256 for m in chain}
+            chain_index = {m.round: m for m in chain}
             head = chain[-1]
             age = (now - manifest.parse_time(head.body["time"])).total_seconds()
             out.head = {"round": head.round, "sha256": head.sha256, "time": head.body["time"], "age_seconds": round(age)}
@@ -76,7 +77,7 @@ def embassy_status(dep: model.Deployment, lab: LabState, emb: model.Embassy, pub
     out.last_verify = mark.as_json() if mark else None
     out.tests = records.history(emb.name, stored, records.public_key(folder, emb.name), stack=dep.stack,
                                 days=emb.retention_days, chain=chain_index, mark=records.read_mark(folder, emb.name),
-                                interval_seconds=dep.restore_tests.interval_seconds, now=now)
+                                schedule=dep.restore_tests.schedule, now=now)
     records.raise_mark(folder, emb.name, out.tests, now)
     out.alerts = alerts(out)
     return out
@@ -100,7 +101,8 @@ def alerts(s: EmbassyStatus) -> list[str]:
             found.append(f"{s.name}: last restore test FAILED ({t.last.body['time']}): {failure.get('object')}: "
                          f"{failure.get('reason')}")
         if t.overdue and t.records:
-            found.append(f"{s.name}: restore test OVERDUE: the last one is of {t.records[-1].body['time']}")
+            due = f"; the next was due at {t.next_due.isoformat()}" if t.next_due else "; the schedule has ended"
+            found.append(f"{s.name}: restore test OVERDUE: the last one is of {t.records[-1].body['time']}{due}")
     return found
 
 

@@ -47,9 +47,22 @@ PG_DIR = f"/var/lib/postgresql/{PG_VERSION}/embassy-restore-test"
 FILES_DIR = "/srv/embassy-restore-test"
 REGISTERS_ROOT = "/srv/registers"
 DIGEST_ROLE = "embassy_digest"
-RECORD_FORMAT = "embassy-restore-test/1"
+# /2: each register's entry carries the digest the host computed, and the result its steps' times
+RECORD_FORMAT = "embassy-restore-test/2"
 RECORD_PREFIX = "restore-tests/"
 SOCKET = "/var/run/postgresql"
+
+
+class Steps:
+    """How long each step of the test took (whole milliseconds, in the signed result): what dominates."""
+
+    def __init__(self) -> None:
+        self.done: list[dict[str, Any]] = []
+
+    def step(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.done.append({"step": name, "milliseconds": int((now - since) * 1000)})
+        return now
 
 
 class Failed(Exception):
@@ -112,7 +125,8 @@ def first_lsn(m: manifest.Verified, registers: list[dict[str, Any]]) -> int | No
 
 
 def result(config: dict[str, Any], chosen: manifest.Verified | None, started: dt.datetime, seconds: float,
-           registers: list[dict[str, Any]], failure: Failed | None, trigger: str) -> dict[str, Any]:
+           registers: list[dict[str, Any]], failure: Failed | None, trigger: str,
+           steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The restore-test result, the body of its signed record: times in whole milliseconds (a signed document
     holds no floats); `public` turns it into the JSON `embassy restore-test --json` prints."""
     return {"format": RECORD_FORMAT, "stack": config["stack"], "embassy": config["embassy"], "trigger": trigger,
@@ -120,7 +134,8 @@ def result(config: dict[str, Any], chosen: manifest.Verified | None, started: dt
                                             "sha256": chosen.sha256} if chosen else None,
             "passed": failure is None and bool(registers) and all(r["digest_ok"] and r["within_rto"] for r in registers),
             "milliseconds": int(seconds * 1000), "registers": registers,
-            "failure": {"object": failure.object, "reason": failure.reason} if failure else None}
+            "failure": {"object": failure.object, "reason": failure.reason} if failure else None,
+            "steps": steps or []}
 
 
 def public(body: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +148,8 @@ def public(body: dict[str, Any]) -> dict[str, Any]:
             "registers": [{"name": r["name"], "kind": r["kind"], "digest_ok": r["digest_ok"],
                            "seconds": r["milliseconds"] / 1000, "rto_seconds": r["rto_seconds"],
                            "within_rto": r.get("within_rto")} for r in body["registers"]],
-            "failure": body["failure"]}
+            "failure": body["failure"],
+            "steps": [{"step": x["step"], "seconds": x["milliseconds"] / 1000} for x in body.get("steps") or []]}
 
 
 def lsn_value(text: str) -> int:
@@ -286,19 +302,23 @@ def smoke_files(reg: dict[str, Any], folder: str) -> None:
         raise Failed(f"register {reg['name']}", "smoke: no file restored")
 
 
-def restore_all(config: dict[str, Any], chosen: manifest.Verified, out: list[dict[str, Any]]) -> None:
-    """Restore each held register into the scratch space, in priority order; one entry each in `out`."""
+def restore_all(config: dict[str, Any], chosen: manifest.Verified, out: list[dict[str, Any]],
+                steps: Steps | None = None) -> None:
+    """Restore each held register into the scratch space, in priority order; one entry each in `out`, with the
+    digest computed here (status compares it with the signed manifest's, as this host did)."""
+    steps = steps or Steps()
     body = {r["name"]: r for r in chosen.body["registers"]}
     regs = sorted(config["registers"], key=lambda r: r["priority"])
     for reg in regs:
         if reg["name"] not in body:
             raise Failed(chosen.key, f"names no register {reg['name']}")
-    start = time.monotonic()
+    start = at = time.monotonic()
 
-    def done(reg: dict[str, Any]) -> None:
+    def done(reg: dict[str, Any], actual: dict[str, Any]) -> None:
         ms = int((time.monotonic() - start) * 1000)
         out.append({"name": reg["name"], "kind": reg["kind"], "digest_ok": True, "milliseconds": ms,
-                    "rto_seconds": reg["rto_seconds"], "within_rto": ms <= reg["rto_seconds"] * 1000})
+                    "rto_seconds": reg["rto_seconds"], "within_rto": ms <= reg["rto_seconds"] * 1000,
+                    "digest": actual})
 
     postgres = sorted((r for r in regs if r["kind"] == "postgres"),
                       key=lambda r: lsn_value((body[r["name"]].get("digest") or {}).get("lsn") or "0/0"))
@@ -310,6 +330,7 @@ def restore_all(config: dict[str, Any], chosen: manifest.Verified, out: list[dic
             raise Failed(chosen.key, "no backup in the vault ends before its signed points")
         sh(f"/usr/local/sbin/embassy-restore-postgres {PG_DIR} --archive-mode=off --set={shlex.quote(label)}",
            "pgbackrest restore")
+        at = steps.step("pgbackrest restore", at)
         sh(f"sed -i '/^recovery_target/d' {PG_DIR}/postgresql.auto.conf", "clear pgBackRest's targets")
         _write(f"{PG_DIR}/postgresql.conf", scratch_conf())
         _write(f"{PG_DIR}/pg_hba.conf", "local all all peer\n")
@@ -325,24 +346,30 @@ def restore_all(config: dict[str, Any], chosen: manifest.Verified, out: list[dic
                 _pg_ctl("restart" if running else "start")
                 running, paused_at = True, lsn
                 _wait_paused(lsn)
+                at = steps.step(f"recovery to {lsn}", at)
             text = sh(f"runuser -u {DIGEST_ROLE} -- env PYTHONPATH=/opt/embassy python3 -m replication.digest postgres "
                       f"{shlex.quote(reg['database'])} --conninfo 'host={SOCKET} port={PORT}'",
                       f"register {reg['name']}")
-            compare(reg, body[reg["name"]], json.loads(text), chosen)
+            actual = json.loads(text)
+            compare(reg, body[reg["name"]], actual, chosen)
             smoke_postgres(reg)
-            done(reg)
+            done(reg, actual)
+            at = steps.step(f"{reg['name']}: digest and smoke", at)
     for reg in (r for r in regs if r["kind"] == "files"):
         snapshot = body[reg["name"]].get("snapshot_id")
         if not snapshot:
             raise Failed(f"register {reg['name']}", f"{chosen.key} names no snapshot")
         sh(f"install -d -m 700 {FILES_DIR} && /usr/local/sbin/embassy-restore-files {shlex.quote(reg['name'])} "
            f"{FILES_DIR} {shlex.quote(snapshot)} >/dev/null", f"register {reg['name']}")
+        at = steps.step(f"{reg['name']}: restic restore", at)
         folder = f"{FILES_DIR}{REGISTERS_ROOT}/{reg['name']}"
         text = sh(f"env PYTHONPATH=/opt/embassy python3 -m replication.digest files {shlex.quote(folder)}",
                   f"register {reg['name']}")
-        compare(reg, body[reg["name"]], json.loads(text), chosen)
+        actual = json.loads(text)
+        compare(reg, body[reg["name"]], actual, chosen)
         smoke_files(reg, folder)
-        done(reg)
+        done(reg, actual)
+        at = steps.step(f"{reg['name']}: digest and smoke", at)
     # Registers in `out` passed; order them as the config does for the report.
     out.sort(key=lambda r: [x["name"] for x in regs].index(r["name"]))
 
@@ -365,11 +392,14 @@ def run(config: dict[str, Any], point: str, window_days: int, trigger: str) -> d
     registers: list[dict[str, Any]] = []
     chosen: manifest.Verified | None = None
     failure: Failed | None = None
+    steps, at = Steps(), t0
     try:
         chain = read_chain(config)
+        at = steps.step("read and verify the manifest chain", at)
         chosen = choose_point(chain, point, window_days, started, restorable=restorable_in(config, point))
         stop_scratch()
-        restore_all(config, chosen, registers)
+        at = steps.step("choose the point, clear the scratch space", at)
+        restore_all(config, chosen, registers, steps)
         late = [r for r in registers if not r["within_rto"]]
         if late:
             failure = Failed(f"register {late[0]['name']}", f"restored in {late[0]['milliseconds'] / 1000} s, over "
@@ -377,11 +407,13 @@ def run(config: dict[str, Any], point: str, window_days: int, trigger: str) -> d
     except Failed as exc:
         failure = exc
     finally:
+        at = time.monotonic()
         try:
             stop_scratch()
         except Failed as exc:
             failure = failure or exc
-    return result(config, chosen, started, time.monotonic() - t0, registers, failure, trigger)
+        steps.step("remove the scratch data", at)
+    return result(config, chosen, started, time.monotonic() - t0, registers, failure, trigger, steps.done)
 
 
 def record(config: dict[str, Any], body: dict[str, Any]) -> str:
