@@ -258,3 +258,23 @@ def test_ansible_runner_hands_its_events_to_the_handler(tmp_path: Path) -> None:
     assert runner.status == "successful", runner.stdout.read()
     assert events == [{"kind": "host", "host": "localhost", "status": "changed", "task": "ansible.builtin.command"}]
     assert any(e.get("event") == "runner_on_ok" for e in runner.events)
+
+
+def test_deploy_run_shows_pyinfras_progress_and_ends_each_phase(tmp_path: Path) -> None:
+    """`embassy.deploy.run` end to end on @local (a target whose clients run here): pyinfra's callbacks reach
+    the parent through the pipe, and the phase's last line gives every host's counts, as its JSON does."""
+    from embassy import model
+    from tests.unit.test_targets import LocalTarget
+
+    class Here(LocalTarget):
+        inventory = "@local"
+
+    (tmp_path / "d.py").write_text("from pyinfra.operations import server\n"
+                                   "server.shell(name='a command', commands=['true'])\n")
+    dep = model.load_stack("rehearsal", model.project_root())
+    lines: list[str] = []
+    result = deploy.run(Here(dep, tmp_path), tmp_path, deploys=["d.py"], say=lines.append)
+    assert [(h.name, h.changed) for h in result.hosts] == [("@local", 1)]
+    assert lines[0].startswith("pyinfra -y --json @local ") and lines[0].endswith("pyinfra_progress.py d.py")
+    assert lines[-1].startswith("deploy: d: done in ") and lines[-1].endswith(
+        ", 1 operations; per host: @local 1/1 (1 changed)"), lines

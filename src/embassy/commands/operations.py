@@ -44,7 +44,8 @@ def harden(
     start = time.monotonic()
 
     def say(message: str) -> None:  # on stderr, with --json too: progress is never silent for minutes
-        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False,
+                      soft_wrap=True)
 
     try:
         results = harden_lib.harden_target(target_for(target.value, dep), say, measure=lynis,
@@ -92,7 +93,8 @@ def deploy(
     start = time.monotonic()
 
     def say(message: str) -> None:  # on stderr, with --json too: progress is never silent for minutes
-        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False)
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False,
+                      soft_wrap=True)
 
     try:
         result = deploy_lib.run(target_for(target.value, dep), project_root(), size_mb=size_mb, say=say,
