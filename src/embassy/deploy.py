@@ -110,10 +110,10 @@ def merge(results: Sequence[DeployResult]) -> DeployResult:
 def _pyinfra(argv: list[str], root: Path, env: dict[str, str], shown: progress.Progress,
              phase: str) -> subprocess.CompletedProcess[str]:
     """One pyinfra run, its operations' progress (pyinfra's callbacks, up a pipe) shown as they end."""
+    shown.begin(phase, [], unit="operations")  # before the first event can arrive; hosts come with the totals
     with progress.event_pipe(shown) as (fd, pipe_env):
         proc = subprocess.Popen(argv, cwd=root, env={**env, **pipe_env}, pass_fds=(fd,), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        shown.begin(phase, [], unit="operations")
         stdout, stderr = proc.communicate()
     shown.end()
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
