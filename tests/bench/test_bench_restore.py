@@ -49,7 +49,7 @@ RUNS = int(os.environ.get("EMBASSY_BENCH_RUNS", "3"))  # per figure: the median 
 SIZE_MB = float(os.environ.get("EMBASSY_BENCH_SIZE_MB", "1024"))
 BIG_MB = float(os.environ.get("EMBASSY_BENCH_BIG_MB", "5120"))
 # The restored files, pg_wal left out: what pgBackRest's step writes (recovery fetches the WAL later).
-FILE_BYTES = r"find {dirs} -type f ! -path '*/pg_wal/*' -printf '%s\n' | awk '{{s += $1}} END {{print s + 0}}'"
+FILE_BYTES = r"""find {dirs} -type f ! -path '*/pg_wal/*' -printf '%s\n' | awk '{{s += $1}} END {{printf "%.0f\n", s}}'"""
 TIMED = "s=$(date +%s.%N) && {command} && e=$(date +%s.%N) && echo \"$e $s\" | awk '{{print $1 - $2}}'"
 
 
@@ -128,6 +128,7 @@ def cold_restore_vs_copy(lab: LabState) -> dict[str, float]:
         pgbackrest = _step_seconds(out, "pgBackRest restore")
         restic = _step_seconds(out, "court-files: restic restore")
         files = f"{FILES_ROOT}{REGISTERS_ROOT}/court-files"
+        stop_restored(target, COLD)  # the files stay; nothing changes them while they are counted and copied
         pg_bytes, file_bytes = (int(state.sh(lab, host, "sudo sh -c " + quote(FILE_BYTES.format(dirs=d))).strip())
                                 for d in (SCRATCH_DIR, files))
         copy_s, copied = _copy_arm(lab, host, SCRATCH_DIR, files)
