@@ -6,6 +6,7 @@ or a ratio whose baseline read from memory while the row claims a cold cache."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from tests.bench import test_bench_restore as bench
@@ -54,7 +55,7 @@ def test_figure_names_carry_the_size() -> None:
 
 
 def test_no_text_of_an_earlier_run_is_left_in_the_module() -> None:
-    source = open(bench.__file__).read()
+    source = Path(bench.__file__).read_text()
     assert "NOTE_RATIO" not in source and "SHARED" not in source
     # No figure with a unit written into a string: every number in a note is formatted from a run.
     assert not re.findall(r"[\"'][^\"'{}]*\b\d+(\.\d+)? ?(MB/s|CPU-s|GB cluster)", source)
