@@ -110,7 +110,7 @@ class Board:
         """One line: what runs, for how long, where it is, and each host's counts (or how it ended)."""
         where = f"{self.unit[:-1]} {self.tasks}{f'/{self.total_tasks}' if self.total_tasks else ''}"
         if ended:
-            state = f"done in {clock_text(now - self.started)}, {self.tasks} {self.unit}"
+            state = f"done in {clock_text(now - self.started)}, {self.tasks} {self.unit[:-1] if self.tasks == 1 else self.unit}"
         else:
             state = clock_text(now - self.started) + (f", {where} '{self.task}'" if self.task else ", starting")
         hosts = "; ".join(f"{name} {count.text()}" for name, count in self.hosts.items())

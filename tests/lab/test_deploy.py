@@ -73,7 +73,7 @@ def test_second_run_changes_nothing(lab: LabState, deployed: tuple[dict[str, Any
     # Progress came from pyinfra's callbacks: each phase ends with its operations and every host's counts,
     # and the second run's counts say what its JSON says (nothing changed).
     for run in (first, second):
-        done = [line for line in run["stderr"].splitlines() if ": done in " in line and "operations" in line]
+        done = [line for line in run["stderr"].splitlines() if ": done in " in line and " operation" in line]
         assert len(done) == 2, run["stderr"][-3000:]
     ends = [line for line in second["stderr"].splitlines() if ": done in " in line and "; per host: " in line]
     assert ends and not any(re.search(r"\((?!0 changed)\d+ changed", line) for line in ends), ends

@@ -115,7 +115,7 @@ def test_board_counts_per_host_and_names_failures_at_once() -> None:
     assert shown.board.hosts["enclave-ie"].text() == "1 (0 changed, 1 failed)"
     clock.now += 65
     shown.event({"kind": "phase", "name": "harden: lynis-after", "hosts": HOSTS})  # ends the play's phase
-    assert lines[-1][1] == ("harden: roles/site.yml: done in 1m05s, 1 tasks; per host: home 1 (1 changed); "
+    assert lines[-1][1] == ("harden: roles/site.yml: done in 1m05s, 1 task; per host: home 1 (1 changed); "
                             "enclave-de 1 (0 changed); enclave-ie 1 (0 changed, 1 failed)")
     assert shown.board.phase == "harden: lynis-after" and shown.board.hosts["home"].done == 0
 
@@ -277,4 +277,4 @@ def test_deploy_run_shows_pyinfras_progress_and_ends_each_phase(tmp_path: Path) 
     assert [(h.name, h.changed) for h in result.hosts] == [("@local", 1)]
     assert lines[0].startswith("pyinfra -y --json @local ") and lines[0].endswith("pyinfra_progress.py d.py")
     assert lines[-1].startswith("deploy: d: done in ") and lines[-1].endswith(
-        ", 1 operations; per host: @local 1/1 (1 changed)"), lines
+        ", 1 operation; per host: @local 1/1 (1 changed)"), lines
