@@ -4,6 +4,8 @@
 (src/embassy/targets.py): for the lab, inventories/lab.py inside its controller namespace (lab
 addresses exist nowhere else); for AWS, inventories/aws.py (stack outputs, SSM) on this machine.
 What changed is read from pyinfra's own JSON results: per host, the operations that changed something.
+Progress comes from pyinfra's own state callbacks (src/embassy/pyinfra_progress.py, given to pyinfra as
+a first deploy file that only installs them), sent up a pipe as events (src/embassy/progress.py), never from pyinfra's text.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from embassy import progress
 from embassy.errors import EXIT_FINDING, EXIT_USAGE, UserError
 from embassy.targets import Target
 
@@ -76,10 +81,16 @@ def parse_results(payload: dict[str, Any]) -> DeployResult:
     return DeployResult(hosts=sorted(hosts.values(), key=lambda h: h.name), failed_hosts=failed)
 
 
+def progress_deploy() -> Path:
+    """The deploy file that installs the progress callbacks (first, before the deploys: it adds no operation)."""
+    return Path(progress.__file__).with_name("pyinfra_progress.py")
+
+
 def command(target: Target, deploys: Sequence[str] = DEPLOYS) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of one pyinfra run against `target`."""
     env = {**os.environ, **target.client_env(), "PYINFRA_PROGRESS": "off"}
-    return target.client_argv([pyinfra_bin(), "-y", "--json", target.inventory, *deploys]), env
+    return target.client_argv([pyinfra_bin(), "-y", "--json", target.inventory, str(progress_deploy()),
+                               *deploys]), env
 
 
 def merge(results: Sequence[DeployResult]) -> DeployResult:
@@ -96,13 +107,25 @@ def merge(results: Sequence[DeployResult]) -> DeployResult:
     return DeployResult(sorted(hosts.values(), key=lambda h: h.name), failed)
 
 
+def _pyinfra(argv: list[str], root: Path, env: dict[str, str], shown: progress.Progress,
+             phase: str) -> subprocess.CompletedProcess[str]:
+    """One pyinfra run, its operations' progress (pyinfra's callbacks, up a pipe) shown as they end."""
+    shown.begin(phase, [], unit="operations")  # before the first event can arrive; hosts come with the totals
+    with progress.event_pipe(shown) as (fd, pipe_env):
+        proc = subprocess.Popen(argv, cwd=root, env={**env, **pipe_env}, pass_fds=(fd,), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        stdout, stderr = proc.communicate()
+    shown.end()
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
 def _run_phase(target: Target, root: Path, deploys: Sequence[str], size_mb: float | None,
-               say: Callable[[str], None]) -> DeployResult:
+               shown: progress.Progress) -> DeployResult:
     argv, env = command(target, deploys)
     if size_mb is not None:
         env["EMBASSY_HOME_SIZE_MB"] = f"{size_mb:g}"
-    say(f"pyinfra {' '.join(argv[argv.index('-y'):])}")
-    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=False)
+    shown.say(f"pyinfra {' '.join(argv[argv.index('-y'):])}")
+    done = _pyinfra(argv, root, env, shown, "deploy: " + " ".join(Path(d).stem for d in deploys))
     try:
         payload = json.loads(done.stdout)
     except ValueError:
@@ -125,13 +148,17 @@ def _run_phase(target: Target, root: Path, deploys: Sequence[str], size_mb: floa
 
 
 def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
-        say: Callable[[str], None] = lambda _: None) -> DeployResult:
-    """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words."""
+        say: Callable[[str], None] = lambda _: None, console: Console | None = None) -> DeployResult:
+    """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words.
+
+    Progress: a live display on `console` when it is a terminal, else lines through `say` with a heartbeat
+    at least every 30 s."""
     import time
 
     phases = PHASES if tuple(deploys) == DEPLOYS else (tuple(deploys),)
     start = time.monotonic()
-    results = [_run_phase(target, root, phase, size_mb, say) for phase in phases]
+    with progress.reporter(say, console) as shown:
+        results = [_run_phase(target, root, phase, size_mb, shown) for phase in phases]
     result = merge(results)
     result.seconds = time.monotonic() - start
     return result

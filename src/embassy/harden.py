@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
-from embassy import model
+from embassy import model, progress
 from embassy.errors import UserError
 from embassy.replication.privatefile import create_private
 from embassy.targets import AwsTarget, Host, Role, Target, target_for
@@ -61,10 +62,26 @@ GROUPS = {"home": "home_state", "warm": "warm_embassies", "cold": "cold_embassie
 STATE_SERVICE_PORT = 8088
 
 Say = Callable[[str], None]
+Emit = Callable[[progress.Event], None]
 
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _no_events(_: progress.Event) -> None:
+    pass
+
+
+def _events_to(emit: Emit) -> Callable[[dict[str, Any]], bool]:
+    """ansible-runner's event_handler: each play, task and host result on to the parent; every event kept."""
+    def handle(event: dict[str, Any]) -> bool:
+        found = progress.from_ansible(event)
+        if found is not None:
+            emit(found)
+        return True  # ansible-runner writes the event to the artifacts only when the handler says so
+
+    return handle
 
 
 class HardenFailed(UserError):
@@ -212,14 +229,16 @@ def _failures(events: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-def run_playbook(target: Play, say: Say = _quiet) -> dict[str, int]:
+def run_playbook(target: Play, say: Say = _quiet, emit: Emit = _no_events) -> dict[str, int]:
     """Run roles/site.yml on every host; return the number of changed tasks per host."""
     import ansible_runner
 
     folder = _run_dir(target, "harden")
     say(f"ansible-runner: roles/{PLAYBOOK} on {len(target.hosts)} hosts")
+    emit({"kind": "phase", "name": f"harden: roles/{PLAYBOOK}", "hosts": target.hosts, "unit": "tasks"})
     runner = ansible_runner.run(private_data_dir=str(folder), project_dir=str(roles_dir()), playbook=PLAYBOOK,
-                                inventory=str(folder / "inventory" / "hosts.yml"), envvars=target.env, quiet=True)
+                                inventory=str(folder / "inventory" / "hosts.yml"), envvars=target.env, quiet=True,
+                                event_handler=_events_to(emit))
     events = list(runner.events)
     failures = _failures(events)
     if runner.status != "successful" or failures:
@@ -230,15 +249,18 @@ def run_playbook(target: Play, say: Say = _quiet) -> dict[str, int]:
     return {h: int(changed.get(h, 0)) for h in target.hosts}
 
 
-def lynis_indexes(target: Play, say: Say = _quiet, phase: str = "lynis") -> dict[str, int | None]:
+def lynis_indexes(target: Play, say: Say = _quiet, phase: str = "lynis", emit: Emit = _no_events) -> dict[str, int | None]:
     """Run Lynis on every host at once (an ad-hoc shell task, the same connection as the play)."""
     import ansible_runner
 
     folder = _run_dir(target, phase)
     say(f"lynis ({phase}) on {len(target.hosts)} hosts")
+    emit({"kind": "phase", "name": f"harden: {phase}", "hosts": target.hosts, "unit": "tasks"})
+    emit({"kind": "task", "name": "lynis audit system"})  # an ad-hoc run announces no task of its own
     runner = ansible_runner.run(private_data_dir=str(folder), host_pattern="all", module="ansible.builtin.shell",
                                 module_args=LYNIS_PROBE.replace("PHASE", phase.removeprefix("lynis-")),
-                                inventory=str(folder / "inventory" / "hosts.yml"), envvars=target.env, quiet=True)
+                                inventory=str(folder / "inventory" / "hosts.yml"), envvars=target.env, quiet=True,
+                                event_handler=_events_to(emit))
     found: dict[str, int | None] = dict.fromkeys(target.hosts)
     for ev in runner.events:
         if ev.get("event") == "runner_on_ok":
@@ -262,15 +284,17 @@ def close_connections(target: Play) -> None:
                            capture_output=True, timeout=30, check=False)
 
 
-def harden_here(target: Play, say: Say = _quiet, measure: bool = True, before_too: bool = True) -> list[HostResult]:
+def harden_here(target: Play, say: Say = _quiet, measure: bool = True, before_too: bool = True,
+                emit: Emit = _no_events) -> list[HostResult]:
     """Lynis, the roles, Lynis: run in this process (inside the controller namespace for the lab).
 
     before_too=False skips the first Lynis run (the index after is what the target is judged on; the one
-    before only shows the gain, and costs a whole Lynis audit of every host)."""
+    before only shows the gain, and costs a whole Lynis audit of every host). emit: the progress events."""
     try:
-        before = lynis_indexes(target, say, "lynis-before") if measure and before_too else dict.fromkeys(target.hosts)
-        changed = run_playbook(target, say)
-        after = lynis_indexes(target, say, "lynis-after") if measure else dict.fromkeys(target.hosts)
+        before = (lynis_indexes(target, say, "lynis-before", emit) if measure and before_too
+                  else dict.fromkeys(target.hosts))
+        changed = run_playbook(target, say, emit)
+        after = lynis_indexes(target, say, "lynis-after", emit) if measure else dict.fromkeys(target.hosts)
     finally:
         close_connections(target)
     return [HostResult(h, changed[h], before.get(h), after.get(h)) for h in target.hosts]
@@ -284,8 +308,12 @@ def harden(dep: model.Deployment, target: str, say: Say = _quiet, measure: bool 
     return harden_target(target_for(target, dep), say, measure)
 
 
-def harden_target(target: Target, say: Say = _quiet, measure: bool = True, before_too: bool = True) -> list[HostResult]:
-    """Build the play here (bad input fails now), run it in a child where the hosts are reachable."""
+def harden_target(target: Target, say: Say = _quiet, measure: bool = True, before_too: bool = True,
+                  console: Console | None = None) -> list[HostResult]:
+    """Build the play here (bad input fails now), run it in a child where the hosts are reachable.
+
+    Progress: a live display on `console` when it is a terminal, else lines through `say` with a heartbeat
+    at least every 30 s (src/embassy/progress.py); the child sends ansible-runner's events up a pipe."""
     play = play_for(target)
     out = play.workdir / "result.json"
     play_file = play.workdir / "play.json"
@@ -296,12 +324,9 @@ def harden_target(target: Target, say: Say = _quiet, measure: bool = True, befor
     play.save(play_file)
     out.unlink(missing_ok=True)
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=model.project_root())
-    assert proc.stderr is not None
-    for line in proc.stderr:  # the child's progress lines
-        say(line.rstrip())
-    rc = proc.wait()
+    with progress.reporter(say, console) as shown:
+        rc = _run_child(argv, shown)
+        shown.end()
     result = json.loads(out.read_text()) if out.is_file() else None
     if result is None:
         raise HardenFailed(f"the hardening run ({target.client_place}) ended (exit {rc}) without a result",
@@ -310,6 +335,17 @@ def harden_target(target: Target, say: Say = _quiet, measure: bool = True, befor
         raise HardenFailed(result["error"]["message"], result["error"]["hint"])
     say(f"done in {time.monotonic() - start:.0f}s")
     return [HostResult(**h) for h in result["hosts"]]
+
+
+def _run_child(argv: list[str], shown: progress.Progress) -> int:
+    """The child, its messages (stderr) through `shown`, its events (a pipe) into it; returns its exit code."""
+    with progress.event_pipe(shown) as (fd, env):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                cwd=model.project_root(), env={**os.environ, **env}, pass_fds=(fd,))
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the child's messages
+            shown.say(line.rstrip())
+        return proc.wait()
 
 
 def _child(argv: list[str] | None = None) -> int:
@@ -327,7 +363,7 @@ def _child(argv: list[str] | None = None) -> int:
 
     try:
         results = harden_here(Play.load(Path(args.play)), say, measure=not args.no_lynis,
-                              before_too=not args.no_lynis_before)
+                              before_too=not args.no_lynis_before, emit=progress.emitter())
     except UserError as exc:
         out.write_text(json.dumps({"error": {"message": exc.message, "hint": exc.hint}}))
         return exc.code

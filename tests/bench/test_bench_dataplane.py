@@ -358,7 +358,8 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
     off = run.tps["off"]
     pin = (f"home's container pinned to CPU {HOME_CPUS}, everything else of the lab (standbys, cold enclave, "
            f"SeaweedFS vaults, mirror, syslog, the benchmark's ssh clients) to CPU {OTHER_CPUS} with cgroup v1 "
-           "cpusets, in every arm; the machine's 2 cores are shared with other work (other helpers' labs)")
+           f"cpusets, in every arm; the machine's {os.cpu_count()} cores, load average {os.getloadavg()[1]:.1f} "
+           "over the last 5 minutes of the runs")
     load = (f"pgbench -c {CLIENTS} -j {THREADS} -T {SECONDS}, scale {SCALE}, read-write, on home's cluster; "
             f"{ROUNDS} rounds of the 3 arms alternated (rotating order); replication rounds and base-backup timers "
             "paused during the runs")

@@ -19,6 +19,7 @@ from embassy.lab.state import LabState
 from embassy.replication import secrets as embassy_secrets
 from embassy.replication.dataplane import PGBACKREST_CONF, STANZA
 from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
+from tests.lab.timed_output import MAX_SILENCE_SECONDS, run_timed
 
 # Small (the tests check behaviour, not volume) and the default, so a developer's lab deployed with the
 # defaults is reused as it is rather than refused for holding data of another size.
@@ -27,18 +28,25 @@ WAIT_SECONDS = 90  # bounded waits for asynchronous replication (not a timing as
 
 
 def _deploy(lab: LabState, *extra: str) -> subprocess.CompletedProcess[str]:
+    return _deploy_timed(lab, *extra)[0]
+
+
+def _deploy_timed(lab: LabState, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The run, and the longest silence of its output (stderr, into a pipe) in seconds."""
     env = {**os.environ, "EMBASSY_LAB_ID": str(lab.lab_id)}
-    return subprocess.run([EMBASSY, "deploy", "--target", "lab", "--stack", STACK, *extra], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    return run_timed([EMBASSY, "deploy", "--target", "lab", "--stack", STACK, *extra], cwd=ROOT, env=env,
+                     timeout=1800)
 
 
 @pytest.fixture(scope="module")
 def deployed(lab: LabState) -> tuple[dict[str, Any], dict[str, Any]]:
     runs = []
     for _ in range(2):
-        done = _deploy(lab, "--json", "--size-mb", SIZE_MB)
+        done, silence = _deploy_timed(lab, "--json", "--size-mb", SIZE_MB)
         assert done.returncode == 0, done.stderr[-4000:]
-        runs.append(json.loads(done.stdout))
+        # No silent minutes (issue 26): into a pipe, a line at least every 30 s, whatever pyinfra is doing.
+        assert silence <= MAX_SILENCE_SECONDS, f"deploy's output was silent for {silence:.0f} s:\n{done.stderr[-3000:]}"
+        runs.append({**json.loads(done.stdout), "stderr": done.stderr})
     return runs[0], runs[1]
 
 
@@ -62,6 +70,13 @@ def test_second_run_changes_nothing(lab: LabState, deployed: tuple[dict[str, Any
     assert all(h["errors"] == [] for h in first["hosts"] + second["hosts"])
     assert {h["name"]: h["changed"] for h in second["hosts"]} == dict.fromkeys(names, 0)
     assert all(h["unchanged"] > 0 for h in second["hosts"])
+    # Progress came from pyinfra's callbacks: each phase ends with its operations and every host's counts,
+    # and the second run's counts say what its JSON says (nothing changed).
+    for run in (first, second):
+        done = [line for line in run["stderr"].splitlines() if ": done in " in line and " operation" in line]
+        assert len(done) == 2, run["stderr"][-3000:]
+    ends = [line for line in second["stderr"].splitlines() if ": done in " in line and "; per host: " in line]
+    assert ends and not any(re.search(r"\((?!0 changed)\d+ changed", line) for line in ends), ends
 
 
 def test_other_seed_is_refused_and_nothing_changes(lab: LabState, deployed: tuple[dict[str, Any], dict[str, Any]]) -> None:

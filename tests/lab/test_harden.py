@@ -22,6 +22,7 @@ import pytest
 
 from embassy.lab.state import LabState
 from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
+from tests.lab.timed_output import MAX_SILENCE_SECONDS, run_timed
 
 # The issue's target, measured in this lab (README, "Hardening"): Lynis 3.0.8 in a systemd-nspawn
 # container gives 90 with what the lab does as the platform (per-namespace network sysctls,
@@ -35,11 +36,13 @@ pytestmark = pytest.mark.lab
 
 
 def harden(lab: LabState, *extra: str) -> dict[str, Any]:
-    res = subprocess.run([EMBASSY, "harden", "--target", "lab", "--stack", STACK, "--json", *extra],
-                         capture_output=True, text=True, timeout=1800)
+    res, silence = run_timed([EMBASSY, "harden", "--target", "lab", "--stack", STACK, "--json", *extra], timeout=1800)
     assert res.returncode == 0, f"harden exited {res.returncode}:\n{res.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(res.stdout)
     assert [h["name"] for h in result["hosts"]] == [h.name for h in lab.hosts]
+    # No silent minutes (issue 26): into a pipe, a line at least every 30 s, whatever Ansible is doing.
+    assert silence <= MAX_SILENCE_SECONDS, f"harden's output was silent for {silence:.0f} s:\n{res.stderr[-3000:]}"
+    result["stderr"] = res.stderr
     return result
 
 
@@ -78,6 +81,9 @@ def test_first_run_hardens_every_host(first_run: dict[str, Any]) -> None:
     for host in first_run["hosts"]:
         assert host["changed"] > 0, host
         assert host["lynis_before"] is None and isinstance(host["lynis_after"], int), host
+    # Its progress came from ansible-runner's events: each phase ends with every host's counts.
+    done = [line for line in first_run["stderr"].splitlines() if "harden: roles/site.yml: done in" in line]
+    assert len(done) == 1 and all(f" {h['name']} " in done[0] for h in first_run["hosts"]), first_run["stderr"][-3000:]
 
 
 def test_lynis_index_reaches_the_target_on_every_host(first_run: dict[str, Any]) -> None:

@@ -168,7 +168,8 @@ def test_deploy_runs_pyinfra_with_the_lab_inventory_in_the_controller_namespace(
     as_root(monkeypatch)
     argv, env = deploy.command(target_for("lab", dep))
     assert argv[:4] == ["ip", "netns", "exec", f"emb{LAB_ID}-ctl"]
-    assert argv[5:] == ["-y", "--json", "inventories/lab.py", *deploy.DEPLOYS] and argv[4].endswith("pyinfra")
+    assert argv[5:] == ["-y", "--json", "inventories/lab.py", str(deploy.progress_deploy()),
+                        *deploy.DEPLOYS] and argv[4].endswith("pyinfra")
     assert env["EMBASSY_STACK"] == "rehearsal" and env["EMBASSY_LAB_ID"] == str(LAB_ID) and env["PYINFRA_PROGRESS"] == "off"
 
 

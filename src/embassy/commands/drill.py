@@ -160,7 +160,7 @@ def drill(
         if no_custody and custody is not None:
             raise UserError("--custody and --no-custody together", "give one of them")
         result = run_drill(dep, report, embassy=embassy, keep_lab=keep_lab, size_mb=size_mb, harden=harden,
-                           custody=False if no_custody else (custody or True), say=say)
+                           custody=False if no_custody else (custody or True), say=say, console=console)
     except UserError as exc:
         raise user_error(exc) from None
     print_registers(console, result)

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from embassy.cli import StackOpt, app, console, load, user_error
@@ -42,13 +43,13 @@ def harden(
     dep = load(stack)
     start = time.monotonic()
 
-    def say(message: str) -> None:
-        if not as_json:
-            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
+    def say(message: str) -> None:  # on stderr, with --json too: progress is never silent for minutes
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False,
+                      soft_wrap=True)
 
     try:
         results = harden_lib.harden_target(target_for(target.value, dep), say, measure=lynis,
-                                           before_too=lynis_before)
+                                           before_too=lynis_before, console=console)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:
@@ -91,12 +92,13 @@ def deploy(
         raise user_error(UserError(f"--size-mb {size_mb:g} is out of range", "give a size between 0.1 and 100000 MB"))
     start = time.monotonic()
 
-    def say(message: str) -> None:
-        if not as_json:
-            console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {message}")
+    def say(message: str) -> None:  # on stderr, with --json too: progress is never silent for minutes
+        console.print(f"[dim]{time.monotonic() - start:6.1f}s[/dim] {escape(message)}", highlight=False,
+                      soft_wrap=True)
 
     try:
-        result = deploy_lib.run(target_for(target.value, dep), project_root(), size_mb=size_mb, say=say)
+        result = deploy_lib.run(target_for(target.value, dep), project_root(), size_mb=size_mb, say=say,
+                                console=console)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -60,6 +60,9 @@ from embassy.replication.dataplane import REGISTERS_ROOT
 from embassy.replication.hold import advance_all
 from embassy.replication.standby import RECEIVER_UNIT
 from embassy.targets import LabTarget
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Say = Callable[[str], None]
 LOAD_UNIT = "embassy-drill-load"
@@ -474,8 +477,11 @@ def failure_of(error: EmbassyError, out: Outcome) -> rpt.Failure:
 
 def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None, keep_lab: bool = False,
           size_mb: float | None = None, harden: bool = True, custody: Path | bool = True,
-          say: Say = lambda _m: None) -> rpt.Report:
+          say: Say = lambda _m: None, console: Console | None = None) -> rpt.Report:
     """Run the rehearsal and write its signed report into `report_dir`; returns the report.
+
+    console: where harden and deploy show their progress live, when it is a terminal (else `say` gets
+    a heartbeat line at least every 30 s).
 
     custody: restore from officials' shares only (custody/drill.py): True puts the sheets in the lab's
     folder, a Path puts them there, False restores with the secrets the deploy left in place."""
@@ -511,9 +517,9 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     if harden:
         with timeline.step("harden every host (roles/site.yml), Lynis before and after"):
             hardening = {r.name: r.lynis_after for r in harden_target(target, lambda m: say(f"  {m}"),
-                                                                                  before_too=False)}
+                                                                                  before_too=False, console=console)}
     with timeline.step("deploy: home state, replication agents, embassy hosts"):
-        deploy_lib.run(target, model.project_root(), size_mb=size_mb, say=lambda m: say(f"  {m}"))
+        deploy_lib.run(target, model.project_root(), size_mb=size_mb, say=lambda m: say(f"  {m}"), console=console)
     drill_kit = None
     if custody is not False:
         from embassy.custody import drill as custody_drill

@@ -1,0 +1,82 @@
+"""pyinfra's progress as events: a state callback handler, installed by running this file as a deploy.
+
+`embassy deploy` runs `pyinfra -y --json INVENTORY …/pyinfra_progress.py DEPLOYS` with a pipe's fd in
+EMBASSY_PROGRESS_FD (src/embassy/progress.py). pyinfra executes deploy files (for each host) after it has
+initialised its state and before any operation runs; this one adds no operation, only the handler
+(`state.add_callback_handler`, once), whose methods pyinfra then calls as each operation starts and ends.
+(Not a --config file: pyinfra runs that before `State.init`, which resets the handlers.) Without the fd
+(someone's own pyinfra run of this file) the handler writes nothing. Nothing here may fail a deploy:
+every callback swallows its own errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from pyinfra.api.state import BaseStateCallback
+
+from embassy.progress import Event, emitter
+
+
+class ProgressCallback(BaseStateCallback):
+    """Connections, each operation's start (with the planned totals), and each host's result."""
+
+    def __init__(self, emit: Callable[[Event], None]) -> None:
+        self.emit = emit
+        self.totals_sent = False
+
+    def host_connect_error(self, state: Any, host: Any, error: Any) -> None:  # type: ignore[override]
+        self._safe(lambda: self.emit({"kind": "host", "host": host.name, "status": "unreachable",
+                                      "task": "connect"}))
+
+    def operation_start(self, state: Any, op_hash: Any) -> None:  # type: ignore[override]
+        self._safe(lambda: self._start(state, op_hash))
+
+    def operation_end(self, state: Any, op_hash: Any) -> None:  # type: ignore[override]
+        self._safe(lambda: self._end(state, op_hash))
+
+    def _start(self, state: Any, op_hash: str) -> None:
+        event: dict[str, Any] = {"kind": "task", "name": _op_name(state, op_hash)}
+        if not self.totals_sent:  # planned before the first operation runs: every host's operations
+            self.totals_sent = True
+            event["total"] = len(state.get_op_order())
+            event["totals"] = {host.name: len(host.op_hash_order) for host in state.inventory}
+        self.emit(event)
+
+    def _end(self, state: Any, op_hash: str) -> None:
+        name = _op_name(state, op_hash)
+        for host in state.inventory:
+            data = state.ops.get(host, {}).get(op_hash)
+            if data is None:
+                continue  # not an operation of this host
+            meta = data.operation_meta
+            if not meta.is_complete():
+                continue
+            status = ("changed" if meta.did_change() else "ok") if meta.did_succeed() else "failed"
+            self.emit({"kind": "host", "host": host.name, "status": status, "task": name})
+
+    @staticmethod
+    def _safe(call: Callable[[], None]) -> None:
+        with suppress(Exception):  # progress is never a reason for a deploy to fail
+            call()
+
+
+def _op_name(state: Any, op_hash: str) -> str:
+    return ", ".join(sorted(state.get_op_meta(op_hash).names)) or "operation"
+
+
+def install() -> None:
+    """Add the handler to the state of the pyinfra run executing this file, once (it runs for each host)."""
+    try:
+        from pyinfra import state
+
+        if not any(isinstance(h, ProgressCallback) for h in state.callback_handlers):
+            state.add_callback_handler(ProgressCallback(emitter()))
+    except Exception:  # no pyinfra run (imported, not executed as a deploy): nothing to do
+        pass
+
+
+if __name__ != "embassy.pyinfra_progress":  # executed by pyinfra as a deploy file, not imported
+    install()
