@@ -391,8 +391,11 @@ def test_a_later_read_is_compared_with_the_verified_chain() -> None:
 
 
 class _Target:
+    """A target whose vault reads are the `served` fixture's (verify takes it as it takes the lab's state)."""
+
     def __init__(self, lab: Any) -> None:
         self.lab = lab
+        self.dir, self.lab_id = lab.dir, lab.lab_id
 
     def embassy_hosts(self, _embassy: str) -> list[Any]:
         from embassy.targets import Host, Role
