@@ -191,10 +191,11 @@ class Target(ABC):
         return subprocess.run(self.client_argv(argv), capture_output=True, text=True, timeout=timeout, check=False,
                               cwd=cwd or model.project_root(), env={**os.environ, **self.client_env(), **(env or {})})
 
-    def run_on(self, host: Host | str, command: str, *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on one host; never raises on its exit code (the caller reads it)."""
-        return subprocess.run(self.host_argv(host, command), capture_output=True, text=True, timeout=timeout,
-                              check=False)
+    def run_on(self, host: Host | str, command: str, *, timeout: float = 120,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on one host (`stdin` its input); never raises on its exit code (the caller reads it)."""
+        return subprocess.run(self.host_argv(host, command), input=stdin, capture_output=True, text=True,
+                              timeout=timeout, check=False)
 
     def _host(self, host: Host | str) -> Host:
         return host if isinstance(host, Host) else self.host(host)

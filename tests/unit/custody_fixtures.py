@@ -71,6 +71,7 @@ def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[s
     for emb in dep.embassies:
         creds = {"access_key_id": f"LABREADER{secrets.token_hex(6).upper()}", "secret_access_key": secrets.token_urlsafe(30)}
         (lab_dir / f"reader-{emb.name}.json").write_text(json.dumps(creds))
+        (lab_dir / f"reader-{emb.name}.json").chmod(0o600)  # as the lab writes it: a vault identity's keys are private
         values += creds.values()
         vaults.append(VaultState.model_construct(
             embassy=emb.name, dns_name=f"vault-{emb.name}.lab", endpoint=f"https://vault-{emb.name}.lab:8443",

@@ -121,10 +121,10 @@ def test_restore_writes_nothing_to_the_host_when_the_bundle_is_another_embassys(
         dep: model.Deployment, kit1: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     kit1.store.plant("de", V1, kit1.store.objects["se"][V1])
     written: list[Any] = []
-    monkeypatch.setattr(kit, "LabVaults", lambda _lab, _dep: kit1.store)
+    monkeypatch.setattr(kit, "TargetVaults", lambda _target, _dep: kit1.store)
     monkeypatch.setattr(hostsecrets, "apply", lambda *a: written.append(a))
     (Path(kit1.lab.dir) / PUBLIC_KEY_FILE).unlink()  # the day home is gone: no key recorded on this controller
-    target = SimpleNamespace(lab=kit1.lab)
+    target = SimpleNamespace(kind="lab", workdir=Path(kit1.lab.dir))
     with pytest.raises(BundleInvalid) as err:
         restore.with_shares(dep, target, "de", [SimpleNamespace(name="enclave-de")],  # type: ignore[arg-type,list-item]
                             sheets_of(kit1.sheets, [2, 3, 4]), lambda _m: None)

@@ -19,6 +19,7 @@ from embassy.errors import RestoreFailed, UserError
 from embassy.home import context
 from embassy.replication import dataplane, manifest, secrets, verify
 from embassy.replication.manifest import Verified
+from embassy.vaultaccess import CredentialSource, VaultAccess
 
 from .custody_fixtures import NOW, MemoryVaults, controller, issue
 from .test_home_deploy import _data
@@ -227,14 +228,21 @@ def test_pending_record_that_is_not_json_is_named(tmp_path: Path) -> None:
         rekey.pending(tmp_path)
 
 
+def _reader(lab: Any, embassy: str) -> VaultAccess:
+    """The embassy's vault as a target hands it out: the lab's records, the read-only identity's file."""
+    v = lab.vault(embassy)
+    return VaultAccess(embassy=embassy, endpoint=v.endpoint, bucket=v.bucket, ca_file=v.ca_file,
+                       identities={"reader": CredentialSource(file=v.reader_credentials)})
+
+
 def test_a_plain_restore_takes_each_generations_secrets_from_the_controller(dep: model.Deployment, tmp_path: Path) -> None:
     lab, folder, _ = controller(tmp_path, dep)
-    old = hostsecrets.controller_keys(dep, lab, "ie", folder, 1)
+    old = hostsecrets.controller_keys(dep, _reader(lab, "ie"), "ie", folder, 1)
     assert old.pgbackrest == (folder / "pgbackrest-ie.pass").read_text().strip()
     with pytest.raises(RestoreFailed, match=r"no restore secret .*pgbackrest-ie\.g2\.pass \(key generation 2 of ie\)"):
-        hostsecrets.controller_keys(dep, lab, "ie", folder, 2)
+        hostsecrets.controller_keys(dep, _reader(lab, "ie"), "ie", folder, 2)
     rekey.begin(dep, folder, NOW)
-    new = hostsecrets.controller_keys(dep, lab, "ie", folder, 2)
+    new = hostsecrets.controller_keys(dep, _reader(lab, "ie"), "ie", folder, 2)
     assert new.restic == (folder / "restic-ie.g2.pass").read_text().strip() != old.restic
     assert new.vault.access_key.startswith("LABREADER")  # the read-only identity, as the embassy host uses
 

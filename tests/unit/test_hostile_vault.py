@@ -391,8 +391,11 @@ def test_a_later_read_is_compared_with_the_verified_chain() -> None:
 
 
 class _Target:
+    """A target whose vault reads are the `served` fixture's (verify takes it as it takes the lab's state)."""
+
     def __init__(self, lab: Any) -> None:
         self.lab = lab
+        self.dir, self.lab_id = lab.dir, lab.lab_id
 
     def embassy_hosts(self, _embassy: str) -> list[Any]:
         from embassy.targets import Host, Role
@@ -492,3 +495,37 @@ def test_verify_full_restores_into_a_fresh_private_folder_per_run(monkeypatch: p
     assert "scratch=$(sudo mktemp -d -p /var/tmp embassy-verify.XXXXXXXXXX)" in restore_cmd
     assert '--target "$scratch"' in restore_cmd and 'sudo rm -rf "$scratch"' in restore_cmd
     assert "/var/tmp/embassy-verify-" not in restore_cmd
+
+
+# --------------------------------------------------------------------------- a manifest served but not listed
+
+
+def test_a_forgery_the_listing_hides_is_named_as_if_listed(served: dict[str, Any]) -> None:
+    """The host nation's forgery of the next round, served on GET but left out of the vault's listing (what SeaweedFS
+    does once a read "healed" an object written below S3): named as a listed one is, by its key and signature."""
+    chain = _chain(5)
+    head = manifest.verify(*chain[3], PUBLIC)
+    forged = manifest.sign({**head.body, "round": 5, "previous_sha256": head.sha256}, Ed25519PrivateKey.generate())
+    lock = {"lock_mode": "COMPLIANCE", "retain_until": "2046-01-01T00:00:00+00:00"}
+    listed = _stored(chain[:4], **lock)
+    for unlisted in (False, True):
+        served["de"] = [*listed, v.Stored(manifest.object_key(5), forged, len(forged), unlisted=unlisted, **lock)]
+        failure = v.verify(DEP, served["lab"], "de").first_failure or {}
+        assert failure.get("object") == manifest.object_key(5) and "signed by another key" in failure["reason"]
+
+
+def test_a_signed_round_the_listing_hides_is_a_failure(served: dict[str, Any]) -> None:
+    """Home's own next round, served but hidden from the listing: the vault is not intact (home cannot write there,
+    and what the listing shows is not what the vault holds)."""
+    chain = _chain(5)
+    lock = {"lock_mode": "COMPLIANCE", "retain_until": "2046-01-01T00:00:00+00:00"}
+    served["de"] = [*_stored(chain[:4], **lock), v.Stored(*chain[4], len(chain[4][1]), unlisted=True, **lock)]
+    failure = v.verify(DEP, served["lab"], "de").first_failure or {}
+    assert failure.get("object") == manifest.object_key(5) and "left out of its listing" in failure["reason"]
+
+
+def test_the_reader_output_carries_unlisted_and_nothing_else_makes_it() -> None:
+    out = v.parse_reader_output("de", json.dumps({"ok": True, "objects": [
+        {"key": "manifests/0000000001.json", "size": 0, "unlisted": True},
+        {"key": "manifests/0000000002.json", "size": 0, "unlisted": "yes"}]}))
+    assert [o.unlisted for o in out] == [True, False]

@@ -15,7 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from embassy.cli import StackOpt, app, console, load, user_error
-from embassy.errors import EXIT_FINDING, UserError
+from embassy.errors import EXIT_FINDING, OptionInvalid, UserError
 
 if TYPE_CHECKING:
     from embassy.custody.shares import ShareText
@@ -44,6 +44,10 @@ def restore(
         "--accept-unanchored", help="when nothing anchors the vault's freshness (no high-water mark, no custody bundle "
                                     "round, no other vault to compare with), restore from its chain as it is; the "
                                     "outcome records it")] = False,
+    target_kind: Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab) or site (a host nation's "
+                                                                    "data centre, from --inventory)")] = "lab",
+    inventory: Annotated[Path | None, typer.Option("--inventory", help="the site inventory (--target site); the lab's "
+                                                   "own is named by `embassy lab status --json`")] = None,
 ) -> None:
     """Verify the embassy's vault, restore every register it holds, compare digests, start the state service.
 
@@ -51,7 +55,7 @@ def restore(
     """
     from embassy.drill import restore as lib
     from embassy.replication import freshness
-    from embassy.targets import LabTarget, target_for
+    from embassy.targets import target_for
 
     dep = load(stack)
     start = time.monotonic()
@@ -63,9 +67,13 @@ def restore(
     try:
         when = lib.parse_time(target_time) if target_time else None
         custody_shares = _shares(dep.stack, shares, share_files or [])  # a mistyped share is named before any lab
-        target = target_for("lab", dep)
-        assert isinstance(target, LabTarget)
+        if target_kind not in ("lab", "site"):
+            raise OptionInvalid(f"restore reaches hosts and vaults through --target lab or site, not '{target_kind}'",
+                                "use --target lab, or --target site --inventory FILE (AWS: not yet, see README)")
+        target = target_for(target_kind, dep, inventory)
         hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
+        if not shares or target.kind != "lab":  # only the lab may take the key from the bundle it opens
+            target.manifest_public_key()  # the trust anchor, before any host or vault is reached
         from embassy.custody import restore as custody_restore
 
         bundle_round = None

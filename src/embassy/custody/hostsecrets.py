@@ -10,15 +10,14 @@ the officials' shares.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from embassy import model
-from embassy.custody.bundle import Bundle, Passphrase, VaultAccess, holds_kind, vault_access
-from embassy.errors import RestoreFailed
-from embassy.lab.state import LabState
+from embassy import model, vaultaccess
+from embassy.custody.bundle import Bundle, Passphrase, VaultAccess, holds_kind
+from embassy.errors import CredentialsUnavailable, RestoreFailed
 from embassy.replication import dataplane, secrets
 from embassy.replication.dataplane import Repo
 from embassy.replication.secrets import Vault
@@ -75,9 +74,27 @@ def bundle_keys(bundle: Bundle, generation: int) -> Keys:
                 pick(bundle.restic, "/" + dataplane.restic_base(generation), "restic password"))
 
 
-def controller_keys(dep: model.Deployment, lab: LabState, embassy: str, folder: Path, generation: int) -> Keys:
-    """A key generation's secrets from the controller's folder (a plain restore, while it exists)."""
-    access = vault_access(lab, embassy)
+def target_vault(access: vaultaccess.VaultAccess) -> tuple[Vault, str]:
+    """The embassy's vault as its host reads it (the read-only identity, as the deploy writes it) and its CA (PEM),
+    from the target's vault access: the credentials are read where the target says (a file or the environment)."""
+    url = urlsplit(access.endpoint)
+    keys = vaultaccess.read(access.identity("reader").as_spec(), f"vault of {access.embassy}, identity reader")
+    ca_file = access.ca_file if access.ca_file != vaultaccess.SYSTEM_CA else ""
+    try:
+        ca_pem = Path(ca_file).read_text() if ca_file else ""
+    except OSError as exc:
+        raise CredentialsUnavailable(f"vault of {access.embassy}: cannot read its CA {ca_file}: {exc.strerror or exc}",
+                                     "check vault.ca_file in the site inventory") from None
+    vault = Vault(embassy=access.embassy, dns_name=url.hostname or "", port=url.port or 443, bucket=access.bucket,
+                  ca_file="", access_key=keys["access_key_id"], secret_key=keys["secret_access_key"],
+                  region=access.region)
+    return vault, ca_pem
+
+
+def controller_keys(dep: model.Deployment, access: vaultaccess.VaultAccess, embassy: str, folder: Path,
+                    generation: int) -> Keys:
+    """A key generation's secrets from the controller's folder (a plain restore, while it exists); the vault as the
+    target reaches it (`target.vault(embassy)`)."""
 
     def read(name: str, kind: model.RegisterKind) -> str | None:
         if not holds_kind(dep, embassy, kind):
@@ -89,14 +106,14 @@ def controller_keys(dep: model.Deployment, lab: LabState, embassy: str, folder: 
             raise RestoreFailed(f"no restore secret {path} (key generation {generation} of {embassy})",
                                 "restore with the officials' shares: `embassy restore … --shares`") from None
 
-    return Keys(generation, _vault(access), access.ca_pem,
-                read(secrets.pgbackrest_secret(embassy, generation), model.RegisterKind.POSTGRES),
-                read(secrets.restic_secret(embassy, generation), model.RegisterKind.FILES))
+    pgbackrest = read(secrets.pgbackrest_secret(embassy, generation), model.RegisterKind.POSTGRES)
+    restic = read(secrets.restic_secret(embassy, generation), model.RegisterKind.FILES)
+    vault, ca_pem = target_vault(access)
+    return Keys(generation, vault, ca_pem, pgbackrest, restic)
 
 
 def _install(target: Target, host: Host, path: str, text: str, owner: str, mode: str) -> None:
-    done = subprocess.run(target.host_argv(host, f"sudo install -o {owner} -g {owner} -m {mode} /dev/stdin {path}"),
-                          input=text, capture_output=True, text=True, timeout=60, check=False)
+    done = target.run_on(host, f"sudo install -o {owner} -g {owner} -m {mode} /dev/stdin {path}", timeout=60, stdin=text)
     if done.returncode != 0:
         raise RestoreFailed(f"{host.name}: writing {path} failed: {done.stderr.strip()[-300:]}")
 
@@ -131,7 +148,7 @@ def withdraw(target: Target, host: Host, embassy: str, controller_folder: Path) 
             removed.append(str(path))
     command = (f"sudo sed -i '/-cipher-pass=/d' {dataplane.PGBACKREST_CONF} 2>/dev/null; "
                f"sudo rm -f {dataplane.RESTIC_DIR}/{embassy}.pass; true")
-    done = subprocess.run(target.host_argv(host, command), capture_output=True, text=True, timeout=60, check=False)
+    done = target.run_on(host, command, timeout=60)
     if done.returncode != 0:
         raise RestoreFailed(f"{host.name}: removing the restore secrets failed: {done.stderr.strip()[-300:]}")
     removed += [f"{host.name}:{dataplane.PGBACKREST_CONF} (cipher-pass)", f"{host.name}:{dataplane.RESTIC_DIR}/{embassy}.pass"]

@@ -52,7 +52,7 @@ HOME_KEY_FILE = "/etc/embassy/manifest.key"  # replication.deploy_home.KEY_FILE:
 
 
 class Store(Protocol):
-    """Where an embassy's sealed bundles live: its vault (LabVaults), or a dict in unit tests."""
+    """Where an embassy's sealed bundles live: its vault (TargetVaults), or a dict in unit tests."""
 
     def put(self, embassy: str, key: str, envelope: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -93,14 +93,17 @@ def lock_of(key: str, reported: dict[str, Any]) -> BundleLock:
                       _time(reported.get("last_modified")))
 
 
-class LabVaults:
-    """The lab's vaults over S3, from the controller namespace: agent identity writes, reader identity reads."""
+class TargetVaults:
+    """The embassies' vaults over S3 as a target reaches them (`target.vault(embassy)`, run where the vault is
+    reachable): the custody identity writes (the agent's where the target names no custody identity), the
+    read-only identity reads."""
 
-    def __init__(self, lab: LabState, dep: model.Deployment) -> None:
-        self.lab, self.dep = lab, dep
+    def __init__(self, target: Any, dep: model.Deployment) -> None:
+        self.target, self.dep = target, dep
 
-    def _run(self, action: str, spec: dict[str, Any], stdin: bytes = b"") -> dict[str, Any]:
-        argv = self.lab.in_controller([sys.executable, "-m", "embassy.custody.vaultio", action, json.dumps(spec)])
+    def _run(self, embassy: str, action: str, spec: dict[str, Any], stdin: bytes = b"") -> dict[str, Any]:
+        vault = self.target.vault(embassy)
+        argv = vault.client_argv([sys.executable, "-m", "embassy.custody.vaultio", action, json.dumps(spec)])
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, timeout=90, check=False)
             got: dict[str, Any] = json.loads(done.stdout)
@@ -108,19 +111,23 @@ class LabVaults:
             got = {"ok": False, "error": "no answer in 90 s"}
         return got
 
+    def _spec(self, embassy: str, identity: str) -> dict[str, Any]:
+        vault = self.target.vault(embassy)
+        if identity == "custody" and "custody" not in vault.identities:
+            identity = "agent"  # the lab's vaults: the agents' identity writes the bundles too
+        spec: dict[str, Any] = vault.client_spec(identity)  # names where the credentials are, never holds them
+        return spec
+
     def put(self, embassy: str, key: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        v = self.lab.vault(embassy)
-        got = self._run("put", {"endpoint": v.endpoint, "ca_file": v.ca_file, "credentials": v.agent_credentials,
-                                "bucket": v.bucket, "key": key},
+        got = self._run(embassy, "put", {**self._spec(embassy, "custody"), "key": key},
                         json.dumps(envelope, indent=1, sort_keys=True).encode())
         if not got.get("ok"):
             raise VaultRefusedWrite(f"vault:{embassy}/{key}: {str(got.get('error'))[:300]}")
         return got
 
     def _listed(self, embassy: str, stack: str, action: str) -> list[dict[str, Any]]:
-        v = self.lab.vault(embassy)
-        got = self._run(action, {"endpoint": v.endpoint, "ca_file": v.ca_file, "credentials": v.reader_credentials,
-                                 "bucket": v.bucket, "prefix": f"{PREFIX}{stack}/", "stack": stack})
+        got = self._run(embassy, action, {**self._spec(embassy, "reader"), "prefix": f"{PREFIX}{stack}/",
+                                          "stack": stack})
         if not got.get("ok"):
             raise VaultUnreachable(f"vault:{embassy}: {str(got.get('error'))[:300]}")
         if got.get("truncated"):
@@ -147,6 +154,16 @@ class LabVaults:
 
     def locks(self, embassy: str, stack: str) -> list[BundleLock]:
         return [lock_of(obj["key"], obj) for obj in self._listed(embassy, stack, "locks")]
+
+
+class LabVaults(TargetVaults):
+    """The lab's vaults: TargetVaults through the lab target (for callers that still hold the lab's state)."""
+
+    def __init__(self, lab: LabState, dep: model.Deployment) -> None:
+        from embassy.targets import LabTarget
+
+        super().__init__(LabTarget(dep, lab), dep)
+        self.lab = lab
 
 
 def bundle_locks(lab: LabState, dep: model.Deployment, embassy: str) -> list[BundleLock]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 from embassy import model
 from embassy.custody import hostsecrets, kit
 from embassy.custody.shares import ShareText
 from embassy.errors import BundleInvalid, RestoreFailed
 from embassy.replication import verify as vault_verify
-from embassy.replication.secrets import secrets_dir
-from embassy.targets import Host, LabTarget
+from embassy.targets import Host, Target
 
 
 def stdin_text() -> str:
@@ -37,24 +35,27 @@ def trust_public_key(lab_dir: Path, pem: str) -> None:
                             "one of them was replaced: trust neither until checked against home's key record")
 
 
-def controller_keyring(dep: model.Deployment, target: LabTarget, embassy: str) -> hostsecrets.Keyring:
-    """A plain restore's secrets of each key generation: the controller's folder (read when a generation is needed)."""
-    folder = secrets_dir(SimpleNamespace(lab_id=target.lab.lab_id, stack=dep.stack))
-    return lambda generation: hostsecrets.controller_keys(dep, target.lab, embassy, folder, generation)
+def controller_keyring(dep: model.Deployment, target: Target, embassy: str) -> hostsecrets.Keyring:
+    """A plain restore's secrets of each key generation: the controller's folder (read when a generation is needed),
+    the vault as the target reaches it."""
+    folder = target.controller_folder
+    return lambda generation: hostsecrets.controller_keys(dep, target.vault(embassy), embassy, folder, generation)
 
 
-def with_shares(dep: model.Deployment, target: LabTarget, embassy: str, hosts: list[Host], texts: list[ShareText],
+def with_shares(dep: model.Deployment, target: Target, embassy: str, hosts: list[Host], texts: list[ShareText],
                 say: Callable[[str], None], opened: list[object] | None = None) -> hostsecrets.Keyring:
     """Open the bundle, write its newest key generation's secrets onto the host; every generation's, for the restore.
 
     opened: receives the opened bundle (its round at sealing anchors the vault's freshness)."""
     if not hosts:
         raise RestoreFailed(f"embassy {embassy} has no host in the target")
-    bundle = kit.open_bundle(dep, kit.LabVaults(target.lab, dep), embassy, texts, say=say)
+    bundle = kit.open_bundle(dep, kit.TargetVaults(target, dep), embassy, texts, say=say)
     if opened is not None:
         opened.append(bundle)
-    if not getattr(dep, "manifest_public_key", None):  # a stack that names its key: verify checks with that one
-        trust_public_key(Path(target.lab.dir), bundle.manifest_public_key)
+    # A stack that names its key: verify checks with that one. Only the lab records the bundle's key on this
+    # controller; outside it the stack config's key is the only trust anchor (verify refuses without one).
+    if not getattr(dep, "manifest_public_key", None) and target.kind == "lab":
+        trust_public_key(Path(target.workdir), bundle.manifest_public_key)
     say(f"bundle version {bundle.version} opened with {len(texts)} shares: its restore secrets go to {hosts[0].name} "
         f"(repositories of every key generation: {', '.join(p.repo_path for p in bundle.pgbackrest + bundle.restic) or 'none'})")
     hostsecrets.apply(target, hosts[0], bundle)

@@ -1,12 +1,13 @@
-"""Custody bundles in a vault, over its S3 API (run inside the lab's controller namespace: vault names
-resolve there alone). Written with the agent identity under Object Lock COMPLIANCE; read with the
-reader identity.
+"""Custody bundles in a vault, over its S3 API (run where the target says the vault is reachable: in a lab, inside
+its controller namespace, where vault names resolve alone). Written with the custody identity (the agent's in the
+lab) under Object Lock COMPLIANCE; read with the reader identity.
 
     python -m embassy.custody.vaultio put SPEC_JSON < envelope.json   -> {"ok", "key", "lock_mode", "retain_until"}
     python -m embassy.custody.vaultio list SPEC_JSON                  -> {"ok", "objects": [...], "truncated"}
     python -m embassy.custody.vaultio locks SPEC_JSON                 -> {"ok", "objects": [...], "truncated"}
 
-SPEC: {"endpoint", "ca_file", "credentials", "bucket", "prefix" and "stack" | "key"}.
+SPEC: a vaultaccess client spec ({"endpoint", "bucket", "ca_file", "addressing", "region", "credentials": {"file" |
+"env"}}: never a secret, the credentials are read here) and "prefix" and "stack" | "key".
 Each listed object: {"key", "data" (base64; absent when too large or not a bundle's key), "size", "lock_mode", "retain_until",
 "last_modified"}. Bounded: at most MAX_OBJECTS keys are listed (then "truncated": true) and no object
 larger than an envelope is downloaded, so a flood of objects planted by the vault's host cannot make a
@@ -24,7 +25,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from embassy.custody.seal import MAX_ENVELOPE_BYTES, MAX_VERSION
-from embassy.lab.buckets import client
+from embassy.errors import UserError
+from embassy.vaultaccess import s3_client
 
 PREFIX = "custody/"
 MAX_OBJECTS = 2 * MAX_VERSION  # keys listed under a stack's custody prefix, at most
@@ -49,7 +51,7 @@ def _when(value: Any) -> str:
 
 
 def put(spec: dict[str, Any], body: bytes) -> dict[str, Any]:
-    s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
+    s3 = s3_client(spec)
     # The bucket's default retention (COMPLIANCE, the embassy's days) locks it, as it locks the manifests:
     # the agent identity may write, never set or change a lock. The lock is read back and checked by the caller.
     s3.put_object(Bucket=spec["bucket"], Key=spec["key"], Body=body, ContentType="application/json")
@@ -69,7 +71,7 @@ def _listed(s3: Any, spec: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
 
 
 def list_bundles(spec: dict[str, Any], *, data: bool = True) -> dict[str, Any]:
-    s3 = client(spec["endpoint"], spec["ca_file"], spec["credentials"])
+    s3 = s3_client(spec)
     items, truncated = _listed(s3, spec)
     objects = []
     for item in items:
@@ -90,7 +92,7 @@ def main(argv: list[str]) -> int:
     try:
         spec = json.loads(argv[1])
         result = put(spec, sys.stdin.buffer.read()) if argv[0] == "put" else list_bundles(spec, data=argv[0] == "list")
-    except (BotoCoreError, ClientError, OSError, ValueError, IndexError, KeyError) as exc:
+    except (BotoCoreError, ClientError, OSError, ValueError, IndexError, KeyError, UserError) as exc:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result))
     return 0

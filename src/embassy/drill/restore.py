@@ -47,7 +47,7 @@ from embassy.replication.dataplane import PG_DATA, PG_SERVICE, PG_VERSION, REGIS
 from embassy.replication.digest import ROLE as DIGEST_ROLE
 from embassy.replication.digest import differences
 from embassy.replication.manifest import Verified
-from embassy.targets import Host, LabTarget
+from embassy.targets import Host, Target
 
 SCRATCH_PORT = 5433  # a restore from the vault: a fresh cluster beside the embassy's own (5432)
 STANDBY_PORT = 5432
@@ -152,13 +152,12 @@ def _generation_or_none(m: Verified) -> int | None:
 class Session:
     """The embassy host, reached through the target: shell commands, each a step with its time."""
 
-    def __init__(self, target: LabTarget, host: Host, outcome: Outcome, say: Say) -> None:
+    def __init__(self, target: Target, host: Host, outcome: Outcome, say: Say) -> None:
         self.target, self.host, self.outcome, self.say = target, host, outcome, say
 
     def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(self.target.host_argv(self.host, command), input=stdin, capture_output=True,
-                                  text=True, timeout=timeout, check=False)
+            return self.target.run_on(self.host, command, timeout=timeout, stdin=stdin)
         except subprocess.TimeoutExpired:
             raise RestoreFailed(f"{self.host.name}: no answer in {timeout:.0f} s to `{command[:120]}`") from None
 
@@ -227,7 +226,7 @@ def choose_manifest(chain: list[Verified], target_time: dt.datetime | None) -> V
 # --------------------------------------------------------------------------- the restore
 
 
-def restore(dep: model.Deployment, target: LabTarget, embassy: str, *, target_time: dt.datetime | None = None,
+def restore(dep: model.Deployment, target: Target, embassy: str, *, target_time: dt.datetime | None = None,
             from_vault: bool = False, keyring: Keyring | None = None, accept_unanchored: bool = False,
             bundle_round: int | None = None, say: Say = lambda _m: None) -> Outcome:
     """Verify, restore, compare digests, start and smoke-check the state service at `embassy`.
@@ -267,7 +266,7 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
             raise HostUnreachable(f"embassy host {s.host.name} does not answer over SSH within 15 s"
                                   + (f": {done.stderr.strip()[-200:]}" if done else ""))
     with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
-        result = vault_verify.verify(dep, s.target.lab, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
+        result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
                                      bundle_round=out.bundle_round)
         out.verification = result
         if not result.intact:
@@ -301,9 +300,9 @@ def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None
     with s.step(f"key generation {keys.generation}: its secrets to {s.host.name}, verify its repositories"):
         hostsecrets.write(s.target, s.host, keys)
         result = vault_verify.Result(s.outcome.embassy)
-        vault_verify.check_pgbackrest(s.target.lab, s.outcome.embassy, chosen, result)
+        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result)
         if result.intact:
-            vault_verify.check_restic(s.target.lab, s.outcome.embassy, chosen, result, full=False)
+            vault_verify.check_restic(s.target, s.outcome.embassy, chosen, result, full=False)
         if s.outcome.verification:
             s.outcome.verification.checked += result.checked
         if not result.intact:
@@ -760,7 +759,7 @@ def stop_command() -> str:
             f"for i in $(seq 100); do sudo kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; fi; true")
 
 
-def stop_restored(target: LabTarget, embassy: str) -> None:
+def stop_restored(target: Target, embassy: str) -> None:
     """Stop what a restore started at `embassy` (the tests share one lab: leave it as the deploy made it)."""
     for host in target.embassy_hosts(embassy):
         target.run_on(host, stop_command(), timeout=90)

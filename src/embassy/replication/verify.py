@@ -7,7 +7,9 @@ path to it and what it serves when, but holds no signing key. So:
 2. the manifest chain, first to newest: canonical bytes, Ed25519 signatures by the home state's key
    (the target's trust anchor: the stack config's data-embassy:manifest_public_key, or in the lab only the key
    its deploy recorded; never one from the vault), links, rounds; every object
-   under manifests/ must be a manifest of this chain;
+   under manifests/ must be a manifest of this chain; and so must the round after the newest listed one if the
+   vault serves it although its listing leaves it out (vaultread: SeaweedFS does so for an object written below
+   S3 once a read "healed" it): named as a listed one is, and a hidden manifest, even home's, is a failure;
 3. freshness, anchored outside the vault (freshness.py): the controller's high-water mark, the custody
    bundle's round, and any manifest home signed in any reachable vault. No anchor: "freshness not
    established", a failure unless the operator accepts it (recorded);
@@ -144,6 +146,7 @@ class Stored:
     retain_until: str | None = None
     last_modified: str | None = None
     missing: str | None = None
+    unlisted: bool = False  # served on GET although the vault's listing leaves it out
 
 
 def _text(value: Any, what: str, obj: str) -> str | None:
@@ -181,7 +184,7 @@ def parse_reader_output(embassy: str, stdout: str) -> list[Stored]:
         out.append(Stored(item["key"], data, size, _text(item.get("lock_mode"), "lock mode", obj),
                           _text(item.get("retain_until"), "retain-until", obj),
                           _text(item.get("last_modified"), "last-modified", obj),
-                          _text(item.get("missing"), "missing", obj)))
+                          _text(item.get("missing"), "missing", obj), item.get("unlisted") is True))
     return out
 
 
@@ -634,6 +637,11 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
         result.check(m.key, True)
     if failure:
         result.check(failure[0], False, failure[1])
+        return result
+    hidden = next((o for o in objects if o.unlisted), None)
+    if hidden is not None:  # even signed by home: a vault that hides what it holds from its listing is not intact
+        result.check(hidden.key, False, "served by the vault, but left out of its listing (objects hidden from the "
+                                        "listing: home's next round cannot be written there)")
         return result
     if not chain:
         result.check(f"vault:{embassy}/{manifest.PREFIX}", False, "no manifest: nothing here can be proven")
