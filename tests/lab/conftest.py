@@ -61,6 +61,9 @@ def lab() -> Iterator[LabState]:
         assert state is not None
         yield state
     finally:
+        current = load_state(TEST_LAB_ID)
+        if current is not None:
+            close_mux(current)
         if not reuse:
             lifecycle.down(TEST_LAB_ID)
         if previous is None:
@@ -78,9 +81,32 @@ def _try_lock(fh: TextIO) -> bool:
     return True
 
 
+def mux_options(lab: LabState) -> list[str]:
+    """SSH options that let the tests' commands share one connection per host (the lab's own ssh_config, which
+    the product and the drill use, stays one connection per command). A test makes hundreds of short SSH calls
+    (test_digest_points alone about 200): each new connection costs a key exchange and a login session on a
+    2-core machine. One session at a time per master (the tests call ssh() in turn), well under the hosts'
+    MaxSessions. A master idle for 30 s exits; a dead peer is noticed within 15 s (keepalives); the session
+    fixture ends the masters before the lab goes down. Tests that prove how sshd treats a NEW connection
+    (password refused, host key pinned) build their own argv and never share."""
+    folder = Path(lab.dir) / "ssh-mux"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={folder}/%C", "-o", "ControlPersist=30",
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+
+
+def close_mux(lab: LabState) -> None:
+    """End the SSH masters the tests' ssh() started (by their control sockets: only ours)."""
+    folder = Path(lab.dir) / "ssh-mux"
+    for socket in sorted(folder.glob("*")) if folder.is_dir() else []:
+        subprocess.run(lab.in_controller(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "lab-host"]),
+                       capture_output=True, timeout=30)
+
+
 def ssh(lab: LabState, host: str, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a shell command on a lab host over SSH, from the controller namespace."""
-    res = subprocess.run(lab.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout)
+    """Run a shell command on a lab host over SSH, from the controller namespace (a shared connection per host)."""
+    argv = lab.in_controller(["ssh", "-F", lab.ssh_config, *mux_options(lab), host, command])
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"ssh {host} {command!r} exited {res.returncode}: {res.stderr.strip()}")
     return res

@@ -5,11 +5,12 @@ The session lab (fixture `lab`) stays up for the other tests; the teardown tests
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,42 @@ import pytest
 
 from embassy.lab import lifecycle, network
 from embassy.lab.hosts import cgroup_dirs
-from embassy.lab.state import LabState, Phase, cgroup_name, lab_dir, lab_range, load_state, netns_prefix
+from embassy.lab.state import MAX_LAB_ID, LabState, Phase, cgroup_name, lab_dir, lab_range, load_state, netns_prefix
 from embassy.lab.system import alive
 from embassy.model import load_stack
 from tests.lab.conftest import EMBASSY, ROOT, STACK, TEST_LAB_ID, skip_unless_lab_possible
 
-OTHER_LAB_ID = TEST_LAB_ID + 50  # never one of the developers' labs (0, 1, 2)
+DEVELOPER_LABS = range(0, 3)  # the developers' own labs (EMBASSY_LAB_ID 0, 1, 2): never taken as a second lab
+
+
+@pytest.fixture(scope="module")
+def other_lab_id() -> Iterator[int]:
+    """A second lab id for the teardown tests: free now, and held for this module.
+
+    Not derived from the session's id (an offset overflows the id range or lands on a lab of another run):
+    the highest id in range that no lab uses (no folder, no namespaces) and whose test-session lock this
+    module can take. Holding that lock keeps any other test session off it until the module ends (the
+    session fixture takes the same lock for its own lab)."""
+    skip_unless_lab_possible()
+    lab_dir(TEST_LAB_ID).parent.mkdir(parents=True, exist_ok=True)
+    for candidate in range(MAX_LAB_ID, DEVELOPER_LABS.stop - 1, -1):
+        if candidate == TEST_LAB_ID:
+            continue
+        lock = (lab_dir(candidate).parent / f"lab-{candidate}.tests.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if lab_dir(candidate).exists() or network.lab_namespaces(netns_prefix(candidate)):
+            lock.close()  # a lab (a developer's, or one a crashed run left) that is not ours to take down
+            continue
+        try:
+            yield candidate
+        finally:
+            lock.close()
+        return
+    pytest.fail(f"no free lab id between {DEVELOPER_LABS.stop} and {MAX_LAB_ID} for a second lab")
 
 
 def cli(*args: str, lab_id: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,7 +97,7 @@ def test_up_of_another_stack_on_the_same_lab_is_refused(lab: LabState) -> None:
     assert load_state(lab.lab_id) == lab
 
 
-def test_not_root_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_root_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch, other_lab_id: int) -> None:
     """A real unprivileged user runs `lab up` and is refused (exit 2, a HINT), wherever the clone lies.
 
     Running the console script as that user needs the clone (and the interpreter) to be readable by it,
@@ -82,7 +113,7 @@ def test_not_root_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> Non
     from embassy.cli import app
 
     def lab_up() -> Any:
-        return CliRunner().invoke(app, ["lab", "up", "--stack", STACK], env={"EMBASSY_LAB_ID": str(OTHER_LAB_ID)})
+        return CliRunner().invoke(app, ["lab", "up", "--stack", STACK], env={"EMBASSY_LAB_ID": str(other_lab_id)})
 
     project = Path(tempfile.mkdtemp(prefix="embassy-not-root-"))
     try:
@@ -99,7 +130,7 @@ def test_not_root_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> Non
     assert report["uid"] == 65534
     assert report["code"] == 2, report
     assert report["stderr"].startswith("error: the lab needs root") and "HINT:" in report["stderr"], report
-    assert not lab_dir(OTHER_LAB_ID).exists()
+    assert not lab_dir(other_lab_id).exists()
 
 
 def _as_nobody(invoke: Callable[[], Any], cwd: Path) -> dict[str, Any]:
@@ -128,12 +159,12 @@ def _as_nobody(invoke: Callable[[], Any], cwd: Path) -> dict[str, Any]:
     return report
 
 
-def test_missing_host_tools_point_to_make_lab_deps() -> None:
+def test_missing_host_tools_point_to_make_lab_deps(other_lab_id: int) -> None:
     skip_unless_lab_possible()
-    res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID, env={"PATH": str(Path(EMBASSY).parent)})
+    res = cli("lab", "up", "--stack", STACK, lab_id=other_lab_id, env={"PATH": str(Path(EMBASSY).parent)})
     assert res.returncode == 2
     assert "missing host tools" in res.stderr and "HINT: run `make lab-deps`" in res.stderr
-    assert not lab_dir(OTHER_LAB_ID).exists()
+    assert not lab_dir(other_lab_id).exists()
 
 
 def test_bad_lab_id_is_refused() -> None:
@@ -165,40 +196,40 @@ def _processes(state: LabState) -> list[object]:
     return [p for p in [state.mirror, *(h.nspawn for h in state.hosts), *(v.weed for v in state.vaults)] if p is not None]
 
 
-def test_down_removes_everything_and_a_second_up_works(lab: LabState) -> None:
+def test_down_removes_everything_and_a_second_up_works(lab: LabState, other_lab_id: int) -> None:
     # A second lab beside the session's: two labs run at once without touching each other.
-    lifecycle.down(OTHER_LAB_ID)
-    assert _traces(OTHER_LAB_ID) == NOTHING
+    lifecycle.down(other_lab_id)
+    assert _traces(other_lab_id) == NOTHING
     try:
         for _ in range(2):
-            res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID)
+            res = cli("lab", "up", "--stack", STACK, lab_id=other_lab_id)
             assert res.returncode == 0, res.stderr
-            state = load_state(OTHER_LAB_ID)
+            state = load_state(other_lab_id)
             assert state is not None and state.phase is Phase.UP and lifecycle.is_up(state)
-            status = json.loads(cli("lab", "status", "--stack", STACK, "--json", lab_id=OTHER_LAB_ID).stdout)
+            status = json.loads(cli("lab", "status", "--stack", STACK, "--json", lab_id=other_lab_id).stdout)
             assert status["up"] and all(h["systemd"] == "running" for h in status["hosts"])
             assert all(v["reachable"] for v in status["vaults"])
-            traces = _traces(OTHER_LAB_ID)
+            traces = _traces(other_lab_id)
             assert traces["route"] and len(traces["namespaces"]) == 2 + len(state.hosts) + len(state.vaults)  # type: ignore[arg-type]
             procs = _processes(state)
             assert len(procs) == 1 + len(state.hosts) + len(state.vaults) and all(alive(p) for p in procs)
 
-            res = cli("lab", "down", "--stack", STACK, lab_id=OTHER_LAB_ID)
+            res = cli("lab", "down", "--stack", STACK, lab_id=other_lab_id)
             assert res.returncode == 0, res.stderr
-            assert _traces(OTHER_LAB_ID) == NOTHING
+            assert _traces(other_lab_id) == NOTHING
             assert not any(alive(p) for p in procs)
         # The session's lab was not touched by any of it.
         assert lifecycle.is_up(lab)
     finally:
-        lifecycle.down(OTHER_LAB_ID)
+        lifecycle.down(other_lab_id)
 
 
 class Boom(Exception):
     pass
 
 
-def test_half_built_lab_is_refused_then_fully_removed(lab: LabState) -> None:
-    lifecycle.down(OTHER_LAB_ID)
+def test_half_built_lab_is_refused_then_fully_removed(lab: LabState, other_lab_id: int) -> None:
+    lifecycle.down(other_lab_id)
     dep = load_stack(STACK, ROOT)
 
     def fail_at_second_host(message: str) -> None:
@@ -207,24 +238,24 @@ def test_half_built_lab_is_refused_then_fully_removed(lab: LabState) -> None:
 
     try:
         with pytest.raises(Boom):
-            lifecycle.up(dep, OTHER_LAB_ID, say=fail_at_second_host)
-        state = load_state(OTHER_LAB_ID)
+            lifecycle.up(dep, other_lab_id, say=fail_at_second_host)
+        state = load_state(other_lab_id)
         assert state is not None and state.phase is Phase.BUILDING
         started = _processes(state)
         assert len(started) >= 1 + len(state.vaults) + 1  # the mirror, every vault and the home host run
         assert all(alive(p) for p in started)
 
-        res = cli("lab", "up", "--stack", STACK, lab_id=OTHER_LAB_ID)
+        res = cli("lab", "up", "--stack", STACK, lab_id=other_lab_id)
         assert res.returncode == 1 and "half-built" in res.stderr and "lab down" in res.stderr
-        assert json.loads(cli("lab", "status", "--stack", STACK, "--json", lab_id=OTHER_LAB_ID).stdout)["up"] is False
+        assert json.loads(cli("lab", "status", "--stack", STACK, "--json", lab_id=other_lab_id).stdout)["up"] is False
 
-        res = cli("lab", "down", "--stack", STACK, lab_id=OTHER_LAB_ID)
+        res = cli("lab", "down", "--stack", STACK, lab_id=other_lab_id)
         assert res.returncode == 0, res.stderr
-        assert _traces(OTHER_LAB_ID) == NOTHING
+        assert _traces(other_lab_id) == NOTHING
         assert not any(alive(p) for p in started)
         assert lifecycle.is_up(lab)
     finally:
-        lifecycle.down(OTHER_LAB_ID)
+        lifecycle.down(other_lab_id)
 
 
 def test_mirror_is_refreshed_when_its_package_list_grows(lab: LabState, tmp_path: Path,

@@ -50,6 +50,16 @@ def verify(lab: LabState, embassy: str, *extra: str) -> tuple[int, dict[str, Any
     return done.returncode, json.loads(done.stdout)
 
 
+def verify_at_once(lab: LabState, *calls: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """Several `embassy verify` runs at the same time, each (embassy, *extra), of DIFFERENT embassies (restic
+    check locks its repository exclusively): independent vaults and hosts, so their waits on SSH, the vaults and
+    each host's pgBackRest and restic overlap. Results in the order of the calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: verify(lab, *call), calls))
+
+
 @pytest.fixture(scope="module")
 def replicated(lab: LabState) -> dict[str, Any]:
     done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
@@ -127,9 +137,9 @@ def test_manifest_digests_equal_what_home_computes(lab: LabState, replicated: di
 
 
 def test_verify_finds_every_vault_intact(lab: LabState, replicated: dict[str, Any]) -> None:
-    for embassy in EMBASSIES:
-        code, result = verify(lab, embassy, *(["--full"] if embassy == "ie" else []))
-        assert code == 0 and result["intact"], result["first_failure"]
+    results = verify_at_once(lab, *((e, *(["--full"] if e == "ie" else [])) for e in EMBASSIES))
+    for embassy, (code, result) in zip(EMBASSIES, results, strict=True):
+        assert code == 0 and result["intact"], (embassy, result["first_failure"])
         assert result["head"]["round"] >= replicated["round"]  # home's round timer may have added one meanwhile
         objects = {c["object"] for c in result["checked"]}
         assert "pgbackrest:repo" in objects and f"vault:{embassy}/freshness" in objects
