@@ -23,6 +23,11 @@ def pretty_name_of_image(lab: LabState) -> str:
     return name
 
 
+def postgresql_of(lab: LabState) -> str:
+    """The PostgreSQL server package the lab's release serves (postgresql-15 on bookworm, -17 on trixie)."""
+    return next(p for p in packages(lab.suite) if p.startswith("postgresql-") and "client" not in p)
+
+
 def test_every_host_answers_ssh_and_systemd_is_running(lab: LabState) -> None:
     assert [h.role for h in lab.hosts].count(Role.HOME) == 1
     assert {h.embassy for h in lab.hosts if h.role is Role.EMBASSY} == {"de", "se", "ie"}
@@ -96,7 +101,7 @@ def test_mirror_serves_the_security_archive_apart(lab: LabState) -> None:
 
     repo = Path(lab.mirror_repo)
     indexes = {archive: (repo / archive / "Packages").read_text() for archive in ("debian", "debian-security")}
-    assert "Package: postgresql-15" in indexes["debian"] + indexes["debian-security"]
+    assert f"Package: {postgresql_of(lab)}\n" in indexes["debian"] + indexes["debian-security"]
     if image.debian_mirrors()[1] is None:
         pytest.skip("this machine's apt has no security archive: the mirror's security folder stays empty")
     security = [line.split()[1] for line in indexes["debian-security"].splitlines() if line.startswith("Package:")]
@@ -142,8 +147,7 @@ def test_network_sysctls_are_set_in_every_host_namespace(lab: LabState) -> None:
 def test_hosts_install_packages_from_the_lab_mirror(lab: LabState) -> None:
     host = lab.hosts[-1].name
     ssh(lab, host, "sudo apt-get update -qq")
-    postgresql = next(p for p in packages(lab.suite) if p.startswith("postgresql-") and "client" not in p)
-    policy = ssh(lab, host, f"apt-cache policy restic pgbackrest {postgresql}").stdout
+    policy = ssh(lab, host, f"apt-cache policy restic pgbackrest {postgresql_of(lab)}").stdout
     assert policy.count(lab.mirror_url) >= 3, policy
     assert "Candidate: (none)" not in policy
 
