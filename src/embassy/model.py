@@ -36,6 +36,10 @@ TAG_VALUE_PATTERN = r"^[\p{L}\p{N} _.:/=+@-]*$"
 MAX_TAG_VALUE = 256
 MAX_RETENTION_DAYS = 36500  # S3 Object Lock's upper bound for a default retention (100 years)
 MAX_HOSTS = 8
+# The Debian release of the hosts (the AMI the stack picks, the lab image): major version -> codename.
+# 12 until the lab proves the roles and deploys on 13 (trixie); see README, "Debian release".
+DEBIAN_RELEASES = {12: "bookworm", 13: "trixie"}
+DEFAULT_DEBIAN_RELEASE = 12
 MIN_VOLUME_GB, MAX_VOLUME_GB = 20, 16384  # the Debian AMI's root needs 20 GiB; gp3 ends at 16 TiB
 # A cold embassy only gets archived WAL (archive_timeout); it cannot meet a tighter RPO. The stack says
 # what its cold embassies promise in `cold_rpo_seconds` (default and minimum: this).
@@ -261,8 +265,19 @@ class Deployment(_Strict):
     # The RPO every cold embassy promises at best: it only receives whole WAL segments (archive_timeout).
     cold_rpo_seconds: StrictInt = Field(default=COLD_MIN_RPO_SECONDS, ge=COLD_MIN_RPO_SECONDS, le=MAX_COLD_RPO_SECONDS)
     restore_tests: RestoreTests = RestoreTests()
+    # The hosts' Debian release: the AMI filter (debian-<release>-<arch>-*) and the lab image follow it.
+    debian_release: StrictInt = DEFAULT_DEBIAN_RELEASE
     # Home's manifest-signing public key (PEM, Ed25519): the only trust anchor of verify and restore outside the lab.
     manifest_public_key: StrictStr | None = Field(default=None, max_length=4096)
+
+    @field_validator("debian_release")
+    @classmethod
+    def _is_a_supported_release(cls, release: int) -> int:
+        if release not in DEBIAN_RELEASES:
+            refuse(f"Debian {release} is not a release the roles and deploys support",
+                   "use a Debian major version the roles support: "
+                   + ", ".join(f"{n} ({name})" for n, name in DEBIAN_RELEASES.items()))
+        return release
 
     @field_validator("manifest_public_key")
     @classmethod
@@ -537,7 +552,7 @@ MAX_STACK_FILE_BYTES = 4 * 1024 * 1024
 # Pulumi stack files' own top-level keys; a misspelled `config:` would leave every key unread.
 STACK_FILE_KEYS = ("config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment")
 CONFIG_KEYS = ("state", "embassies", "registers", "principals", "classification", "cold_rpo_seconds",
-               "restore_tests", "manifest_public_key")
+               "restore_tests", "manifest_public_key", "debian_release")
 # Secret config the program reads (`pulumi config set --secret`); never part of the model.
 SECRET_CONFIG_KEYS = ("break_glass_external_id",)
 

@@ -123,8 +123,11 @@ def test_sshd_effective_settings(lab: LabState, first_run: dict[str, Any]) -> No
         assert not wrong, f"{host.name}: sshd -T differs: {wrong}"
         assert effective["port"] == str(lab.ssh_port), f"{host.name}: sshd listens on {effective['port']}"
         kex = effective["kexalgorithms"].split(",")
-        modern = ("sntrup761", "curve25519", "diffie-hellman-group16", "diffie-hellman-group18")
+        modern = ("mlkem768x25519", "sntrup761", "curve25519", "diffie-hellman-group16", "diffie-hellman-group18")
         assert all(k.startswith(modern) for k in kex), kex
+        # OpenSSH 10 (Debian 13) offers the post-quantum hybrid: it comes first; OpenSSH 9.2 does not have it.
+        offered = ssh(lab, host.name, "ssh -Q kex").stdout.split()
+        assert (kex[0] == "mlkem768x25519-sha256") == ("mlkem768x25519-sha256" in offered), (host.name, kex)
 
 
 def test_password_login_is_refused(lab: LabState, first_run: dict[str, Any]) -> None:

@@ -9,8 +9,23 @@ from pathlib import Path
 
 import pytest
 
+from embassy.lab import lifecycle
+from embassy.lab.image import os_release_fields
+from embassy.lab.mirror import packages
 from embassy.lab.state import LabState, Role
 from tests.lab.conftest import ssh
+
+
+def pretty_name_of_image(lab: LabState) -> str:
+    """What the lab's image says it is (its os-release), e.g. Debian GNU/Linux 13 (trixie)."""
+    name = os_release_fields((Path(lab.image) / "usr/lib/os-release").read_text())["PRETTY_NAME"]
+    assert f"({lab.suite})" in name, (name, lab.suite)  # the image is of the release the lab chose
+    return name
+
+
+def postgresql_of(lab: LabState) -> str:
+    """The PostgreSQL server package the lab's release serves (postgresql-15 on bookworm, -17 on trixie)."""
+    return next(p for p in packages(lab.suite) if p.startswith("postgresql-") and "client" not in p)
 
 
 def test_every_host_answers_ssh_and_systemd_is_running(lab: LabState) -> None:
@@ -19,6 +34,19 @@ def test_every_host_answers_ssh_and_systemd_is_running(lab: LabState) -> None:
     for host in lab.hosts:
         res = ssh(lab, host.name, "hostname; systemctl is-system-running", check=False)
         assert res.stdout.split() == [host.name, "running"], (host.name, res.stdout, res.stderr)
+
+
+def test_status_reports_the_os_each_host_says_it_runs(lab: LabState) -> None:
+    # Adversary: a status that names the OS from the lab's state or the image instead of asking the host.
+    # One host's os-release is swapped for a name no other source holds; the status must report it.
+    host, marker = lab.hosts[-1].name, f"Embassy Probe OS {secrets.token_hex(4)}"
+    ssh(lab, host, f"sudo rm /etc/os-release && echo 'PRETTY_NAME=\"{marker}\"' | sudo tee /etc/os-release >/dev/null")
+    try:
+        reported = {h["name"]: h["os"] for h in lifecycle.status(lab.lab_id)["hosts"]}
+    finally:
+        ssh(lab, host, "sudo sh -c 'rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release'")
+    assert reported[host] == marker
+    assert {reported[h.name] for h in lab.hosts if h.name != host} == {pretty_name_of_image(lab)}
 
 
 def test_ssh_checks_the_host_key(lab: LabState) -> None:
@@ -73,7 +101,7 @@ def test_mirror_serves_the_security_archive_apart(lab: LabState) -> None:
 
     repo = Path(lab.mirror_repo)
     indexes = {archive: (repo / archive / "Packages").read_text() for archive in ("debian", "debian-security")}
-    assert "Package: postgresql-15" in indexes["debian"] + indexes["debian-security"]
+    assert f"Package: {postgresql_of(lab)}\n" in indexes["debian"] + indexes["debian-security"]
     if image.debian_mirrors()[1] is None:
         pytest.skip("this machine's apt has no security archive: the mirror's security folder stays empty")
     security = [line.split()[1] for line in indexes["debian-security"].splitlines() if line.startswith("Package:")]
@@ -119,7 +147,7 @@ def test_network_sysctls_are_set_in_every_host_namespace(lab: LabState) -> None:
 def test_hosts_install_packages_from_the_lab_mirror(lab: LabState) -> None:
     host = lab.hosts[-1].name
     ssh(lab, host, "sudo apt-get update -qq")
-    policy = ssh(lab, host, "apt-cache policy restic pgbackrest postgresql-15").stdout
+    policy = ssh(lab, host, f"apt-cache policy restic pgbackrest {postgresql_of(lab)}").stdout
     assert policy.count(lab.mirror_url) >= 3, policy
     assert "Candidate: (none)" not in policy
 
@@ -127,14 +155,12 @@ def test_hosts_install_packages_from_the_lab_mirror(lab: LabState) -> None:
 def test_every_mirror_package_installs_from_the_mirror_alone(lab: LabState) -> None:
     # apt resolves every listed package with its dependencies from the lab mirror (a dry run: the
     # host has no other source, so a missing dependency fails here).
-    from embassy.lab.mirror import packages
-
     host = lab.hosts[0].name
     ssh(lab, host, "sudo apt-get update -qq")
     sources = ssh(lab, host, "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d").stdout.split("\n")
     assert [line for line in sources if line.strip()] == [f"deb [trusted=yes] {lab.mirror_url}/debian/ ./",
                                                           f"deb [trusted=yes] {lab.mirror_url}/debian-security/ ./"]
-    res = ssh(lab, host, "sudo apt-get install -s -y " + " ".join(packages()), check=False)
+    res = ssh(lab, host, "sudo apt-get install -s -y " + " ".join(packages(lab.suite)), check=False)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
 
 

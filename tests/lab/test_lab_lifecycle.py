@@ -22,6 +22,7 @@ from embassy.lab.state import MAX_LAB_ID, LabState, Phase, cgroup_name, lab_dir,
 from embassy.lab.system import alive
 from embassy.model import load_stack
 from tests.lab.conftest import EMBASSY, ROOT, STACK, TEST_LAB_ID, skip_unless_lab_possible
+from tests.lab.test_lab_hosts import pretty_name_of_image
 
 DEVELOPER_LABS = range(0, 3)  # the developers' own labs (EMBASSY_LAB_ID 0, 1, 2): never taken as a second lab
 
@@ -82,6 +83,7 @@ def test_status_json_reports_hosts_and_vaults(lab: LabState) -> None:
     assert [(v["embassy"], v["endpoint"], v["reachable"]) for v in status["vaults"]] == \
         [(v.embassy, v.endpoint, True) for v in lab.vaults]
     assert all(h["rss_kib"] > 1024 for h in status["hosts"])
+    assert {h["os"] for h in status["hosts"]} == {pretty_name_of_image(lab)}  # each host's own os-release
 
 
 def test_status_of_another_stack_says_down(lab: LabState) -> None:

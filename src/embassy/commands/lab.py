@@ -101,7 +101,7 @@ def lab_status(stack: StackOpt,
         print(f"lab {lab_id} ({LAB_ID_ENV}={lab_id}), stack {result.get('stack')}: {'up' if result['up'] else 'down'}")
         for h in result["hosts"]:
             print(f"  host  {h['name']:<14} {h['address']:<12} ssh={'ok' if h['ssh'] else 'NO'} systemd={h['systemd']} "
-                  f"processes={h['processes']} pss={h['pss_kib'] / 1024:.0f} MiB")
+                  f"processes={h['processes']} pss={h['pss_kib'] / 1024:.0f} MiB os={h.get('os') or '?'!r}")
         for v in result["vaults"]:
             print(f"  vault {v['embassy']:<14} {v['endpoint']} {'reachable' if v['reachable'] else 'UNREACHABLE'}")
         if result.get("site_inventory"):

@@ -75,8 +75,8 @@ class Embassy(pulumi.ComponentResource):
                                                 key_arn=keys.key.arn), opts=child)
         self.enclave = enclave = Enclave(site.child("enclave"), EnclaveArgs(
             site=site, subnets=network.subnets, vpc_id=network.vpc.id, vpc_cidr=network.cidr,
-            s3_prefix_list_id=network.s3_prefix_list_id, key_arn=keys.key.arn, vault_arn=vault.bucket.arn),
-            opts=child)
+            s3_prefix_list_id=network.s3_prefix_list_id, key_arn=keys.key.arn, vault_arn=vault.bucket.arn,
+            debian_release=dep.debian_release), opts=child)
 
         self.outputs = pulumi.Output.from_input({
             "region": emb.region,

@@ -12,6 +12,7 @@ import pulumi_aws as aws
 
 from embassy.infra.iam import HOST_DENIED, HOST_READ_ACTIONS
 from embassy.infra.site import Site, policy_json, role_tag
+from embassy.model import DEBIAN_RELEASES, DEFAULT_DEBIAN_RELEASE
 
 DEBIAN_OWNER = "136693071363"  # the Debian cloud team's AWS account
 # Families documented as Nitro Enclaves capable (x86, Intel/AMD) that we accept; sizes from xlarge up
@@ -33,6 +34,13 @@ def architecture(instance_type: str) -> str:
     return "arm64" if re.match(r"^[a-z]+\d+g", family) else "amd64"
 
 
+def ami_name_filter(debian_release: int, arch: str) -> str:
+    """The Debian cloud team's AMI names: debian-<major>-<arch>-<date>-<build> (e.g. debian-13-amd64-20260101-1)."""
+    if debian_release not in DEBIAN_RELEASES:
+        raise ValueError(f"debian_release {debian_release} is not one of {sorted(DEBIAN_RELEASES)}")
+    return f"debian-{debian_release}-{arch}-*"
+
+
 @dataclass(frozen=True)
 class EnclaveArgs:
     site: Site
@@ -42,6 +50,7 @@ class EnclaveArgs:
     s3_prefix_list_id: pulumi.Input[str]
     key_arn: pulumi.Input[str]
     vault_arn: pulumi.Input[str] | None = None  # the embassy's own vault: the hosts may read it, nothing more
+    debian_release: int = DEFAULT_DEBIAN_RELEASE  # the stack's `debian_release`: which Debian AMI the hosts boot
 
 
 class Enclave(pulumi.ComponentResource):
@@ -85,7 +94,7 @@ class Enclave(pulumi.ComponentResource):
 
         arch = architecture(emb.instance_type)
         ami = aws.ec2.get_ami_output(owners=[DEBIAN_OWNER], most_recent=True, opts=site.invoke_opts(), filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=[f"debian-12-{arch}-*"]),
+            aws.ec2.GetAmiFilterArgs(name="name", values=[ami_name_filter(args.debian_release, arch)]),
             aws.ec2.GetAmiFilterArgs(name="architecture", values=["arm64" if arch == "arm64" else "x86_64"]),
             aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"])])
 

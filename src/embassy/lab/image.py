@@ -1,8 +1,9 @@
-"""The hosts' read-only root: Debian bookworm minbase + systemd + sshd, built once and cached.
+"""The hosts' read-only root: Debian minbase + systemd + sshd, built once and cached.
 
-The image is keyed by a hash of its inputs (suite, mirror, packages, this recipe's version) under
-/var/cache/embassy/image-<hash>/rootfs, built under a lock so two labs never build it at once, and
-reused by every lab and every host (each host boots an overlay over it).
+The release (suite) is the stack's `debian_release` (bookworm by default), or EMBASSY_LAB_DEBIAN to try
+another one in the lab before the stack moves to it. The image is keyed by a hash of its inputs
+(suite, mirror, packages, this recipe's version) under /var/cache/embassy/image-<hash>/rootfs, built
+under a lock so two labs never build it at once, and reused by every lab and every host (each host boots an overlay over it).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from embassy.errors import UserError
 from embassy.lab.state import SSH_USER
 from embassy.lab.system import LabError, locked, run
+from embassy.model import DEBIAN_RELEASES, DEFAULT_DEBIAN_RELEASE
 
 CACHE_ENV = "EMBASSY_CACHE"
 DEFAULT_CACHE = Path("/var/cache/embassy")
-SUITE = "bookworm"
+SUITE = DEBIAN_RELEASES[DEFAULT_DEBIAN_RELEASE]  # the default suite
+SUITE_ENV = "EMBASSY_LAB_DEBIAN"  # a Debian major version (13) or codename (trixie): overrides the stack's choice
 RECIPE_VERSION = 3  # bump when the recipe below changes: the cache key changes with it
 IMAGE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
                   "iproute2", "sudo", "procps")
@@ -54,22 +58,61 @@ def debian_mirrors() -> tuple[str, str | None]:
     return main, security
 
 
-def sources_list(main: str, security: str | None) -> str:
-    lines = [f"deb {main} {SUITE} main", f"deb {main} {SUITE}-updates main"]
+def suite_for(debian_release: int, override: str | None = None) -> str:
+    """The lab image's suite: `override` (EMBASSY_LAB_DEBIAN: 13 or trixie) when given, else the stack's release."""
+    names = {str(n): name for n, name in DEBIAN_RELEASES.items()}
+    if override is None or not override.strip():
+        return DEBIAN_RELEASES[debian_release]
+    wanted = override.strip().lower()
+    if wanted in names:
+        return names[wanted]
+    if wanted in names.values():
+        return wanted
+    raise UserError(f"{SUITE_ENV}={override!r} is not a Debian release the lab builds",
+                    "use one of " + ", ".join(f"{n} ({name})" for n, name in names.items()) + f", or unset {SUITE_ENV}")
+
+
+def lab_suite(debian_release: int) -> str:
+    return suite_for(debian_release, os.environ.get(SUITE_ENV))
+
+
+def sources_list(main: str, security: str | None, suite: str = SUITE) -> str:
+    lines = [f"deb {main} {suite} main", f"deb {main} {suite}-updates main"]
     if security:
-        lines.append(f"deb {security} {SUITE}-security main")
+        lines.append(f"deb {security} {suite}-security main")
     return "\n".join(lines) + "\n"
 
 
-def image_key() -> str:
+def image_key(suite: str = SUITE) -> str:
     main, security = debian_mirrors()
-    inputs = {"suite": SUITE, "main": main, "security": security, "packages": IMAGE_PACKAGES,
+    inputs = {"suite": suite, "main": main, "security": security, "packages": IMAGE_PACKAGES,
               "recipe": RECIPE_VERSION, "user": SSH_USER}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def image_dir(key: str | None = None) -> Path:
     return cache_dir() / f"image-{key or image_key()}"
+
+
+def image_suite(image_root: Path) -> str:
+    """The codename of a built image, read from its own os-release (VERSION_CODENAME)."""
+    fields = os_release_fields((image_root / "usr/lib/os-release").read_text())
+    return fields.get("VERSION_CODENAME") or SUITE
+
+
+def os_release_fields(text: str) -> dict[str, str]:
+    """os-release(5): KEY=value lines, values optionally quoted (shell-style); comments and junk skipped."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep or key.startswith("#") or not key.replace("_", "").isalnum():
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+            value = re.sub(r"\\(.)", r"\1", value) if "\\" in value else value
+        fields[key] = value
+    return fields
 
 
 def chroot_script(root: Path, script: str, resolv: bool = True) -> None:
@@ -104,9 +147,9 @@ rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d
 """
 
 
-def ensure_image(say: Say) -> Path:
+def ensure_image(say: Say, suite: str = SUITE) -> Path:
     """The cached image's root folder, built first if its inputs changed (or it never was)."""
-    key = image_key()
+    key = image_key(suite)
     final = image_dir(key)
     if (final / ".complete").exists():
         return final / "rootfs"
@@ -119,9 +162,9 @@ def ensure_image(say: Say) -> Path:
             shutil.rmtree(tmp)
         root = tmp / "rootfs"
         root.mkdir(parents=True)
-        say(f"debootstrap {SUITE} minbase from {main} (once; cached in {final})")
-        run(["debootstrap", "--variant=minbase", SUITE, str(root), main], timeout=1800)
-        (root / "etc/apt/sources.list").write_text(sources_list(main, security))
+        say(f"debootstrap {suite} minbase from {main} (once; cached in {final})")
+        run(["debootstrap", "--variant=minbase", suite, str(root), main], timeout=1800)
+        (root / "etc/apt/sources.list").write_text(sources_list(main, security, suite))
         say("installing systemd, sshd, python3 into the image")
         chroot_script(root, _CONFIGURE.format(packages=" ".join(IMAGE_PACKAGES), user=SSH_USER))
         (root / "etc/resolv.conf").write_text("")

@@ -92,7 +92,7 @@ def plan(dep: Deployment, lab_id: int) -> LabState:
         controller_netns=controller_netns(lab_id), controller_address=ctl, mirror_url=f"http://{ctl}:{MIRROR_PORT}",
         ssh_user=SSH_USER, ssh_key=str(folder / "ssh" / "id_ed25519"), ssh_known_hosts=str(folder / "ssh" / "known_hosts"),
         ssh_config=str(folder / "ssh" / "config"), ca_file=str(ca), hosts=hosts, vaults=vault_list,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), suite=image.lab_suite(dep.debian_release))
 
 
 def hosts_file(lab: LabState) -> str:
@@ -177,8 +177,8 @@ def _build(lab: LabState, say: Say) -> None:
     say(f"route blackhole {lab.range} in the root namespace (before any lab address exists)")
     network.blackhole(lab.range)
 
-    say("image: Debian bookworm + systemd + sshd (cached)")
-    image_root = image.ensure_image(say)
+    say(f"image: Debian {lab.suite} + systemd + sshd (cached)")
+    image_root = image.ensure_image(say, lab.suite)
     lab.image = str(image_root)
     say("mirror: the packages the deploys install (cached)")
     repo = mirror.ensure_mirror(image_root, say)
@@ -380,6 +380,20 @@ def memory_kib(pids: set[int], field: str = "Rss") -> int:
     return total
 
 
+# systemctl's word, a separator, then os-release(5) as the host reads it (/etc/os-release, else /usr/lib/os-release).
+OS_RELEASE_MARK = "--- os-release ---"
+STATUS_COMMAND = (f"systemctl is-system-running; echo '{OS_RELEASE_MARK}'; "
+                  "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release")
+
+
+def split_status(stdout: str) -> tuple[str, str | None]:
+    """(systemd's word, the host's PRETTY_NAME or None) from STATUS_COMMAND's output."""
+    head, sep, release = stdout.partition(OS_RELEASE_MARK)
+    word = head.strip() or "unknown"
+    pretty = image.os_release_fields(release).get("PRETTY_NAME") if sep else None
+    return word, pretty or None
+
+
 def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any]:
     lab_id = resolve_id(lab_id)
     lab = load_state(lab_id)
@@ -390,13 +404,14 @@ def status(lab_id: int | None = None, stack: str | None = None) -> dict[str, Any
     for h in lab.hosts:
         ssh_ok, word = False, "unreachable"
         pids = hostlib.cgroup_pids(cgroup_name(lab_id), h.name)
+        os_name: str | None = None
         if alive(h.nspawn):
-            res = subprocess.run(lab.ssh_argv(h.name, "systemctl", "is-system-running"), capture_output=True, text=True,
-                                 timeout=30)
+            # One connection for both answers: systemd's state, then the host's own os-release.
+            res = subprocess.run(lab.ssh_argv(h.name, STATUS_COMMAND), capture_output=True, text=True, timeout=30)
             ssh_ok = res.returncode != 255  # 255: ssh itself failed; otherwise the remote command ran
-            word = (res.stdout.strip() or "unknown") if ssh_ok else "unreachable"
+            word, os_name = split_status(res.stdout) if ssh_ok else ("unreachable", None)
         hosts_out.append({"name": h.name, "address": h.address, "role": h.role.value, "embassy": h.embassy,
-                          "mode": h.mode, "ssh": ssh_ok, "systemd": word,
+                          "mode": h.mode, "ssh": ssh_ok, "systemd": word, "os": os_name,
                           "processes": len(pids), "rss_kib": memory_kib(pids), "pss_kib": memory_kib(pids, "Pss")})
     vaults_out = [{"embassy": v.embassy, "endpoint": v.endpoint, "address": v.address, "bucket": v.bucket,
                    "reachable": alive(v.weed) and vaults.reachable(lab, v)} for v in lab.vaults]

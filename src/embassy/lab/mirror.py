@@ -38,20 +38,27 @@ def archive_of_downloads(print_uris: str) -> dict[str, str]:
     return where
 
 
-def packages() -> list[str]:
-    """The package list: one Debian package per line; `#` starts a comment."""
+def packages(suite: str = image.SUITE, text: str | None = None) -> list[str]:
+    """The package list for one Debian suite: one package per line, `#` starts a comment, and a line
+    `name [suite ...]` holds only for the suites named (release-specific names such as postgresql-15)."""
     names = []
-    for line in PACKAGES_FILE.read_text().splitlines():
-        name = line.split("#", 1)[0].strip()
-        if name:
-            names.append(name)
+    for line in (PACKAGES_FILE.read_text() if text is None else text).splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        name, _, only = entry.partition("[")
+        suites = only.rstrip("]").split() if only else []
+        if only and (not only.endswith("]") or not suites):
+            raise LabError(f"{PACKAGES_FILE.name}: bad line {line!r}", "write `package` or `package [suite ...]`")
+        if not suites or suite in suites:
+            names.append(name.strip())
     return sorted(set(names))
 
 
 def mirror_key(image_root: Path) -> str:
     image_key = image_root.parent.name
     main, security = image.debian_mirrors()
-    text = "\n".join([f"layout {LAYOUT}", image_key, main, security or "", *packages()])
+    text = "\n".join([f"layout {LAYOUT}", image_key, main, security or "", *packages(image.image_suite(image_root))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -81,13 +88,14 @@ def ensure_mirror(image_root: Path, say: image.Say) -> Path:
         upper, work, root = tmp / "upper", tmp / "work", tmp / "root"
         for d in (upper, work, root):
             d.mkdir(parents=True)
-        pkgs = packages()
-        say(f"resolving and downloading {len(pkgs)} packages (with dependencies) for the lab mirror")
+        suite = image.image_suite(image_root)
+        pkgs = packages(suite)
+        say(f"resolving and downloading {len(pkgs)} packages (with dependencies) for the lab mirror ({suite})")
         main, security = image.debian_mirrors()
         run(["mount", "-t", "overlay", "embassy-mirror-build", "-o",
              f"lowerdir={image_root},upperdir={upper},workdir={work}", str(root)])
         try:
-            (root / "etc/apt/sources.list").write_text(image.sources_list(main, security))
+            (root / "etc/apt/sources.list").write_text(image.sources_list(main, security, suite))
             image.chroot_script(root, _DOWNLOAD.format(packages=" ".join(pkgs)))
             cache = root / "var/cache/embassy-mirror"
             where = archive_of_downloads((cache / "uris.txt").read_text())

@@ -166,6 +166,7 @@ class LabState(BaseModel):
     mirror: Proc | None = None
     mirror_repo: str = ""  # the cached folder being served (changes when mirror-packages.txt does)
     image: str = ""  # the cached read-only root the overlays sit on
+    suite: str = "bookworm"  # the image's Debian release (the stack's debian_release, or EMBASSY_LAB_DEBIAN)
     syslog: Proc | None = None  # the central collector every host forwards its log to
     syslog_dir: str = ""  # one <host address>.log per host
     ssh_user: str = SSH_USER
