@@ -10,8 +10,10 @@ drill's deploy, which runs after this module, clones it again.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,17 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.model import load_stack
-from embassy.replication import dataplane
+from embassy.replication import dataplane, manifest
 from embassy.replication import secrets as controller_secrets
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK, in_controller_python, ssh
 from tests.lab.test_deploy import SERVICE_QUERY
-from tests.lab.test_replication import embassy_cli, named_object, replicate_once, wal_key
+from tests.lab.test_replication import (
+    embassy_cli,
+    manifests_in_vault,
+    named_object,
+    replicate_once,
+    rounds_held,
+    wal_key,
+)
 from tests.lab.vault_storage import Filer, flip_middle_byte
 
 pytestmark = pytest.mark.lab
@@ -86,15 +96,66 @@ def assert_restored_like_home(lab: LabState, out: dict[str, Any]) -> None:
     assert sum(1 for status, _ in at_embassy.values() if status == 200) >= 3
 
 
+def site_inventory(lab: LabState) -> tuple[str, ...]:
+    """`--target site --inventory <the lab's own>` (named by `embassy lab status --json`)."""
+    done = embassy_cli(lab, "lab", "status", "--stack", STACK, "--json", timeout=120)
+    inventory = json.loads(done.stdout)["site_inventory"]
+    assert Path(inventory).is_file(), done.stdout[-2000:]
+    return ("--target", "site", "--inventory", inventory)
+
+
+def proof_of(out: dict[str, Any]) -> dict[str, Any]:
+    """What a restore proved: the manifest, each register's method, digests and signed point, the objects verified.
+    (Not what it serves beyond the signed point: home's monitor writes on between two restores.)"""
+    return {"manifest": out["manifest"], "verified": [c["object"] for c in out["verify"]["checked"]],
+            "registers": [{**{k: r[k] for k in ("name", "method", "verified", "restored", "manifest_digest")},
+                           "digest": (r["digest"] or {}).get("tables", r["digest"]),
+                           "proof": {k: v for k, v in (r["proof"] or {}).items() if k != "beyond_signed"}}
+                          for r in out["registers"]]}
+
+
 def test_cold_embassy_restores_every_register_from_its_vault(lab: LabState, deployed: dict[str, Any],
                                                              cleanup: list[str]) -> None:
+    """And through the lab's own site inventory (the generic path: the inventory's SSH, the vault access it
+    describes, the controller's secrets for that vault): the same manifest, methods, digests and proof."""
     cleanup.append("ie")
-    code, out, seconds = restore(lab, "ie")
-    assert code == 0, out
-    assert_restored_like_home(lab, out)
-    assert out["port"] == SCRATCH_PORT and {r["method"] for r in out["registers"]} == {"vault", "restic"}
-    assert_proven_at_the_signed_point(out, "archived WAL replayed from this embassy's vault")
-    assert seconds < tightest_rto(), seconds  # the stack's promise; how fast it is, the bench measures
+    with rounds_held(lab):  # both restores from one head
+        code, out, seconds = restore(lab, "ie")
+        assert code == 0, out
+        assert_restored_like_home(lab, out)
+        assert out["port"] == SCRATCH_PORT and {r["method"] for r in out["registers"]} == {"vault", "restic"}
+        assert_proven_at_the_signed_point(out, "archived WAL replayed from this embassy's vault")
+        assert seconds < tightest_rto(), seconds  # the stack's promise; how fast it is, the bench measures
+        code, by_site, _ = restore(lab, "ie", *site_inventory(lab))
+    assert code == 0, by_site
+    assert_restored_like_home(lab, by_site)
+    assert_proven_at_the_signed_point(by_site, "archived WAL replayed from this embassy's vault")
+    assert proof_of(by_site) == proof_of(out)
+
+
+def test_a_forged_head_refuses_the_restore_through_either_target(lab: LabState, deployed: dict[str, Any],
+                                                                 cleanup: list[str]) -> None:
+    """The host nation plants the next round, signed by another key, where the read-only identity lists it: the
+    restore is refused through --target lab and through the lab's site inventory alike, naming it; nothing runs."""
+    cleanup.append("ie")
+    f = Filer(lab, "ie")
+    with rounds_held(lab):
+        items = manifests_in_vault(lab, "ie")
+        head = json.loads(base64.b64decode(items[-1]["data"]))["manifest"]
+        forged_key = manifest.object_key(head["round"] + 1)
+        forged = {**head, "round": head["round"] + 1,
+                  "previous_sha256": manifest.sha256(base64.b64decode(items[-1]["data"]))}
+        f.write(f"{f.root}/{forged_key}.versions/v_forged", manifest.sign(forged, Ed25519PrivateKey.generate()))
+        try:
+            assert forged_key in [i["key"] for i in manifests_in_vault(lab, "ie")]  # an S3 object, not only a file
+            refused = [restore(lab, "ie", timeout=300), restore(lab, "ie", *site_inventory(lab), timeout=300)]
+        finally:
+            f.move(f"{f.root}/{forged_key}.versions", f"{f.root}/aside-{secrets.token_hex(4)}")
+    for code, out, _ in refused:
+        assert code == 1 and out["error"]["error"] == "ManifestInvalid", out["error"]
+        assert forged_key in out["error"]["message"] and "signed by another key" in out["error"]["message"]
+        assert not any(r["restored"] for r in out["registers"]) and out["service"] is None
+    assert refused[0][1]["verify"] == refused[1][1]["verify"]
 
 
 def _psql(lab: LabState, host: str, sql: str, port: int = 5432) -> str:

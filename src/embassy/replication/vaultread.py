@@ -101,6 +101,9 @@ def _next_unlisted(s3: Any, bucket: str, keys: list[str]) -> dict[str, Any] | No
             return None
         raise
     data = got["Body"].read(MAX_BYTES + 1)
+    # Home may have written that round since the listing: listed now, it is only newer than this read, not hidden.
+    if key in {i["Key"] for i in _listed(s3, bucket, PREFIX, MAX_OBJECTS)}:
+        return None
     return {"key": key, "size": len(data), "data": base64.b64encode(data).decode(), "unlisted": True, **_lock(got)}
 
 
