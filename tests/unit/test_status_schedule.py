@@ -56,8 +56,8 @@ def test_overdue_once_the_due_run_is_later_than_the_slack(expression: str, last:
     model.RestoreTests(schedule=expression)  # each is a valid config value
     on_time = t(due) + SLACK - dt.timedelta(minutes=1)
     late = t(due) + SLACK + dt.timedelta(minutes=1)
-    assert not schedule.overdue(expression, t(last), on_time, SLACK)
-    assert schedule.overdue(expression, t(last), late, SLACK)
+    assert schedule.standing(expression, t(last), on_time, SLACK) == (t(due), False)
+    assert schedule.standing(expression, t(last), late, SLACK) == (t(due), True)
 
 
 def test_status_judges_a_history_by_its_schedule() -> None:
@@ -117,5 +117,5 @@ def test_without_systemd_analyze_only_shorthands_pass(monkeypatch: pytest.Monkey
         schedule.check("Mon *-*-* 03:09")
     assert "not installed" in str(err.value) and "shorthand" in err.value.hint
     # a shorthand's overdue still works from its period
-    assert schedule.overdue("daily", t("2026-12-06 00:00:00"), t("2026-12-07 06:01:00"), SLACK)
-    assert not schedule.overdue("daily", t("2026-12-06 00:00:00"), t("2026-12-07 05:59:00"), SLACK)
+    assert schedule.standing("daily", t("2026-12-06 00:00:00"), t("2026-12-07 06:01:00"), SLACK)[1]
+    assert not schedule.standing("daily", t("2026-12-06 00:00:00"), t("2026-12-07 05:59:00"), SLACK)[1]

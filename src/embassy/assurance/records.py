@@ -293,8 +293,7 @@ def history(embassy: str, stored: list[Stored], public: Ed25519PublicKey | None,
         out.overdue = True
         return fail(RECORD_PREFIX, "no restore test recorded: not established")
     try:
-        out.next_due = schedule_lib.due_after(schedule, out.records[-1].time)
-        out.overdue = out.next_due is None or now > out.next_due + RUN_SLACK
+        out.next_due, out.overdue = schedule_lib.standing(schedule, out.records[-1].time, now, RUN_SLACK)
     except schedule_lib.ScheduleInvalid:  # the schedule cannot be read here: on time cannot be established
         out.overdue = True
     return out

@@ -97,8 +97,10 @@ def due_after(expression: str, last: dt.datetime) -> dt.datetime | None:
     return nxt[0] if nxt else None
 
 
-def overdue(expression: str, last: dt.datetime, now: dt.datetime, slack: dt.timedelta) -> bool:
-    """Whether a run the schedule called for after `last` is more than `slack` late at `now` (a schedule that
-    never fires again after `last` has ended: overdue, as nothing will test this embassy any more)."""
+def standing(expression: str, last: dt.datetime, now: dt.datetime,
+             slack: dt.timedelta) -> tuple[dt.datetime | None, bool]:
+    """The run the schedule calls for next after `last`, and whether it is more than `slack` late at `now`
+    (overdue). A schedule that never fires again after `last` has ended: overdue, as nothing will test this
+    embassy any more."""
     due = due_after(expression, last)
-    return due is None or now > due + slack
+    return due, due is None or now > due + slack
