@@ -223,8 +223,6 @@ class Principals(_Strict):
         return arns
 
 
-# systemd's calendar shorthands, and how long each allows between two runs (assurance/schedule.py reads the rest)
-SCHEDULE_SHORTHANDS = schedule_lib.SHORTHANDS
 # A systemd calendar expression: weekdays, dates, times, ranges and repetitions; no quotes, no newlines (it is
 # written into a unit file), at most 100 characters; then read by systemd-analyze (schedule.check).
 SCHEDULE_PATTERN = r"^[A-Za-z0-9*/:.,~ _+-]{1,100}$"
@@ -245,11 +243,6 @@ class RestoreTests(_Strict):
         except schedule_lib.ScheduleInvalid as exc:
             refuse(exc.reason, exc.hint)
         return value
-
-    @property
-    def interval_seconds(self) -> int:
-        """A shorthand's period (a calendar expression's runs are computed by schedule.overdue); weekly otherwise."""
-        return SCHEDULE_SHORTHANDS.get(self.schedule.strip().lower(), SCHEDULE_SHORTHANDS["weekly"])
 
 
 class Deployment(_Strict):

@@ -76,9 +76,9 @@ def values(**restore_tests: Any) -> dict[str, Any]:
 
 def test_defaults_weekly_random_thirty_days() -> None:
     rt = DEP.restore_tests
-    assert (rt.schedule, rt.point, rt.window_days, rt.interval_seconds) == ("weekly", "random", 30, 7 * 86400)
+    assert (rt.schedule, rt.point, rt.window_days) == ("weekly", "random", 30)
     dep = model._from_values("x", values(schedule="daily", point="latest", window_days=7), "x")
-    assert dep.restore_tests.interval_seconds == 86400 and dep.restore_tests.point == "latest"
+    assert (dep.restore_tests.schedule, dep.restore_tests.point, dep.restore_tests.window_days) == ("daily", "latest", 7)
 
 
 @pytest.mark.parametrize(("given", "path"), [
