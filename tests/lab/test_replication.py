@@ -94,6 +94,26 @@ def manifests_in_vault(lab: LabState, embassy: str) -> list[dict[str, Any]]:
     return items
 
 
+@contextmanager
+def forged_next_round(lab: LabState, embassy: str) -> Iterator[str]:
+    """The host nation's forgery, planted for the block and moved aside after it: the next round, the right shape
+    and chain link, signed by another key. Yields its key. Planted for real: an S3 object the read-only identity
+    lists and reads, not only a filer entry. That read makes SeaweedFS "heal" the version folder, after which its
+    listing leaves the key out while GET still serves it: what the block's checks meet is the hidden forgery.
+    Hold home's rounds around it: one landing on the forgery's key would be refused by home and hide nothing."""
+    f = Filer(lab, embassy)
+    items = manifests_in_vault(lab, embassy)
+    head = json.loads(base64.b64decode(items[-1]["data"]))["manifest"]
+    forged_key = manifest.object_key(head["round"] + 1)
+    forged = {**head, "round": head["round"] + 1, "previous_sha256": manifest.sha256(base64.b64decode(items[-1]["data"]))}
+    f.write(f"{f.root}/{forged_key}.versions/v_forged", manifest.sign(forged, Ed25519PrivateKey.generate()))
+    try:
+        assert forged_key in [i["key"] for i in manifests_in_vault(lab, embassy)]  # an S3 object, not only a file
+        yield forged_key
+    finally:
+        f.move(f"{f.root}/{forged_key}.versions", f"{f.root}/aside-{secrets.token_hex(4)}")
+
+
 def public_key(lab: LabState) -> Ed25519PublicKey:
     key = load_pem_public_key((Path(lab.dir) / "manifest_public_key.pem").read_bytes())
     assert isinstance(key, Ed25519PublicKey)
@@ -178,27 +198,12 @@ def test_verify_through_the_labs_site_inventory_agrees_with_the_lab_target(lab: 
         assert [c["object"] for c in by_site["checked"]] == [c["object"] for c in by_lab["checked"]]
         return code_site, by_site
 
-    f = Filer(lab, "se")
-    # Held: a round of home's timer between the two reads would be another vault; one landing on the forgery's
-    # key (round n+1) would be refused by home (the key exists) and hide nothing, but the two reads would differ.
+    # Held: a round of home's timer between the two reads would be another vault.
     with rounds_held(lab):
         code, result = same()
         assert code == 0 and result["intact"] and "pgbackrest:repo" in {c["object"] for c in result["checked"]}
-        items = manifests_in_vault(lab, "se")
-        head = json.loads(base64.b64decode(items[-1]["data"]))["manifest"]
-        # The host nation's forgery: the next round, the right shape and chain link, signed by another key.
-        forged_key = manifest.object_key(head["round"] + 1)
-        forged = {**head, "round": head["round"] + 1,
-                  "previous_sha256": manifest.sha256(base64.b64decode(items[-1]["data"]))}
-        f.write(f"{f.root}/{forged_key}.versions/v_forged", manifest.sign(forged, Ed25519PrivateKey.generate()))
-        try:
-            # Planted for real: an S3 object the read-only identity lists and reads, not only a filer entry. That
-            # read makes SeaweedFS "heal" the version folder, after which its listing leaves the key out while GET
-            # still serves it: both verifies below meet the hidden forgery (verify reads the next round unlisted).
-            assert forged_key in [i["key"] for i in manifests_in_vault(lab, "se")]
+        with forged_next_round(lab, "se") as forged_key:  # hidden from listings: verify reads round n+1 unlisted
             code, result = same()
-        finally:
-            f.move(f"{f.root}/{forged_key}.versions", f"{f.root}/aside-{secrets.token_hex(4)}")
     assert code == 1 and result["first_failure"]["object"] == forged_key
     assert "signed by another key" in result["first_failure"]["reason"]
 

@@ -10,10 +10,8 @@ drill's deploy, which runs after this module, clones it again.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,20 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.model import load_stack
-from embassy.replication import dataplane, manifest
+from embassy.replication import dataplane
 from embassy.replication import secrets as controller_secrets
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK, in_controller_python, ssh
 from tests.lab.test_deploy import SERVICE_QUERY
 from tests.lab.test_replication import (
     embassy_cli,
-    manifests_in_vault,
+    forged_next_round,
     named_object,
     replicate_once,
     rounds_held,
@@ -138,19 +135,8 @@ def test_a_forged_head_refuses_the_restore_through_either_target(lab: LabState, 
     """The host nation plants the next round, signed by another key, where the read-only identity lists it: the
     restore is refused through --target lab and through the lab's site inventory alike, naming it; nothing runs."""
     cleanup.append("ie")
-    f = Filer(lab, "ie")
-    with rounds_held(lab):
-        items = manifests_in_vault(lab, "ie")
-        head = json.loads(base64.b64decode(items[-1]["data"]))["manifest"]
-        forged_key = manifest.object_key(head["round"] + 1)
-        forged = {**head, "round": head["round"] + 1,
-                  "previous_sha256": manifest.sha256(base64.b64decode(items[-1]["data"]))}
-        f.write(f"{f.root}/{forged_key}.versions/v_forged", manifest.sign(forged, Ed25519PrivateKey.generate()))
-        try:
-            assert forged_key in [i["key"] for i in manifests_in_vault(lab, "ie")]  # an S3 object, not only a file
-            refused = [restore(lab, "ie", timeout=300), restore(lab, "ie", *site_inventory(lab), timeout=300)]
-        finally:
-            f.move(f"{f.root}/{forged_key}.versions", f"{f.root}/aside-{secrets.token_hex(4)}")
+    with rounds_held(lab), forged_next_round(lab, "ie") as forged_key:
+        refused = [restore(lab, "ie", timeout=300), restore(lab, "ie", *site_inventory(lab), timeout=300)]
     for code, out, _ in refused:
         assert code == 1 and out["error"]["error"] == "ManifestInvalid", out["error"]
         assert forged_key in out["error"]["message"] and "signed by another key" in out["error"]["message"]
