@@ -47,6 +47,17 @@ def _lock(got: dict[str, Any]) -> dict[str, Any]:
             "last_modified": modified.isoformat() if modified else None}
 
 
+def bounded_read(got: dict[str, Any], listed_size: int = 0) -> dict[str, Any]:
+    """An object's size, lock and bytes, at most MAX_BYTES of them: one byte past the bound is read to see that it
+    is over, and then no data is kept (the caller reports the size, never parses a part). The listing's size is the
+    host's word too: whichever says more, the listing or the read, is the size."""
+    data = got["Body"].read(MAX_BYTES + 1)
+    out: dict[str, Any] = {"size": max(listed_size, len(data)), **_lock(got)}
+    if out["size"] <= MAX_BYTES:
+        out["data"] = base64.b64encode(data).decode()
+    return out
+
+
 def _listed(s3: Any, bucket: str, prefix: str, limit: int) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -70,10 +81,8 @@ def read_manifests(spec: dict[str, Any]) -> dict[str, Any]:
         size = int(item.get("Size") or 0)
         entry: dict[str, Any] = {"key": item["Key"], "size": size}
         if size <= MAX_BYTES and total + size <= MAX_TOTAL_BYTES:
-            got = s3.get_object(Bucket=spec["bucket"], Key=item["Key"])
-            data = got["Body"].read(MAX_BYTES + 1)  # the listing's size is the host's word too
-            total += len(data)
-            entry.update(data=base64.b64encode(data).decode(), size=max(size, len(data)), **_lock(got))
+            entry.update(bounded_read(s3.get_object(Bucket=spec["bucket"], Key=item["Key"]), size))
+            total += entry["size"]
         objects.append(entry)
     if prefix == PREFIX:
         hidden = _next_unlisted(s3, spec["bucket"], [i["Key"] for i in listed])
@@ -89,9 +98,9 @@ def _next_unlisted(s3: Any, bucket: str, keys: list[str]) -> dict[str, Any] | No
     """The key of the round after the newest listed one, if the vault serves it although its listing leaves it out.
 
     A vault can serve an object on GET that no listing shows: SeaweedFS does so for an object written below S3
-    once a read has "healed" its version folder (notes in the h24-target report). Home's next round then finds the
-    key taken and writes nothing there, and the chain the listing shows looks whole: the one key that decides
-    either is read here too, marked unlisted (one GET, bounded as the others)."""
+    once a read has "healed" its version folder (README: "`verify` and a manifest the vault serves but does not
+    list"). Home's next round then finds the key taken and writes nothing there, and the chain the listing shows
+    looks whole: the one key that decides either is read here too, marked unlisted (one GET, bounded as the others)."""
     rounds = [int(m.group(1)) for k in keys if (m := ROUND_KEY.fullmatch(k))]
     key = object_key(max(rounds, default=0) + 1)
     try:
@@ -100,11 +109,11 @@ def _next_unlisted(s3: Any, bucket: str, keys: list[str]) -> dict[str, Any] | No
         if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
-    data = got["Body"].read(MAX_BYTES + 1)
+    read = bounded_read(got)
     # Home may have written that round since the listing: listed now, it is only newer than this read, not hidden.
     if key in {i["Key"] for i in _listed(s3, bucket, PREFIX, MAX_OBJECTS)}:
         return None
-    return {"key": key, "size": len(data), "data": base64.b64encode(data).decode(), "unlisted": True, **_lock(got)}
+    return {"key": key, **read, "unlisted": True}
 
 
 def read_heads(spec: dict[str, Any]) -> dict[str, Any]:
