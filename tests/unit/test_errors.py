@@ -6,7 +6,7 @@ import pytest
 import typer
 
 from embassy import errors
-from embassy.cli import user_error
+from embassy.commands.common import user_error
 from embassy.errors import EXIT_FINDING, EXIT_USAGE, REGISTRY, EmbassyError, UserError, fail
 
 # The published codes. A code never changes meaning and is never reused: renumbering, renaming or

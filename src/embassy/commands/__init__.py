@@ -1,1 +1,1 @@
-"""CLI commands, one module per area; each registers its commands on `embassy.cli.app`."""
+"""CLI commands, one module per area; each registers its commands on `embassy.commands.common.app` (cli imports them)."""

@@ -1,4 +1,4 @@
-"""`embassy` commands of this area (registered on embassy.cli.app): restore-test, status."""
+"""`embassy` commands of this area (registered on embassy.commands.common.app): restore-test, status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, UserError
 
 __all__ = ["app"]

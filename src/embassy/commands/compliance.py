@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from embassy import model
-from embassy.cli import app, console, user_error
+from embassy.commands.common import app, console, user_error
 from embassy.compliance.catalog import FRAMEWORKS, controls
 from embassy.compliance.checks import break_glass_roles
 from embassy.compliance.context import Context
@@ -62,7 +62,7 @@ def check(
             doc = read_plan(plan)
             deployment = plan_model(doc.get("stack"), root, str(plan))
         else:
-            from embassy.cli import load
+            from embassy.commands.common import load
             from embassy.plan import compute_plan
 
             deployment = load(str(stack))

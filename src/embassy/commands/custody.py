@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import UserError
 
 __all__ = ["custody_app"]

@@ -1,4 +1,4 @@
-"""`embassy` commands of this area (registered on embassy.cli.app): restore, drill."""
+"""`embassy` commands of this area (registered on embassy.commands.common.app): restore, drill."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, OptionInvalid, UserError
 
 if TYPE_CHECKING:

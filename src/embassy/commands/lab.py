@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import UserError
 from embassy.lab import lifecycle
 from embassy.lab.state import LAB_ID_ENV, lab_id_from_env

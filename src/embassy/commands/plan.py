@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from embassy import model
-from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import UserError
 
 __all__ = ["app", "plan"]

@@ -1,4 +1,4 @@
-"""`embassy` commands of this area (registered on embassy.cli.app): replicate, verify."""
+"""`embassy` commands of this area (registered on embassy.commands.common.app): replicate, verify."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from embassy.cli import StackOpt, app, console, load, user_error
+from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, OptionInvalid, UserError
 
 __all__ = ["app"]

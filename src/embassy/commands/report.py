@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from embassy.cli import app, console, user_error
+from embassy.commands.common import app, console, user_error
 from embassy.errors import EXIT_FINDING, REGISTRY, ReportEdited, UserError
 
 __all__ = ["app"]
