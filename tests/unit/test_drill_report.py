@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from embassy import model
 from embassy.cli import app
 from embassy.drill import signing
-from embassy.drill.report import Report, check_report, controller_tool_versions, plan_hash, verify_report, write_report
+from embassy.drill.publish import write_report
+from embassy.drill.report import Report, check_report, controller_tool_versions, plan_hash, verify_report
 from embassy.errors import KeyInvalid, ObjectiveMissed, ReportInvalid, ReportMissing
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from embassy.drill.report import Report, write_report
+from embassy.drill.publish import write_report
+from embassy.drill.report import Report
 from tests.unit.test_drill_report import failed_report, passed_report
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embassy.drill.publish import write_report
 from embassy.drill.render import render_html, render_markdown
-from embassy.drill.report import Report, verify_report, write_report
+from embassy.drill.report import Report, verify_report
 from tests.unit.test_drill_report import public_key, sample_fields
 
 TESTS = [{"embassy": "de", "established": True, "overdue": False, "time": "2026-12-06T03:00:00.000001Z",

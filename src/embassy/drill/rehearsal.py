@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from embassy import model
+from embassy.drill import publish
 from embassy.drill import report as rpt
 from embassy.drill.restore import FILES_ROOT, Outcome, restore
 from embassy.drill.watch import Watch
@@ -463,7 +464,7 @@ def write_watched(fields: dict[str, Any], watch: Watch, report_dir: Path) -> rpt
         except DrillFailed as exc:  # the counters were tampered with or are gone: nothing is proven
             watched, failures = None, [*fields["failures"], rpt.Failure.of(rpt.WATCH_OBJECT, exc.message, DrillFailed)]
         report = rpt.Report.build(**{**fields, "failures": failures, "watch": watched, "finished_at": now()})
-        rpt.write_report(report, report_dir, report_keys())
+        publish.write_report(report, report_dir, report_keys())
         if watched is None or watch.snapshot().packets == watch.history[-2].packets:
             return report
     return report

@@ -14,7 +14,6 @@ disagrees with them does not validate.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -37,6 +36,7 @@ from embassy.errors import (
     RestoreFailed,
     SignatureInvalid,
 )
+from embassy.replication import manifest
 
 FORMAT = 1
 FILES = ("report.json", "report.md", "report.html")
@@ -330,41 +330,23 @@ def controller_tool_versions() -> dict[str, str]:
 
 def plan_hash(plan: dict[str, Any]) -> str:
     """sha256 of a desired-state plan's canonical JSON: which plan the drill rehearsed."""
-    return "sha256:" + signing.sha256_hex(signing.canonical_json(plan))
+    return "sha256:" + manifest.sha256(manifest.canonical_json(plan))
 
 
 # --------------------------------------------------------------------------- writing and verifying
 
 
-def _statement(files: dict[str, str], signer_fingerprint: str) -> dict[str, Any]:
+def signed_statement(files: dict[str, str], signer_fingerprint: str) -> dict[str, Any]:
     return {"format": FORMAT, "algorithm": signing.ALGORITHM, "fingerprint": signer_fingerprint,
             "files": dict(sorted(files.items()))}
 
 
-def _digest(folder: Path, name: str) -> str:
+def file_digest(folder: Path, name: str) -> str:
     """report.json by its canonical bytes (indentation does not matter); the others as written."""
     data = (folder / name).read_bytes()
     if name == "report.json":
-        data = signing.canonical_json(signing.strict_loads(data))
-    return signing.sha256_hex(data)
-
-
-def write_report(report: Report, folder: Path, key_folder: Path) -> Path:
-    """Write report.json, report.md, report.html and report.sig into `folder`; the key lives in `key_folder`."""
-    from embassy.drill.render import render_html, render_markdown
-
-    key = signing.signing_key(key_folder)
-    public = key.public_key()
-    signed = report.model_copy(update={"signer": Signer(public_key=signing.public_pem(public),
-                                                        fingerprint=signing.fingerprint(public))})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(signed.to_json(), indent=2, ensure_ascii=False) + "\n")
-    (folder / "report.md").write_text(render_markdown(signed))
-    (folder / "report.html").write_text(render_html(signed))
-    statement = _statement({name: _digest(folder, name) for name in FILES}, signing.fingerprint(public))
-    sig = {**statement, "signature": signing.sign(key, statement)}
-    (folder / SIGNATURE_FILE).write_text(json.dumps(sig, indent=2) + "\n")
-    return folder
+        data = manifest.canonical_json(signing.strict_loads(data))
+    return manifest.sha256(data)
 
 
 @dataclass
@@ -395,7 +377,7 @@ def check_report(folder: Path, public_key: Ed25519PublicKey | Path) -> ReportChe
         return check
     try:
         sig = signing.strict_loads(sig_path.read_bytes())
-        statement = _statement(dict(sig["files"]), str(sig["fingerprint"]))
+        statement = signed_statement(dict(sig["files"]), str(sig["fingerprint"]))
         valid = (sig.get("format") == FORMAT and sig.get("algorithm") == signing.ALGORITHM
                  and signing.signature_valid(public_key, statement, str(sig["signature"])))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -414,7 +396,7 @@ def check_report(folder: Path, public_key: Ed25519PublicKey | Path) -> ReportChe
             fail(Failure.of(name, "missing", ReportEdited))
         else:
             try:
-                digest = _digest(folder, name)
+                digest = file_digest(folder, name)
             except ValueError as exc:
                 fail(Failure.of(name, f"not valid JSON any more: {exc}", ReportEdited))
                 continue

@@ -1,16 +1,15 @@
 """Ed25519 signatures of drill reports, and the controller-side key that makes them.
 
 The key is the controller's, generated on first use in a folder the caller names (0700; the private
-key 0600, PKCS#8 PEM; the public key beside it for auditors). Signatures cover canonical JSON: keys
-sorted, no insignificant whitespace, UTF-8, so that every verifier gets the same bytes whatever
-indentation a file was written with. Parsing refuses what could make two readers see two documents
+key 0600, PKCS#8 PEM; the public key beside it for auditors). Signatures cover canonical JSON (one form for
+the whole package: replication/manifest.canonical and canonical_json), so that every verifier gets the same bytes
+whatever indentation a file was written with. Parsing refuses what could make two readers see two documents
 (a duplicate key, NaN or Infinity).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,6 @@ class JsonRefused(ValueError):
     """JSON that parses to different documents in different readers: refused."""
 
 
-def canonical_json(value: Any) -> bytes:
-    """The one byte string of a JSON value that every signer and verifier computes.
-
-    Unlike manifest.canonical, floats are allowed: report.json holds measured seconds, and its digest
-    is only ever computed by this code. What is signed (the statement) goes through manifest.canonical.
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _no_constant(name: str) -> Any:
     raise JsonRefused(f"{name} is not a JSON number")
 
@@ -60,7 +46,7 @@ def public_bytes(key: Ed25519PublicKey) -> bytes:
 
 def fingerprint(key: Ed25519PublicKey) -> str:
     """`sha256:<hex>` of the raw 32-byte public key: what an auditor compares."""
-    return "sha256:" + sha256_hex(public_bytes(key))
+    return "sha256:" + manifest.sha256(public_bytes(key))
 
 
 def public_pem(key: Ed25519PublicKey) -> str:
