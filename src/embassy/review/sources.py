@@ -361,17 +361,3 @@ def state_source(label: str, kind: str, rows: Any, where: str, stack: Any, root:
         name = name.rsplit("/", 1)[-1]
     return Source(label, kind, name, resources=resources, model=model_for(name, root),
                   project=next((project_of_urn(u) for u in resources), None), file_format=stored)
-
-
-def read(arg: str, root: Path, stack: str) -> Source:
-    """A file (any supported format) or, failing that, a git ref of the repository at `root`."""
-    path = Path(arg)
-    if path.is_file():
-        return read_file(path, root)
-    if path.exists():
-        raise UserError(f"{arg} is not a file", FORMATS_HINT)
-    from embassy.review.gitrefs import in_repository, is_git_ref, read_ref
-
-    if in_repository(root) and is_git_ref(root, arg):
-        return read_ref(root, arg, stack)
-    raise UserError(f"{arg}: no such file or git ref", FORMATS_HINT)
