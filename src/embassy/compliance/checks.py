@@ -16,6 +16,7 @@ from embassy import model
 from embassy.compliance import grants, iamdb
 from embassy.compliance.catalog import managed_allow_list
 from embassy.compliance.context import Context, Resource
+from embassy.compliance.grants import ATTACHMENTS, POLICY, ROLE, attached_roles
 from embassy.compliance.props import (
     SECRET,
     UNKNOWN,
@@ -525,31 +526,7 @@ def bucket_not_force_destroy(res: Resource, ctx: Context) -> Iterator[str]:
 
 
 BREAK_GLASS = "break-glass"
-ROLE = "aws:iam/role:Role"
-POLICY = "aws:iam/policy:Policy"
-ATTACHMENTS = ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/policyAttachment:PolicyAttachment")
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
-
-
-def attached_roles(res: Resource, ctx: Context) -> list[Resource]:
-    """The roles of the stack a policy is attached to: by dependency, or by the role input naming one of them.
-
-    A standalone policy counts through the attachments that depend on it.
-    """
-    if res.type == ROLE:
-        return [res]
-    if res.type == POLICY:
-        found: list[Resource] = []
-        for att in ctx.by_type(*ATTACHMENTS):
-            if res.urn in att.dependencies:
-                found.extend(attached_roles(att, ctx))
-        return found
-    roles = [d for d in (ctx.resources.get(u) for u in res.dependencies) if d is not None and d.type == ROLE]
-    named = res.inputs.get("role")
-    if isinstance(named, str) and named:
-        roles += [r for r in ctx.by_type(ROLE) if named in (r.inputs.get("name"), r.inputs.get("arn"), r.inputs.get("id"))
-                  and r not in roles]
-    return roles
 
 
 def _trust_is_break_glass(role: Resource, ctx: Context) -> bool:

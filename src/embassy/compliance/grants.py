@@ -133,10 +133,29 @@ def role_tag(role: Resource, ctx: Context) -> str:
     return ctx.role_of(role)
 
 
+def attached_roles(res: Resource, ctx: Context) -> list[Resource]:
+    """The roles of the stack a policy is attached to: by dependency, or by the role input naming one of them.
+
+    A standalone policy counts through the attachments that depend on it.
+    """
+    if res.type == ROLE:
+        return [res]
+    if res.type == POLICY:
+        found: list[Resource] = []
+        for att in ctx.by_type(*ATTACHMENTS):
+            if res.urn in att.dependencies:
+                found.extend(attached_roles(att, ctx))
+        return found
+    roles = [d for d in (ctx.resources.get(u) for u in res.dependencies) if d is not None and d.type == ROLE]
+    named = res.inputs.get("role")
+    if isinstance(named, str) and named:
+        roles += [r for r in ctx.by_type(ROLE) if named in (r.inputs.get("name"), r.inputs.get("arn"), r.inputs.get("id"))
+                  and r not in roles]
+    return roles
+
+
 def roles_of(res: Resource, ctx: Context) -> list[Resource]:
     """The stack's roles a policy-bearing resource is attached to (by dependency or by the name it gives)."""
-    from embassy.compliance.checks import attached_roles
-
     return attached_roles(res, ctx)
 
 
