@@ -342,3 +342,7 @@ def test_a_round_runs_on_home_through_the_target_and_a_target_without_home_says_
     with pytest.raises(HostUnknown, match="target aws of stack 'rehearsal' has no home host") as err:
         replicate.run_round(AwsTarget(dep, outputs(dep)))
     assert "--target site" in (err.value.hint or "")
+    from embassy.custody import kit  # custody signs its headers on home the same way: refused before anything is sealed
+
+    with pytest.raises(HostUnknown, match="has no home host: the custody headers are signed on home"):
+        kit.home_signer(AwsTarget(dep, outputs(dep)), "unused")

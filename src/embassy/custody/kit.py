@@ -35,6 +35,7 @@ from embassy.custody.bundle import Bundle, gather
 from embassy.custody.vaultio import MAX_OBJECTS, PREFIX, object_key, version_of
 from embassy.errors import (
     BundleInvalid,
+    HostUnknown,
     ObjectMissing,
     SharesRefused,
     SignatureInvalid,
@@ -167,16 +168,16 @@ def home_signer(target: Target, public_pem: str) -> seal.Signer:
     """Sign with home's manifest key, on home (it never leaves it; reached through the target): the bytes go in and
     the signature comes back as base64, checked against the public key the bundles carry."""
     home = next((h for h in target.hosts if h.role is Role.HOME), None)
+    if home is None:  # AWS's hosts, or a site inventory without home: nothing here holds home's key
+        raise HostUnknown(f"target {target.kind} of stack '{target.stack}' has no home host: the custody headers are "
+                          "signed on home", "issue the kit through a target that names home (--target lab, or "
+                          "--target site with home in the inventory)")
     code = ("import base64,sys\nfrom cryptography.hazmat.primitives import serialization as s\n"
             f"k=s.load_pem_private_key(open({HOME_KEY_FILE!r},'rb').read(),None)\n"
             "sys.stdout.write(base64.b64encode(k.sign(base64.b64decode(sys.stdin.read()))).decode())")
     public = load_public_key(public_pem)
 
     def sign(data: bytes) -> bytes:
-        if home is None:
-            raise SignatureInvalid(f"target {target.kind} has no home host: the custody headers are signed on home",
-                                   "issue the kit through a target that names home (--target lab, or --target site "
-                                   "with home in the inventory)")
         done = target.run_on(home, f"sudo python3 -c {shlex.quote(code)}", timeout=60,
                              stdin=base64.b64encode(data).decode())
         try:
