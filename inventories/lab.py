@@ -48,6 +48,7 @@ def _entry(h: _state.HostState) -> tuple[str, dict]:
         "vault": vault,
         "vaults": _vaults,
         "lab_id": _lab.lab_id,
+        "lab_dir": _lab.dir,  # the controller's secrets and seed folders live under it (replication.secrets)
         "stack": _lab.stack,
         "mirror_url": _lab.mirror_url,
         "ca_file": _lab.ca_file,

@@ -50,7 +50,7 @@ from embassy.errors import (
     ToolMissing,
     UserError,
 )
-from embassy.lab.state import Role
+from embassy.hostroles import Role
 from embassy.vaultaccess import CredentialSource, VaultAccess
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ class Target(ABC):
         """Where this controller keeps the vaults' high-water marks (0700)."""
         from embassy.replication.secrets import secrets_dir
 
-        return secrets_dir(SimpleNamespace(lab_id=None, stack=self.stack))
+        return secrets_dir(SimpleNamespace(stack=self.stack))
 
     def run_client(self, argv: Sequence[str], *, timeout: float | None = None, cwd: Path | None = None,
                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -270,7 +270,7 @@ class LabTarget(Target):
     def controller_folder(self) -> Path:
         from embassy.replication.secrets import secrets_dir
 
-        return secrets_dir(SimpleNamespace(lab_id=self.lab.lab_id, stack=self.stack))
+        return secrets_dir(SimpleNamespace(lab_dir=self.lab.dir, stack=self.stack))
 
 
 def _recorded_key(lab_folder: Path) -> str | None:
@@ -330,7 +330,11 @@ class SiteTarget(Target):
     def controller_folder(self) -> Path:
         from embassy.replication.secrets import secrets_dir
 
-        return secrets_dir(SimpleNamespace(lab_id=self.site.lab_id, stack=self.stack))
+        if self.site.lab_id is None:
+            return secrets_dir(SimpleNamespace(stack=self.stack))
+        from embassy.lab.state import lab_dir  # the lab's own inventory: that lab's controller folder
+
+        return secrets_dir(SimpleNamespace(lab_dir=lab_dir(self.site.lab_id), stack=self.stack))
 
     def _in_netns(self, netns: str | None, argv: list[str]) -> list[str]:
         if netns is None:

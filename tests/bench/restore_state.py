@@ -15,8 +15,10 @@ import time
 from typing import Any
 
 from embassy.lab.state import LabState
+from embassy.model import load_stack
 from embassy.replication import replicate
 from embassy.replication.dataplane import REGISTERS_ROOT
+from embassy.targets import LabTarget
 
 DB = "population"
 FILES = f"{REGISTERS_ROOT}/court-files"
@@ -93,7 +95,7 @@ def ship(lab: LabState, backup_to: tuple[str, ...]) -> dict[str, Any]:
             n = repo_index(lab, embassy)
             sh(lab, "home", f"sudo runuser -u postgres -- pgbackrest --stanza=home --repo={n} --type=full "
                             "--archive-timeout=600 backup", timeout=7200)
-        last = replicate.run_round(lab)
+        last = replicate.run_round(LabTarget(load_stack(lab.stack), lab))
     finally:
         sh(lab, "home", f"sudo systemctl start {ROUND_TIMER}")
     errors = [f"{e['name']}: {e['errors']}" for e in last.get("embassies", []) if e.get("errors")]

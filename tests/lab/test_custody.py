@@ -42,6 +42,13 @@ from tests.lab.vault_storage import Filer
 pytestmark = pytest.mark.lab
 
 
+def site_inventory_of(lab: LabState) -> str:
+    """The lab's own site inventory, as `embassy lab status --json` names it."""
+    done = embassy_cli(lab, "lab", "status", "--stack", STACK, "--json", timeout=120)
+    inventory: str = json.loads(done.stdout)["site_inventory"]
+    return inventory
+
+
 @pytest.fixture(scope="module")
 def kit(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Deployed, replicated, and a version-1 kit issued (its sheets in a temporary folder)."""
@@ -51,10 +58,14 @@ def kit(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     replicate_once(lab)
     out = tmp_path_factory.mktemp("custody") / "v1"
     # A lab reused from an earlier session keeps its kits (Object Lock): then this module's first kit is a rotation.
-    earlier, _ = custody_kit.current_version(custody_kit.LabVaults(lab, load_stack(STACK, ROOT)), load_stack(STACK, ROOT))
+    dep = load_stack(STACK, ROOT)
+    earlier, _ = custody_kit.current_version(custody_kit.TargetVaults(LabTarget(dep, lab), dep), dep)
+    # A first kit is issued through the lab's own site inventory (the generic path: home signs over the inventory's
+    # SSH, the bundles go through its vault access); rotate re-deploys, which only the lab target does.
+    site = () if earlier else ("--target", "site", "--inventory", site_inventory_of(lab))
     start = time.monotonic()
     done = embassy_cli(lab, "custody", "rotate" if earlier else "init", "--stack", STACK, "--officials", "3",
-                       "--threshold", "2", "--out", str(out))
+                       "--threshold", "2", "--out", str(out), *site)
     seconds = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"custody {'rotate' if earlier else 'init'}: {seconds:.1f} s")
@@ -111,7 +122,7 @@ def test_se_bundle_in_de_vault_is_refused_and_nothing_is_written(lab: LabState, 
     # Put back: de's own bundle opens again with the same sheets.
     dep = load_stack(STACK, ROOT)
     texts = custody_kit.read_shares([str(kit["v1"] / "official-1.txt"), str(kit["v1"] / "official-3.txt")], lambda: "")
-    assert custody_kit.open_bundle(dep, custody_kit.LabVaults(lab, dep), "de", texts).embassy == "de"
+    assert custody_kit.open_bundle(dep, custody_kit.TargetVaults(LabTarget(dep, lab), dep), "de", texts).embassy == "de"
 
 
 def _psql(lab: LabState, host: str, sql: str, port: int = 5432) -> str:
@@ -272,7 +283,7 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     # The bundle's history: every generation's passphrase, each with its own repository and time.
     dep = load_stack(STACK, ROOT)
     texts = custody_kit.read_shares([str(v2 / "official-1.txt"), str(v2 / "official-2.txt")], lambda: "")
-    bundle = custody_kit.open_bundle(dep, custody_kit.LabVaults(lab, dep), "ie", texts)
+    bundle = custody_kit.open_bundle(dep, custody_kit.TargetVaults(LabTarget(dep, lab), dep), "ie", texts)
     for history, first in ((bundle.pgbackrest, "/pgbackrest"), (bundle.restic, "/restic")):
         assert len(history) == new_generation >= 2
         assert len({p.value for p in history}) == len(history) and len({p.repo_path for p in history}) == len(history)

@@ -185,11 +185,27 @@ def test_verify_through_the_labs_site_inventory_agrees_with_the_lab_target(lab: 
                                                                          replicated: dict[str, Any]) -> None:
     """`--target site --inventory <the lab's own>` takes the generic path (inventory, SSH argv, vault access) and
     gives the lab target's verdicts, intact and tampered (a manifest signed by another key) alike: same exit,
-    head, first failure and objects checked."""
+    head, first failure and objects checked. A replication round through it (home reached over the inventory's
+    SSH, the warm standbys' holds moved through its vault access) reports what a round through the lab does."""
     done = embassy_cli(lab, "lab", "status", "--stack", STACK, "--json", timeout=120)
     inventory = json.loads(done.stdout)["site_inventory"]
     assert Path(inventory).is_file(), done.stdout[-2000:]
     site = ("--target", "site", "--inventory", inventory)
+
+    def round_through(*target: str) -> dict[str, Any]:
+        done = embassy_cli(lab, "replicate", "--stack", STACK, "--once", "--json", *target)
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+        doc: dict[str, Any] = json.loads(done.stdout)
+        return doc
+
+    def verdict(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Per embassy: errors, whether its manifest is the round's, the registers the lag names, and for a warm
+        one that its head was verified through the target (a hold moved to this round, or a standby-side reason)."""
+        holds = {h["embassy"]: h for h in doc["holds"]}
+        checked = {name: h["round"] == doc["round"] if h["moved"] else
+                   not h["reason"].startswith(("vault unreachable", "chain not verified")) for name, h in holds.items()}
+        return [(e["name"], e["errors"], e["manifest"]["round"] == doc["round"], [r["name"] for r in e["registers"]],
+                 checked.get(e["name"])) for e in doc["embassies"]]
 
     def same() -> tuple[int, dict[str, Any]]:
         (code_lab, by_lab), (code_site, by_site) = verify(lab, "se"), verify(lab, "se", *site)
@@ -200,6 +216,11 @@ def test_verify_through_the_labs_site_inventory_agrees_with_the_lab_target(lab: 
 
     # Held: a round of home's timer between the two reads would be another vault.
     with rounds_held(lab):
+        by_site = round_through(*site)
+        by_lab = round_through()
+        assert by_lab["round"] == by_site["round"] + 1 and verdict(by_site) == verdict(by_lab), (by_site, by_lab)
+        assert all(errors == [] and own and held is not False for _name, errors, own, _regs, held in verdict(by_site))
+        assert any(held for *_, held in verdict(by_site))  # the stack has a warm embassy: its hold was checked
         code, result = same()
         assert code == 0 and result["intact"] and "pgbackrest:repo" in {c["object"] for c in result["checked"]}
         with forged_next_round(lab, "se") as forged_key:  # hidden from listings: verify reads round n+1 unlisted

@@ -20,6 +20,7 @@ from embassy.custody import kit, seal
 from embassy.custody.vaultio import version_of
 from embassy.lab.state import LabState, VaultState
 from embassy.replication.verify import PUBLIC_KEY_FILE
+from embassy.targets import LabTarget
 
 NOW = dt.datetime(2026, 12, 2, 22, 0, tzinfo=dt.UTC)
 HOME_KEY = Ed25519PrivateKey.generate()  # home's manifest key: signs the envelopes' headers (on home, in the lab)
@@ -76,16 +77,24 @@ def controller(tmp: Path, dep: model.Deployment) -> tuple[LabState, Path, list[s
         vaults.append(VaultState.model_construct(
             embassy=emb.name, dns_name=f"vault-{emb.name}.lab", endpoint=f"https://vault-{emb.name}.lab:8443",
             bucket=f"embassy-{emb.name}", retention_days=emb.retention_days, ca_file=str(lab_dir / "ca.crt"),
-            reader_credentials=str(lab_dir / f"reader-{emb.name}.json")))
+            reader_credentials=str(lab_dir / f"reader-{emb.name}.json"),
+            agent_credentials=str(lab_dir / f"agent-{emb.name}.json")))
         for name in (f"pgbackrest-{emb.name}.pass", f"restic-{emb.name}.pass"):
             value = secrets.token_urlsafe(48)
             (folder / name).write_text(value + "\n")
             values.append(value)
-    lab = LabState.model_construct(lab_id=99, stack=dep.stack, dir=str(lab_dir), vaults=vaults)
+    lab = LabState.model_construct(lab_id=99, stack=dep.stack, dir=str(lab_dir), vaults=vaults, hosts=[],
+                                   controller_netns="emb99-ctl", controller_address="10.99.0.1",
+                                   mirror_url="http://10.99.0.1:8080")
     return lab, folder, values
+
+
+def lab_target(dep: model.Deployment, lab: LabState) -> LabTarget:
+    """The lab target over these records: what the kit reaches the vaults and home through."""
+    return LabTarget(dep, lab)
 
 
 def issue(dep: model.Deployment, lab: LabState, store: MemoryVaults, folder: Path, out: Path, *, rotate: bool = False,
           officials: int = 5, threshold: int = 3) -> kit.Issued:
-    return kit.issue(dep, lab, store, folder, out, officials=officials, threshold=threshold, rotate=rotate, now=NOW,
-                     signer=home_sign)
+    return kit.issue(dep, lab_target(dep, lab), store, folder, out, officials=officials, threshold=threshold,
+                     rotate=rotate, now=NOW, signer=home_sign)

@@ -87,3 +87,36 @@ def test_drill_refuses_custody_and_no_custody_together(tmp_path: Path) -> None:
                     "--no-custody")
     assert code == 2 and "--custody and --no-custody together" in out, out
     assert not (tmp_path / "r").exists()
+
+
+SITE = str(Path(__file__).resolve().parents[2] / "examples" / "sites" / "federation.yaml")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("custody", "init", "--target", "aws"), "custody init reaches hosts and vaults through --target lab or site, not 'aws'"),
+    (("custody", "rotate", "--target", "site", "--inventory", SITE),
+     "custody rotate reaches hosts and vaults through --target lab, not 'site'"),
+    (("custody", "init", "--target", "site"), "--target site needs --inventory FILE"),
+    (("custody", "init", "--inventory", SITE), "--inventory is for --target site, not --target lab"),
+    (("replicate", "--once", "--target", "aws"), "replicate reaches hosts and vaults through --target lab or site"),
+    (("replicate", "--once", "--target", "site"), "--target site needs --inventory FILE"),
+    (("restore-test", "-e", "se", "--target", "aws"), "restore-test reaches hosts and vaults through --target lab or site"),
+    (("status", "--target", "moon"), "status reaches hosts and vaults through --target lab or site, not 'moon'"),
+])
+def test_each_command_takes_only_the_targets_it_reaches(args: tuple[str, ...], says: str, tmp_path: Path) -> None:
+    """The adversary: a mistyped or unsupported target that silently falls back to the lab (or reaches a host): refused
+    before anything is reached, exit 2 with a HINT."""
+    extra = ("-n", "3", "-k", "2", "--out", str(tmp_path / "kit")) if args[0] == "custody" else ()
+    code, out = run(*args, "--stack", "production", *extra)
+    assert code == 2 and says in out and "\nHINT: " in out and "Traceback" not in out, out
+    assert not (tmp_path / "kit").exists()
+
+
+def test_custody_init_through_a_site_trusts_only_the_stack_configs_key(tmp_path: Path) -> None:
+    """custody init through a site inventory is that site's (not the lab's): a stack that names no manifest key has
+    nothing a site may sign bundles for (never a key a vault or host serves), refused before any vault is read."""
+    code, out = run("custody", "init", "--stack", "production", "--target", "site", "--inventory", SITE,
+                    "-n", "3", "-k", "2", "--out", str(tmp_path / "kit"))
+    assert code == 2 and "lab 97" not in out and "\nHINT: " in out, out
+    assert "stack 'production' sets no data-embassy:manifest_public_key: target site has nothing else to trust" in out
+    assert not (tmp_path / "kit").exists()

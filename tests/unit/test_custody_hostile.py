@@ -27,7 +27,7 @@ from embassy.errors import EXIT_FINDING, BundleInvalid, SharesRefused, UserError
 from embassy.replication.manifest import canonical
 from embassy.replication.verify import PUBLIC_KEY_FILE
 
-from .custody_fixtures import MemoryVaults, controller, home_sign, issue
+from .custody_fixtures import MemoryVaults, controller, home_sign, issue, lab_target
 
 V1 = object_key("rehearsal", 1)
 
@@ -145,7 +145,7 @@ def test_a_forged_header_does_not_block_init_and_is_named(dep: model.Deployment,
     store.plant("se", object_key("rehearsal", 7), forged(stored(other, "se"), version=7))
     store.plant("de", V1, forged(stored(other, "de")))  # at the key init writes: signed, but not by home
     said: list[str] = []
-    issued = kit.issue(dep, lab, store, folder, tmp_path / "kit", officials=3, threshold=2, rotate=False,
+    issued = kit.issue(dep, lab_target(dep, lab), store, folder, tmp_path / "kit", officials=3, threshold=2, rotate=False,
                        signer=home_sign, say=said.append)
     assert issued.version == 1
     assert any(f"vault:se/{object_key('rehearsal', 7)}: its header is not signed by home's manifest key" in m

@@ -15,7 +15,7 @@ from embassy.custody import kit, seal, shares
 from embassy.errors import EXIT_FINDING, BundleInvalid, ObjectMissing, SharesRefused, UserError
 from embassy.replication.verify import PUBLIC_KEY_FILE
 
-from .custody_fixtures import MemoryVaults, controller, home_sign, issue
+from .custody_fixtures import MemoryVaults, controller, home_sign, issue, lab_target
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +146,8 @@ def test_no_secret_in_plaintext_in_the_vault_objects_the_sheets_or_the_log(dep: 
     store = MemoryVaults()
     said: list[str] = []
     caplog.set_level(logging.DEBUG)
-    issued = kit.issue(dep, lab, store, folder, tmp_path / "kit", officials=3, threshold=2, rotate=False, signer=home_sign,
-                       say=said.append)
+    issued = kit.issue(dep, lab_target(dep, lab), store, folder, tmp_path / "kit", officials=3, threshold=2, rotate=False,
+                       signer=home_sign, say=said.append)
     opened = kit.open_bundle(dep, store, "de", sheet_texts(tmp_path / "kit", [1, 3]), say=said.append)
     assert set(opened.secrets()) <= set(values)
     words = [shares.parse_text(p.read_text(), "s").words for p in issued.sheets if p.suffix == ".txt"]

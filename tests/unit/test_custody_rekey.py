@@ -21,7 +21,7 @@ from embassy.replication import dataplane, manifest, secrets, verify
 from embassy.replication.manifest import Verified
 from embassy.vaultaccess import CredentialSource, VaultAccess
 
-from .custody_fixtures import NOW, MemoryVaults, controller, issue
+from .custody_fixtures import NOW, MemoryVaults, controller, issue, lab_target
 from .test_home_deploy import _data
 
 
@@ -107,7 +107,7 @@ def test_the_bundle_holds_every_generations_secrets_with_path_and_time(dep: mode
     # What the re-key writes is the owner's alone: new secrets, generation records, the pending record.
     made = [p for p in folder.iterdir() if ".g2." in p.name or p.name.startswith("generation-") or p.name == rekey.PENDING]
     assert len(made) == 6 + 3 + 1 and all(p.stat().st_mode & 0o077 == 0 for p in made), made
-    bundles = gather(dep, lab, folder, 2, NOW)
+    bundles = gather(dep, lab_target(dep, lab), folder, 2, NOW)
     ie = bundles["ie"]
     assert [(p.repo_path, p.since) for p in ie.pgbackrest][1] == ("/pgbackrest-g2", NOW.isoformat())
     assert [p.repo_path for p in ie.restic] == ["/restic", "/restic-g2"]
@@ -170,7 +170,7 @@ def test_verify_names_a_host_reading_another_generation(monkeypatch: pytest.Monk
 class _Target:
     """Stands in for the lab target: the rounds and the deploy are replaced in these tests."""
 
-    lab = None
+    kind = "lab"
 
 
 def _round(generation: int, *, errors: tuple[str, ...] = (), manifest_ok: bool = True) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def _round(generation: int, *, errors: tuple[str, ...] = (), manifest_ok: bool =
 def test_a_rekey_that_cannot_close_the_generation_changes_nothing(dep: model.Deployment, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     _, folder, _ = controller(tmp_path, dep)
-    monkeypatch.setattr(rekey.replicate, "run_round", lambda _lab: _round(1, errors=("vault unreachable",)))
+    monkeypatch.setattr(rekey.replicate, "run_round", lambda _target: _round(1, errors=("vault unreachable",)))
     with pytest.raises(UserError) as err:
         rekey.rekey(dep, _Target(), folder, tmp_path, say=lambda _m: None, deploy=lambda: None)
     assert "se: vault unreachable" in err.value.message and err.value.hint.startswith("nothing was changed")
@@ -195,7 +195,7 @@ def test_a_rekey_stopped_at_the_deploy_resumes_without_rekeying_again(dep: model
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _, folder, _ = controller(tmp_path, dep)
     rounds = iter([_round(1), _round(2)])
-    monkeypatch.setattr(rekey.replicate, "run_round", lambda _lab: next(rounds))
+    monkeypatch.setattr(rekey.replicate, "run_round", lambda _target: next(rounds))
 
     def broken() -> None:
         raise UserError("deploy failed on home at 'pgBackRest: stanza'", "fix it")
@@ -252,7 +252,7 @@ def test_generation_one_took_over_no_later_than_the_switch(dep: model.Deployment
     lab, folder, _ = controller(tmp_path, dep)
     switch = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     rekey.begin(dep, folder, switch)
-    ie = gather(dep, lab, folder, 2, NOW)["ie"]
+    ie = gather(dep, lab_target(dep, lab), folder, 2, NOW)["ie"]
     assert [p.since for p in ie.pgbackrest] == [switch.isoformat(), switch.isoformat()]
 
 

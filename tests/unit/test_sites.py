@@ -308,14 +308,77 @@ def test_the_labs_own_inventory_describes_it_through_its_namespace_without_a_sec
 # --------------------------------------------------------------------------- the data plane's imports and the CLI
 
 
-@pytest.mark.parametrize("module", ["replication/verify.py", "replication/vaultread.py", "vaultaccess.py", "sites.py",
-                                    "drill/restore.py", "custody/restore.py", "custody/hostsecrets.py",
-                                    "custody/vaultio.py"])
+# The data plane reaches hosts and vaults only through a Target: every module under replication/ and custody/,
+# the restore modules and the target-neutral helpers. Only the lab's lifecycle and the drill's incident may
+# import embassy.lab (and targets.py, which builds the lab target from it).
+DATA_PLANE = sorted({*(str(p.relative_to(ROOT / "src" / "embassy")) for folder in ("replication", "custody")
+                       for p in (ROOT / "src" / "embassy" / folder).rglob("*.py")),
+                     "drill/restore.py", "assurance/restoretest.py", "assurance/status.py", "vaultaccess.py",
+                     "sites.py", "hostroles.py"})
+
+
+def lab_imports(source: str, module: str) -> list[str]:
+    """Every import of embassy.lab anywhere in `source` (module `module`, dotted): top level, inside a function or a
+    TYPE_CHECKING block, relative (`from ..lab import x`), `from embassy import lab`, or importlib/__import__ of a
+    literal name."""
+    package = module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against the module's own package
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and \
+                isinstance(node.args[0].value, str) and ((isinstance(node.func, ast.Attribute) and
+                                                          node.func.attr == "import_module") or
+                                                         (isinstance(node.func, ast.Name) and
+                                                          node.func.id in ("__import__", "import_module"))):
+            names = [node.args[0].value]
+        found += [f"line {node.lineno}: {n}" for n in names if n == "embassy.lab" or n.startswith("embassy.lab.")]
+    return found
+
+
+@pytest.mark.parametrize("module", DATA_PLANE)
 def test_the_generic_data_plane_does_not_import_the_lab(module: str) -> None:
-    tree = ast.parse((ROOT / "src" / "embassy" / module).read_text())
-    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module] + \
-        [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if m == "embassy.lab" or m.startswith("embassy.lab.")]
+    path = ROOT / "src" / "embassy" / module
+    found = lab_imports(path.read_text(), "embassy." + module.removesuffix(".py").replace("/", "."))
+    assert not found, f"{module} imports the lab: {found} (reach hosts and vaults through a Target)"
+
+
+@pytest.mark.parametrize("source", [
+    "from embassy.lab.state import LabState\n",
+    "import embassy.lab.system as s\n",
+    "from embassy import lab\n",
+    "from ..lab import state\n",
+    "from .. import lab\n",
+    "def f():\n    from embassy.lab.state import lab_dir\n    return lab_dir()\n",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from embassy.lab.state import LabState\n",
+    "import importlib\ndef f():\n    return importlib.import_module('embassy.lab.state')\n",
+    "def f():\n    return __import__('embassy.lab')\n",
+])
+def test_the_import_guard_finds_every_way_in(source: str) -> None:
+    """The adversary: a change that slips the lab back in where the guard does not look (a lazy import)."""
+    assert lab_imports(source, "embassy.replication.x")
+    assert not lab_imports("from embassy.labels import x\nfrom . import lag\n", "embassy.replication.x")
+
+
+def test_the_data_plane_brings_no_lab_module_in_when_imported() -> None:
+    """Transitively too: importing every data-plane module (in a fresh interpreter) loads nothing of embassy.lab."""
+    code = ("import importlib, sys\n"
+            f"for m in {[('embassy.' + m.removesuffix('.py').replace('/', '.')) for m in DATA_PLANE]!r}:\n"
+            "    importlib.import_module(m)\n"
+            "    lab = sorted(n for n in sys.modules if n == 'embassy.lab' or n.startswith('embassy.lab.'))\n"
+            "    if lab:\n"
+            "        print(m, lab)\n"
+            "        break\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "", f"importing this brought the lab in: {done.stdout}"
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

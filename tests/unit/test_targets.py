@@ -312,3 +312,37 @@ def test_harden_skips_only_the_lynis_run_before_when_asked(dep: model.Deployment
     lines.clear()
     harden.harden_target(LocalTarget(dep, tmp_path), lines.append)
     assert any("lynis (lynis-before)" in line for line in lines), lines
+
+
+class HomeTarget(LocalTarget):
+    """Home's side of a round as a script: records what the data plane asks of which host through the target."""
+
+    def __init__(self, dep: model.Deployment, workdir: Path, report: dict[str, Any]) -> None:
+        super().__init__(dep, workdir)
+        self.report, self.asked = report, []  # type: list[tuple[str, str]]
+
+    def host_argv(self, host: Host | str, command: str) -> list[str]:
+        self.asked.append((self._host(host).name, command))
+        return ["sh", "-c", f"printf %s '{json.dumps(self.report)}'" if "last-round.json" in command else "true"]
+
+
+def test_a_round_runs_on_home_through_the_target_and_a_target_without_home_says_so(
+        dep: model.Deployment, tmp_path: Path) -> None:
+    from embassy.errors import RoundRefused
+    from embassy.replication import replicate
+
+    home = HomeTarget(dep, tmp_path, {"round": 7, "embassies": []})
+    assert replicate.run_round(home)["round"] == 7
+    assert home.asked == [("here", f"sudo systemctl start {replicate.ROUND_UNIT}"),
+                          ("here", f"sudo cat {replicate.STATE_DIR}/last-round.json")]
+    refused = HomeTarget(dep, tmp_path, {"refused": {"reason": "round state lost", "hint": "see the vaults"}})
+    with pytest.raises(RoundRefused, match="round refused on home: round state lost"):
+        replicate.run_round(refused)
+    # AWS's hosts are the embassies': home is on premises, not in the stack outputs. Named, not an SSH error.
+    with pytest.raises(HostUnknown, match="target aws of stack 'rehearsal' has no home host") as err:
+        replicate.run_round(AwsTarget(dep, outputs(dep)))
+    assert "--target site" in (err.value.hint or "")
+    from embassy.custody import kit  # custody signs its headers on home the same way: refused before anything is sealed
+
+    with pytest.raises(HostUnknown, match="has no home host: the custody headers are signed on home"):
+        kit.home_signer(AwsTarget(dep, outputs(dep)), "unused")

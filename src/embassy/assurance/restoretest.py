@@ -17,7 +17,7 @@ from embassy import model
 from embassy.errors import OptionInvalid
 from embassy.replication import restoretest
 from embassy.replication import verify as vault_verify
-from embassy.targets import LabTarget
+from embassy.targets import Target
 
 POINTS = ("latest", "random")
 HOST_TIMEOUT = 7200
@@ -36,7 +36,7 @@ def failed(dep: model.Deployment, embassy: str, obj: str, reason: str) -> dict[s
             "seconds": 0.0, "registers": [], "failure": {"object": obj, "reason": reason}, "record": None}
 
 
-def run(dep: model.Deployment, target: LabTarget, embassy: str, *, point: str | None = None,
+def run(dep: model.Deployment, target: Target, embassy: str, *, point: str | None = None,
         window_days: int | None = None, say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """The result as `--json` prints it; raises only on bad input (an unknown embassy, a bad option)."""
     check_options(point, window_days)
@@ -44,7 +44,7 @@ def run(dep: model.Deployment, target: LabTarget, embassy: str, *, point: str | 
     if not hosts:
         return failed(dep, embassy, f"embassy {embassy}", "no host in the target")
     say(f"verify the vault of {embassy}")
-    verified = vault_verify.verify(dep, target.lab, embassy, say=say)
+    verified = vault_verify.verify(dep, target, embassy, say=say)
     if not verified.intact:
         first = verified.first_failure or {}
         return failed(dep, embassy, str(first.get("object")), str(first.get("reason")))
@@ -53,8 +53,7 @@ def run(dep: model.Deployment, target: LabTarget, embassy: str, *, point: str | 
                + (f" --point {shlex.quote(point)}" if point else "")
                + (f" --window-days {int(window_days)}" if window_days else ""))
     try:
-        done = subprocess.run(target.host_argv(hosts[0], command), capture_output=True, text=True,
-                              timeout=HOST_TIMEOUT, check=False)
+        done = target.run_on(hosts[0], command, timeout=HOST_TIMEOUT)
     except subprocess.TimeoutExpired:
         return failed(dep, embassy, hosts[0].name, f"no answer in {HOST_TIMEOUT} s")
     return parse_host_output(dep, embassy, hosts[0].name, done.stdout, done.stderr)

@@ -18,9 +18,9 @@ from typing import Any
 
 from embassy import model
 from embassy.assurance import records
-from embassy.lab.state import LabState
 from embassy.replication import freshness, manifest
 from embassy.replication import verify as vault_verify
+from embassy.targets import Target
 
 
 @dataclass
@@ -49,12 +49,12 @@ def _stored(items: list[vault_verify.Stored]) -> list[records.Stored]:
     return [records.Stored(o.key, o.data, o.lock_mode, o.retain_until, o.last_modified) for o in items]
 
 
-def embassy_status(dep: model.Deployment, lab: LabState, emb: model.Embassy, public: Any, folder: Path,
+def embassy_status(dep: model.Deployment, target: Target, emb: model.Embassy, public: Any, folder: Path,
                    now: dt.datetime) -> EmbassyStatus:
     out = EmbassyStatus(emb.name, emb.mode.value)
     chain_index: dict[int, manifest.Verified] | None = None
     try:
-        chain, failure = vault_verify.walk(vault_verify.fetch_manifests(lab, emb.name), public, stack=dep.stack,
+        chain, failure = vault_verify.walk(vault_verify.fetch_manifests(target, emb.name), public, stack=dep.stack,
                                            embassy=emb.name)
         if failure:
             out.chain_problem = {"object": f"vault:{emb.name}/{failure[0]}", "reason": failure[1]}
@@ -68,7 +68,7 @@ def embassy_status(dep: model.Deployment, lab: LabState, emb: model.Embassy, pub
                         "over": age > dep.rpo_bound(r, emb)} for r in held]
         else:
             out.chain_problem = {"object": f"vault:{emb.name}/{manifest.PREFIX}", "reason": "no signed manifest"}
-        stored = _stored(vault_verify._reader(lab, emb.name, {"prefix": records.RECORD_PREFIX}))
+        stored = _stored(vault_verify._reader(target, emb.name, {"prefix": records.RECORD_PREFIX}))
     except (vault_verify.VaultUnreachable, vault_verify.VaultGarbled) as exc:
         out.chain_problem = out.chain_problem or {"object": f"vault:{emb.name}", "reason": str(exc)}
         stored = []
@@ -106,18 +106,18 @@ def alerts(s: EmbassyStatus) -> list[str]:
     return found
 
 
-def status(dep: model.Deployment, lab: LabState, now: dt.datetime | None = None) -> dict[str, Any]:
+def status(dep: model.Deployment, target: Target, now: dt.datetime | None = None) -> dict[str, Any]:
     now = now or dt.datetime.now(dt.UTC)
-    public = manifest.load_public_key(vault_verify.public_key_pem(dep, lab))
-    folder = vault_verify.controller_folder(dep, lab)
-    return document(dep.stack, [embassy_status(dep, lab, e, public, folder, now) for e in dep.embassies], now)
+    public = manifest.load_public_key(vault_verify.public_key_pem(dep, target))
+    folder = vault_verify.controller_folder(dep, target)
+    return document(dep.stack, [embassy_status(dep, target, e, public, folder, now) for e in dep.embassies], now)
 
 
-def last_restore_tests(dep: model.Deployment, lab: LabState, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+def last_restore_tests(dep: model.Deployment, target: Target, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """What the drill's report records beside its own RTO: each embassy's last restore test, or why none counts.
     Never raises: a vault that cannot be read is that embassy's "not established"."""
     out = []
-    for e in status_of_each(dep, lab, now or dt.datetime.now(dt.UTC)):
+    for e in status_of_each(dep, target, now or dt.datetime.now(dt.UTC)):
         last, tests = e["last_restore_test"], e["restore_tests_problem"]
         out.append({"embassy": e["name"], "established": e["restore_tests_established"], "overdue": e["overdue"],
                     "time": last["time"] if last else None, "passed": last["passed"] if last else None,
@@ -129,9 +129,9 @@ def last_restore_tests(dep: model.Deployment, lab: LabState, now: dt.datetime | 
     return out
 
 
-def status_of_each(dep: model.Deployment, lab: LabState, now: dt.datetime) -> list[dict[str, Any]]:
+def status_of_each(dep: model.Deployment, target: Target, now: dt.datetime) -> list[dict[str, Any]]:
     try:
-        return list(status(dep, lab, now)["embassies"])
+        return list(status(dep, target, now)["embassies"])
     except Exception as exc:  # the drill goes on: this is evidence beside it, not its verdict
         return [{"name": e.name, "last_restore_test": None, "restore_tests_established": False, "overdue": True,
                  "restore_tests_problem": {"object": "status", "reason": f"{type(exc).__name__}: {str(exc)[:200]}"}}

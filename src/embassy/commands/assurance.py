@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
+from embassy.commands.replication import InventoryOpt, TargetOpt, data_plane_target
 from embassy.errors import EXIT_FINDING, UserError
 
 __all__ = ["app"]
@@ -25,11 +26,12 @@ def restore_test(
     window_days: Annotated[int | None, typer.Option("--window-days", help="--point random: within these days "
                                                                           "(default: the stack's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    target: TargetOpt = "lab",
+    inventory: InventoryOpt = None,
 ) -> None:
     """Restore a signed point into scratch space at the embassy, compare digests, smoke-query, remove it; home,
     the standby and any served restore untouched. Exit 0 passed; 1 failed, naming the object; 2 bad input."""
     from embassy.assurance import restoretest as lib
-    from embassy.targets import LabTarget, target_for
 
     dep = load(stack)
     start = time.monotonic()
@@ -40,9 +42,8 @@ def restore_test(
 
     try:
         lib.check_options(point, window_days)
-        target = target_for("lab", dep)
-        assert isinstance(target, LabTarget)
-        out = lib.run(dep, target, embassy, point=point, window_days=window_days, say=say)
+        where = data_plane_target("restore-test", target, dep, inventory, ("lab", "site"))
+        out = lib.run(dep, where, embassy, point=point, window_days=window_days, say=say)
     except UserError as exc:
         raise user_error(exc) from None
     if as_json:
@@ -64,15 +65,16 @@ def status(
     stack: StackOpt,
     as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
     html_dir: Annotated[Path | None, typer.Option("--html", help="also write DIR/status.html (trend charts)")] = None,
+    target: TargetOpt = "lab",
+    inventory: InventoryOpt = None,
 ) -> None:
     """Per embassy: mode, lag, head round and age, last verify, last restore tests and their trend (signed records,
     checked), and an alert line for anything failed, not established or overdue. Exit 0 all well; 1 an alert."""
     from embassy.assurance import status as lib
-    from embassy.lab.state import lab_state
 
     dep = load(stack)
     try:
-        doc = lib.status(dep, lab_state(stack))
+        doc = lib.status(dep, data_plane_target("status", target, dep, inventory, ("lab", "site")))
     except UserError as exc:
         raise user_error(exc) from None
     if html_dir is not None:

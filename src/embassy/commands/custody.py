@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
+from embassy.commands.replication import InventoryOpt, TargetOpt, data_plane_target
 from embassy.errors import UserError
 
 __all__ = ["custody_app"]
@@ -24,12 +24,10 @@ ThresholdOpt = Annotated[int, typer.Option("--threshold", "-k", help="how many s
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the sheets: official-<i>.txt and .html (0600)")]
 
 
-def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) -> None:
+def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool, kind: str,
+           inventory: Path | None) -> None:
     from embassy import model
     from embassy.custody import kit, rekey, shares
-    from embassy.lab.state import lab_state
-    from embassy.replication.secrets import secrets_dir
-    from embassy.targets import LabTarget, target_for
 
     dep = load(stack)
     start = time.monotonic()
@@ -39,18 +37,19 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) 
 
     try:
         shares.check_counts(officials, threshold)
-        lab = lab_state(dep.stack)
-        folder = secrets_dir(SimpleNamespace(lab_id=lab.lab_id, stack=dep.stack))
-        store = kit.LabVaults(lab, dep)
+        # rotate's re-key deploys new repositories on home and the embassies: `deploy` has no site target yet.
+        target = data_plane_target(f"custody {'rotate' if rotate else 'init'}", kind, dep, inventory,
+                                   ("lab",) if rotate else ("lab", "site"))
+        folder = target.controller_folder
+        store = kit.TargetVaults(target, dep)
         generations = None
         if rotate:  # re-key first: the bundle then holds the new generation's secrets and every older one's
             if not kit.current_version(store, dep)[0]:
                 raise UserError(f"stack '{dep.stack}' has no custody kit to rotate",
                                 f"run `embassy custody init --stack {dep.stack}`")
-            target = target_for("lab", dep)
-            assert isinstance(target, LabTarget)
             generations = rekey.rekey(dep, target, folder, model.project_root(), say=say)
-        issued = kit.issue(dep, lab, store, folder, out, officials=officials, threshold=threshold, rotate=rotate, say=say)
+        issued = kit.issue(dep, target, store, folder, out, officials=officials, threshold=threshold, rotate=rotate,
+                           say=say)
         if generations:
             rekey.finish(folder)
     except UserError as exc:
@@ -68,15 +67,17 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool) 
 
 
 @custody_app.command("init")
-def init(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt) -> None:
+def init(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt, target: TargetOpt = "lab",
+         inventory: InventoryOpt = None) -> None:
     """Seal version 1 of every embassy's restore bundle in its vault and write one sheet per official. Exit 0; 2 bad input."""
-    _issue(stack, officials, threshold, out, rotate=False)
+    _issue(stack, officials, threshold, out, rotate=False, kind=target, inventory=inventory)
 
 
 @custody_app.command("rotate")
-def rotate(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt) -> None:
+def rotate(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt, target: TargetOpt = "lab",
+           inventory: InventoryOpt = None) -> None:
     """Re-key (new passphrases and repositories for new backups), then issue the next bundle version with a fresh
     key and new sheets; earlier sheets stop opening it. Exit 0; 2 bad input or a step that failed (it says what to run)."""
-    _issue(stack, officials, threshold, out, rotate=True)
+    _issue(stack, officials, threshold, out, rotate=True, kind=target, inventory=inventory)
 
 

@@ -14,16 +14,23 @@ from rich.table import Table
 from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, OptionInvalid, UserError
 
-__all__ = ["app"]
+__all__ = ["InventoryOpt", "TargetOpt", "app", "data_plane_target"]
+
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab) or site (a host nation's data "
+                                                               "centre, from --inventory)")]
+InventoryOpt = Annotated[Path | None, typer.Option("--inventory", help="the site inventory (--target site); the lab's "
+                                                   "own is named by `embassy lab status --json`")]
 
 
-def _lab(stack: str) -> Any:
-    from embassy.lab.state import lab_state
+def data_plane_target(command: str, kind: str, dep: Any, inventory: Path | None, kinds: tuple[str, ...]) -> Any:
+    """The target `command` runs against, refused (exit 2, with a HINT) for a kind it does not take."""
+    from embassy.targets import target_for
 
-    try:
-        return lab_state(stack)
-    except UserError as exc:
-        raise user_error(exc) from None
+    if kind not in kinds:
+        raise OptionInvalid(f"{command} reaches hosts and vaults through --target {' or '.join(kinds)}, not '{kind}'",
+                            "use " + ", or ".join("--target site --inventory FILE" if k == "site" else f"--target {k}"
+                                                  for k in kinds) + " (see the README: which target each command takes)")
+    return target_for(kind, dep, inventory)
 
 
 def _table(doc: dict[str, Any]) -> Table:
@@ -46,22 +53,23 @@ def replicate(
     stack: StackOpt,
     once: Annotated[bool, typer.Option("--once", help="run one round now, wait for it, print the result")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the round and the lag as JSON")] = False,
+    target: TargetOpt = "lab",
+    inventory: InventoryOpt = None,
 ) -> None:
     """Run one replication round now (--once), or show the live lag per embassy until interrupted."""
     from embassy.replication import replicate as lib
     from embassy.replication.hold import advance_all
-    from embassy.targets import LabTarget
 
     dep = load(stack)
-    lab = _lab(stack)
     try:
+        where = data_plane_target("replicate", target, dep, inventory, ("lab", "site"))
         if once:
             with console.status("replication round on home: digests, WAL, snapshots, signed manifests") as status:
-                report = lib.run_round(lab)
+                report = lib.run_round(where)
                 # Each warm embassy's standby moves to the new head's signed point, once that head is verified.
                 status.update("warm embassies: verify the new head, hold each standby at its signed point")
-                held = advance_all(dep, LabTarget(dep, lab))
-                doc = lib.combine(report, lib.lag(lab))
+                held = advance_all(dep, where)
+                doc = lib.combine(report, lib.lag(where))
                 doc["holds"] = [h.as_json() for h in held]
             if as_json:
                 print(json.dumps(doc, indent=2))
@@ -71,12 +79,12 @@ def replicate(
                 raise typer.Exit(EXIT_FINDING)
             return
         if as_json:
-            print(json.dumps(lib.combine(None, lib.lag(lab)), indent=2))
+            print(json.dumps(lib.combine(None, lib.lag(where)), indent=2))
             return
-        with Live(_table(lib.combine(None, lib.lag(lab))), console=console, refresh_per_second=1) as live:
+        with Live(_table(lib.combine(None, lib.lag(where))), console=console, refresh_per_second=1) as live:
             while True:  # until Ctrl-C
                 time.sleep(2)
-                live.update(_table(lib.combine(None, lib.lag(lab))))
+                live.update(_table(lib.combine(None, lib.lag(where))))
     except UserError as exc:
         raise user_error(exc) from None
     except KeyboardInterrupt:

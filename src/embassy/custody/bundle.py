@@ -1,23 +1,24 @@
 """The restore bundle of one embassy: every secret a restore there needs, and nothing of another embassy.
 
-Gathered on the controller while home still exists (its secrets folder, the lab's or the operator's
-vault records); opened at the embassy on the day home is gone, from K officials' shares.
+Gathered on the controller while home still exists (its secrets folder, and each vault as the target reaches it:
+`target.vault(embassy)`, its read-only identity's credentials read where the target says); opened at the embassy
+on the day home is gone, from K officials' shares.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from embassy import model
-from embassy.errors import UserError
-from embassy.lab.state import LabState
+from embassy import model, vaultaccess
+from embassy.errors import CredentialsUnavailable, UserError
 from embassy.replication import dataplane, freshness, secrets
 from embassy.replication import verify as vault_verify
+from embassy.targets import Target
 
 FORMAT = "embassy-custody-bundle/2"  # 2: the envelope carries home's signature (seal.py)
 PGBACKREST_REPO_PATH = dataplane.PGBACKREST_PATH  # key generation 1's repo path
@@ -86,17 +87,20 @@ def holds_kind(dep: model.Deployment, embassy: str, kind: model.RegisterKind) ->
     return any(r.kind is kind and any(e.name == embassy for e in dep.holders(r)) for r in dep.registers)
 
 
-def vault_access(lab: LabState, embassy: str) -> VaultAccess:
-    """The embassy's vault with its read-only identity, from the lab's records."""
-    v = lab.vault(embassy)
+def vault_access(target: Target, embassy: str) -> VaultAccess:
+    """The embassy's vault with its read-only identity, as the target reaches it (its credentials and CA read where
+    the target says: a file or the environment)."""
+    access = target.vault(embassy)
+    keys = vaultaccess.read(access.identity("reader").as_spec(), f"vault of {embassy}, identity reader")
     try:
-        creds = json.loads(Path(v.reader_credentials).read_text())
-        ca_pem = Path(v.ca_file).read_text()
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the reader credentials or CA of vault '{embassy}': {exc}",
-                        "bring the lab up again (`embassy lab up`)") from None
-    return VaultAccess(embassy=embassy, endpoint=v.endpoint, dns_name=v.dns_name, bucket=v.bucket, ca_pem=ca_pem,
-                       access_key_id=creds["access_key_id"], secret_access_key=creds["secret_access_key"])
+        ca_pem = Path(access.ca_file).read_text() if access.ca_file != vaultaccess.SYSTEM_CA else ""
+    except OSError as exc:
+        raise CredentialsUnavailable(f"vault of {embassy}: cannot read its CA {access.ca_file}: {exc.strerror or exc}",
+                                     "bring the lab up again (`embassy lab up`), or fix vault.ca_file in the site "
+                                     "inventory") from None
+    return VaultAccess(embassy=embassy, endpoint=access.endpoint, dns_name=urlsplit(access.endpoint).hostname or "",
+                       bucket=access.bucket, region=access.region, ca_pem=ca_pem,
+                       access_key_id=keys["access_key_id"], secret_access_key=keys["secret_access_key"])
 
 
 def sealed_round(folder: Path, embassy: str) -> int | None:
@@ -112,14 +116,14 @@ def sealed_round(folder: Path, embassy: str) -> int | None:
     return mark.round if mark is not None and mark.round > 0 else None
 
 
-def gather(dep: model.Deployment, lab: LabState, folder: Path, version: int, now: dt.datetime) -> dict[str, Bundle]:
-    """One bundle per embassy, from the controller's secrets folder and the lab's vault records."""
-    public = vault_verify.public_key_pem(dep, lab)
+def gather(dep: model.Deployment, target: Target, folder: Path, version: int, now: dt.datetime) -> dict[str, Bundle]:
+    """One bundle per embassy, from the controller's secrets folder and the vaults as the target reaches them."""
+    public = vault_verify.public_key_pem(dep, target)
     bundles = {}
     for emb in dep.embassies:
         bundle = Bundle(
             stack=dep.stack, embassy=emb.name, version=version, created=now.isoformat(), manifest_public_key=public,
-            vault=vault_access(lab, emb.name), sealed_round=sealed_round(folder, emb.name),
+            vault=vault_access(target, emb.name), sealed_round=sealed_round(folder, emb.name),
             outputs={"mode": emb.mode.value, "region": emb.region, "retention_days": emb.retention_days,
                      "registers": [r.name for r in dep.registers_in_restore_order()
                                    if any(e.name == emb.name for e in dep.holders(r))]})

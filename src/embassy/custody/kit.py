@@ -35,6 +35,7 @@ from embassy.custody.bundle import Bundle, gather
 from embassy.custody.vaultio import MAX_OBJECTS, PREFIX, object_key, version_of
 from embassy.errors import (
     BundleInvalid,
+    HostUnknown,
     ObjectMissing,
     SharesRefused,
     SignatureInvalid,
@@ -42,9 +43,10 @@ from embassy.errors import (
     VaultRefusedWrite,
     VaultUnreachable,
 )
-from embassy.lab.state import LabState, Role
+from embassy.hostroles import Role
 from embassy.replication import verify as vault_verify
 from embassy.replication.manifest import load_public_key
+from embassy.targets import Target
 
 Say = Callable[[str], None]
 Stored = dict[str, Any] | str  # a parsed envelope, or why the stored bytes are not one
@@ -98,7 +100,7 @@ class TargetVaults:
     reachable): the custody identity writes (the agent's where the target names no custody identity), the
     read-only identity reads."""
 
-    def __init__(self, target: Any, dep: model.Deployment) -> None:
+    def __init__(self, target: Target, dep: model.Deployment) -> None:
         self.target, self.dep = target, dep
 
     def _run(self, embassy: str, action: str, spec: dict[str, Any], stdin: bytes = b"") -> dict[str, Any]:
@@ -156,40 +158,34 @@ class TargetVaults:
         return [lock_of(obj["key"], obj) for obj in self._listed(embassy, stack, "locks")]
 
 
-class LabVaults(TargetVaults):
-    """The lab's vaults: TargetVaults through the lab target (for callers that still hold the lab's state)."""
-
-    def __init__(self, lab: LabState, dep: model.Deployment) -> None:
-        from embassy.targets import LabTarget
-
-        super().__init__(LabTarget(dep, lab), dep)
-        self.lab = lab
-
-
-def bundle_locks(lab: LabState, dep: model.Deployment, embassy: str) -> list[BundleLock]:
+def bundle_locks(target: Target, dep: model.Deployment, embassy: str) -> list[BundleLock]:
     """Every custody object of the stack in the embassy's vault with its lock (read-only identity; no content read).
     `BundleLock.problem(retention_days)` says what is missing: for `embassy verify`'s lock checks."""
-    return LabVaults(lab, dep).locks(embassy, dep.stack)
+    return TargetVaults(target, dep).locks(embassy, dep.stack)
 
 
-def home_signer(lab: LabState, public_pem: str) -> seal.Signer:
-    """Sign with home's manifest key, on home (it never leaves it): the bytes on stdin, the signature back, checked
-    against the public key the bundles carry."""
-    home = next(h.name for h in lab.hosts if h.role is Role.HOME)
+def home_signer(target: Target, public_pem: str) -> seal.Signer:
+    """Sign with home's manifest key, on home (it never leaves it; reached through the target): the bytes go in and
+    the signature comes back as base64, checked against the public key the bundles carry."""
+    home = next((h for h in target.hosts if h.role is Role.HOME), None)
+    if home is None:  # AWS's hosts, or a site inventory without home: nothing here holds home's key
+        raise HostUnknown(f"target {target.kind} of stack '{target.stack}' has no home host: the custody headers are "
+                          "signed on home", "issue the kit through a target that names home (--target lab, or "
+                          "--target site with home in the inventory)")
     code = ("import base64,sys\nfrom cryptography.hazmat.primitives import serialization as s\n"
             f"k=s.load_pem_private_key(open({HOME_KEY_FILE!r},'rb').read(),None)\n"
-            "sys.stdout.write(base64.b64encode(k.sign(sys.stdin.buffer.read())).decode())")
+            "sys.stdout.write(base64.b64encode(k.sign(base64.b64decode(sys.stdin.read()))).decode())")
     public = load_public_key(public_pem)
 
     def sign(data: bytes) -> bytes:
-        done = subprocess.run(lab.ssh_argv(home, f"sudo python3 -c {shlex.quote(code)}"), input=data,
-                              capture_output=True, timeout=60, check=False)
+        done = target.run_on(home, f"sudo python3 -c {shlex.quote(code)}", timeout=60,
+                             stdin=base64.b64encode(data).decode())
         try:
             signature = base64.b64decode(done.stdout, validate=True)
             public.verify(signature, data)
         except (binascii.Error, ValueError, InvalidSignature):
             raise SignatureInvalid(f"home:{HOME_KEY_FILE}: did not sign the custody headers with the manifest key the "
-                                   f"bundles name ({done.stderr.decode(errors='replace').strip()[-200:] or 'other key'})",
+                                   f"bundles name ({done.stderr.strip()[-200:] or 'other key'})",
                                    "run `embassy deploy` (it records home's public key), then issue again") from None
         return signature
     return sign
@@ -241,7 +237,7 @@ def current_version(store: Store, dep: model.Deployment, public_pem: str | None 
                     ignored: list[str] | None = None) -> tuple[int, set[int]]:
     """The newest bundle version home signed in any embassy's vault (0: none), and every identifier it used."""
     if public_pem is None:
-        public_pem = vault_verify.public_key_pem(dep, getattr(store, "lab", None))
+        public_pem = vault_verify.public_key_pem(dep, getattr(store, "target", None))
     headers = authentic_headers(store, dep, public_pem, ignored if ignored is not None else [])
     versions = [h.version for hs in headers.values() for h in hs]
     return max(versions, default=0), {h.identifier for hs in headers.values() for h in hs}
@@ -256,13 +252,13 @@ def check_lock(got: dict[str, Any], name: str, retention_days: int) -> None:
                                 "retention_days: fix the bucket, then issue again (the sheets of this version are void)")
 
 
-def issue(dep: model.Deployment, lab: LabState, store: Store, secrets_folder: Path, out: Path, *, officials: int,
+def issue(dep: model.Deployment, target: Target, store: Store, secrets_folder: Path, out: Path, *, officials: int,
           threshold: int, rotate: bool | None, now: dt.datetime | None = None, say: Say = lambda _m: None,
           signer: seal.Signer | None = None) -> Issued:
     """rotate: False for init (refused if a kit exists), True for rotate (refused if none), None for either."""
     shares.check_counts(officials, threshold)
     now = now or dt.datetime.now(dt.UTC)
-    public_pem = vault_verify.public_key_pem(dep, lab)
+    public_pem = vault_verify.public_key_pem(dep, target)
     ignored: list[str] = []
     newest, taken = current_version(store, dep, public_pem, ignored)
     for reason in ignored:
@@ -279,8 +275,8 @@ def issue(dep: model.Deployment, lab: LabState, store: Store, secrets_folder: Pa
         raise UserError(f"stack '{dep.stack}' has used every bundle version (1..{seal.MAX_VERSION})",
                         "start a kit under a new stack name")
     say(f"gathering the restore secrets of {len(dep.embassies)} embassies (bundle version {version})")
-    bundles = gather(dep, lab, secrets_folder, version, now)
-    sign = signer or home_signer(lab, public_pem)
+    bundles = gather(dep, target, secrets_folder, version, now)
+    sign = signer or home_signer(target, public_pem)
     key = os.urandom(shares.KEY_BYTES)
     words = shares.split(key, officials, threshold, frozenset(taken))
     identifier = shares.identifier_of(words[0])
@@ -344,9 +340,9 @@ def check_shares(texts: list[shares.ShareText], stack: str) -> list[shares.Parse
 
 
 def trusted_public_key(dep: model.Deployment, store: Store) -> str | None:
-    """The manifest public key known before any bundle opens (the stack's, or the lab's record), else None."""
+    """The manifest public key known before any bundle opens (the target's trust anchor), else None."""
     try:
-        return vault_verify.public_key_pem(dep, getattr(store, "lab", None))
+        return vault_verify.public_key_pem(dep, getattr(store, "target", None))
     except UserError:
         return None
 

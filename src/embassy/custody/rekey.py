@@ -28,7 +28,7 @@ from embassy.custody.bundle import holds_kind
 from embassy.errors import UserError
 from embassy.replication import dataplane, replicate, secrets
 from embassy.replication.privatefile import create_private
-from embassy.targets import LabTarget
+from embassy.targets import Target
 
 PENDING = "rotation-pending.json"  # in the secrets folder: {embassy: generation} not yet sealed in a bundle
 Say = Callable[[str], None]
@@ -80,16 +80,15 @@ def begin(dep: model.Deployment, folder: Path, now: dt.datetime) -> dict[str, in
     return new
 
 
-def rekey(dep: model.Deployment, target: LabTarget, folder: Path, root: Path, *, say: Say,
+def rekey(dep: model.Deployment, target: Target, folder: Path, root: Path, *, say: Say,
           deploy: Callable[[], object] | None = None) -> dict[str, int]:
     """Switch every embassy to its next key generation (or finish a pending switch); returns the generations."""
     from embassy import deploy as deploy_lib
 
-    lab = target.lab
     new = pending(folder)
     if new is None:
         say("closing the current key generation: a replication round (WAL switched and archived in every repo)")
-        problems = round_problems(replicate.run_round(lab))
+        problems = round_problems(replicate.run_round(target))
         if problems:
             raise UserError(f"the round before the re-key did not reach every embassy: {'; '.join(problems)[:600]}",
                             "nothing was changed: bring the vault back (`embassy replicate --once` shows it), then run "
@@ -110,7 +109,7 @@ def rekey(dep: model.Deployment, target: LabTarget, folder: Path, root: Path, *,
     except UserError as exc:
         raise UserError(f"the re-key stopped at the deploy: {exc.message}", resume, exc.code) from None
     say("a replication round in the new key generation")
-    problems = round_problems(replicate.run_round(lab), new)
+    problems = round_problems(replicate.run_round(target), new)
     if problems:
         raise UserError(f"the re-key's round did not reach every embassy: {'; '.join(problems)[:600]}", resume)
     return new

@@ -159,7 +159,7 @@ class Rounds:
         start, n = time.monotonic(), 0
         while not self.stop.is_set():
             try:
-                last = replication.run_round(self.lab, timeout=300)
+                last = replication.run_round(LabTarget(self.dep, self.lab), timeout=300)
             except (UserError, subprocess.TimeoutExpired) as exc:
                 last = {"embassies": [{"name": "home", "errors": [str(exc)[:300]]}]}
             if self.stop.is_set():
@@ -543,7 +543,7 @@ def drill(dep: model.Deployment, report_dir: Path, *, embassy: str | None = None
     with timeline.step("read each embassy's last restore test (signed records in its vault)"):
         from embassy.assurance.status import last_restore_tests
 
-        restore_tests = last_restore_tests(dep, lab)
+        restore_tests = last_restore_tests(dep, target)
     with timeline.step("incident: home's writers stopped, its connections closed, its network cut, its disk wiped"):
         watch = Watch.start(lab)  # frames toward home counted in the kernel from the incident's first step
         incident_mono = time.monotonic()

@@ -2,7 +2,7 @@
 
 Both inventories (lab.py from the lab state, aws.py from stack outputs) give every host: role, embassy,
 mode, stack, vaults (list of {embassy, dns_name, endpoint, bucket, ca_file, agent_credentials}) and,
-for the lab, lab_id. Everything here runs on the controller.
+for the lab, lab_id and lab_dir (its state folder). Everything here runs on the controller.
 """
 
 from __future__ import annotations
@@ -47,13 +47,9 @@ def spec(data: Any) -> Spec:
 
 def seed_folder(data: Any, s: Spec) -> Path:
     """Where the controller keeps generated data (deterministic, so a cache is safe)."""
-    lab_id = getattr(data, "lab_id", None)
-    if lab_id is not None:
-        from embassy.lab.state import lab_dir
-
-        base = lab_dir(int(lab_id)) / "seed"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embassy" / "seed"
+    own = getattr(data, "lab_dir", None)  # the lab's state folder, named by inventories/lab.py
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embassy"
+    base = Path(own) / "seed" if own else cache / "seed"
     return base / s.key
 
 

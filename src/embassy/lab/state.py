@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from embassy.errors import UserError
+from embassy.hostroles import Role  # re-exported: lab hosts, inventories/lab.py
 
 LAB_ID_ENV = "EMBASSY_LAB_ID"
 LAB_ROOT_ENV = "EMBASSY_LAB_ROOT"  # where lab state folders live; default /var/lib/embassy
@@ -99,11 +100,6 @@ def in_controller(argv: list[str], lab_id: int | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the state model
-
-
-class Role(StrEnum):
-    HOME = "home"
-    EMBASSY = "embassy"
 
 
 class Phase(StrEnum):

@@ -21,7 +21,7 @@ from embassy.replication import manifest
 from embassy.replication import verify as vault_verify
 from embassy.replication.dataplane import PG_SERVICE
 from embassy.replication.standby import HOLD_CONF, held_lsn, hold_conf, lsn_int, signed_points
-from embassy.targets import Host, LabTarget
+from embassy.targets import Host, Target
 
 Say = Callable[[str], None]
 
@@ -38,17 +38,17 @@ class Moved:
         return {"embassy": self.embassy, "round": self.round, "lsn": self.lsn, "moved": self.moved, "reason": self.reason}
 
 
-def _sh(target: LabTarget, host: Host, command: str, timeout: float = 120) -> tuple[int, str]:
+def _sh(target: Target, host: Host, command: str, timeout: float = 120) -> tuple[int, str]:
     done = target.run_on(host, command, timeout=timeout)
     return done.returncode, (done.stdout if done.returncode == 0 else done.stderr).strip()
 
 
-def advance(dep: model.Deployment, target: LabTarget, embassy: str) -> Moved:
+def advance(dep: model.Deployment, target: Target, embassy: str) -> Moved:
     """Verify `embassy`'s chain and move its standby's hold to the head's earliest signed point (never back)."""
     out = Moved(embassy)
-    public = manifest.load_public_key(vault_verify.public_key_pem(dep, target.lab))
+    public = manifest.load_public_key(vault_verify.public_key_pem(dep, target))
     try:
-        objects = vault_verify.fetch_manifests(target.lab, embassy)
+        objects = vault_verify.fetch_manifests(target, embassy)
     except vault_verify.VaultUnreachable as exc:
         out.reason = f"vault unreachable: {exc.reason}"
         return out
@@ -84,7 +84,7 @@ def advance(dep: model.Deployment, target: LabTarget, embassy: str) -> Moved:
     return out
 
 
-def advance_all(dep: model.Deployment, target: LabTarget, say: Say = lambda _m: None) -> list[Moved]:
+def advance_all(dep: model.Deployment, target: Target, say: Say = lambda _m: None) -> list[Moved]:
     done = []
     for emb in dep.embassies:
         if emb.mode is model.Mode.WARM and target.embassy_hosts(emb.name):

@@ -22,15 +22,14 @@ SECRETS_ENV = "EMBASSY_SECRETS_DIR"
 
 
 def secrets_dir(data: Any) -> Path:
-    """The secrets folder for this inventory: host data `secrets_dir`, env, or the lab's state folder."""
+    """The secrets folder for this inventory: host data `secrets_dir`, env, the `secrets` folder of the target's own
+    state folder (`lab_dir`: the lab's, which its inventory and target name), or the user's state folder."""
     explicit = getattr(data, "secrets_dir", None) or os.environ.get(SECRETS_ENV)
     if explicit:
         return Path(explicit)
-    lab_id = getattr(data, "lab_id", None)
-    if lab_id is not None:
-        from embassy.lab.state import lab_dir
-
-        return lab_dir(int(lab_id)) / "secrets"
+    own = getattr(data, "lab_dir", None)
+    if own:
+        return Path(own) / "secrets"
     stack = getattr(data, "stack", None) or "default"
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local/state") / "embassy" / stack / "secrets"
 

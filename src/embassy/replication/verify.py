@@ -433,7 +433,7 @@ def controller_folder(dep: model.Deployment, where: Where) -> Path:
     """Where the high-water marks live: the controller's secrets folder (0700)."""
     if isinstance(where, Target):
         return where.controller_folder
-    return secrets_dir(SimpleNamespace(lab_id=where.lab_id, stack=dep.stack))
+    return secrets_dir(SimpleNamespace(lab_dir=where.dir, stack=dep.stack))
 
 
 def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: Any, fresh: freshness.Freshness,
