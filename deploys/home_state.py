@@ -1,5 +1,5 @@
-"""The home state (rehearsals and demos): PostgreSQL 15 with one database per postgres register,
-seeded synthetic data, the file registers as document trees, and the read-only state service.
+"""The home state (rehearsals and demos): PostgreSQL (the major of the host's Debian release) with one
+database per postgres register, seeded synthetic data, the file registers as document trees, and the read-only state service.
 
     pyinfra inventories/lab.py deploys/home_state.py     (inside the lab's controller namespace)
 
@@ -21,6 +21,7 @@ from embassy import model
 from embassy.home import context, schema
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane
+from embassy.replication.deploy_home import host_postgres
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 SEED_DIR = "/var/lib/embassy/seed"
@@ -33,10 +34,11 @@ if host.data.get("role") == "home":
     file_registers = [r for r in dep.registers if r.kind is model.RegisterKind.FILES]
     address = host.data.get("service_address") or host.data.ssh_hostname
     warm = [h.data.get("private_address") or h.data.ssh_hostname for h in inventory.get_group("warm", [])]
+    pg = host_postgres()  # the major the host's Debian release carries
 
     apt.packages(
-        name="Install PostgreSQL 15, the agents' tools and the state service's driver",
-        packages=["postgresql-15", "postgresql-client-15", "pgbackrest", "restic", "python3-psycopg", "gzip", "tar"],
+        name=f"Install PostgreSQL {pg.major}, the agents' tools and the state service's driver",
+        packages=[*pg.packages, "pgbackrest", "restic", "python3-psycopg", "gzip", "tar"],
         update=True, cache_time=86400, no_recommends=True,
     )
 
@@ -56,16 +58,16 @@ if host.data.get("role") == "home":
     conf = files.put(
         name="PostgreSQL: listen on home's address, WAL for standbys",
         src=io.StringIO(dataplane.home_postgresql_conf(address)),
-        dest=f"{dataplane.PG_CONF_D}/10-embassy-home.conf", user="postgres", group="postgres", mode="644",
+        dest=f"{pg.conf_d}/10-embassy-home.conf", user="postgres", group="postgres", mode="644",
     )
     hba = files.put(
         name="PostgreSQL: pg_hba (replication only from the warm embassies)",
         src=io.StringIO(dataplane.home_pg_hba(warm)),
-        dest=f"/etc/postgresql/{dataplane.PG_VERSION}/{dataplane.PG_CLUSTER}/pg_hba.conf",
+        dest=pg.hba,
         user="postgres", group="postgres", mode="640",
     )
-    systemd.service(name="PostgreSQL: running and enabled", service=dataplane.PG_SERVICE, running=True, enabled=True)
-    systemd.service(name="PostgreSQL: restart for new settings", service=dataplane.PG_SERVICE, restarted=True,
+    systemd.service(name="PostgreSQL: running and enabled", service=pg.service, running=True, enabled=True)
+    systemd.service(name="PostgreSQL: restart for new settings", service=pg.service, restarted=True,
                     _if=any_changed(conf, hba))
     ensure(name="PostgreSQL: wait until it accepts connections",
            check=as_user("postgres", "pg_isready -q"),
@@ -143,7 +145,7 @@ if host.data.get("role") == "home":
         src=io.StringIO(dataplane.unit(
             "embassy: read-only state service (register queries, JSON)",
             "/usr/bin/python3 /opt/embassy/state_service.py --config /etc/embassy/state-service.json",
-            user=SERVICE_USER, oneshot=False, after=f"{dataplane.PG_SERVICE}.service",
+            user=SERVICE_USER, oneshot=False, after=f"{pg.service}.service",
             extra=["Restart=on-failure", "RestartSec=2", "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectSystem=strict",
                    "ProtectHome=yes"])),
         dest="/etc/systemd/system/embassy-state.service", user="root", group="root", mode="644")

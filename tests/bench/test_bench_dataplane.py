@@ -37,6 +37,7 @@ from embassy.lab import cpuset
 from embassy.lab import hosts as hostlib
 from embassy.lab.state import LabState, cgroup_name
 from embassy.lab.system import alive
+from embassy.replication import pgmajor
 from embassy.replication.hostcmd import lsn_int, segment_end_lsn
 from tests.bench.conftest import figure, record
 from tests.lab.conftest import EMBASSY, ROOT, STACK, ssh
@@ -49,7 +50,7 @@ ROUNDS = int(os.environ.get("EMBASSY_BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("EMBASSY_BENCH_SECONDS", "20"))
 ARMS = ("off", "archiving", "full")
 HOME_CPUS, OTHER_CPUS = "1", "0"
-PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+PGBENCH = f"$(ls -d {pgmajor.LIB}/*/bin)/pgbench"  # the host's one PostgreSQL major (15 on bookworm, 17 on trixie)
 RECEIVER_UNIT = "embassy-wal-receiver"  # embassy.replication.standby
 AS_PG = "sudo runuser -u postgres --"
 PAUSED_TIMERS = ("embassy-replication-round.timer", "embassy-pgbackrest-full.timer", "embassy-pgbackrest-diff.timer")

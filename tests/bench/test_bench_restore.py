@@ -27,12 +27,12 @@ import pytest
 
 from embassy import deploy as deploy_lib
 from embassy.drill.rehearsal import drill
-from embassy.drill.restore import FILES_ROOT, SCRATCH_DIR, Outcome, restore, stop_restored
+from embassy.drill.restore import FILES_ROOT, Outcome, restore, scratch_dir, stop_restored
 from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.model import load_stack
 from embassy.replication import verify as vault_verify
-from embassy.replication.dataplane import REGISTERS_ROOT
+from embassy.replication.dataplane import REGISTERS_ROOT, host_postgres
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK
 from tests.lab.test_replication import embassy_cli
@@ -115,6 +115,7 @@ def cold_restore_vs_copy(lab: LabState) -> dict[str, float]:
     dep = load_stack(STACK, ROOT)
     target = LabTarget(dep, lab)
     host = lab.host(COLD).name
+    scratch = scratch_dir(host_postgres(target, target.embassy_hosts(COLD)[0]))  # the host's PostgreSQL major's
     cold = drop_caches()
     started = time.monotonic()
     out = restore(dep, target, COLD)
@@ -130,8 +131,8 @@ def cold_restore_vs_copy(lab: LabState) -> dict[str, float]:
         files = f"{FILES_ROOT}{REGISTERS_ROOT}/court-files"
         stop_restored(target, COLD)  # the files stay; nothing changes them while they are counted and copied
         pg_bytes, file_bytes = (int(state.sh(lab, host, "sudo sh -c " + quote(FILE_BYTES.format(dirs=d))).strip())
-                                for d in (SCRATCH_DIR, files))
-        copy_s, copied = _copy_arm(lab, host, SCRATCH_DIR, files)
+                                for d in (scratch, files))
+        copy_s, copied = _copy_arm(lab, host, scratch, files)
     finally:
         stop_restored(target, COLD)
     moved = pg_bytes + file_bytes

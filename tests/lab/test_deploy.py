@@ -20,6 +20,7 @@ from embassy.replication import secrets as embassy_secrets
 from embassy.replication.dataplane import PGBACKREST_CONF, STANZA
 from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
 from tests.lab.timed_output import MAX_SILENCE_SECONDS, run_timed
+from tests.lab.vault_storage import archive_id
 
 # Small (the tests check behaviour, not volume) and the default, so a developer's lab deployed with the
 # defaults is reused as it is rather than refused for holding data of another size.
@@ -157,7 +158,7 @@ def test_wal_switch_reaches_every_embassy(lab: LabState, deployed: tuple[dict[st
                                      f"INSERT INTO embassy_probe VALUES ('{token}')")
     wal = _psql(lab, "home", "population", "SELECT pg_walfile_name(pg_switch_wal())")
     assert len(wal) == 24
-    archive = f"archive/{STANZA}/15-1/{wal[:16]}"
+    archive = f"archive/{STANZA}/{archive_id(lab)}/{wal[:16]}"
     pgbr = f"sudo -u postgres pgbackrest --stanza={STANZA}"
     for host in (h for h in lab.hosts if h.embassy):
         # Each embassy reads its own vault, with its own passphrase (its pgBackRest has only that repo);

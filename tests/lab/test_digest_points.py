@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from embassy.drill.restore import PG_BIN, SCRATCH_DIR, SCRATCH_PORT, TARGET_CONF, scratch_conf
+from embassy.drill.restore import SCRATCH_PORT, TARGET_CONF, scratch_conf, scratch_dir
 from embassy.lab.state import LabState
-from embassy.replication import digest
+from embassy.replication import digest, pgmajor
 from embassy.replication.hostcmd import lsn_int
 from tests.lab.conftest import ssh
 from tests.lab.test_replication import replicate_once
@@ -71,17 +71,23 @@ def _wait_archived(lab: LabState, lsn: str) -> None:
     raise AssertionError(f"WAL segment {segment} not in {EMBASSY}'s vault after 60 s")
 
 
+def _pg(lab: LabState) -> pgmajor.Postgres:
+    """The embassy host's PostgreSQL (15 on bookworm, 17 on trixie), as the restore reads it there."""
+    return pgmajor.installed(ssh(lab, EMBASSY, pgmajor.LIST_INSTALLED).stdout)
+
+
 def _scratch(lab: LabState, first: str) -> None:
     """The cluster restored from the embassy's vault, from a backup that ended before the first point."""
+    scratch = scratch_dir(_pg(lab))
     info = json.loads(ssh(lab, EMBASSY, f"{AS_PG} pgbackrest --stanza=home --output=json info").stdout)
     before = [b["label"] for b in info[0]["backup"] if lsn_int(b["lsn"]["stop"]) <= lsn_int(first)]
     assert before, "no backup ended before the first digest"
-    ssh(lab, EMBASSY, f"sudo rm -rf {SCRATCH_DIR} && sudo /usr/local/sbin/embassy-restore-postgres {SCRATCH_DIR} "
+    ssh(lab, EMBASSY, f"sudo rm -rf {scratch} && sudo /usr/local/sbin/embassy-restore-postgres {scratch} "
                       f"--archive-mode=off --set={before[-1]} && "
-                      f"sudo sed -i '/^recovery_target/d' {SCRATCH_DIR}/postgresql.auto.conf", timeout=600)
-    for name, text in (("postgresql.conf", scratch_conf()), ("pg_hba.conf", "local all all peer\n"),
+                      f"sudo sed -i '/^recovery_target/d' {scratch}/postgresql.auto.conf", timeout=600)
+    for name, text in (("postgresql.conf", scratch_conf(scratch)), ("pg_hba.conf", "local all all peer\n"),
                        ("pg_ident.conf", "")):
-        _write(lab, f"{SCRATCH_DIR}/{name}", text)
+        _write(lab, f"{scratch}/{name}", text)
 
 
 def _write(lab: LabState, path: str, text: str) -> None:
@@ -89,9 +95,11 @@ def _write(lab: LabState, path: str, text: str) -> None:
 
 
 def _recover_to(lab: LabState, lsn: str, running: bool) -> None:
-    _write(lab, f"{SCRATCH_DIR}/{TARGET_CONF}", f"recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = off\n"
+    pg = _pg(lab)
+    scratch = scratch_dir(pg)
+    _write(lab, f"{scratch}/{TARGET_CONF}", f"recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = off\n"
                                                 "recovery_target_action = 'pause'\n")
-    ssh(lab, EMBASSY, f"{AS_PG} {PG_BIN}/pg_ctl -D {SCRATCH_DIR} -l {SCRATCH_DIR}.log -w -t 120 -m fast "
+    ssh(lab, EMBASSY, f"{AS_PG} {pg.bin}/pg_ctl -D {scratch} -l {scratch}.log -w -t 120 -m fast "
                       f"{'restart' if running else 'start'}", timeout=180)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -100,7 +108,7 @@ def _recover_to(lab: LabState, lsn: str, running: bool) -> None:
         if got == "paused":
             return
         time.sleep(0.2)
-    raise AssertionError(f"recovery did not pause at {lsn} (see {SCRATCH_DIR}.log at {EMBASSY})")
+    raise AssertionError(f"recovery did not pause at {lsn} (see {scratch}.log at {EMBASSY})")
 
 
 def test_every_rounds_digest_is_the_state_recovered_to_its_lsn(lab: LabState, deployed: dict[str, Any]) -> None:  # noqa: F811
@@ -128,7 +136,8 @@ def test_every_rounds_digest_is_the_state_recovered_to_its_lsn(lab: LabState, de
             if digest.differences(want, got):
                 mismatches.append((db, want["lsn"], digest.differences(want, got)))
     finally:
-        ssh(lab, EMBASSY, f"{AS_PG} {PG_BIN}/pg_ctl -D {SCRATCH_DIR} -m immediate stop; sudo rm -rf {SCRATCH_DIR}",
+        pg = _pg(lab)
+        ssh(lab, EMBASSY, f"{AS_PG} {pg.bin}/pg_ctl -D {scratch_dir(pg)} -m immediate stop; sudo rm -rf {scratch_dir(pg)}",
             check=False, timeout=120)
     assert mismatches == [], mismatches
     assert len(points) == ROUNDS * len(REGISTERS)

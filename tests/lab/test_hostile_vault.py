@@ -219,7 +219,7 @@ def test_a_hostile_object_fails_only_its_own_vault(lab: LabState, chains: int) -
 
 
 def _wal_key(f: Filer, repo: str) -> str:
-    folder = f"{repo}/archive/home/15-1/0000000100000000"
+    folder = f"{repo}/archive/home/{f.archive_id}/0000000100000000"
     entries = [e["FullPath"].rsplit("/", 1)[1].removesuffix(".versions") for e in f.entries(folder)]
     names = sorted(n for n in entries if re.fullmatch(r"[0-9A-F]{24}-[0-9a-f]{40}\.zst", n))
     return f"{folder}/{names[0]}"  # the repo's first segment: the head's wal.first

@@ -231,7 +231,7 @@ def test_verify_through_the_labs_site_inventory_agrees_with_the_lab_target(lab: 
 
 def wal_key(f: Filer, pg: str, _rs: str, index: int = 0) -> str:
     """The key of a WAL segment of the repo `pg` (first timeline, first log): by default the first of its archive."""
-    folder = f"{pg}/archive/home/15-1/0000000100000000"
+    folder = f"{pg}/archive/home/{f.archive_id}/0000000100000000"
     names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(folder) if e["FullPath"].endswith(".zst.versions"))
     return f"{folder}/{names[min(index, len(names) - 1)].removesuffix('.versions')}"
 

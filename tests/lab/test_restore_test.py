@@ -30,7 +30,9 @@ from tests.lab.vault_storage import Filer, flip_middle_byte
 
 pytestmark = pytest.mark.lab
 
-SCRATCH_GONE = (f"test ! -e {restoretest.PG_DIR} && test ! -e {restoretest.FILES_DIR} && "
+# in any major's tree: the host's (15 on bookworm, 17 on trixie) and none other
+SCRATCH_GONE = (f"! sudo sh -c 'ls -d /var/lib/postgresql/*/{restoretest.SCRATCH_NAME}' 2>/dev/null && "
+                f"test ! -e {restoretest.FILES_DIR} && "
                 f"! sudo ss -Htln | grep -q ':{restoretest.PORT} '")
 
 

@@ -13,6 +13,14 @@ import subprocess
 from pathlib import Path
 
 from embassy.lab.state import LabState, VaultState
+from embassy.model import DEBIAN_RELEASES
+from embassy.replication import pgmajor
+
+
+def archive_id(lab: LabState) -> str:
+    """pgBackRest's archive id of home's cluster: its PostgreSQL major, then 1 (15-1 on bookworm, 17-1 on trixie)."""
+    release = {suite: n for n, suite in DEBIAN_RELEASES.items()}[lab.suite]
+    return f"{pgmajor.pg_major(release)}-1"
 
 
 class Filer:
@@ -20,6 +28,7 @@ class Filer:
         self.vault: VaultState = lab.vault(embassy)
         self.base = f"http://{self.vault.address}:8888"
         self.root = f"/buckets/{self.vault.bucket}"
+        self.archive_id = archive_id(lab)  # where home's WAL lies in a pgBackRest repo
         self._aside: dict[str, tuple[str, bytes]] = {}  # path -> (where its original entry is kept, its bytes)
 
     def _curl(self, *args: str, data: bytes | None = None) -> bytes:

@@ -91,7 +91,7 @@ def test_the_deploys_render_the_current_generation(tmp_path: Path) -> None:
     assert after["se"].path == "/pgbackrest-g2" and after["se"].cipher_pass != before["se"].cipher_pass
     assert after["de"] == before["de"]  # the other embassies keep theirs
     assert (folder / "pgbackrest-se.g2.pass").read_text().strip() == after["se"].cipher_pass
-    conf = dataplane.pgbackrest_conf(list(after.values()), archive_async=True)
+    conf = dataplane.pgbackrest_conf(list(after.values()), archive_async=True, pg_data="/var/lib/postgresql/17/main")
     assert "repo1-path=/pgbackrest\n" in conf and "repo2-path=/pgbackrest-g2\n" in conf and "repo3-path=/pgbackrest\n" in conf
     own = context.embassy_repo(data)  # the embassy host (se) reads its current generation only
     assert (own.path, own.cipher_pass) == ("/pgbackrest-g2", after["se"].cipher_pass)

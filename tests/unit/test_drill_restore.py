@@ -18,6 +18,7 @@ from embassy.drill import rehearsal, restore
 from embassy.errors import OptionInvalid, RestoreFailed
 from embassy.model import load_stack
 from embassy.replication.manifest import Verified
+from embassy.replication.pgmajor import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,9 @@ def test_a_time_without_zone_is_utc_and_garbage_is_refused() -> None:
 
 
 def test_the_scratch_cluster_never_archives_and_listens_on_no_address() -> None:
-    conf = restore.scratch_conf()
+    scratch = restore.scratch_dir(Postgres(17))
+    conf = restore.scratch_conf(scratch)
+    assert scratch == "/var/lib/postgresql/17/embassy-restore" and f"hba_file = '{scratch}/pg_hba.conf'" in conf
     assert "archive_mode = off" in conf and f"port = {restore.SCRATCH_PORT}" in conf
     assert "listen_addresses = ''" in conf and restore.TARGET_CONF in conf
 

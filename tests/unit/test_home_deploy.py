@@ -15,6 +15,7 @@ from embassy import deploy
 from embassy.errors import UserError
 from embassy.home import context
 from embassy.replication import dataplane, secrets
+from embassy.replication.pgmajor import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBASSY = str(Path(sys.executable).parent / "embassy")
@@ -50,7 +51,8 @@ def test_home_gets_one_repo_per_embassy_each_with_its_passphrase(tmp_path: Path)
     repos = context.home_repos(data)
     assert [(r.index, r.vault.embassy) for r in repos] == [(1, "de"), (2, "se"), (3, "ie")]
     assert len({r.cipher_pass for r in repos}) == 3
-    conf = dataplane.pgbackrest_conf(repos, archive_async=True)
+    conf = dataplane.pgbackrest_conf(repos, archive_async=True, pg_data=Postgres(17).data)
+    assert "pg1-path=/var/lib/postgresql/17/main\n" in conf  # the cluster of the host's major, never a constant
     for r in repos:
         assert f"repo{r.index}-cipher-pass={r.cipher_pass}" in conf
         assert f"repo{r.index}-s3-endpoint=vault-{r.vault.embassy}.lab.internal" in conf
@@ -62,7 +64,7 @@ def test_an_embassy_gets_only_its_own_repo(tmp_path: Path) -> None:
     data = _data(tmp_path)
     home = {r.vault.embassy: r.cipher_pass for r in context.home_repos(data)}
     own = context.embassy_repo(data)
-    conf = dataplane.pgbackrest_conf([own], archive_async=False)
+    conf = dataplane.pgbackrest_conf([own], archive_async=False, pg_data=Postgres(15).data)
     assert own.vault.embassy == "se" and own.cipher_pass == home["se"]
     assert home["de"] not in conf and home["ie"] not in conf
     assert "repo2" not in conf and "SKde" not in conf and "archive-async" not in conf

@@ -17,6 +17,7 @@ from embassy.assurance import restoretest as lib
 from embassy.replication import dataplane
 from embassy.replication import restoretest as host
 from embassy.replication.deploy_embassy import restore_test_config
+from embassy.replication.pgmajor import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBASSY = str(Path(sys.executable).parent / "embassy")
@@ -115,8 +116,9 @@ def test_the_host_config_holds_the_embassys_registers_and_no_secret() -> None:
 def test_the_timer_runs_the_stack_schedule_and_the_scratch_cluster_is_apart() -> None:
     timer = dataplane.timer("t", "embassy-restore-test.service", calendar=DEP.restore_tests.schedule)
     assert "OnCalendar=weekly" in timer and "Persistent=true" in timer
-    conf = host.scratch_conf()
+    conf = host.scratch_conf(Postgres(17).home(host.SCRATCH_NAME))
     assert f"port = {host.PORT}" in conf and host.PORT not in (5432, 5433)
     assert "archive_mode = off" in conf and "listen_addresses = ''" in conf
-    assert host.FILES_DIR != "/srv/embassy-restore" and host.PG_DIR.endswith("embassy-restore-test")
+    assert host.FILES_DIR != "/srv/embassy-restore" and host.SCRATCH_NAME == "embassy-restore-test"
+    assert "hba_file = '/var/lib/postgresql/17/embassy-restore-test/pg_hba.conf'" in conf
     assert "restoretest.py" in dataplane.host_module_files()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from embassy.replication import digest, standby
+from embassy.replication.pgmajor import Postgres
 from tests.unit.test_home_state import PG_BIN, Cluster, _as_owner, _free_port, _run
 
 pg = pytest.mark.skipif(not (PG_BIN / "initdb").is_file(),
@@ -67,10 +68,13 @@ def test_the_old_timelines_end_is_read_from_the_history_file() -> None:
 
 
 def test_the_receiver_flushes_what_it_reports_and_the_standby_has_no_primary() -> None:
-    unit = standby.receiver_unit("10.0.0.10", "de")
+    pg = Postgres(17)
+    unit = standby.receiver_unit(pg, "10.0.0.10", "de")
     assert "--synchronous" in unit and "application_name=de" in unit and "User=postgres" in unit
-    conf = standby.standby_conf()
-    assert "primary_conninfo" not in conf and standby.HOLD_CONF in conf and standby.FETCH_TOOL in conf
+    assert "ExecStart=/usr/lib/postgresql/17/bin/pg_receivewal -D /var/lib/postgresql/17/embassy-wal " in unit
+    conf = standby.standby_conf(pg)
+    assert "primary_conninfo" not in conf and standby.hold_file(pg) in conf and standby.FETCH_TOOL in conf
+    assert "'/usr/lib/postgresql/17/bin/pg_archivecleanup /var/lib/postgresql/17/embassy-wal %r'" in conf
     assert "pg_archivecleanup" in conf  # received segments the standby no longer needs are removed
 
 

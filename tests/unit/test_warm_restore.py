@@ -17,6 +17,7 @@ from embassy.drill import restore
 from embassy.errors import RestoreFailed
 from embassy.replication import standby
 from embassy.replication.manifest import Verified
+from embassy.replication.pgmajor import Postgres
 
 BODY: dict[str, Any] = {"round": 7, "registers": [
     {"name": "population", "kind": "postgres", "digest": {"lsn": "0/5000CE8", "tables": {}}},
@@ -30,6 +31,8 @@ class Host:
     def __init__(self, answers: list[tuple[str, str]]) -> None:
         self.answers, self.sent, self.said = answers, [], []  # type: ignore[var-annotated]
         self.host = SimpleNamespace(name="enclave-de")
+        self.pg = Postgres(17)  # a trixie host: every path and the service are 17's
+        self.scratch = restore.scratch_dir(self.pg)
         self.outcome = restore.Outcome("rehearsal", "de", "warm")
         self.outcome.manifest = Verified("manifests/0000000007.json", BODY, "ab" * 32)
 
@@ -51,6 +54,9 @@ class Host:
 
     def say(self, text: str) -> None:
         self.said.append(text)
+
+
+PG = Postgres(17)
 
 
 def _postgres() -> list[restore.RegisterOutcome]:
@@ -75,7 +81,7 @@ def test_a_promoted_standby_or_a_manifest_without_points_goes_to_the_vault() -> 
 
 
 def test_a_standby_that_pauses_past_the_point_it_was_told_is_refused() -> None:
-    host = Host([(f"cat {standby.HOLD_CONF}", standby.hold_conf("0/5000CE8")),
+    host = Host([(f"cat {standby.hold_file(PG)}", standby.hold_conf("0/5000CE8")),
                  ("pg_get_wal_replay_pause_state", "paused|0/5000D90\n")])
     with pytest.raises(RestoreFailed, match="past the signed point 0/5000CE8"):
         restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
@@ -83,11 +89,12 @@ def test_a_standby_that_pauses_past_the_point_it_was_told_is_refused() -> None:
 
 
 def test_a_hold_elsewhere_is_moved_with_a_restart() -> None:
-    host = Host([(f"cat {standby.HOLD_CONF}", standby.hold_conf("0/4000000")),
+    host = Host([(f"cat {standby.hold_file(PG)}", standby.hold_conf("0/4000000")),
                  ("pg_get_wal_replay_pause_state", "paused|0/5000CE8\n")])
     restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
     moved = [c for c in host.sent if "systemctl restart" in c]
-    assert moved and "0/5000CE8" in moved[0] and standby.HOLD_CONF in moved[0]
+    assert moved and "0/5000CE8" in moved[0] and standby.hold_file(PG) in moved[0]
+    assert "/var/lib/postgresql/17/main/embassy-hold.conf" in moved[0] and "systemctl restart postgresql@17-main" in moved[0]
 
 
 def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> None:

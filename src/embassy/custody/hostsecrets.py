@@ -123,7 +123,8 @@ def write(target: Target, host: Host, keys: Keys) -> None:
     if keys.pgbackrest is not None:
         _install(target, host, dataplane.PGBACKREST_CA, keys.ca_pem, "postgres", "644")
         repo = Repo(1, keys.vault, keys.pgbackrest, dataplane.pgbackrest_path(keys.generation))
-        _install(target, host, dataplane.PGBACKREST_CONF, dataplane.pgbackrest_conf([repo], archive_async=False),
+        _install(target, host, dataplane.PGBACKREST_CONF, dataplane.pgbackrest_conf(
+            [repo], archive_async=False, pg_data=dataplane.host_postgres(target, host).data),
                  "postgres", "600")
     if keys.restic is not None:
         base = f"{dataplane.RESTIC_DIR}/{keys.vault.embassy}"

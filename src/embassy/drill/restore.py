@@ -26,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -41,9 +42,9 @@ from embassy.errors import (
     SmokeCheckFailed,
 )
 from embassy.home import schema
-from embassy.replication import standby
+from embassy.replication import dataplane, pgmajor, standby
 from embassy.replication import verify as vault_verify
-from embassy.replication.dataplane import PG_DATA, PG_SERVICE, PG_VERSION, REGISTERS_ROOT, manifest_generation
+from embassy.replication.dataplane import REGISTERS_ROOT, manifest_generation
 from embassy.replication.digest import ROLE as DIGEST_ROLE
 from embassy.replication.digest import differences
 from embassy.replication.manifest import Verified
@@ -51,13 +52,12 @@ from embassy.targets import Host, Target
 
 SCRATCH_PORT = 5433  # a restore from the vault: a fresh cluster beside the embassy's own (5432)
 STANDBY_PORT = 5432
-SCRATCH_DIR = f"/var/lib/postgresql/{PG_VERSION}/embassy-restore"
+SCRATCH_NAME = "embassy-restore"  # the scratch cluster's folder, in the host's PostgreSQL major's tree
 FILES_ROOT = "/srv/embassy-restore"  # restic restores <root>/srv/registers/<name>
 SERVICE_UNIT = "embassy-state-restored"
 SERVICE_PORT = 8088
 SERVICE_CONFIG = "/etc/embassy/state-service-restored.json"
 SERVICE_USER = "embassy_state"
-PG_BIN = f"/usr/lib/postgresql/{PG_VERSION}/bin"
 DIGEST = "env PYTHONPATH=/opt/embassy python3 -m replication.digest"
 Say = Callable[[str], None]
 
@@ -149,6 +149,11 @@ def _generation_or_none(m: Verified) -> int | None:
         return None
 
 
+def scratch_dir(pg: pgmajor.Postgres) -> str:
+    """Where a restore from the vault puts its fresh cluster."""
+    return pg.home(SCRATCH_NAME)
+
+
 class Session:
     """The embassy host, reached through the target: shell commands, each a step with its time."""
 
@@ -166,6 +171,15 @@ class Session:
         if done.returncode != 0:
             raise RestoreFailed(f"{self.host.name}: {what} failed: {(done.stderr or done.stdout).strip()[-600:]}")
         return done.stdout
+
+    @cached_property
+    def pg(self) -> pgmajor.Postgres:
+        """The PostgreSQL installed on the embassy host, asked once: its major names every path and the service."""
+        return dataplane.host_postgres(self.target, self.host)
+
+    @property
+    def scratch(self) -> str:
+        return scratch_dir(self.pg)
 
     def psql(self, port: int, db: str, sql: str, timeout: float = 60) -> str:
         return self.must(f"sudo runuser -u postgres -- psql -X -A -t -q -p {port} -d {db} -c {shlex.quote(sql)}",
@@ -372,7 +386,7 @@ def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str
     if not points:
         return
     with s.step("count the archived transactions beyond the signed points (pg_waldump)"):
-        history = s.sh(f"sudo sh -c 'cat $(ls {SCRATCH_DIR}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
+        history = s.sh(f"sudo sh -c 'cat $(ls {s.scratch}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
         switch = standby.timeline_switch(history)
         first = min(_lsn(p) for p in points.values())
         parent = [line.split() for line in history.splitlines() if line.strip() and not line.startswith("#")]
@@ -389,11 +403,11 @@ def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str
                                  "signed_point": points[reg.name],
                                  "beyond_signed": {"transactions": None, "source": VAULT_SOURCE, "read": why}}
             return
-        scratch = f"{SCRATCH_DIR}.wal"
+        scratch = f"{s.scratch}.wal"
         fetch = " && ".join(f"pgbackrest --stanza=home archive-get {seg} {scratch}/{seg}" for seg in segments)
         s.sh(f"sudo rm -rf {scratch} && sudo install -d -o postgres -g postgres -m 700 {scratch} && "
              f"sudo runuser -u postgres -- sh -c {shlex.quote(fetch)}", timeout=600)
-        done = s.sh(f"sudo runuser -u postgres -- {standby.PG_BIN}/pg_waldump -p {scratch} -t {timeline} "
+        done = s.sh(f"sudo runuser -u postgres -- {s.pg.bin}/pg_waldump -p {scratch} -t {timeline} "
                     f"-s {standby.lsn_text(first)}; sudo rm -rf {scratch}", timeout=600)
         found = standby.commits(done.stdout)
         names = s.psql(SCRATCH_PORT, "postgres", "SELECT datname || '|' || oid FROM pg_database").splitlines()
@@ -461,11 +475,11 @@ def _standby_sql(s: Session, sql: str, timeout: float = 30) -> str:
 
 def hold_standby_at(s: Session, lsn: str, note: str, timeout: float = 300) -> None:
     """Replay to just before `lsn` and pause there (a restart with the hold moved; none if already paused there)."""
-    conf = s.sh(f"sudo cat {standby.HOLD_CONF}", timeout=30).stdout
+    conf = s.sh(f"sudo cat {standby.hold_file(s.pg)}", timeout=30).stdout
     state = _standby_sql(s, "SELECT pg_get_wal_replay_pause_state() || '|' || pg_last_wal_replay_lsn()")
     if standby.held_lsn(conf) != lsn or not state.startswith("paused|"):
         s.must(f"printf %s {shlex.quote(standby.hold_conf(lsn, note))} | sudo install -o postgres -g postgres -m 600 "
-               f"/dev/stdin {standby.HOLD_CONF} && sudo systemctl restart {PG_SERVICE}", f"hold the standby at {lsn}",
+               f"/dev/stdin {standby.hold_file(s.pg)} && sudo systemctl restart {s.pg.service}", f"hold the standby at {lsn}",
                timeout=300)
     deadline = time.monotonic() + timeout
     while True:
@@ -489,13 +503,13 @@ def hold_standby_at(s: Session, lsn: str, note: str, timeout: float = 300) -> No
 def read_beyond(s: Session, start: str) -> tuple[list[standby.Commit], str]:
     """Stop the receiver (home is gone), make its last partial segment readable, and read the WAL it holds from
     `start` on with pg_waldump: every commit, with the databases it wrote in. Returns (commits, how read)."""
-    d = standby.RECEIVE_DIR
+    d = standby.receive_dir(s.pg)
     s.must(f"sudo systemctl stop {standby.RECEIVER_UNIT} 2>/dev/null; for f in $(sudo ls {d} | grep '\\.partial$'); do "
            f"sudo mv {d}/$f {d}/${{f%.partial}}; done; true", "stop the WAL receiver")
     newest = s.sh(f"sudo ls {d} | grep -E '^[0-9A-F]{{24}}$' | sort | tail -1", timeout=30).stdout.strip()
     if not newest:
         return [], "no WAL received"
-    done = s.sh(f"sudo runuser -u postgres -- {standby.PG_BIN}/pg_waldump -p {d} -t {int(newest[:8], 16)} -s {start}",
+    done = s.sh(f"sudo runuser -u postgres -- {s.pg.bin}/pg_waldump -p {d} -t {int(newest[:8], 16)} -s {start}",
                 timeout=600)
     found = standby.commits(done.stdout)
     tail = (done.stderr.strip().splitlines() or [""])[-1]
@@ -521,9 +535,9 @@ def promote_standby(s: Session, postgres: list[RegisterOutcome], body: dict[str,
         oids = {name: oid for name, _, oid in (line.partition("|") for line in names)}
     with s.step("release the hold, replay the rest, promote the standby"):
         s.must(f"printf %s {shlex.quote(standby.released_conf())} | sudo install -o postgres -g postgres -m 600 "
-               f"/dev/stdin {standby.HOLD_CONF} && sudo systemctl restart {PG_SERVICE}", "release the hold", timeout=300)
+               f"/dev/stdin {standby.hold_file(s.pg)} && sudo systemctl restart {s.pg.service}", "release the hold", timeout=300)
         _standby_sql(s, "SELECT pg_promote(true, 120)", timeout=150)
-        history = s.sh(f"sudo sh -c 'cat $(ls {PG_DATA}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
+        history = s.sh(f"sudo sh -c 'cat $(ls {s.pg.data}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
     switch = standby.timeline_switch(history)
     read_to = max((c.lsn for c in found), default=None)
     source = standby.SOURCE + (f"; the old timeline ended at {standby.lsn_text(switch)}" if switch is not None else "")
@@ -541,12 +555,12 @@ def promote_standby(s: Session, postgres: list[RegisterOutcome], body: dict[str,
 TARGET_CONF = "embassy-target.conf"
 
 
-def scratch_conf() -> str:
+def scratch_conf(scratch: str) -> str:
     return "\n".join([
         "# embassy restore: a fresh cluster from this embassy's vault (never archives, local socket only)",
         f"port = {SCRATCH_PORT}", "listen_addresses = ''", "unix_socket_directories = '/var/run/postgresql'",
-        "archive_mode = off", "hot_standby = on", f"hba_file = '{SCRATCH_DIR}/pg_hba.conf'",
-        f"ident_file = '{SCRATCH_DIR}/pg_ident.conf'", "shared_buffers = 32MB", "logging_collector = off",
+        "archive_mode = off", "hot_standby = on", f"hba_file = '{scratch}/pg_hba.conf'",
+        f"ident_file = '{scratch}/pg_ident.conf'", "shared_buffers = 32MB", "logging_collector = off",
         f"include_if_exists = '{TARGET_CONF}'", ""])
 
 
@@ -555,8 +569,8 @@ def _write(s: Session, path: str, text: str) -> None:
 
 
 def _pg_ctl(s: Session, action: str, timeout: int = 600) -> None:
-    log = f"{SCRATCH_DIR}.log"
-    s.must(f"sudo runuser -u postgres -- {PG_BIN}/pg_ctl -D {SCRATCH_DIR} -l {log} -w -t {timeout} -m fast {action}",
+    log = f"{s.scratch}.log"
+    s.must(f"sudo runuser -u postgres -- {s.pg.bin}/pg_ctl -D {s.scratch} -l {log} -w -t {timeout} -m fast {action}",
            f"pg_ctl {action} (log: {log})", timeout=timeout + 30)
 
 
@@ -570,7 +584,7 @@ def _wait(s: Session, sql: str, want: str, what: str, timeout: float = 600) -> s
         if done.returncode == 0 and got.startswith(want):
             return got
         time.sleep(0.3)
-    raise RestoreFailed(f"{what}: not reached in {timeout:.0f} s (last: {got or 'no answer'}); see {SCRATCH_DIR}.log")
+    raise RestoreFailed(f"{what}: not reached in {timeout:.0f} s (last: {got or 'no answer'}); see {s.scratch}.log")
 
 
 def _backup_set_before(s: Session, lsn: int) -> str:
@@ -596,12 +610,12 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
         # most); the recovery targets are ours (embassy-target.conf).
         pick = f" --type=time --target={shlex.quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3] + '+00')}" if utc else \
             _backup_set_before(s, min(_lsn((body[r.name].get("digest") or {}).get("lsn") or "0/0") for r in postgres))
-        s.must(f"sudo rm -rf {SCRATCH_DIR} && sudo /usr/local/sbin/embassy-restore-postgres {SCRATCH_DIR} "
+        s.must(f"sudo rm -rf {s.scratch} && sudo /usr/local/sbin/embassy-restore-postgres {s.scratch} "
                f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600)
-        s.must(f"sudo sed -i '/^recovery_target/d' {SCRATCH_DIR}/postgresql.auto.conf", "clear pgBackRest's targets")
-        _write(s, f"{SCRATCH_DIR}/postgresql.conf", scratch_conf())
-        _write(s, f"{SCRATCH_DIR}/pg_hba.conf", "local all all peer\n")
-        _write(s, f"{SCRATCH_DIR}/pg_ident.conf", "")
+        s.must(f"sudo sed -i '/^recovery_target/d' {s.scratch}/postgresql.auto.conf", "clear pgBackRest's targets")
+        _write(s, f"{s.scratch}/postgresql.conf", scratch_conf(s.scratch))
+        _write(s, f"{s.scratch}/pg_hba.conf", "local all all peer\n")
+        _write(s, f"{s.scratch}/pg_ident.conf", "")
     running, paused_at = False, None
     for reg in sorted(postgres, key=lambda r: _lsn((body[r.name].get("digest") or {}).get("lsn") or "0/0")):
         reg.method = "vault"
@@ -610,7 +624,7 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
             raise DigestMismatch(f"register {reg.name}: {s.outcome.manifest_key} names no digest LSN")
         with s.step(f"{reg.name}: recover to its digest LSN {lsn}, recompute the digest"):
             if lsn != paused_at:  # registers digested in one snapshot share the pause
-                _write(s, f"{SCRATCH_DIR}/{TARGET_CONF}",
+                _write(s, f"{s.scratch}/{TARGET_CONF}",
                        # not inclusive: a digest's LSN is a slot's consistent point, the state before it
                        f"recovery_target_lsn = '{lsn}'\nrecovery_target_inclusive = off\n"
                        "recovery_target_action = 'pause'\n")
@@ -620,7 +634,7 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
             _compare(s, reg, _pg_digest(s, reg, SCRATCH_PORT), f"recovered to {lsn}")
     final = f"to {when}" if when else "to the end of the archive"
     with s.step(f"recover {final} and open the cluster"):
-        _write(s, f"{SCRATCH_DIR}/{TARGET_CONF}",
+        _write(s, f"{s.scratch}/{TARGET_CONF}",
                f"recovery_target_time = '{when}'\nrecovery_target_action = 'promote'\n" if when else "")
         _pg_ctl(s, "restart" if running else "start")
         _wait(s, "SELECT pg_is_in_recovery()", "f", f"recovery {final}", timeout=3600)

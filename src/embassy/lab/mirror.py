@@ -40,7 +40,7 @@ def archive_of_downloads(print_uris: str) -> dict[str, str]:
 
 def packages(suite: str = image.SUITE, text: str | None = None) -> list[str]:
     """The package list for one Debian suite: one package per line, `#` starts a comment, and a line
-    `name [suite ...]` holds only for the suites named (release-specific names such as postgresql-15)."""
+    `name [suite ...]` holds only for the suites named (release-specific names: each release's PostgreSQL major)."""
     names = []
     for line in (PACKAGES_FILE.read_text() if text is None else text).splitlines():
         entry = line.split("#", 1)[0].strip()

@@ -11,17 +11,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embassy import model
+from embassy.errors import RestoreFailed
+from embassy.replication import pgmajor
 from embassy.replication.secrets import Vault
 
+if TYPE_CHECKING:
+    from embassy.targets import Host, Target
+
 STANZA = "home"  # one PostgreSQL cluster at home holds every postgres register
-PG_VERSION = "15"
-PG_CLUSTER = "main"
-PG_DATA = f"/var/lib/postgresql/{PG_VERSION}/{PG_CLUSTER}"
-PG_CONF_D = f"/etc/postgresql/{PG_VERSION}/{PG_CLUSTER}/conf.d"
-PG_SERVICE = f"postgresql@{PG_VERSION}-{PG_CLUSTER}"
+# PostgreSQL's major (and so its paths and service) is the host's: embassy.replication.pgmajor
 PGBACKREST_DIR = "/etc/pgbackrest"
 PGBACKREST_CONF = f"{PGBACKREST_DIR}/pgbackrest.conf"
 PGBACKREST_CA = f"{PGBACKREST_DIR}/vault-ca.crt"
@@ -29,6 +30,18 @@ SPOOL = "/var/spool/pgbackrest"
 RESTIC_DIR = "/etc/embassy/restic"
 REGISTERS_ROOT = "/srv/registers"
 REPLICATION_USER = "replicator"
+
+
+def host_postgres(target: Target, host: Host) -> pgmajor.Postgres:
+    """The one PostgreSQL major installed on a deployed `host`, read there (hosts of either Debian release, one
+    command); none or several (a host not deployed, or halfway through an upgrade): RestoreFailed naming the host."""
+    done = target.run_on(host, pgmajor.LIST_INSTALLED, timeout=30)
+    try:
+        return pgmajor.installed(done.stdout if done.returncode == 0 else "")
+    except pgmajor.UnknownMajor as exc:
+        raise RestoreFailed(f"{host.name}:{pgmajor.LIB}: {exc}",
+                            "deploy the host (`embassy deploy`): it installs the PostgreSQL of the host's Debian "
+                            "release; restore from another embassy meanwhile") from None
 
 
 PGBACKREST_PATH = "/pgbackrest"  # key generation 1; generation g >= 2: /pgbackrest-g<g>
@@ -71,7 +84,8 @@ class Repo:
     path: str = PGBACKREST_PATH  # the key generation's repo path
 
 
-def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool) -> str:
+def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool, pg_data: str) -> str:
+    """`pg_data`: the cluster's folder on that host (its PostgreSQL major's: pgmajor.Postgres.data)."""
     lines = ["# Managed by embassy (deploys/agent.py or deploys/standby.py). Holds secrets: mode 0600, owner postgres.",
              "[global]"]
     for r in repos:
@@ -96,7 +110,7 @@ def pgbackrest_conf(repos: Sequence[Repo], *, archive_async: bool) -> str:
               "io-timeout=30"]
     if archive_async:
         lines += ["archive-async=y", f"spool-path={SPOOL}"]
-    lines += ["", f"[{STANZA}]", f"pg1-path={PG_DATA}", "pg1-port=5432", ""]
+    lines += ["", f"[{STANZA}]", f"pg1-path={pg_data}", "pg1-port=5432", ""]
     if archive_async:
         # pgBackRest pushes a segment to the repos one after the other: a vault that does not answer
         # must time out soon, or every other embassy waits behind it (measured: 161 s at io-timeout=30).
@@ -199,7 +213,7 @@ def script(name: str) -> str:
 def host_module_files() -> list[str]:
     """The modules of this package that run on the hosts (uploaded to /opt/embassy/replication/)."""
     return ["__init__.py", "manifest.py", "privatefile.py", "digest.py", "hostcmd.py", "round.py", "roundstate.py",
-            "heartbeat.py", "lag.py", "monitor.py", "restoretest.py"]
+            "heartbeat.py", "lag.py", "monitor.py", "restoretest.py", "pgmajor.py"]
 
 
 def backup_timers(dep: model.Deployment) -> dict[str, tuple[str, str]]:

@@ -1,8 +1,8 @@
 """Every embassy host, as an importable pyinfra @deploy (entry point: deploys/standby.py).
 
-PostgreSQL 15, pgBackRest, restic and the restore tooling, reading only that embassy's vault with its
-read-only identity (one repo, that embassy's passphrase: never another's). Warm embassies also run a
-standby of home (pg_basebackup), held at a signed point, and a WAL receiver (pg_receivewal) that streams
+PostgreSQL (the major of the host's Debian release), pgBackRest, restic and the restore tooling, reading
+only that embassy's vault with its read-only identity (one repo, that embassy's passphrase: never another's).
+Warm embassies also run a standby of home (pg_basebackup), held at a signed point, and a WAL receiver (pg_receivewal) that streams
 home's WAL to the embassy's disk meanwhile (embassy.replication.standby says why both).
 """
 
@@ -23,7 +23,7 @@ from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane, digest, standby
-from embassy.replication.deploy_home import ca_bundle, upload_modules
+from embassy.replication.deploy_home import ca_bundle, host_postgres, upload_modules
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 from embassy.replication.secrets import secrets_dir
 
@@ -36,9 +36,10 @@ def embassy_host() -> None:
     held_files = [r.name for r in dep.registers
                   if r.kind is model.RegisterKind.FILES and context.holds(dep, r, embassy)]
     warm = host.data.get("mode") == model.Mode.WARM.value
+    pg = host_postgres()  # the major the host's Debian release carries
 
-    apt.packages(name="Install PostgreSQL 15, pgBackRest, restic",
-                 packages=["postgresql-15", "postgresql-client-15", "pgbackrest", "restic", "python3-psycopg",
+    apt.packages(name=f"Install PostgreSQL {pg.major}, pgBackRest, restic",
+                 packages=[*pg.packages, "pgbackrest", "restic", "python3-psycopg",
                            "python3-cryptography", "python3-boto3", "python3-prometheus-client"],
                  update=True, cache_time=86400, no_recommends=True)
 
@@ -48,7 +49,7 @@ def embassy_host() -> None:
     files.put(name="pgBackRest: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])), dest=dataplane.PGBACKREST_CA,
               user="postgres", group="postgres", mode="644")
     secret_file(name=f"pgBackRest: the vault of {embassy} (its own repo and passphrase only; read-only identity)",
-                content=dataplane.pgbackrest_conf([repo], archive_async=False),
+                content=dataplane.pgbackrest_conf([repo], archive_async=False, pg_data=pg.data),
                 dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
     for folder in ("/var/log/pgbackrest", "/var/lib/pgbackrest", dataplane.SPOOL):
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
@@ -86,34 +87,34 @@ def embassy_host() -> None:
         secret_file(name="Standby: replication password", dest="/var/lib/postgresql/.pgpass",
                     content=f"{primary}:5432:replication:{dataplane.REPLICATION_USER}:{password}\n",
                     user="postgres", group="postgres", mode="600")
-        files.put(name=f"Tool {standby.FETCH_TOOL}", src=io.StringIO(standby.fetch_script()),
+        files.put(name=f"Tool {standby.FETCH_TOOL}", src=io.StringIO(standby.fetch_script(pg)),
                   dest=f"/usr/local/sbin/{standby.FETCH_TOOL}", user="root", group="root", mode="755")
-        files.directory(name="Standby: the received WAL's folder", path=standby.RECEIVE_DIR, user="postgres",
+        files.directory(name="Standby: the received WAL's folder", path=standby.receive_dir(pg), user="postgres",
                         group="postgres", mode="700")
         conf = files.put(name="Standby: held at a signed point; WAL from the receiver, then this embassy's vault",
-                         src=io.StringIO(standby.standby_conf()),
-                         dest=f"{dataplane.PG_CONF_D}/30-embassy-standby.conf", user="postgres", group="postgres",
+                         src=io.StringIO(standby.standby_conf(pg)),
+                         dest=f"{pg.conf_d}/30-embassy-standby.conf", user="postgres", group="postgres",
                          mode="644")
         receiver = files.put(name="Standby: WAL receiver unit (pg_receivewal)", src=io.StringIO(
-                             standby.receiver_unit(primary, embassy)),
+                             standby.receiver_unit(pg, primary, embassy)),
                              dest=f"/etc/systemd/system/{standby.RECEIVER_UNIT}.service", user="root", group="root",
                              mode="644")
         text = standby.hold_conf(None, "Just after the clone: no signed point verified yet.")
-        hold = f"printf %s {shlex.quote(text)} | install -o postgres -g postgres -m 600 /dev/stdin {standby.HOLD_CONF} && "
+        hold = f"printf %s {shlex.quote(text)} | install -o postgres -g postgres -m 600 /dev/stdin {standby.hold_file(pg)} && "
         cloned = ensure(
             name="Standby: clone home (pg_basebackup), held just after the clone",
-            check=f"test -f {dataplane.PG_DATA}/standby.signal",
-            command=(f"systemctl stop {standby.RECEIVER_UNIT} {dataplane.PG_SERVICE}; "
-                     f"rm -rf {dataplane.PG_DATA} && find {standby.RECEIVE_DIR} -mindepth 1 -delete && "
+            check=f"test -f {pg.data}/standby.signal",
+            command=(f"systemctl stop {standby.RECEIVER_UNIT} {pg.service}; "
+                     f"rm -rf {pg.data} && find {standby.receive_dir(pg)} -mindepth 1 -delete && "
                      + as_user("postgres", f"PGPASSFILE=/var/lib/postgresql/.pgpass pg_basebackup -w -X stream -c fast "
                                            f"-d 'host={primary} user={dataplane.REPLICATION_USER} application_name={embassy}' "
-                                           f"-D {dataplane.PG_DATA}")
-                     + f" && install -o postgres -g postgres -m 600 /dev/null {dataplane.PG_DATA}/standby.signal && "
-                     + hold + f"systemctl start {dataplane.PG_SERVICE}"))
+                                           f"-D {pg.data}")
+                     + f" && install -o postgres -g postgres -m 600 /dev/null {pg.data}/standby.signal && "
+                     + hold + f"systemctl start {pg.service}"))
         ensure(name="Standby: a hold in place (just after the clone, when none was ever set)",
-               check=f"test -f {standby.HOLD_CONF}", command=hold + f"systemctl restart {dataplane.PG_SERVICE}")
-        systemd.service(name="Standby: running and enabled", service=dataplane.PG_SERVICE, running=True, enabled=True)
-        systemd.service(name="Standby: restart for new settings", service=dataplane.PG_SERVICE, restarted=True,
+               check=f"test -f {standby.hold_file(pg)}", command=hold + f"systemctl restart {pg.service}")
+        systemd.service(name="Standby: running and enabled", service=pg.service, running=True, enabled=True)
+        systemd.service(name="Standby: restart for new settings", service=pg.service, restarted=True,
                         _if=lambda: conf.did_change() and not cloned.did_change())
         systemd.daemon_reload(name="systemd: reload units (WAL receiver)", _if=receiver.did_change)
         systemd.service(name="Standby: WAL receiver running and enabled", service=standby.RECEIVER_UNIT, running=True,

@@ -15,13 +15,14 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
-from embassy.replication import dataplane, digest, facts
+from embassy.replication import dataplane, digest, facts, pgmajor
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 MODULES_DIR = "/opt/embassy/replication"
@@ -31,6 +32,16 @@ PUB_FILE = "/etc/embassy/manifest.pub"
 STATE_DIR = "/var/lib/embassy/replication"
 METRICS_PORT = 9750
 PGBR = f"pgbackrest --stanza={dataplane.STANZA}"
+
+
+def host_postgres() -> pgmajor.Postgres:
+    """The PostgreSQL this host's Debian release carries, the release read from the host's own os-release (not the
+    stack's setting: a lab built on another release, or a host not yet replaced, runs what it is)."""
+    distro = host.get_fact(LinuxDistribution)
+    name, major = distro.get("name"), distro.get("major")
+    if name != "Debian" or not isinstance(major, int):
+        raise pgmajor.UnknownMajor(f"{host.name}: not a Debian host the deploys know (os-release: {name!r} {major!r})")
+    return pgmajor.for_release(major)
 
 
 def ca_bundle(vaults: list[Any]) -> str:
@@ -123,9 +134,10 @@ def home_agent() -> None:
     vaults = context.vaults(host.data)
     file_registers = [r for r in dep.registers if r.kind is model.RegisterKind.FILES]
     address = host.data.get("service_address") or host.data.ssh_hostname
+    pg = host_postgres()
 
     apt.packages(name="Install pgBackRest, restic and the agent's Python libraries",
-                 packages=["pgbackrest", "restic", "postgresql-15", "python3-psycopg", "python3-cryptography",
+                 packages=["pgbackrest", "restic", pg.packages[0], "python3-psycopg", "python3-cryptography",
                            "python3-boto3", "python3-prometheus-client"],
                  update=True, cache_time=86400, no_recommends=True)
 
@@ -135,7 +147,7 @@ def home_agent() -> None:
     ca = files.put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
                    user="postgres", group="postgres", mode="644")
     conf = secret_file(name="pgBackRest: one encrypted repo per embassy",
-                       content=dataplane.pgbackrest_conf(repos, archive_async=True),
+                       content=dataplane.pgbackrest_conf(repos, archive_async=True, pg_data=pg.data),
                        dest=dataplane.PGBACKREST_CONF, user="postgres", group="postgres", mode="600")
     for folder in (dataplane.SPOOL, "/var/log/pgbackrest", "/var/lib/pgbackrest"):
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
@@ -143,9 +155,9 @@ def home_agent() -> None:
     # Archiving starts with a restart; the stanza is created right after it, before WAL piles up in back-off.
     archive = files.put(name="PostgreSQL: archive every WAL segment to every embassy",
                         src=io.StringIO(dataplane.archive_conf(context.archive_timeout(dep))),
-                        dest=f"{dataplane.PG_CONF_D}/20-embassy-archive.conf", user="postgres", group="postgres",
+                        dest=f"{pg.conf_d}/20-embassy-archive.conf", user="postgres", group="postgres",
                         mode="644")
-    systemd.service(name="PostgreSQL: restart with archiving", service=dataplane.PG_SERVICE, restarted=True,
+    systemd.service(name="PostgreSQL: restart with archiving", service=pg.service, restarted=True,
                     _if=archive.did_change)
     ensure(name="PostgreSQL: accepting connections",
            check=as_user("postgres", "pg_isready -q"),
@@ -166,7 +178,7 @@ def home_agent() -> None:
         name="pgBackRest: backup unit",
         src=io.StringIO(dataplane.unit("embassy: pgBackRest %i backup into every embassy's repo",
                                        "/usr/local/sbin/embassy-pgbackrest-backup %i", user="postgres",
-                                       after=f"{dataplane.PG_SERVICE}.service")),
+                                       after=f"{pg.service}.service")),
         dest="/etc/systemd/system/embassy-pgbackrest-backup@.service", user="root", group="root", mode="644")]
     timers = dataplane.backup_timers(dep)
     for name, (kind, calendar) in timers.items():
@@ -229,13 +241,13 @@ def home_agent() -> None:
     units.append(files.put(
         name="Heartbeat unit", dest="/etc/systemd/system/embassy-heartbeat.service", user="root", group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: heartbeat row every second (lag and RPO)", f"{py} replication.heartbeat",
-                                       user="postgres", oneshot=False, after=f"{dataplane.PG_SERVICE}.service",
+                                       user="postgres", oneshot=False, after=f"{pg.service}.service",
                                        extra=["Restart=always", "RestartSec=2"]))))
     units.append(files.put(
         name="Replication round unit", dest="/etc/systemd/system/embassy-replication-round.service", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: one replication round (restic snapshots, signed manifests)",
-                                       f"{py} replication.round run", after=f"{dataplane.PG_SERVICE}.service",
+                                       f"{py} replication.round run", after=f"{pg.service}.service",
                                        extra=["TimeoutStartSec=3600"]))))
     units.append(files.put(
         name="Replication round timer", dest="/etc/systemd/system/embassy-replication-round.timer", user="root",
@@ -247,7 +259,7 @@ def home_agent() -> None:
         group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: Prometheus metrics of replication lag",
                                        f"{py} replication.monitor --bind {address} --port {METRICS_PORT}",
-                                       oneshot=False, after=f"{dataplane.PG_SERVICE}.service",
+                                       oneshot=False, after=f"{pg.service}.service",
                                        extra=["Restart=always", "RestartSec=5"]))))
 
     reload = systemd.daemon_reload(name="systemd: reload units", _if=any_changed(*units))

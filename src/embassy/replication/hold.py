@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from embassy import model
+from embassy.errors import RestoreFailed
 from embassy.replication import manifest
 from embassy.replication import verify as vault_verify
-from embassy.replication.dataplane import PG_SERVICE
-from embassy.replication.standby import HOLD_CONF, held_lsn, hold_conf, lsn_int, signed_points
+from embassy.replication.dataplane import host_postgres
+from embassy.replication.standby import held_lsn, hold_conf, hold_file, lsn_int, signed_points
 from embassy.targets import Host, Target
 
 Say = Callable[[str], None]
@@ -63,7 +64,12 @@ def advance(dep: model.Deployment, target: Target, embassy: str) -> Moved:
         return out
     out.round, out.lsn = head.round, min(points.values(), key=lsn_int)
     host = target.embassy_hosts(embassy)[0]
-    code, text = _sh(target, host, f"sudo cat {HOLD_CONF} 2>/dev/null; echo '--'; sudo runuser -u postgres -- psql -X -A "
+    try:
+        pg = host_postgres(target, host)
+    except RestoreFailed as exc:
+        out.reason = exc.message
+        return out
+    code, text = _sh(target, host, f"sudo cat {hold_file(pg)} 2>/dev/null; echo '--'; sudo runuser -u postgres -- psql -X -A "
                                    "-t -c 'SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()'")
     conf, _, state = text.partition("--")
     fields = state.strip().split("|")
@@ -79,7 +85,7 @@ def advance(dep: model.Deployment, target: Target, embassy: str) -> Moved:
         return out
     text = hold_conf(out.lsn, f"Round {head.round} ({head.key}, sha256 {head.sha256[:16]}), verified by the controller.")
     code, err = _sh(target, host, f"printf %s {shlex.quote(text)} | sudo install -o postgres -g postgres -m 600 "
-                                  f"/dev/stdin {HOLD_CONF} && sudo systemctl restart {PG_SERVICE}", timeout=300)
+                                  f"/dev/stdin {hold_file(pg)} && sudo systemctl restart {pg.service}", timeout=300)
     out.moved, out.reason = code == 0, "" if code == 0 else f"restart failed: {err[-200:]}"
     return out
 

@@ -35,15 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import manifest
+from . import manifest, pgmajor
 from .digest import differences
 
 CONFIG = "/etc/embassy/restore-test.json"
 STATE_DIR = "/var/lib/embassy/restore-test"
 PORT = 5434
-PG_VERSION = "15"
-PG_BIN = f"/usr/lib/postgresql/{PG_VERSION}/bin"
-PG_DIR = f"/var/lib/postgresql/{PG_VERSION}/embassy-restore-test"
+SCRATCH_NAME = "embassy-restore-test"  # the scratch cluster, in the installed major's tree (host_postgres())
 FILES_DIR = "/srv/embassy-restore-test"
 REGISTERS_ROOT = "/srv/registers"
 DIGEST_ROLE = "embassy_digest"
@@ -232,11 +230,24 @@ def read_chain(config: dict[str, Any]) -> list[manifest.Verified]:
     return chain
 
 
+def host_postgres() -> pgmajor.Postgres:
+    """This host's PostgreSQL: the one major installed here (hosts of either Debian release run this code)."""
+    try:
+        return pgmajor.Postgres(pgmajor.local_major())
+    except pgmajor.UnknownMajor as exc:
+        raise Failed(pgmajor.LIB, str(exc)) from None
+
+
+def scratch_dir() -> str:
+    return host_postgres().home(SCRATCH_NAME)
+
+
 def stop_scratch() -> None:
+    pg_dir = scratch_dir()
     lock = f"{SOCKET}/.s.PGSQL.{PORT}.lock"
     sh(f"pid=$(head -1 {lock} 2>/dev/null); if [ -n \"$pid\" ]; then kill -QUIT \"$pid\" 2>/dev/null; "
        f"for i in $(seq 100); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; fi; "
-       f"rm -rf {PG_DIR} {PG_DIR}.log {FILES_DIR}", "remove the scratch data", timeout=60)
+       f"rm -rf {pg_dir} {pg_dir}.log {FILES_DIR}", "remove the scratch data", timeout=60)
 
 
 def _write(path: str, text: str) -> None:
@@ -245,20 +256,21 @@ def _write(path: str, text: str) -> None:
     sh(f"chown postgres:postgres {shlex.quote(path)}", f"own {path}")
 
 
-def scratch_conf() -> str:
+def scratch_conf(pg_dir: str) -> str:
     return "\n".join([
         "# embassy restore test: a scratch cluster from this embassy's vault (never archives, local socket only)",
         f"port = {PORT}", "listen_addresses = ''", f"unix_socket_directories = '{SOCKET}'", "archive_mode = off",
-        "hot_standby = on", f"hba_file = '{PG_DIR}/pg_hba.conf'", f"ident_file = '{PG_DIR}/pg_ident.conf'",
+        "hot_standby = on", f"hba_file = '{pg_dir}/pg_hba.conf'", f"ident_file = '{pg_dir}/pg_ident.conf'",
         "shared_buffers = 32MB", "logging_collector = off", "include_if_exists = 'embassy-target.conf'", ""])
 
 
-def _pg_ctl(action: str) -> None:
-    sh(f"runuser -u postgres -- {PG_BIN}/pg_ctl -D {PG_DIR} -l {PG_DIR}.log -w -t 600 -m fast {action}",
-       f"pg_ctl {action} (log: {PG_DIR}.log)", timeout=630)
+def _pg_ctl(pg: pgmajor.Postgres, action: str) -> None:
+    pg_dir = pg.home(SCRATCH_NAME)
+    sh(f"runuser -u postgres -- {pg.bin}/pg_ctl -D {pg_dir} -l {pg_dir}.log -w -t 600 -m fast {action}",
+       f"pg_ctl {action} (log: {pg_dir}.log)", timeout=630)
 
 
-def _wait_paused(lsn: str, timeout: float = 600) -> None:
+def _wait_paused(pg_dir: str, lsn: str, timeout: float = 600) -> None:
     deadline, got = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         try:
@@ -268,7 +280,7 @@ def _wait_paused(lsn: str, timeout: float = 600) -> None:
         if got == "paused":
             return
         time.sleep(0.3)
-    raise Failed(f"{PG_DIR}.log", f"recovery did not pause at {lsn} in {timeout:.0f} s (last: {got or 'no answer'})")
+    raise Failed(f"{pg_dir}.log", f"recovery did not pause at {lsn} in {timeout:.0f} s (last: {got or 'no answer'})")
 
 
 def compare(reg: dict[str, Any], entry: dict[str, Any], actual: dict[str, Any], chosen: manifest.Verified) -> None:
@@ -328,24 +340,26 @@ def restore_all(config: dict[str, Any], chosen: manifest.Verified, out: list[dic
         label = backup_set_before(info, first)
         if label is None:
             raise Failed(chosen.key, "no backup in the vault ends before its signed points")
-        sh(f"/usr/local/sbin/embassy-restore-postgres {PG_DIR} --archive-mode=off --set={shlex.quote(label)}",
+        pg = host_postgres()
+        pg_dir = pg.home(SCRATCH_NAME)
+        sh(f"/usr/local/sbin/embassy-restore-postgres {pg_dir} --archive-mode=off --set={shlex.quote(label)}",
            "pgbackrest restore")
         at = steps.step("pgbackrest restore", at)
-        sh(f"sed -i '/^recovery_target/d' {PG_DIR}/postgresql.auto.conf", "clear pgBackRest's targets")
-        _write(f"{PG_DIR}/postgresql.conf", scratch_conf())
-        _write(f"{PG_DIR}/pg_hba.conf", "local all all peer\n")
-        _write(f"{PG_DIR}/pg_ident.conf", "")
+        sh(f"sed -i '/^recovery_target/d' {pg_dir}/postgresql.auto.conf", "clear pgBackRest's targets")
+        _write(f"{pg_dir}/postgresql.conf", scratch_conf(pg_dir))
+        _write(f"{pg_dir}/pg_hba.conf", "local all all peer\n")
+        _write(f"{pg_dir}/pg_ident.conf", "")
         running, paused_at = False, None
         for reg in postgres:
             lsn = (body[reg["name"]].get("digest") or {}).get("lsn")
             if not lsn:
                 raise Failed(f"register {reg['name']}", f"{chosen.key} names no digest LSN")
             if lsn != paused_at:
-                _write(f"{PG_DIR}/embassy-target.conf", f"recovery_target_lsn = '{lsn}'\n"
+                _write(f"{pg_dir}/embassy-target.conf", f"recovery_target_lsn = '{lsn}'\n"
                        "recovery_target_inclusive = off\nrecovery_target_action = 'pause'\n")
-                _pg_ctl("restart" if running else "start")
+                _pg_ctl(pg, "restart" if running else "start")
                 running, paused_at = True, lsn
-                _wait_paused(lsn)
+                _wait_paused(pg_dir, lsn)
                 at = steps.step(f"recovery to {lsn}", at)
             text = sh(f"runuser -u {DIGEST_ROLE} -- env PYTHONPATH=/opt/embassy python3 -m replication.digest postgres "
                       f"{shlex.quote(reg['database'])} --conninfo 'host={SOCKET} port={PORT}'",

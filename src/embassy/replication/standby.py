@@ -8,10 +8,10 @@ row in pg_stat_wal_receiver, "pausing at the end of recovery"), so it would stop
 
 So a warm embassy runs two independent parts:
 - the receiver: `pg_receivewal --synchronous` (a systemd service) streams home's WAL over the
-  authenticated replication channel and flushes it to RECEIVE_DIR on the embassy's disk; home sees its
+  authenticated replication channel and flushes it to receive_dir() on the embassy's disk; home sees its
   flush position in pg_stat_replication (that is the warm lag now, never the replay position);
-- the standby: no primary_conninfo; its restore_command reads complete segments from RECEIVE_DIR, then
-  the embassy's vault. HOLD_CONF (included by the cluster) holds its replay at a point: just after the
+- the standby: no primary_conninfo; its restore_command reads complete segments from receive_dir(), then
+  the embassy's vault. hold_file() (included by the cluster) holds its replay at a point: just after the
   clone (`recovery_target = 'immediate'`), then at the newest signed digest LSN that the controller
   verified in this embassy's vault (`embassy replicate --once`, the drill's rounds: embassy.replication.hold).
 
@@ -30,30 +30,40 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from embassy.replication.dataplane import PG_DATA, PG_VERSION, REPLICATION_USER, STANZA
+from embassy.replication.dataplane import REPLICATION_USER, STANZA
+from embassy.replication.pgmajor import Postgres
 
-RECEIVE_DIR = f"/var/lib/postgresql/{PG_VERSION}/embassy-wal"
 RECEIVER_UNIT = "embassy-wal-receiver"
-HOLD_CONF = f"{PG_DATA}/embassy-hold.conf"
 FETCH_TOOL = "embassy-wal-fetch"
-PG_BIN = f"/usr/lib/postgresql/{PG_VERSION}/bin"
+
+
+def receive_dir(pg: Postgres) -> str:
+    """Where pg_receivewal flushes home's WAL: beside the cluster, in its major's tree."""
+    return pg.home("embassy-wal")
+
+
+def hold_file(pg: Postgres) -> str:
+    """The hold's settings (hold_conf's text), inside the standby's data folder."""
+    return f"{pg.data}/embassy-hold.conf"
+
+
 SOURCE = "streamed from home over the replication channel (pg_receivewal), not covered by a signature"
 
 
-def standby_conf() -> str:
+def standby_conf(pg: Postgres) -> str:
     """The standby's settings: no primary_conninfo (the receiver streams), WAL from the receiver, then the vault."""
     return "\n".join([
         "# Managed by embassy (deploys/standby.py): a standby of home held at a signed point (embassy.replication.standby).",
         "# WAL: complete segments pg_receivewal flushed here, else this embassy's vault.",
         f"restore_command = '/usr/local/sbin/{FETCH_TOOL} %f \"%p\"'",
-        f"archive_cleanup_command = '{PG_BIN}/pg_archivecleanup {RECEIVE_DIR} %r'",
+        f"archive_cleanup_command = '{pg.bin}/pg_archivecleanup {receive_dir(pg)} %r'",
         "hot_standby = on",
-        f"include_if_exists = '{HOLD_CONF}'",
+        f"include_if_exists = '{hold_file(pg)}'",
         "",
     ])
 
 
-def receiver_unit(primary: str, application_name: str) -> str:
+def receiver_unit(pg: Postgres, primary: str, application_name: str) -> str:
     """pg_receivewal as a service: flushes every write (--synchronous) and reports that position to home."""
     conninfo = (f"host={primary} port=5432 user={REPLICATION_USER} passfile=/var/lib/postgresql/.pgpass "
                 f"application_name={application_name}")
@@ -61,7 +71,7 @@ def receiver_unit(primary: str, application_name: str) -> str:
         "[Unit]", "Description=embassy: home's WAL, streamed and flushed to this embassy's disk",
         "After=network-online.target", "Wants=network-online.target", "",
         "[Service]", "Type=simple", "User=postgres",
-        f"ExecStart={PG_BIN}/pg_receivewal -D {RECEIVE_DIR} --synchronous --no-loop -w -d '{conninfo}'",
+        f"ExecStart={pg.bin}/pg_receivewal -D {receive_dir(pg)} --synchronous --no-loop -w -d '{conninfo}'",
         "Restart=always", "RestartSec=2", "",
         "[Install]", "WantedBy=multi-user.target", ""])
 
@@ -160,12 +170,12 @@ def timeline_switch(history: str) -> int | None:
     return lsn_int(lines[-1][1]) if lines and len(lines[-1]) >= 2 else None
 
 
-def fetch_script() -> str:
+def fetch_script(pg: Postgres) -> str:
     """restore_command: complete segments from the receiver, else the vault (a .partial only after a restore renamed it)."""
     return "\n".join([
         "#!/bin/sh",
         f"# {FETCH_TOOL} FILE DEST: the standby's restore_command (managed by embassy).",
         "set -u",
-        f'if [ -f "{RECEIVE_DIR}/$1" ]; then exec cp "{RECEIVE_DIR}/$1" "$2"; fi',
+        f'if [ -f "{receive_dir(pg)}/$1" ]; then exec cp "{receive_dir(pg)}/$1" "$2"; fi',
         f'exec pgbackrest --stanza={STANZA} archive-get "$1" "$2"',
         ""])
