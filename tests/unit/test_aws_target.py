@@ -262,3 +262,14 @@ def test_the_custody_bundles_vault_record_names_the_restore_role(dep: Any, outpu
     old = json.loads(bundle.model_dump_json())
     del old["vault"]["restore_role_arn"]
     assert Bundle.model_validate(old).vault.restore_role_arn is None
+
+
+def test_restore_with_shares_on_aws_is_refused_before_anything(tmp_path: Path, outputs: dict[str, Any]) -> None:
+    """Not built yet (custody bundles are sealed on the lab only): said with a HINT, exit 2, before any share file
+    is read or any outputs, role or host is reached."""
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "restore", "--stack", "rehearsal", "--embassy", "de",
+                           "--target", "aws", "--outputs", str(tmp_path / "outputs.json"), "--shares",
+                           str(tmp_path / "no-such-sheet.txt")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == EXIT_USAGE and "--shares is not built for --target aws" in done.stderr
+    assert "HINT:" in done.stderr and "no-such-sheet" not in done.stderr
