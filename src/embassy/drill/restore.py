@@ -259,7 +259,7 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
     out = s.outcome
     # On AWS the vault is read from the controller with the restore role before any host is reached: a forged or
     # stale chain is refused without an SSM session (and without the SSM tools on this machine).
-    vault_first = s.target.kind == "aws"
+    vault_first = getattr(s.target, "kind", None) == "aws"
     if not vault_first:
         _reach(s)
     with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
@@ -295,7 +295,7 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
 
 def _reach(s: Session) -> None:
     """The embassy host answers (over SSH, or ssh through SSM on AWS), else HostUnreachable."""
-    timeout = 60 if s.target.kind == "aws" else 15  # an SSM session takes a few seconds to open
+    timeout = 60 if getattr(s.target, "kind", None) == "aws" else 15  # an SSM session takes a few seconds to open
     with s.step(f"reach {s.host.name}"):
         try:
             done = s.target.run_on(s.host, "true", timeout=timeout)
