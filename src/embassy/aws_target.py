@@ -216,6 +216,26 @@ def credentials_script(env: Mapping[str, str], argv: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HOST_IDENTITY = "reader"  # what the data plane's commands on an embassy host read the vault with: the restore role
+EMBASSY_REPO = 1  # an embassy host's pgBackRest has one repo, its own vault (deploy_embassy, custody.hostsecrets)
+# `sudo` inside a data-plane command would reset the environment (sudoers' env_reset) and drop the session: the
+# script already runs as root, so `sudo ARGS` runs ARGS as they are (anything with an option goes to the real sudo).
+SUDO_AS_ROOT = 'sudo() { case "$1" in -*) command sudo "$@" ;; *) "$@" ;; esac; }'
+
+
+def vault_script(env: Mapping[str, str], command: str) -> str:
+    """What `sudo sh -s` reads on an embassy host for one data-plane shell command (a fixed string of the suite's):
+    the session exported, `sudo` kept from dropping it, then the command, reading nothing more from the session's
+    input (the rest of this script). runuser (as postgres) keeps the environment; embassy-restic lets a session
+    (AWS_SESSION_TOKEN set) win over the static keys of its env file."""
+    lines = []
+    for name, value in env.items():
+        if not SAFE_ENV_NAME.match(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return "\n".join([*lines, SUDO_AS_ROOT, "{", command, "} </dev/null"]) + "\n"
+
+
 class AwsDataTarget(AwsTarget):
     """The AWS target with its data plane: validated outputs, assumed roles, SSM command lines."""
 
@@ -305,6 +325,20 @@ class AwsDataTarget(AwsTarget):
         """A shell command of the data plane's (a fixed string of its own) on the host, over SSM."""
         return self.host_command_argv(host, ["sh", "-c", command])
 
+    def run_on(self, host: Host | str, command: str, *, timeout: float = 120,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """A data-plane command on an embassy host, with a fresh session of the restore role for pgBackRest and
+        restic (on the SSM session's input, never in an argv, never on the host's disk): the host's own instance
+        role is not what verify and restore read the vault with. A command with its own input (secrets written
+        to the host) runs as it is."""
+        h = self._host(host)
+        if stdin is not None or h.embassy is None:
+            return super().run_on(h, command, timeout=timeout, stdin=stdin)
+        argv = self.host_command_argv(h, ["sudo", "sh", "-s"])  # ToolMissing before any STS call
+        env = host_env(self.session(h.embassy, HOST_IDENTITY), pgbackrest_repos=(EMBASSY_REPO,))
+        return subprocess.run(argv, input=vault_script(env, command), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
     def run_with_credentials(self, host: Host | str, argv: Sequence[str], *, embassy: str, identity: str = "reader",
                              pgbackrest_repos: Sequence[int] = (1,), user: str = "postgres",
                              timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -313,6 +347,20 @@ class AwsDataTarget(AwsTarget):
         remote = ["sudo", "runuser", "-u", user, "--", "sh", "-s"]
         return subprocess.run(self.host_command_argv(host, remote), input=script, capture_output=True, text=True,
                               timeout=timeout, check=False)
+
+
+def bundle_vault_record(target: AwsDataTarget, embassy: str) -> Any:
+    """The custody bundle's vault record of an AWS embassy: where the vault is and which role reads it (the stack
+    output restore_role_arn), no key: a controller that has only the custody sheets assumes that role with its own
+    identity. The CA is the operating system's (empty PEM) unless an emulator's is configured."""
+    from embassy.custody.bundle import VaultAccess as VaultRecord
+
+    out = target.embassy_outputs(embassy)
+    vault = target.vault(embassy)
+    ca_pem = Path(vault.ca_file).read_text() if vault.ca_file != SYSTEM_CA else ""
+    return VaultRecord(embassy=embassy, endpoint=vault.endpoint, dns_name="", bucket=out.vault_bucket,
+                       region=out.region, ca_pem=ca_pem, access_key_id="", secret_access_key="",
+                       restore_role_arn=out.restore_role_arn)
 
 
 def aws_target(dep: model.Deployment, outputs: Path | None = None) -> AwsDataTarget:

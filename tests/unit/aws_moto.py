@@ -82,7 +82,8 @@ def _ca_and_cert(folder: Path) -> tuple[Path, Path, Path]:
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                         x509.DNSName("localhost")]),  # pgBackRest wants a name
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = folder / "ca.crt", folder / "server.crt", folder / "server.key"

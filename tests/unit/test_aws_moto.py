@@ -16,6 +16,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -205,6 +206,106 @@ def test_verify_cli_on_an_intact_vault_passes_the_vault_and_then_needs_ssm(world
     assert "over SSM needs" in done.stderr and "HINT:" in done.stderr
 
 
+# --------------------------------------------------------------------------- hosts over SSM, recorded
+#
+# The SSM session itself cannot run here (no instance, no session-manager-plugin): `ssh` on the PATH below records
+# the argv and the input the controller hands it and answers as an unreachable host does (exit 255). Everything up
+# to that hand-over is the real code path: the CLI, the vault check with the restore role, the assumed session.
+
+FAKE_SSH = """#!/bin/sh
+# Records what the controller hands ssh (argv NUL-separated, then its input) and answers as an unreachable host.
+n=$(ls "$SSH_RECORD" | wc -l)
+printf '%s\\0' ssh "$@" > "$SSH_RECORD/$n.argv"
+cat > "$SSH_RECORD/$n.input"
+echo "ssh: connect to host via SSM: no answer (recorded by the test)" >&2
+exit 255
+"""
+
+
+def _recording_ssh(world: World, name: str) -> tuple[Path, dict[str, str]]:
+    tools, record = world.folder / f"{name}-bin", world.folder / f"{name}-record"
+    tools.mkdir()
+    record.mkdir()
+    (tools / "ssh").write_text(FAKE_SSH)
+    for tool in ("aws", "session-manager-plugin"):  # never run: the recorded ssh does not start its ProxyCommand
+        (tools / tool).write_text("#!/bin/sh\necho not run >&2\nexit 99\n")
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    return record, {"PATH": f"{tools}:{os.environ['PATH']}", "SSH_RECORD": str(record)}
+
+
+def _recorded(record: Path) -> list[tuple[list[str], str]]:
+    calls = sorted(record.glob("*.argv"), key=lambda p: int(p.stem))
+    return [([a.decode() for a in p.read_bytes().split(b"\0")[:-1]], p.with_suffix(".input").read_text())
+            for p in calls]
+
+
+def _exported(script: str) -> dict[str, str]:
+    return {name: value for line in script.splitlines() if line.startswith("export ")
+            for name, _, value in [shlex.split(line[len("export "):])[0].partition("=")]}
+
+
+def _check_session_handed_to_host(world: World, embassy: str, argv: list[str], script: str) -> None:
+    """The host got a session of the restore role on its input: in no argv, able to read the vault, not to write."""
+    target = world.target()
+    assert argv == at.ssh_argv(target.host(embassy), ["sudo", "sh", "-s"], known_hosts=target.known_hosts)
+    env = _exported(script)
+    secrets = [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_SESSION_TOKEN"]]
+    assert env["PGBACKREST_REPO1_S3_KEY_TYPE"] == "shared" and env["PGBACKREST_REPO1_S3_TOKEN"] == secrets[2]
+    assert not any(secret in part for part in argv for secret in secrets)
+    region = world.plan["outputs"]["embassies"][embassy]["region"]
+    as_host = world.moto.client("s3", {"access_key_id": secrets[0], "secret_access_key": secrets[1],
+                                       "session_token": secrets[2]}, region)
+    bucket = world.buckets[embassy]
+    assert as_host.get_object(Bucket=bucket, Key=manifest.object_key(1))["Body"].read()
+    assert _denied(lambda: as_host.put_object(Bucket=bucket, Key="pgbackrest/x", Body=b"x")) == "AccessDenied"
+    # A script the remote `sh -s` parses (syntax only here: the commands are the host's).
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True, timeout=10)
+
+
+def test_restore_cli_checks_the_vault_then_reaches_the_host_over_ssm_with_a_session(world: World) -> None:
+    record, env = _recording_ssh(world, "restore")
+    world.env.update(env)
+    try:
+        done = world.cli("restore", "--stack", STACK, "--embassy", "de", "--target", "aws", "--outputs",
+                         str(world.outputs), "--json")
+    finally:
+        for key in env:
+            del world.env[key]
+    # The vault passed (signatures, links, manifest locks, freshness against the other two vaults) before any
+    # host was reached; then the host did not answer: HostUnreachable, exit 1, nothing restored.
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["error"]["error"] == "HostUnreachable" and "enclave-de" in outcome["error"]["message"]
+    assert [(s["step"], s["ok"]) for s in outcome["steps"]][:1] == [("reach enclave-de", False)]
+    assert not any(r["restored"] for r in outcome["registers"])
+    calls = _recorded(record)
+    assert len(calls) == 1
+    argv, script = calls[0]
+    assert script.rstrip().endswith("{\ntrue\n} </dev/null")
+    _check_session_handed_to_host(world, "de", argv, script)
+
+
+def test_verify_cli_runs_the_host_checks_over_ssm_with_a_session(world: World) -> None:
+    record, env = _recording_ssh(world, "verify")
+    world.env.update(env)
+    try:
+        done = world.cli("verify", "--stack", STACK, "--embassy", "de", "--target", "aws", "--outputs",
+                         str(world.outputs), "--json")
+    finally:
+        for key in env:
+            del world.env[key]
+    assert done.returncode == 1, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    # The vault's checks passed; the first host check (the repositories the host reads) went over SSM and failed.
+    assert result["first_failure"]["object"] == "host:de" and "ssh:" in result["first_failure"]["reason"]
+    calls = _recorded(record)
+    assert len(calls) == 1
+    argv, script = calls[0]
+    assert "repo1-path" in script and "/etc/pgbackrest/pgbackrest.conf" in script
+    _check_session_handed_to_host(world, "de", argv, script)
+
+
 def test_a_manifest_signed_by_another_key_is_named_exit_1(world: World) -> None:
     chain = signed_chain(ROUNDS, _body, HOME_KEY, "se")
     forged_body = _body(ROUNDS + 1, manifest.sha256(chain[-1][1]), "se")
@@ -254,3 +355,23 @@ def test_a_custody_bundle_is_stored_by_the_custody_role_and_read_back(world: Wor
         OTHER_KEY.sign(seal.signed_bytes(seal.header_of(stored, name).model_dump(), stored["ciphertext"]))).decode()}}
     with pytest.raises(errors.SignatureInvalid):
         seal.authenticate(forged, name, manifest.public_key_pem(HOME_KEY))
+
+
+def test_restore_refuses_a_tampered_manifest_before_any_host(world: World) -> None:
+    """The host nation rewrites round 2 in the vault (a new version of the key, home's signature kept): the restore
+    reads the chain with the restore role, names the object and exits 1, without reaching for a host (this machine
+    has no SSM tools: a host reached first would have been exit 2)."""
+    chain = dict(signed_chain(ROUNDS, _body, HOME_KEY, "ie"))
+    key = manifest.object_key(2)
+    tampered = chain[key].replace(b"20261202-100000F", b"20261202-100001F", 1)  # another backup, same signature
+    assert tampered != chain[key]
+    s3 = s3_client(world.target().vault("ie").client_spec("agent"))
+    s3.put_object(Bucket=world.buckets["ie"], Key=key, Body=tampered)
+    done = world.cli("restore", "--stack", STACK, "--embassy", "ie", "--target", "aws", "--outputs",
+                     str(world.outputs), "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["error"]["code"] // 100 == 2 and key in outcome["error"]["message"]
+    assert outcome["verify"] is None or outcome["verify"]["first_failure"]["object"] == key
+    assert not any(s["step"].startswith("reach") for s in outcome["steps"])
+    assert not any(r["restored"] for r in outcome["registers"])

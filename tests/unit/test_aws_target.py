@@ -168,3 +168,108 @@ def test_emulator_endpoints_must_be_https(monkeypatch: Any) -> None:
         at.endpoint("s3", "eu-central-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert at.endpoint("sts", "cn-north-1") == "https://sts.cn-north-1.amazonaws.com.cn"
+
+
+# --------------------------------------------------------------------------- the data plane's commands on a host
+
+
+def test_a_data_plane_command_gets_the_session_and_keeps_it_through_sudo(tmp_path: Path) -> None:
+    """The script `sudo sh -s` reads on the host, run by a real shell here: the session reaches the command through
+    its `sudo` (which would reset the environment), the command reads nothing of the script, and what follows the
+    command in the script is never taken as input."""
+    session = at.Session("ASIAEXAMPLEEXAMPLE01", "se'cr$(et)`x`\n;", "tok en\"'", at.dt.datetime.now(at.dt.UTC))
+    env = at.host_env(session, pgbackrest_repos=[at.EMBASSY_REPO])
+    command = ("sudo sh -c 'printf \"%s|%s|\" \"$PGBACKREST_REPO1_S3_KEY_SECRET\" \"$AWS_SESSION_TOKEN\"'; "
+               "cat; echo done-$?")
+    script = at.vault_script(env, command)
+    done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=10,
+                          env={"PATH": os.environ["PATH"]})
+    assert done.stdout == f"{session.secret_access_key}|{session.session_token}|done-0\n", done.stderr
+    assert session.secret_access_key not in command and "export PGBACKREST_REPO1_S3_KEY_TYPE=shared" in script
+    with pytest.raises(ValueError):
+        at.vault_script({"X=1; id": "x"}, "true")
+
+
+def test_restic_on_the_host_takes_the_session_over_its_files_keys(tmp_path: Path) -> None:
+    """embassy-restic (the host's wrapper) sources static keys from its env file: a session handed over (a session
+    token set) must win, and without one the file's keys are used as before (lab, site). restic is a stand-in
+    printing the credentials it was given: the wrapper's shell is what is tested."""
+    from embassy.replication import dataplane
+
+    (tmp_path / "de.env").write_text("RESTIC_BASE=s3:https://vault/b/restic\nRESTIC_CACERT=/ca\n"
+                                     "AWS_ACCESS_KEY_ID=FILEKEY\nAWS_SECRET_ACCESS_KEY=FILESECRET\n"
+                                     "AWS_DEFAULT_REGION=eu-central-1\n")
+    wrapper = tmp_path / "embassy-restic"
+    wrapper.write_text(dataplane.script("embassy-restic").replace("/etc/embassy/restic/", f"{tmp_path}/"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "restic").write_text('#!/bin/sh\nprintf "%s|%s|%s" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" '
+                                    '"${AWS_SESSION_TOKEN:-none}"\n')
+    (bin_dir / "restic").chmod(0o755)
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    plain = subprocess.run(["sh", str(wrapper), "de", "population", "snapshots"], capture_output=True, text=True,
+                           timeout=10, env=path)
+    assert plain.stdout == "FILEKEY|FILESECRET|none", plain.stderr
+    session = subprocess.run(["sh", str(wrapper), "de", "population", "snapshots"], capture_output=True, text=True,
+                             timeout=10, env={**path, "AWS_ACCESS_KEY_ID": "ASIA1", "AWS_SECRET_ACCESS_KEY": "s",
+                                              "AWS_SESSION_TOKEN": "t"})
+    assert session.stdout == "ASIA1|s|t", session.stderr
+
+
+def test_run_on_an_embassy_host_hands_over_a_session_on_stdin(dep: Any, outputs: dict[str, Any],
+                                                              monkeypatch: Any) -> None:
+    """verify's and restore's host commands (Target.run_on) on AWS: `sudo sh -s` over SSM, the restore role's
+    session on the input; a command that brings its own input (secrets written to the host) goes as it is."""
+    session = at.Session("ASIAEXAMPLEEXAMPLE02", "secret-2", "token-2", at.dt.datetime.now(at.dt.UTC))
+    target = at.AwsDataTarget(dep, outputs)
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(target, "session", lambda embassy, identity: asked.append((embassy, identity)) or session)
+    monkeypatch.setattr(at.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    seen: list[dict[str, Any]] = []
+
+    def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen.append({"argv": argv, "input": kwargs.get("input")})
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(at.subprocess, "run", run)
+    import embassy.targets as targets_module
+
+    monkeypatch.setattr(targets_module.subprocess, "run", run)
+    command = "sudo runuser -u postgres -- pgbackrest --stanza=home verify"
+    target.run_on(target.host("de"), command, timeout=5)
+    assert asked == [("de", "reader")]
+    assert seen[0]["argv"][-2:] == [target.host("de").instance_id, "sudo sh -s"]
+    assert f"{{\n{command}\n}} </dev/null" in seen[0]["input"]
+    assert not any("secret-2" in a or "token-2" in a for a in seen[0]["argv"])
+    target.run_on("de", "sudo install -m 600 /dev/stdin /etc/x", stdin="the file")
+    assert seen[1]["input"] == "the file" and seen[1]["argv"][-1] == "sh -c 'sudo install -m 600 /dev/stdin /etc/x'"
+    assert asked == [("de", "reader")]  # no session for a command that brings its own input
+
+
+def test_the_custody_bundles_vault_record_names_the_restore_role(dep: Any, outputs: dict[str, Any]) -> None:
+    """A fresh controller with only the custody sheets must know which role reads the vault: the record carries
+    the stack's restore role ARN and no key (none exists on AWS); an older bundle without it still reads."""
+    from embassy.custody.bundle import Bundle
+
+    record = at.bundle_vault_record(at.AwsDataTarget(dep, outputs), "de")
+    de = outputs["embassies"]["de"]
+    assert record.restore_role_arn == de["restore_role_arn"] and record.bucket == de["vault_bucket"]
+    assert (record.access_key_id, record.secret_access_key, record.region) == ("", "", "eu-central-1")
+    bundle = Bundle(stack="rehearsal", embassy="de", version=1, created="2026-12-07T00:00:00+00:00",
+                    manifest_public_key="pem", vault=record)
+    assert "" not in bundle.secrets()  # an empty "secret" would be found in every text a test searches
+    assert Bundle.model_validate_json(bundle.model_dump_json()).vault.restore_role_arn == de["restore_role_arn"]
+    old = json.loads(bundle.model_dump_json())
+    del old["vault"]["restore_role_arn"]
+    assert Bundle.model_validate(old).vault.restore_role_arn is None
+
+
+def test_restore_with_shares_on_aws_is_refused_before_anything(tmp_path: Path, outputs: dict[str, Any]) -> None:
+    """Not built yet (custody bundles are sealed on the lab only): said with a HINT, exit 2, before any share file
+    is read or any outputs, role or host is reached."""
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "restore", "--stack", "rehearsal", "--embassy", "de",
+                           "--target", "aws", "--outputs", str(tmp_path / "outputs.json"), "--shares",
+                           str(tmp_path / "no-such-sheet.txt")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == EXIT_USAGE and "--shares is not built for --target aws" in done.stderr
+    assert "HINT:" in done.stderr and "no-such-sheet" not in done.stderr

@@ -389,10 +389,10 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("command", ["verify", "restore"])
 def test_target_options_are_checked_before_anything_is_reached(command: str, tmp_path: Path) -> None:
     base = [command, "--stack", "production", "--embassy", "se"]
-    # verify takes --target aws (with --outputs); restore does not yet, and says so.
+    # Both take --target aws (with --outputs): each option belongs to its own target.
     by_command = ((["--target", "aws", "--inventory", str(EXAMPLE)], "for --target site"),
-                  (["--target", "site", "--outputs", str(EXAMPLE)], "for --target aws")) if command == "verify" \
-        else ((["--target", "aws"], "lab or site"),)
+                  (["--target", "site", "--outputs", str(EXAMPLE)], "for --target aws"),
+                  (["--target", "cloud"], "not 'cloud'"))
     for extra, words in ((["--target", "site"], "needs --inventory"), *by_command,
                          (["--target", "lab", "--inventory", str(EXAMPLE)], "for --target site")):
         done = cli(*base, *extra)

@@ -44,10 +44,13 @@ def restore(
         "--accept-unanchored", help="when nothing anchors the vault's freshness (no high-water mark, no custody bundle "
                                     "round, no other vault to compare with), restore from its chain as it is; the "
                                     "outcome records it")] = False,
-    target_kind: Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab) or site (a host nation's "
-                                                                    "data centre, from --inventory)")] = "lab",
+    target_kind: Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab), site (a host nation's "
+                                                                    "data centre, from --inventory) or aws (stack "
+                                                                    "outputs; roles assumed, hosts over SSM)")] = "lab",
     inventory: Annotated[Path | None, typer.Option("--inventory", help="the site inventory (--target site); the lab's "
                                                    "own is named by `embassy lab status --json`")] = None,
+    outputs: Annotated[Path | None, typer.Option("--outputs", help="the stack outputs saved from `pulumi stack output "
+                                                 "--json` (--target aws; default: ask the pulumi CLI)")] = None,
 ) -> None:
     """Verify the embassy's vault, restore every register it holds, compare digests, start the state service.
 
@@ -66,11 +69,18 @@ def restore(
 
     try:
         when = lib.parse_time(target_time) if target_time else None
+        if shares and target_kind == "aws":
+            # custody init seals bundles on the lab only today, and the host's pgBackRest config that a bundle
+            # writes is a site's (static keys, path style): not what an AWS enclave reads its vault with.
+            raise OptionInvalid("restore --shares is not built for --target aws yet",
+                                "restore without --shares: the enclave host keeps the restore secrets its deploy "
+                                "wrote, and the vault is read with the stack's restore role")
         custody_shares = _shares(dep.stack, shares, share_files or [])  # a mistyped share is named before any lab
-        if target_kind not in ("lab", "site"):
-            raise OptionInvalid(f"restore reaches hosts and vaults through --target lab or site, not '{target_kind}'",
-                                "use --target lab, or --target site --inventory FILE (AWS: not yet, see README)")
-        target = target_for(target_kind, dep, inventory)
+        if target_kind not in ("lab", "site", "aws"):
+            raise OptionInvalid(f"restore reaches hosts and vaults through --target lab, site or aws, not "
+                                f"'{target_kind}'", "use --target lab, --target site --inventory FILE or --target aws "
+                                                    "[--outputs FILE]")
+        target = target_for(target_kind, dep, inventory, outputs)
         hosts = target.embassy_hosts(embassy)  # EmbassyUnknown before anything runs
         if not shares or target.kind != "lab":  # only the lab may take the key from the bundle it opens
             target.manifest_public_key()  # the trust anchor, before any host or vault is reached

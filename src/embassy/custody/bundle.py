@@ -33,8 +33,11 @@ class VaultAccess(BaseModel):
     bucket: str
     region: str = "us-east-1"
     ca_pem: str
-    access_key_id: str
+    access_key_id: str  # "" on AWS: no static key exists, the restore role is assumed instead
     secret_access_key: str
+    # AWS: the stack's restore role (stack output restore_role_arn): what a fresh controller with only the custody
+    # sheets assumes (STS, its own identity) to read this vault. None outside AWS.
+    restore_role_arn: str | None = None
 
 
 class Passphrase(BaseModel):
@@ -62,8 +65,8 @@ class Bundle(BaseModel):
 
     def secrets(self) -> list[str]:
         """Every secret value in the bundle (tests search stored objects, sheets and logs for each)."""
-        return [self.vault.access_key_id, self.vault.secret_access_key,
-                *(p.value for p in self.pgbackrest), *(p.value for p in self.restic)]
+        return [v for v in (self.vault.access_key_id, self.vault.secret_access_key,
+                            *(p.value for p in self.pgbackrest), *(p.value for p in self.restic)) if v]
 
 
 def _read_secret(folder: Path, name: str) -> tuple[str, str]:

@@ -271,17 +271,15 @@ def restore(dep: model.Deployment, target: Target, embassy: str, *, target_time:
 def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
          from_vault: bool, keyring: Keyring | None) -> None:
     out = s.outcome
-    with s.step(f"reach {s.host.name}"):
-        try:
-            done = s.target.run_on(s.host, "true", timeout=15)
-        except subprocess.TimeoutExpired:
-            done = None
-        if done is None or done.returncode != 0:
-            raise HostUnreachable(f"embassy host {s.host.name} does not answer over SSH within 15 s"
-                                  + (f": {done.stderr.strip()[-200:]}" if done else ""))
+    # On AWS the vault is read from the controller with the restore role before any host is reached: a forged or
+    # stale chain is refused without an SSM session (and without the SSM tools on this machine).
+    vault_first = getattr(s.target, "kind", None) == "aws"
+    if not vault_first:
+        _reach(s)
     with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
         result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
-                                     bundle_round=out.bundle_round)
+                                     bundle_round=out.bundle_round, before_host=(lambda: _reach(s)) if vault_first
+                                     else None)
         out.verification = result
         if not result.intact:
             raise result.error("nothing was restored; restore from another embassy and investigate this vault")
@@ -307,6 +305,19 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
     finally:
         with s.step(f"write key generation {newest}'s secrets back (new backups' repositories)"):
             hostsecrets.write(s.target, s.host, keyring(newest))
+
+
+def _reach(s: Session) -> None:
+    """The embassy host answers (over SSH, or ssh through SSM on AWS), else HostUnreachable."""
+    timeout = 60 if getattr(s.target, "kind", None) == "aws" else 15  # an SSM session takes a few seconds to open
+    with s.step(f"reach {s.host.name}"):
+        try:
+            done = s.target.run_on(s.host, "true", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            done = None
+        if done is None or done.returncode != 0:
+            raise HostUnreachable(f"embassy host {s.host.name} does not answer over SSH within {timeout} s"
+                                  + (f": {done.stderr.strip()[-200:]}" if done else ""))
 
 
 def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None:

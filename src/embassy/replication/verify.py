@@ -611,11 +611,13 @@ def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifes
 
 def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = False,
            accept_unanchored: bool = False, bundle_round: int | None = None,
-           say: Callable[[str], None] = lambda _m: None) -> Result:
+           say: Callable[[str], None] = lambda _m: None, before_host: Callable[[], None] | None = None) -> Result:
     """Check the embassy's vault (module docstring); the Result names the first failure and keeps the chain.
 
     bundle_round: the custody bundle's round at sealing, when a bundle is at hand (an anchor of freshness).
-    accept_unanchored: take a chain whose freshness nothing anchors (recorded in the Result's freshness)."""
+    accept_unanchored: take a chain whose freshness nothing anchors (recorded in the Result's freshness).
+    before_host: called once the vault's own checks passed, before the first check on the host (a restore on AWS
+    reaches its host there, so that a forged chain is refused without a session to the host)."""
     if embassy not in {e.name for e in dep.embassies}:
         raise UserError(f"no embassy '{embassy}' in stack '{dep.stack}'",
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
@@ -656,6 +658,8 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
                     accept_unanchored=accept_unanchored)
     if not result.intact:
         return result
+    if before_host is not None:
+        before_host()
     say("the host's repositories: the key generation the head manifest names")
     check_generation(where, embassy, head, result)
     if not result.intact:
