@@ -9,15 +9,18 @@ host tool is missing (`make lab-deps` installs them).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import pytest
 
+from embassy.home.generator import Spec
 from embassy.lab import lifecycle
 from embassy.lab.state import LAB_ID_ENV, LabState, lab_dir, load_state
 from embassy.lab.system import missing_tools
@@ -116,3 +119,61 @@ def in_controller_python(lab: LabState, code: str, *args: str, timeout: float = 
     """Run Python code (the venv's interpreter) inside the lab's controller namespace."""
     return subprocess.run(lab.in_controller([sys.executable, "-c", code, *args]), capture_output=True, text=True,
                           timeout=timeout)
+
+
+# --------------------------------------------------------------------------- one deploy shared by modules
+# A deploy that changes nothing still costs 30 to 45 s (pyinfra on 4 hosts). A module that only needs a
+# deployed lab takes the session's last deploy when every module since it left the hosts as a deploy leaves
+# them (KEEPS_DEPLOY), and no test failed meanwhile (a failure may have left a case half undone); else it
+# deploys. A module not listed (custody's rotation, replication's cut-offs and killed agents, restores,
+# the drill) is taken to have changed the hosts: the next module that needs a deploy deploys again.
+KEEPS_DEPLOY = frozenset({
+    "test_deploy",  # ends with its own deploys (a refused one in between changes nothing)
+    "test_digest_points",  # its scratch cluster is removed; a round signs home's last state
+    "test_drill_watch",  # the watch's counters removed, the receivers started again
+    "test_harden",  # the roles touch nothing a deploy manages (a deploy after them changes nothing)
+    "test_hostile_vault",  # every case undone, the round timer started again
+    "test_lab_hosts", "test_lab_lifecycle", "test_lab_sockets", "test_lab_state", "test_lab_vaults",  # read only
+})
+
+
+@dataclass
+class SharedDeploy:
+    intact: bool = False  # the hosts are as the session's last deploy left them
+    result: dict[str, Any] | None = None  # that deploy's --json output
+    module: str | None = None  # the module running now
+
+
+SHARED = SharedDeploy()
+
+
+def record_deploy(result: dict[str, Any]) -> None:
+    """A module's own deploy succeeded: the hosts are as it left them."""
+    SHARED.intact, SHARED.result = True, result
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    if SHARED.module is not None and module != SHARED.module and SHARED.module not in KEEPS_DEPLOY:
+        SHARED.intact = False
+    SHARED.module = module
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        SHARED.intact = False
+
+
+def deploy_once(lab: LabState) -> dict[str, Any]:
+    """The lab deployed: the session's last deploy when the hosts are still as it left them, else a new one."""
+    if SHARED.intact and SHARED.result is not None:
+        print(f"lab {lab.lab_id}: deployed by an earlier module, left intact since: no new deploy", file=sys.stderr)
+        return SHARED.result
+    env = {**os.environ, "EMBASSY_LAB_ID": str(lab.lab_id)}
+    done = subprocess.run([EMBASSY, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb",
+                           f"{Spec.size_mb:g}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    record_deploy(json.loads(done.stdout))
+    assert SHARED.result is not None
+    return SHARED.result

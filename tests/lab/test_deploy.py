@@ -18,7 +18,7 @@ from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.replication import secrets as embassy_secrets
 from embassy.replication.dataplane import PGBACKREST_CONF, STANZA
-from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
+from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, record_deploy, ssh
 from tests.lab.timed_output import MAX_SILENCE_SECONDS, run_timed
 from tests.lab.vault_storage import archive_id
 
@@ -48,6 +48,7 @@ def deployed(lab: LabState) -> tuple[dict[str, Any], dict[str, Any]]:
         # No silent minutes (issue 26): into a pipe, a line at least every 30 s, whatever pyinfra is doing.
         assert silence <= MAX_SILENCE_SECONDS, f"deploy's output was silent for {silence:.0f} s:\n{done.stderr[-3000:]}"
         runs.append({**json.loads(done.stdout), "stderr": done.stderr})
+    record_deploy(json.loads(done.stdout))  # later modules share it (conftest.KEEPS_DEPLOY)
     return runs[0], runs[1]
 
 

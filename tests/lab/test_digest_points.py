@@ -20,9 +20,8 @@ from embassy.drill.restore import SCRATCH_PORT, TARGET_CONF, scratch_conf, scrat
 from embassy.lab.state import LabState
 from embassy.replication import digest, pgmajor
 from embassy.replication.hostcmd import lsn_int
-from tests.lab.conftest import ssh
+from tests.lab.conftest import deploy_once, ssh
 from tests.lab.test_replication import replicate_once
-from tests.lab.test_restore import deployed  # noqa: F401  (the module's deployed lab)
 
 pytestmark = pytest.mark.lab
 
@@ -31,6 +30,13 @@ REGISTERS = {"population": "population", "land-register": "land_register"}
 ROUNDS = 20
 DIGEST = f"sudo runuser -u {digest.ROLE} -- env PYTHONPATH=/opt/embassy python3 -m replication.digest postgres"
 AS_PG = "sudo runuser -u postgres --"
+
+
+@pytest.fixture(scope="module")
+def deployed(lab: LabState) -> dict[str, Any]:
+    """The lab deployed (the session's last deploy when the modules since left it intact), then a round."""
+    deploy_once(lab)
+    return replicate_once(lab)
 
 
 def _home_psql(lab: LabState, db: str, sql: str) -> str:
@@ -111,7 +117,7 @@ def _recover_to(lab: LabState, lsn: str, running: bool) -> None:
     raise AssertionError(f"recovery did not pause at {lsn} (see {scratch}.log at {EMBASSY})")
 
 
-def test_every_rounds_digest_is_the_state_recovered_to_its_lsn(lab: LabState, deployed: dict[str, Any]) -> None:  # noqa: F811
+def test_every_rounds_digest_is_the_state_recovered_to_its_lsn(lab: LabState, deployed: dict[str, Any]) -> None:
     pids = _start_writers(lab)
     try:
         points = _digests(lab)

@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 
 from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT
-from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.replication import dataplane, freshness, manifest
 from embassy.replication import secrets as controller_secrets
-from tests.lab.conftest import STACK, ssh
+from tests.lab.conftest import STACK, deploy_once, ssh
 from tests.lab.test_replication import _vault_port, embassy_cli, replicate_once, verify
 from tests.lab.vault_storage import Filer
 
@@ -39,10 +38,7 @@ ROUND_TIMER = "embassy-replication-round.timer"
 def chains(lab: LabState) -> Iterator[int]:
     """A deployed lab with at least three rounds in every vault; the newest round. Home's round timer is held
     for the module: a background round landing while a vault is rolled back would make another case."""
-    if not (Path(lab.dir) / "manifest_public_key.pem").is_file():
-        done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb",
-                           f"{Spec.size_mb:g}", timeout=1800)
-        assert done.returncode == 0, done.stderr[-4000:]
+    deploy_once(lab)  # the session's last deploy when the modules since left it intact
     ssh(lab, "home", f"sudo systemctl stop {ROUND_TIMER}")
     try:
         newest = int(replicate_once(lab)["round"])  # one round at least: the head every case starts from

@@ -22,11 +22,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.replication import dataplane, manifest
 from embassy.replication import secrets as controller_secrets
-from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
+from tests.lab.conftest import EMBASSY, ROOT, STACK, deploy_once, in_controller_python, ssh
 from tests.lab.vault_storage import Filer, flip_byte_at, flip_middle_byte
 
 pytestmark = pytest.mark.lab
@@ -63,9 +62,7 @@ def verify_at_once(lab: LabState, *calls: tuple[str, ...]) -> list[tuple[int, di
 
 @pytest.fixture(scope="module")
 def replicated(lab: LabState) -> dict[str, Any]:
-    done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
-                       timeout=1800)
-    assert done.returncode == 0, done.stderr[-4000:]
+    deploy_once(lab)  # the session's last deploy when the modules since left it intact (conftest.KEEPS_DEPLOY)
     replicate_once(lab)
     time.sleep(6)  # rounds further apart than the tightest RPO (5 s): a vault one round behind is stale
     return replicate_once(lab)

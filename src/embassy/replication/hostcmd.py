@@ -6,7 +6,10 @@ Runs on the hosts (stdlib only). Everything the agent decides from is read from 
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
+from pathlib import Path
 from typing import Any
 
 STANZA = "home"
@@ -26,8 +29,50 @@ def psql(db: str, sql: str, timeout: float = 60) -> str:
     return res.stdout.strip()
 
 
-def _repo_info(repo: int, timeout: float) -> dict[str, Any]:
-    # One repo per call, with a short I/O timeout: an unreachable vault must not hold up the others.
+PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"  # dataplane.PGBACKREST_CONF (this module runs on the hosts)
+PROBE_SECONDS = 5.0  # a vault that does not accept a TCP connection within this is unreachable (round.VAULT_PROBE_SECONDS)
+
+
+def repo_endpoints(conf: str) -> dict[int, tuple[str, int]]:
+    """repoN -> (host, port) of its S3 endpoint, from pgbackrest.conf's text (S3 repos only)."""
+    hosts: dict[int, str] = {}
+    ports: dict[int, int] = {}
+    for line in conf.splitlines():
+        key, _, value = line.strip().partition("=")
+        m = re.fullmatch(r"repo(\d+)-(s3-endpoint|storage-port)", key)
+        if m and value:
+            if m.group(2) == "s3-endpoint":
+                hosts[int(m.group(1))] = value.strip()
+            elif value.strip().isdigit():
+                ports[int(m.group(1))] = int(value.strip())
+    return {n: (host, ports.get(n, 443)) for n, host in hosts.items()}
+
+
+def answers(endpoint: tuple[str, int] | None, timeout: float = PROBE_SECONDS) -> bool:
+    """Does the endpoint accept a TCP connection within `timeout`? (None: unknown, so let pgBackRest try.)"""
+    if endpoint is None:
+        return True
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _unreachable(repo: int, why: str, refused: bool = False) -> dict[str, Any]:
+    # refused: the vault accepted no connection at all (the probe), not an error pgBackRest reported
+    return {"repo": [{"key": repo, "status": {"code": 99, "message": why}, **({"unreachable": True} if refused else {})}]}
+
+
+def _repo_info(repo: int, timeout: float, endpoint: tuple[str, int] | None = None) -> dict[str, Any]:
+    # One repo per call, with a short I/O timeout: an unreachable vault must not hold up the others. A vault
+    # that does not even accept a connection is named unreachable after the probe: pgBackRest's own attempt
+    # costs about five times its io-timeout (a request per info file, each retried until io-timeout): measured
+    # 24 to 38 s at io-timeout=5 against a cut-off vault, on every poll of a round's wait for the archive.
+    if not answers(endpoint):
+        host, port = endpoint or ("", 0)
+        return _unreachable(repo, f"vault unreachable: {host}:{port} accepts no connection within {PROBE_SECONDS:g} s",
+                            refused=True)
     try:
         res = run(["pgbackrest", f"--stanza={STANZA}", f"--repo={repo}", "--io-timeout=5", "--output=json", "info"],
                   user="postgres", timeout=timeout)
@@ -35,8 +80,15 @@ def _repo_info(repo: int, timeout: float) -> dict[str, Any]:
     except (subprocess.TimeoutExpired, ValueError):
         data = None
     if not isinstance(data, list) or not data:
-        return {"repo": [{"key": repo, "status": {"code": 99, "message": "vault unreachable or unreadable"}}]}
+        return _unreachable(repo, "vault unreachable or unreadable")
     return data[0] if isinstance(data[0], dict) else {}
+
+
+def _endpoints() -> dict[int, tuple[str, int]]:
+    try:
+        return repo_endpoints(Path(PGBACKREST_CONF).read_text())
+    except OSError:
+        return {}
 
 
 def pgbackrest_info(repos: list[int], timeout: float = 30) -> dict[str, Any]:
@@ -44,9 +96,10 @@ def pgbackrest_info(repos: list[int], timeout: float = 30) -> dict[str, Any]:
     stanza document (archive, backup and repo entries keep their repo key)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    endpoints = _endpoints()
     merged: dict[str, Any] = {"archive": [], "backup": [], "repo": []}
     with ThreadPoolExecutor(max_workers=max(1, len(repos))) as pool:
-        for info in pool.map(lambda r: _repo_info(r, timeout), repos):
+        for info in pool.map(lambda r: _repo_info(r, timeout, endpoints.get(r)), repos):
             for part in merged:
                 merged[part].extend(info.get(part, []) or [])
     return merged
@@ -83,6 +136,11 @@ def repo_backups(info: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
         repo = int((backup.get("database") or {}).get("repo-key", 1))
         out.setdefault(repo, []).append(backup)
     return out
+
+
+def unreachable_repos(info: dict[str, Any]) -> set[int]:
+    """Repos whose vault accepted no connection (the probe in pgbackrest_info)."""
+    return {int(r.get("key", 0)) for r in info.get("repo", []) or [] if r.get("unreachable")}
 
 
 def repo_status(info: dict[str, Any]) -> dict[int, tuple[int, str]]:

@@ -172,12 +172,21 @@ def start_state(cfg: dict[str, Any], private: Any, *, new_chain: bool = False,
 
 
 def wait_archived(segment: str, repos: list[int], timeout: float) -> dict[str, Any]:
-    """Poll pgBackRest (bounded) until every repo's archive reaches `segment`; the last info read."""
+    """Poll pgBackRest (bounded) until every repo's archive reaches `segment`; the last info read.
+
+    A repo whose vault accepted no connection is not asked again in this wait (it cannot receive the
+    segment meanwhile; each ask costs the probe's timeout) and not waited for: the wait ends when every
+    other repo holds the segment. Its entry (status 99, unreachable) stays in the info returned."""
     deadline = time.monotonic() + timeout
+    asked, gone = list(repos), []
     while True:
-        info = hostcmd.pgbackrest_info(repos)
+        info = hostcmd.pgbackrest_info(asked) if asked else {"archive": [], "backup": [], "repo": []}
+        gone += [entry for entry in info.get("repo", []) or [] if entry.get("unreachable")]
+        dead = hostcmd.unreachable_repos({"repo": gone})
+        asked = [r for r in asked if r not in dead]
+        info = {**info, "repo": [e for e in info.get("repo", []) or [] if int(e.get("key", 0)) not in dead] + gone}
         archive = hostcmd.repo_archive(info)
-        if all(archive.get(r, {}).get("max", "")[8:] >= segment[8:] for r in repos) or time.monotonic() > deadline:
+        if all(archive.get(r, {}).get("max", "")[8:] >= segment[8:] for r in asked) or time.monotonic() > deadline:
             return info
         time.sleep(0.5)
 
