@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
@@ -13,6 +13,10 @@ from rich.table import Table
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.errors import EXIT_FINDING, OptionInvalid, UserError
+
+if TYPE_CHECKING:
+    from embassy import model
+    from embassy.targets import Target
 
 __all__ = ["InventoryOpt", "TargetOpt", "app", "data_plane_target"]
 
@@ -22,7 +26,8 @@ InventoryOpt = Annotated[Path | None, typer.Option("--inventory", help="the site
                                                    "own is named by `embassy lab status --json`")]
 
 
-def data_plane_target(command: str, kind: str, dep: Any, inventory: Path | None, kinds: tuple[str, ...]) -> Any:
+def data_plane_target(command: str, kind: str, dep: model.Deployment, inventory: Path | None,
+                      kinds: tuple[str, ...]) -> Target:
     """The target `command` runs against, refused (exit 2, with a HINT) for a kind it does not take."""
     from embassy.targets import target_for
 
