@@ -52,6 +52,9 @@ from embassy.targets import AWS_SSH_CONFIG_ENV, AwsTarget, Host, aws_hosts, stac
 from embassy.vaultaccess import ENV_PARTS, SYSTEM_CA, CredentialSource, VaultAccess
 
 SESSION_SECONDS = 900  # STS's minimum: a leaked session is worth a quarter of an hour
+# The longest session a role of the stack grants (infra/iam.py: max_session_duration): a command on a host that runs
+# longer than its session (pgBackRest cannot renew shared keys) gets one this long, and no longer.
+MAX_SESSION_SECONDS = 3600
 RENEW_BEFORE = dt.timedelta(minutes=5)
 CA_ENV = "EMBASSY_AWS_CA_FILE"
 SSH_USER = "admin"  # Debian's AMIs
@@ -115,21 +118,30 @@ _sessions: dict[tuple[str, str], Session] = {}
 _lock = threading.Lock()
 
 
-def assume(role_arn: str, region: str, session_name: str) -> Session:
-    """Short-lived credentials of `role_arn` (cached until RENEW_BEFORE their expiry); RoleNotAssumed if refused."""
+def duration_for(valid_for: float) -> int:
+    """The session length that covers `valid_for` seconds of use and RENEW_BEFORE, within STS's and the roles' bounds."""
+    return int(min(MAX_SESSION_SECONDS, max(SESSION_SECONDS, valid_for + RENEW_BEFORE.total_seconds())))
+
+
+def assume(role_arn: str, region: str, session_name: str, *, valid_for: float = 0) -> Session:
+    """Short-lived credentials of `role_arn`, valid for `valid_for` more seconds (within MAX_SESSION_SECONDS) and at
+    least RENEW_BEFORE: a cached session is reused while it lasts that long. RoleNotAssumed if refused."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     key = (role_arn, endpoint("sts", region))
+    duration = duration_for(valid_for)
+    # Reused while it covers the use (up to what a new one could) and a minute, and never with less than RENEW_BEFORE.
+    needed = max(RENEW_BEFORE, dt.timedelta(seconds=min(valid_for, duration - RENEW_BEFORE.total_seconds()) + 60))
     with _lock:
         got = _sessions.get(key)
-        if got is not None and got.expires - dt.datetime.now(dt.UTC) > RENEW_BEFORE:
+        if got is not None and got.expires - dt.datetime.now(dt.UTC) > needed:
             return got
         try:
             sts = boto3.session.Session().client("sts", region_name=region, endpoint_url=endpoint("sts", region),
                                                  verify=_verify_path(ca_file()))
             creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name,
-                                    DurationSeconds=SESSION_SECONDS)["Credentials"]
+                                    DurationSeconds=duration)["Credentials"]
         except (BotoCoreError, ClientError) as exc:
             raise RoleNotAssumed(f"cannot assume {role_arn}: {exc}") from None
         if not creds.get("SessionToken"):  # only temporary credentials are a role's; anything else is refused
@@ -156,8 +168,8 @@ class AssumedRole(CredentialSource):
     region: str = ""
     session_name: str = "embassy"
 
-    def credentials(self) -> Session:
-        return assume(self.role_arn, self.region, self.session_name)
+    def credentials(self, valid_for: float = 0) -> Session:
+        return assume(self.role_arn, self.region, self.session_name, valid_for=valid_for)
 
     def check(self, what: str, environ: Mapping[str, str] | None = None) -> None:
         """Assume the role (or reuse a live session) and export it under the prefix that `as_spec` names.
@@ -289,11 +301,12 @@ class AwsDataTarget(AwsTarget):
                            addressing="path" if _override("s3") else "virtual", region=out.region,
                            identities=identities)
 
-    def session(self, embassy: str, identity: str) -> Session:
+    def session(self, embassy: str, identity: str, valid_for: float = 0) -> Session:
+        """A session of the identity's role that lasts `valid_for` more seconds (a host command's timeout)."""
         source = self.vault(embassy).identity(identity)
         if not isinstance(source, AssumedRole):
             raise CredentialsUnavailable(f"vault of {embassy}: identity {identity} is not a role of the stack")
-        return source.credentials()
+        return source.credentials(valid_for)
 
     # ---- hosts
 
@@ -335,7 +348,8 @@ class AwsDataTarget(AwsTarget):
         if stdin is not None or h.embassy is None:
             return super().run_on(h, command, timeout=timeout, stdin=stdin)
         argv = self.host_command_argv(h, ["sudo", "sh", "-s"])  # ToolMissing before any STS call
-        env = host_env(self.session(h.embassy, HOST_IDENTITY), pgbackrest_repos=(EMBASSY_REPO,))
+        # The session must outlast the command (pgBackRest cannot renew shared keys): as long as its timeout.
+        env = host_env(self.session(h.embassy, HOST_IDENTITY, valid_for=timeout), pgbackrest_repos=(EMBASSY_REPO,))
         return subprocess.run(argv, input=vault_script(env, command), capture_output=True, text=True,
                               timeout=timeout, check=False)
 
@@ -343,7 +357,8 @@ class AwsDataTarget(AwsTarget):
                              pgbackrest_repos: Sequence[int] = (1,), user: str = "postgres",
                              timeout: float = 1800) -> subprocess.CompletedProcess[str]:
         """Run argv on the host as `user`, with a fresh session of the identity's role for pgBackRest and restic."""
-        script = credentials_script(host_env(self.session(embassy, identity), pgbackrest_repos=pgbackrest_repos), argv)
+        session = self.session(embassy, identity, valid_for=timeout)
+        script = credentials_script(host_env(session, pgbackrest_repos=pgbackrest_repos), argv)
         remote = ["sudo", "runuser", "-u", user, "--", "sh", "-s"]
         return subprocess.run(self.host_command_argv(host, remote), input=script, capture_output=True, text=True,
                               timeout=timeout, check=False)

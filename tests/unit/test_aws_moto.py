@@ -156,6 +156,26 @@ def test_identities_are_role_sessions_with_the_roles_limits(world: World) -> Non
     assert _denied(lambda: custody.put_object(Bucket=bucket, Key="manifests/x.json", Body=b"{}")) == "AccessDenied"
 
 
+def test_a_host_command_gets_a_session_that_outlasts_its_timeout(world: World) -> None:
+    """pgBackRest cannot renew shared keys: a restore step with a 30-minute timeout must not be handed a session
+    with 5 minutes left. Short commands reuse the 900 s session; a long one gets its own, up to the roles' 3600 s."""
+    target = world.target()
+    now = dt.datetime.now(dt.UTC)
+    short = target.session("de", "reader", valid_for=120)
+    assert target.session("de", "reader", valid_for=60) == short  # reused: no STS call per command
+    long = target.session("de", "reader", valid_for=1800)
+    assert long != short and long.expires - now >= dt.timedelta(seconds=1800)
+    assert long.expires - now <= dt.timedelta(seconds=at.MAX_SESSION_SECONDS + 5)
+    longest = target.session("de", "reader", valid_for=7200)  # more than a role grants: the most it grants
+    assert dt.timedelta(seconds=at.MAX_SESSION_SECONDS - 60) <= longest.expires - now \
+        <= dt.timedelta(seconds=at.MAX_SESSION_SECONDS + 5)
+    region = world.plan["outputs"]["embassies"]["de"]["region"]
+    as_host = world.moto.client("s3", {"access_key_id": longest.access_key_id,
+                                       "secret_access_key": longest.secret_access_key,
+                                       "session_token": longest.session_token}, region)
+    assert as_host.get_object(Bucket=world.buckets["de"], Key=manifest.object_key(1))["Body"].read()
+
+
 def test_anyone_with_static_keys_gets_nothing(world: World) -> None:
     stranger = world.moto.user("someone-with-static-keys")
     s3 = world.moto.client("s3", stranger, "eu-central-1")

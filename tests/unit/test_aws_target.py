@@ -138,7 +138,7 @@ def test_credentials_travel_on_stdin_never_in_an_argv(dep: Any, outputs: dict[st
 
     # What runs on the controller: the session's secrets are in the input, in no element of the argv.
     target = at.AwsDataTarget(dep, outputs)
-    monkeypatch.setattr(target, "session", lambda embassy, identity: session)
+    monkeypatch.setattr(target, "session", lambda embassy, identity, valid_for=0: session)
     monkeypatch.setattr(at.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     seen: dict[str, Any] = {}
 
@@ -223,7 +223,8 @@ def test_run_on_an_embassy_host_hands_over_a_session_on_stdin(dep: Any, outputs:
     session = at.Session("ASIAEXAMPLEEXAMPLE02", "secret-2", "token-2", at.dt.datetime.now(at.dt.UTC))
     target = at.AwsDataTarget(dep, outputs)
     asked: list[tuple[str, str]] = []
-    monkeypatch.setattr(target, "session", lambda embassy, identity: asked.append((embassy, identity)) or session)
+    monkeypatch.setattr(target, "session", lambda embassy, identity, valid_for=0: asked.append((embassy, identity, valid_for))
+                        or session)
     monkeypatch.setattr(at.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     seen: list[dict[str, Any]] = []
 
@@ -237,13 +238,13 @@ def test_run_on_an_embassy_host_hands_over_a_session_on_stdin(dep: Any, outputs:
     monkeypatch.setattr(targets_module.subprocess, "run", run)
     command = "sudo runuser -u postgres -- pgbackrest --stanza=home verify"
     target.run_on(target.host("de"), command, timeout=5)
-    assert asked == [("de", "reader")]
+    assert asked == [("de", "reader", 5)]  # a session that outlasts the command's timeout
     assert seen[0]["argv"][-2:] == [target.host("de").instance_id, "sudo sh -s"]
     assert f"{{\n{command}\n}} </dev/null" in seen[0]["input"]
     assert not any("secret-2" in a or "token-2" in a for a in seen[0]["argv"])
     target.run_on("de", "sudo install -m 600 /dev/stdin /etc/x", stdin="the file")
     assert seen[1]["input"] == "the file" and seen[1]["argv"][-1] == "sh -c 'sudo install -m 600 /dev/stdin /etc/x'"
-    assert asked == [("de", "reader")]  # no session for a command that brings its own input
+    assert asked == [("de", "reader", 5)]  # no session for a command that brings its own input
 
 
 def test_the_custody_bundles_vault_record_names_the_restore_role(dep: Any, outputs: dict[str, Any]) -> None:
