@@ -36,9 +36,10 @@ import yaml
 from rich.console import Console
 
 from embassy import model, progress
+from embassy.choosetarget import target_for
 from embassy.errors import UserError
 from embassy.replication.privatefile import create_private
-from embassy.targets import AwsTarget, Host, Role, Target, target_for
+from embassy.targets import AwsTarget, Host, Role, Target
 from embassy.targets import aws_collection_path as aws_collection_path  # where `harden --target aws` looks
 
 PLAYBOOK = "site.yml"

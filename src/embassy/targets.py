@@ -1,7 +1,7 @@
 """One notion of a target: where the stack's hosts are and how the controller reaches them.
 
 Every operation (harden, deploy, and next replicate, verify, restore, drill) takes a `Target` from
-`target_for(kind, dep)` instead of branching on lab/aws itself. A target knows:
+`choosetarget.target_for(kind, dep)` instead of branching on lab/aws itself. A target knows:
 - its hosts: name, role (home/embassy), embassy name, mode (warm/cold), address;
 - the pyinfra inventory that describes them (inventories/lab.py or inventories/aws.py) and the
   environment that inventory reads;
@@ -44,9 +44,7 @@ from embassy.errors import (
     EmbassyUnknown,
     HostUnknown,
     ManifestKeyMissing,
-    OptionInvalid,
     RootRequired,
-    TargetUnknown,
     ToolMissing,
     UserError,
 )
@@ -57,7 +55,7 @@ if TYPE_CHECKING:
     from embassy.lab.state import LabState
 
 __all__ = ["KINDS", "AwsTarget", "Host", "LabTarget", "Role", "SiteTarget", "Target", "aws_hosts", "lab_vault",
-           "stack_outputs", "target_for"]
+           "stack_outputs"]
 
 KINDS = ("lab", "site", "aws")
 MANIFEST_KEY_FILE = "manifest_public_key.pem"  # in a lab's state folder, written by the agent deploy
@@ -506,34 +504,3 @@ class AwsTarget(Target):
         return {"ansible_aws_ssm_instance_id": host.instance_id, "ansible_aws_ssm_region": host.region,
                 # SSM needs no inbound SSH: only the embassy's admin networks, if any, reach port 22.
                 "embassy_ssh_sources": list(emb.admin_cidrs), "embassy_require_ssh": bool(emb.admin_cidrs)}
-
-
-# --------------------------------------------------------------------------- choosing one
-
-
-def target_for(kind: str, dep: model.Deployment, inventory: Path | None = None, outputs: Path | None = None) -> Target:
-    """The target `kind` (lab | site | aws) of the stack; the lab must be up (else an error that says how);
-    a site takes its inventory file (--inventory); aws its saved stack outputs (--outputs), else the pulumi CLI's."""
-    if kind != "aws" and outputs is not None:
-        raise OptionInvalid(f"--outputs is for --target aws, not --target {kind}",
-                            "drop --outputs, or use --target aws --outputs FILE")
-    if kind != "site" and inventory is not None:
-        raise OptionInvalid(f"--inventory is for --target site, not --target {kind}",
-                            "drop --inventory, or use --target site --inventory FILE")
-    if kind == "lab":
-        from embassy.lab.state import lab_state
-
-        return LabTarget(dep, lab_state(dep.stack))  # a UserError with its HINT when that lab is not up
-    if kind == "site":
-        if inventory is None:
-            raise OptionInvalid("--target site needs --inventory FILE (the site inventory)",
-                                "see examples/sites/federation.yaml; for the lab, `embassy lab status --json` names "
-                                "its own as site_inventory")
-        from embassy import sites
-
-        return SiteTarget(dep, sites.load(inventory, dep), inventory)
-    if kind == "aws":
-        from embassy.aws_target import aws_target  # the data plane's AWS target: assumed roles, SSM argv
-
-        return aws_target(dep, outputs)
-    raise TargetUnknown(f"unknown target '{kind}'", f"use --target {' or --target '.join(KINDS)}")

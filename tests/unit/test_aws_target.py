@@ -19,9 +19,9 @@ import pytest
 
 from embassy import aws_target as at
 from embassy.aws_outputs import parse
+from embassy.choosetarget import target_for
 from embassy.errors import EXIT_USAGE, OptionInvalid, OutputsInvalid, ToolMissing
 from embassy.model import load_stack
-from embassy.targets import target_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = ["; rm -rf /", "$(touch /tmp/pwned)", "`id`", "a b", "it's", '"q"', "\\", "*", "~root", "-oProxyCommand=x",

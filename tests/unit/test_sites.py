@@ -25,7 +25,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from embassy import model, sites, targets, vaultaccess
+from embassy import choosetarget, model, sites, targets, vaultaccess
 from embassy.errors import CredentialsUnavailable, InventoryInvalid, ManifestKeyMissing, OptionInvalid, RootRequired
 from embassy.lab import lifecycle, site_inventory
 from embassy.lab.state import LAB_ROOT_ENV
@@ -408,7 +408,7 @@ def test_target_options_are_checked_before_anything_is_reached(command: str, tmp
 
 def test_an_unknown_target_kind_is_refused() -> None:
     with pytest.raises(OptionInvalid):
-        targets.target_for("site", model.load_stack("production", ROOT))
+        choosetarget.target_for("site", model.load_stack("production", ROOT))
 
 
 def test_an_embassy_the_inventory_leaves_out_is_not_comparable_never_a_crash(production: model.Deployment,

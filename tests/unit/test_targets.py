@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from embassy import deploy, harden, model
+from embassy.choosetarget import target_for
 from embassy.errors import EXIT_USAGE, EmbassyUnknown, HostUnknown, RootRequired, TargetUnknown, ToolMissing, UserError
 from embassy.lab.state import HostState, LabState, Phase
-from embassy.targets import AwsTarget, Host, LabTarget, Role, Target, aws_hosts, stack_outputs, target_for
+from embassy.targets import AwsTarget, Host, LabTarget, Role, Target, aws_hosts, stack_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_ID = 97

@@ -56,9 +56,9 @@ def restore(
 
     Exit 0 restored and serving; 1 refused or failed (naming the object); 2 bad input.
     """
+    from embassy.choosetarget import target_for
     from embassy.drill import restore as lib
     from embassy.replication import freshness
-    from embassy.targets import target_for
 
     dep = load(stack)
     start = time.monotonic()

@@ -38,7 +38,7 @@ def harden(
 ) -> None:
     """Apply the hardening roles (roles/site.yml, via ansible-runner); Lynis index before and after."""
     from embassy import harden as harden_lib
-    from embassy.targets import target_for
+    from embassy.choosetarget import target_for
 
     dep = load(stack)
     start = time.monotonic()
@@ -84,8 +84,8 @@ def deploy(
 ) -> None:
     """Run the pyinfra deploys: home state, replication agents, embassy standbys. Idempotent."""
     from embassy import deploy as deploy_lib
+    from embassy.choosetarget import target_for
     from embassy.model import project_root
-    from embassy.targets import target_for
 
     dep = load(stack)
     if size_mb is not None and not 0.1 <= size_mb <= 100_000:

@@ -29,7 +29,7 @@ InventoryOpt = Annotated[Path | None, typer.Option("--inventory", help="the site
 def data_plane_target(command: str, kind: str, dep: model.Deployment, inventory: Path | None,
                       kinds: tuple[str, ...]) -> Target:
     """The target `command` runs against, refused (exit 2, with a HINT) for a kind it does not take."""
-    from embassy.targets import target_for
+    from embassy.choosetarget import target_for
 
     if kind not in kinds:
         raise OptionInvalid(f"{command} reaches hosts and vaults through --target {' or '.join(kinds)}, not '{kind}'",
@@ -113,8 +113,8 @@ def verify(
                                                  "--json` (--target aws; default: ask the pulumi CLI)")] = None,
 ) -> None:
     """Check an embassy's vault: manifest chain, signatures, freshness, backups, locks. Exit 0 intact, 1 not."""
+    from embassy.choosetarget import target_for
     from embassy.replication import verify as lib
-    from embassy.targets import target_for
 
     dep = load(stack)
     try:
