@@ -40,7 +40,9 @@ def test_status_reports_the_os_each_host_says_it_runs(lab: LabState) -> None:
     # Adversary: a status that names the OS from the lab's state or the image instead of asking the host.
     # One host's os-release is swapped for a name no other source holds; the status must report it.
     host, marker = lab.hosts[-1].name, f"Embassy Probe OS {secrets.token_hex(4)}"
-    ssh(lab, host, f"sudo rm /etc/os-release && echo 'PRETTY_NAME=\"{marker}\"' | sudo tee /etc/os-release >/dev/null")
+    # mode 644 as the image's: a hardened host's umask (027) would make it unreadable to the status's SSH user
+    ssh(lab, host, f"sudo rm /etc/os-release && echo 'PRETTY_NAME=\"{marker}\"' | "
+                   "sudo install -m 644 /dev/stdin /etc/os-release")
     try:
         reported = {h["name"]: h["os"] for h in lifecycle.status(lab.lab_id)["hosts"]}
     finally:
@@ -69,7 +71,7 @@ def test_hosts_file_systems_are_separate(lab: LabState) -> None:
     token = secrets.token_hex(8)
     path = f"/var/tmp/embassy-lab-probe-{token}"
     first, *others = lab.hosts
-    ssh(lab, first.name, f"echo {token} | sudo tee {path} >/dev/null")
+    ssh(lab, first.name, f"echo {token} | sudo install -m 644 /dev/stdin {path}")  # readable under a hardened umask
     try:
         assert ssh(lab, first.name, f"cat {path}").stdout.strip() == token
         for host in others:
