@@ -260,6 +260,20 @@ def _recorded(record: Path) -> list[tuple[list[str], str]]:
             for p in calls]
 
 
+def _cli_over_recorded_ssh(world: World, command: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                    list[tuple[list[str], str]]]:
+    """`embassy <command> --embassy de --target aws --json` with ssh recording what it is handed (argv, input)."""
+    record, env = _recording_ssh(world, command)
+    world.env.update(env)
+    try:
+        done = world.cli(command, "--stack", STACK, "--embassy", "de", "--target", "aws", "--outputs",
+                         str(world.outputs), "--json")
+    finally:
+        for key in env:
+            del world.env[key]
+    return done, _recorded(record)
+
+
 def _exported(script: str) -> dict[str, str]:
     return {name: value for line in script.splitlines() if line.startswith("export ")
             for name, _, value in [shlex.split(line[len("export "):])[0].partition("=")]}
@@ -284,14 +298,7 @@ def _check_session_handed_to_host(world: World, embassy: str, argv: list[str], s
 
 
 def test_restore_cli_checks_the_vault_then_reaches_the_host_over_ssm_with_a_session(world: World) -> None:
-    record, env = _recording_ssh(world, "restore")
-    world.env.update(env)
-    try:
-        done = world.cli("restore", "--stack", STACK, "--embassy", "de", "--target", "aws", "--outputs",
-                         str(world.outputs), "--json")
-    finally:
-        for key in env:
-            del world.env[key]
+    done, calls = _cli_over_recorded_ssh(world, "restore")
     # The vault passed (signatures, links, manifest locks, freshness against the other two vaults) before any
     # host was reached; then the host did not answer: HostUnreachable, exit 1, nothing restored.
     assert done.returncode == 1, done.stdout + done.stderr
@@ -299,7 +306,6 @@ def test_restore_cli_checks_the_vault_then_reaches_the_host_over_ssm_with_a_sess
     assert outcome["error"]["error"] == "HostUnreachable" and "enclave-de" in outcome["error"]["message"]
     assert [(s["step"], s["ok"]) for s in outcome["steps"]][:1] == [("reach enclave-de", False)]
     assert not any(r["restored"] for r in outcome["registers"])
-    calls = _recorded(record)
     assert len(calls) == 1
     argv, script = calls[0]
     assert script.rstrip().endswith("{\ntrue\n} </dev/null")
@@ -307,19 +313,11 @@ def test_restore_cli_checks_the_vault_then_reaches_the_host_over_ssm_with_a_sess
 
 
 def test_verify_cli_runs_the_host_checks_over_ssm_with_a_session(world: World) -> None:
-    record, env = _recording_ssh(world, "verify")
-    world.env.update(env)
-    try:
-        done = world.cli("verify", "--stack", STACK, "--embassy", "de", "--target", "aws", "--outputs",
-                         str(world.outputs), "--json")
-    finally:
-        for key in env:
-            del world.env[key]
+    done, calls = _cli_over_recorded_ssh(world, "verify")
     assert done.returncode == 1, done.stdout + done.stderr
     result = json.loads(done.stdout)
     # The vault's checks passed; the first host check (the repositories the host reads) went over SSM and failed.
     assert result["first_failure"]["object"] == "host:de" and "ssh:" in result["first_failure"]["reason"]
-    calls = _recorded(record)
     assert len(calls) == 1
     argv, script = calls[0]
     assert "repo1-path" in script and "/etc/pgbackrest/pgbackrest.conf" in script
