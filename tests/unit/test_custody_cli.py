@@ -100,8 +100,9 @@ SITE = str(Path(__file__).resolve().parents[2] / "examples" / "sites" / "federat
     (("custody", "init", "--inventory", SITE), "--inventory is for --target site, not --target lab"),
     (("replicate", "--once", "--target", "aws"), "replicate reaches hosts and vaults through --target lab or site"),
     (("replicate", "--once", "--target", "site"), "--target site needs --inventory FILE"),
-    (("restore-test", "-e", "se", "--target", "aws"), "restore-test reaches hosts and vaults through --target lab or site"),
-    (("status", "--target", "moon"), "status reaches hosts and vaults through --target lab or site, not 'moon'"),
+    (("restore-test", "-e", "se", "--target", "moon"),
+     "restore-test reaches hosts and vaults through --target lab or site or aws, not 'moon'"),
+    (("status", "--target", "moon"), "status reaches hosts and vaults through --target lab or site or aws, not 'moon'"),
 ])
 def test_each_command_takes_only_the_targets_it_reaches(args: tuple[str, ...], says: str, tmp_path: Path) -> None:
     """The adversary: a mistyped or unsupported target that silently falls back to the lab (or reaches a host): refused

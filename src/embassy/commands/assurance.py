@@ -11,10 +11,16 @@ import typer
 from rich.markup import escape
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
-from embassy.commands.replication import InventoryOpt, TargetOpt, data_plane_target
+from embassy.commands.replication import InventoryOpt, OutputsOpt, data_plane_target
 from embassy.errors import EXIT_FINDING, UserError
 
 __all__ = ["app"]
+
+# The same generic paths on every target: the vault through target.vault(embassy) (on AWS, sessions of the stack's
+# restore role), the host through target.run_on (on AWS, ssh through SSM with that role's session on its input).
+KINDS = ("lab", "site", "aws")
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab), site (a host nation's data "
+                                                               "centre, from --inventory) or aws (stack outputs)")]
 
 
 @app.command("restore-test")
@@ -28,6 +34,7 @@ def restore_test(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     target: TargetOpt = "lab",
     inventory: InventoryOpt = None,
+    outputs: OutputsOpt = None,
 ) -> None:
     """Restore a signed point into scratch space at the embassy, compare digests, smoke-query, remove it; home,
     the standby and any served restore untouched. Exit 0 passed; 1 failed, naming the object; 2 bad input."""
@@ -42,7 +49,7 @@ def restore_test(
 
     try:
         lib.check_options(point, window_days)
-        where = data_plane_target("restore-test", target, dep, inventory, ("lab", "site"))
+        where = data_plane_target("restore-test", target, dep, inventory, KINDS, outputs)
         out = lib.run(dep, where, embassy, point=point, window_days=window_days, say=say)
     except UserError as exc:
         raise user_error(exc) from None
@@ -67,6 +74,7 @@ def status(
     html_dir: Annotated[Path | None, typer.Option("--html", help="also write DIR/status.html (trend charts)")] = None,
     target: TargetOpt = "lab",
     inventory: InventoryOpt = None,
+    outputs: OutputsOpt = None,
 ) -> None:
     """Per embassy: mode, lag, head round and age, last verify, last restore tests and their trend (signed records,
     checked), and an alert line for anything failed, not established or overdue. Exit 0 all well; 1 an alert."""
@@ -74,7 +82,7 @@ def status(
 
     dep = load(stack)
     try:
-        doc = lib.status(dep, data_plane_target("status", target, dep, inventory, ("lab", "site")))
+        doc = lib.status(dep, data_plane_target("status", target, dep, inventory, KINDS, outputs))
     except UserError as exc:
         raise user_error(exc) from None
     if html_dir is not None:

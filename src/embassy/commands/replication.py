@@ -18,24 +18,27 @@ if TYPE_CHECKING:
     from embassy import model
     from embassy.targets import Target
 
-__all__ = ["InventoryOpt", "TargetOpt", "app", "data_plane_target"]
+__all__ = ["InventoryOpt", "OutputsOpt", "TargetOpt", "app", "data_plane_target"]
 
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab) or site (a host nation's data "
                                                                "centre, from --inventory)")]
 InventoryOpt = Annotated[Path | None, typer.Option("--inventory", help="the site inventory (--target site); the lab's "
                                                    "own is named by `embassy lab status --json`")]
+OutputsOpt = Annotated[Path | None, typer.Option("--outputs", help="the stack outputs saved from `pulumi stack output "
+                                                 "--json` (--target aws; default: ask the pulumi CLI)")]
 
 
 def data_plane_target(command: str, kind: str, dep: model.Deployment, inventory: Path | None,
-                      kinds: tuple[str, ...]) -> Target:
+                      kinds: tuple[str, ...], outputs: Path | None = None) -> Target:
     """The target `command` runs against, refused (exit 2, with a HINT) for a kind it does not take."""
     from embassy.choosetarget import target_for
 
     if kind not in kinds:
         raise OptionInvalid(f"{command} reaches hosts and vaults through --target {' or '.join(kinds)}, not '{kind}'",
-                            "use " + ", or ".join("--target site --inventory FILE" if k == "site" else f"--target {k}"
+                            "use " + ", or ".join({"site": "--target site --inventory FILE",
+                                                   "aws": "--target aws [--outputs FILE]"}.get(k, f"--target {k}")
                                                   for k in kinds) + " (see the README: which target each command takes)")
-    return target_for(kind, dep, inventory)
+    return target_for(kind, dep, inventory, outputs)
 
 
 def _table(doc: dict[str, Any]) -> Table:

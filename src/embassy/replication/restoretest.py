@@ -191,6 +191,7 @@ def s3(vault: dict[str, Any], credentials_file: str) -> Any:
     return boto3.session.Session().client(
         "s3", endpoint_url=vault["endpoint"], verify=vault["ca_file"], region_name=vault.get("region", "us-east-1"),
         aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
+        aws_session_token=creds.get("session_token"),  # a role's session (AWS), as vaultaccess reads one
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30))
 
 
