@@ -48,7 +48,7 @@ from embassy.errors import (
     RoleNotAssumed,
     ToolMissing,
 )
-from embassy.targets import AWS_SSH_CONFIG_ENV, AwsTarget, Host, aws_hosts, stack_outputs
+from embassy.targets import AWS_SSH_CONFIG_ENV, AwsTarget, Host, Role, aws_hosts, stack_outputs
 from embassy.vaultaccess import ENV_PARTS, SYSTEM_CA, CredentialSource, VaultAccess
 
 SESSION_SECONDS = 900  # STS's minimum: a leaked session is worth a quarter of an hour
@@ -65,6 +65,8 @@ PGBACKREST_PARTS = {"access_key_id": "S3_KEY", "secret_access_key": "S3_KEY_SECR
 AWS_PARTS = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
              "session_token": "AWS_SESSION_TOKEN"}
 SAFE_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+HOME_HOST_ENV = "EMBASSY_HOME_HOST"  # home's SSH address (on premises), as inventories/aws.py reads it
+HOME_ADDRESS = re.compile(r"(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
 
 
 def env_prefix(embassy: str, identity: str) -> str:
@@ -301,6 +303,20 @@ class AwsDataTarget(AwsTarget):
                            addressing="path" if _override("s3") else "virtual", region=out.region,
                            identities=identities)
 
+    def vault_role(self, embassy: str) -> str | None:
+        return self.embassy_outputs(embassy).restore_role_arn
+
+    def home_host(self) -> Host | None:
+        """Home is on premises, not in the stack: at EMBASSY_HOME_HOST (as inventories/aws.py takes it for the
+        deploys), reached with the operator's own ssh; None when it is not set."""
+        address = os.environ.get(HOME_HOST_ENV, "")
+        if not address:
+            return None
+        if not HOME_ADDRESS.fullmatch(address):
+            raise OptionInvalid(f"{HOME_HOST_ENV}={address[:60]!r} is not an SSH address ([user@]host)",
+                                f"export {HOME_HOST_ENV}=admin@home.example.ee (a DNS name or an IP, no options)")
+        return Host("home", Role.HOME, address=address)
+
     def session(self, embassy: str, identity: str, valid_for: float = 0) -> Session:
         """A session of the identity's role that lasts `valid_for` more seconds (a host command's timeout)."""
         source = self.vault(embassy).identity(identity)
@@ -335,7 +351,12 @@ class AwsDataTarget(AwsTarget):
                         ssh_config=os.environ.get(AWS_SSH_CONFIG_ENV))
 
     def host_argv(self, host: Host | str, command: str) -> list[str]:
-        """A shell command of the data plane's (a fixed string of its own) on the host, over SSM."""
+        """A shell command of the data plane's (a fixed string of its own) on the host, over SSM; on home (on
+        premises) over the operator's ssh, its host key checked against their known_hosts (never learnt here)."""
+        h = host if isinstance(host, Host) else None
+        if h is not None and h.role is Role.HOME and h.instance_id is None:
+            return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=20",
+                    "--", str(h.address), command]
         return self.host_command_argv(host, ["sh", "-c", command])
 
     def run_on(self, host: Host | str, command: str, *, timeout: float = 120,
@@ -365,17 +386,13 @@ class AwsDataTarget(AwsTarget):
 
 
 def bundle_vault_record(target: AwsDataTarget, embassy: str) -> Any:
-    """The custody bundle's vault record of an AWS embassy: where the vault is and which role reads it (the stack
-    output restore_role_arn), no key: a controller that has only the custody sheets assumes that role with its own
-    identity. The CA is the operating system's (empty PEM) unless an emulator's is configured."""
-    from embassy.custody.bundle import VaultAccess as VaultRecord
+    """The custody bundle's vault record of an AWS embassy, as `custody init --target aws` seals it
+    (custody.bundle.vault_access): where the vault is and which role reads it (the stack output restore_role_arn), no
+    key: a controller that has only the custody sheets assumes that role with its own identity. The CA is the
+    operating system's (empty PEM) unless an emulator's is configured."""
+    from embassy.custody.bundle import vault_access
 
-    out = target.embassy_outputs(embassy)
-    vault = target.vault(embassy)
-    ca_pem = Path(vault.ca_file).read_text() if vault.ca_file != SYSTEM_CA else ""
-    return VaultRecord(embassy=embassy, endpoint=vault.endpoint, dns_name="", bucket=out.vault_bucket,
-                       region=out.region, ca_pem=ca_pem, access_key_id="", secret_access_key="",
-                       restore_role_arn=out.restore_role_arn)
+    return vault_access(target, embassy)
 
 
 def aws_target(dep: model.Deployment, outputs: Path | None = None) -> AwsDataTarget:

@@ -162,6 +162,15 @@ class Target(ABC):
         """How the data plane reaches the embassy's vault (endpoint, bucket, CA, identities)."""
         raise UserError(f"target {self.kind} cannot reach vaults yet", "use --target lab or --target site")
 
+    def vault_role(self, embassy: str) -> str | None:
+        """The role a controller assumes to read the embassy's vault (AWS: the stack's restore role); None where the
+        vault is read with keys (lab, site): a custody bundle records the one or the other."""
+        return None
+
+    def home_host(self) -> Host | None:
+        """Home, where its manifest key signs the custody headers: the target's home host, if it names one."""
+        return next((h for h in self.hosts if h.role is Role.HOME), None)
+
     def recorded_manifest_key(self) -> str | None:
         """A manifest key recorded on this controller by a lab deploy: only a lab target has one."""
         return None

@@ -304,3 +304,149 @@ def test_restore_test_and_status_check_the_aws_options_first(args: tuple[str, ..
                           env={**env, "EMBASSY_SECRETS_DIR": str(tmp_path / "controller")})
     assert done.returncode == 2 and says in done.stderr and "\nHINT: " in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- custody bundles on AWS
+
+FAKE_HOME = r'''#!{python}
+"""ssh standing in for home (on premises): records argv and input, signs what it is given with home's manifest key."""
+import base64, os, sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+record = Path(os.environ["SSH_RECORD"])
+n = len(list(record.glob("*.argv")))
+(record / f"{{n}}.argv").write_bytes(b"".join(a.encode() + b"\0" for a in ["ssh", *sys.argv[1:]]))
+data = sys.stdin.read()
+(record / f"{{n}}.input").write_text(data)
+key = serialization.load_pem_private_key(Path(os.environ["FAKE_HOME_KEY"]).read_bytes(), None)
+sys.stdout.write(base64.b64encode(key.sign(base64.b64decode(data))).decode())
+'''
+
+
+def fake_home(world: World) -> tuple[Path, dict[str, str]]:
+    from cryptography.hazmat.primitives import serialization
+
+    tools, record = world.folder / "home-bin", world.folder / "home-record"
+    tools.mkdir()
+    record.mkdir()
+    (tools / "ssh").write_text(FAKE_HOME.format(python=sys.executable))
+    (tools / "ssh").chmod(0o755)
+    key = world.folder / "home-manifest.key"
+    key.write_bytes(HOME_KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key.chmod(0o600)
+    return record, {"PATH": f"{tools}:{os.environ['PATH']}", "SSH_RECORD": str(record), "FAKE_HOME_KEY": str(key),
+                    at.HOME_HOST_ENV: "admin@home.example.ee"}
+
+
+def _restore_secrets(world: World) -> dict[str, str]:
+    """The passphrases the deploy left in the controller's folder (what a bundle seals)."""
+    from embassy.replication import secrets
+
+    folder = world.target().controller_folder
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    made = {}
+    for emb in world.dep.embassies:
+        for name in (secrets.pgbackrest_secret(emb.name), secrets.restic_secret(emb.name)):
+            value = os.urandom(24).hex()
+            (folder / name).write_text(value + "\n")
+            (folder / name).chmod(0o600)
+            made[name] = value
+    return made
+
+
+def test_custody_init_on_aws_seals_into_each_vault_with_the_custody_role(world: World, tmp_path: Path) -> None:
+    """`custody init --target aws`: home signs the headers over ssh (on premises), each bundle goes into its embassy's
+    vault through that vault's custody role, under COMPLIANCE; read back with the restore role, opened with 2 of the
+    3 sheets: the bundle names the restore role to assume and carries no key. Then the limits of each identity, and
+    the host nation rewriting a bundle: refused naming the object."""
+    from embassy import errors
+    from embassy.custody import kit, vaultio
+
+    made = _restore_secrets(world)
+    record, env = fake_home(world)
+    out = tmp_path / "kit"
+    world.env.update(env)
+    try:
+        done = world.cli("custody", "init", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(out), "--target",
+                         "aws", "--outputs", str(world.outputs))
+    finally:
+        for key in env:
+            del world.env[key]
+    assert done.returncode == 0, done.stdout + done.stderr
+    name = vaultio.object_key(STACK, 1)
+    for embassy in world.buckets:
+        assert f"stored: vault:{embassy}/{name} (lock COMPLIANCE" in done.stdout, done.stdout
+    # Home was reached with plain ssh (checked host key, batch mode): one signature per embassy's header.
+    calls = _recorded(record)
+    assert len(calls) == len(world.buckets)
+    assert calls[0][0][:9] == ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+                               "ConnectTimeout=20", "--", "admin@home.example.ee"]
+
+    target = world.target()
+    store = kit.TargetVaults(target, world.dep)
+    texts = kit.read_shares([str(out / "official-1.txt"), str(out / "official-3.txt")], lambda: "")
+    bundle = kit.open_bundle(world.dep, store, "de", texts)
+    de = world.plan["outputs"]["embassies"]["de"]
+    assert bundle.vault.restore_role_arn == de["restore_role_arn"] and bundle.vault.bucket == de["vault_bucket"]
+    assert (bundle.vault.access_key_id, bundle.vault.secret_access_key) == ("", "")
+    assert {p.value for p in bundle.pgbackrest + bundle.restic} == {
+        made["pgbackrest-de.pass"], made["restic-de.pass"]}
+    session = target.session("de", "reader")
+    for text in (done.stdout, done.stderr, *(p.read_text() for p in out.iterdir())):
+        assert session.secret_access_key not in text and session.session_token not in text
+
+    # What each identity may not do (as far as moto enforces IAM: actions and resources, Allow and Deny).
+    vault = target.vault("de")
+    bucket = world.buckets["de"]
+    reader, custody = s3_client(vault.client_spec("reader")), s3_client(vault.client_spec("custody"))
+    envelope = reader.get_object(Bucket=bucket, Key=name)["Body"].read()
+
+    def denied(call: Any) -> str:
+        with pytest.raises(ClientError) as exc:
+            call()
+        return str(exc.value.response["Error"]["Code"])
+
+    assert denied(lambda: reader.put_object(Bucket=bucket, Key=vaultio.object_key(STACK, 2), Body=envelope)) \
+        == "AccessDenied"  # the restore role cannot write a bundle
+    assert denied(lambda: custody.put_object(Bucket=bucket, Key=manifest.object_key(99), Body=b"{}")) == "AccessDenied"
+    operator = world.moto.client("s3", world.moto.admin, de["region"])  # moto names this listing otherwise than IAM
+    version = operator.list_object_versions(Bucket=bucket, Prefix=name)["Versions"][0]["VersionId"]
+    assert denied(lambda: custody.delete_object(Bucket=bucket, Key=name, VersionId=version)) == "AccessDenied"
+    assert denied(lambda: custody.put_object_retention(
+        Bucket=bucket, Key=name, Retention={"Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC)})) \
+        == "AccessDenied"
+    # A second init is refused: the kit exists (read with the restore role from the vaults).
+    with pytest.raises(errors.UserError, match="already has a custody kit"):
+        kit.issue(world.dep, target, store, target.controller_folder, tmp_path / "again", officials=3, threshold=2,
+                  rotate=False, signer=HOME_KEY.sign)
+
+    # The host nation rewrites the bundle (a new version of its key: one byte of the sealed content changed, home's
+    # signature kept): no bundle of de opens, and the object is named.
+    doc = json.loads(envelope)
+    ct = doc["ciphertext"]
+    doc["ciphertext"] = ct[:10] + ("A" if ct[10] != "A" else "B") + ct[11:]
+    _put(world, "de", name, json.dumps(doc).encode())
+    with pytest.raises((errors.BundleInvalid, errors.SignatureInvalid)) as refused:
+        kit.open_bundle(world.dep, store, "de", texts)
+    assert f"vault:de/{name}" in refused.value.message and refused.value.code == errors.EXIT_FINDING
+
+
+def test_a_bundle_the_vault_serves_back_otherwise_is_not_taken_as_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host nation answers the read-back of a just-stored bundle with other bytes (no emulator here lies on
+    demand: a vault stand-in that stores and serves something else): the store fails naming the key."""
+    import io
+
+    from embassy.custody import vaultio
+
+    class Lying:
+        def put_object(self, **_kw: Any) -> None:
+            return None
+
+        def get_object(self, **_kw: Any) -> dict[str, Any]:
+            return {"Body": io.BytesIO(b'{"other": 1}'), "ObjectLockMode": "COMPLIANCE"}
+
+    monkeypatch.setattr(vaultio, "s3_client", lambda _spec: Lying())
+    got = vaultio.put({"bucket": "b", "key": "custody/rehearsal/bundle-v0001.json"}, b'{"sealed": 1}')
+    assert got["ok"] is False and "custody/rehearsal/bundle-v0001.json" in got["error"]
+    assert "other bytes" in got["error"]

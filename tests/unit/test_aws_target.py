@@ -21,6 +21,7 @@ from embassy import aws_target as at
 from embassy.aws_outputs import parse
 from embassy.choosetarget import target_for
 from embassy.errors import EXIT_USAGE, OptionInvalid, OutputsInvalid, ToolMissing
+from embassy.hostroles import Role
 from embassy.model import load_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,11 +267,33 @@ def test_the_custody_bundles_vault_record_names_the_restore_role(dep: Any, outpu
 
 
 def test_restore_with_shares_on_aws_is_refused_before_anything(tmp_path: Path, outputs: dict[str, Any]) -> None:
-    """Not built yet (custody bundles are sealed on the lab only): said with a HINT, exit 2, before any share file
-    is read or any outputs, role or host is reached."""
+    """Not built yet: `custody init --target aws` seals bundles into the AWS vaults (test_aws_assurance.py), and
+    opening one there with the shares is tested, but what a bundle writes onto the host is a site's pgBackRest
+    configuration (static keys, path style), not what an AWS enclave reads its vault with. Said with a HINT, exit 2,
+    before any share file is read or any outputs, role or host is reached."""
     (tmp_path / "outputs.json").write_text(json.dumps(outputs))
     done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "restore", "--stack", "rehearsal", "--embassy", "de",
                            "--target", "aws", "--outputs", str(tmp_path / "outputs.json"), "--shares",
                            str(tmp_path / "no-such-sheet.txt")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == EXIT_USAGE and "--shares is not built for --target aws" in done.stderr
     assert "HINT:" in done.stderr and "no-such-sheet" not in done.stderr
+
+
+def test_home_on_aws_is_the_operators_ssh_address_never_an_option(dep: Any, outputs: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """custody init on AWS signs the headers on home (on premises) at EMBASSY_HOME_HOST: reached with ssh, its host
+    key checked (never learnt), batch mode, `--` before the address; an address that would be an ssh option or a
+    shell word is refused (exit 2, HINT); unset, the target names no home (custody init says how to set it)."""
+    target = at.AwsDataTarget(dep, outputs)
+    monkeypatch.delenv(at.HOME_HOST_ENV, raising=False)
+    assert target.home_host() is None
+    monkeypatch.setenv(at.HOME_HOST_ENV, "admin@home.example.ee")
+    home = target.home_host()
+    assert home is not None and home.role is Role.HOME and home.embassy is None
+    assert target.host_argv(home, "true") == ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+                                              "ConnectTimeout=20", "--", "admin@home.example.ee", "true"]
+    for hostile in ("-oProxyCommand=reboot", "home;reboot", "home $(reboot)", "a@b@c", "home\nx"):
+        monkeypatch.setenv(at.HOME_HOST_ENV, hostile)
+        with pytest.raises(OptionInvalid) as refused:
+            target.home_host()
+        assert refused.value.code == EXIT_USAGE and "HINT" in refused.value.render()

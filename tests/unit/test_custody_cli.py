@@ -93,7 +93,9 @@ SITE = str(Path(__file__).resolve().parents[2] / "examples" / "sites" / "federat
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (("custody", "init", "--target", "aws"), "custody init reaches hosts and vaults through --target lab or site, not 'aws'"),
+    (("custody", "init", "--target", "moon"),
+     "custody init reaches hosts and vaults through --target lab or site or aws, not 'moon'"),
+    (("custody", "rotate", "--target", "aws"), "custody rotate reaches hosts and vaults through --target lab, not 'aws'"),
     (("custody", "rotate", "--target", "site", "--inventory", SITE),
      "custody rotate reaches hosts and vaults through --target lab, not 'site'"),
     (("custody", "init", "--target", "site"), "--target site needs --inventory FILE"),

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
-from embassy.commands.replication import InventoryOpt, TargetOpt, data_plane_target
+from embassy.commands.replication import InventoryOpt, OutputsOpt, data_plane_target
 from embassy.errors import UserError
 
 __all__ = ["custody_app"]
@@ -21,11 +21,14 @@ app.add_typer(custody_app, name="custody")
 
 OfficialsOpt = Annotated[int, typer.Option("--officials", "-n", help="how many officials get a share (1-16)")]
 ThresholdOpt = Annotated[int, typer.Option("--threshold", "-k", help="how many shares open the bundle")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="lab (this machine's lab), site (a host nation's data "
+                                                               "centre, from --inventory) or aws (stack outputs; init "
+                                                               "only)")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="folder for the sheets: official-<i>.txt and .html (0600)")]
 
 
 def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool, kind: str,
-           inventory: Path | None) -> None:
+           inventory: Path | None, outputs: Path | None = None) -> None:
     from embassy import model
     from embassy.custody import kit, rekey, shares
 
@@ -37,9 +40,10 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool, 
 
     try:
         shares.check_counts(officials, threshold)
-        # rotate's re-key deploys new repositories on home and the embassies: `deploy` has no site target yet.
+        # rotate's re-key deploys new repositories on home and the embassies: `deploy` has no site target yet, and
+        # on AWS its re-key is not built. init on AWS: bundles through each vault's custody role, home over ssh.
         target = data_plane_target(f"custody {'rotate' if rotate else 'init'}", kind, dep, inventory,
-                                   ("lab",) if rotate else ("lab", "site"))
+                                   ("lab",) if rotate else ("lab", "site", "aws"), outputs)
         folder = target.controller_folder
         store = kit.TargetVaults(target, dep)
         generations = None
@@ -68,9 +72,9 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool, 
 
 @custody_app.command("init")
 def init(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, out: OutOpt, target: TargetOpt = "lab",
-         inventory: InventoryOpt = None) -> None:
+         inventory: InventoryOpt = None, outputs: OutputsOpt = None) -> None:
     """Seal version 1 of every embassy's restore bundle in its vault and write one sheet per official. Exit 0; 2 bad input."""
-    _issue(stack, officials, threshold, out, rotate=False, kind=target, inventory=inventory)
+    _issue(stack, officials, threshold, out, rotate=False, kind=target, inventory=inventory, outputs=outputs)
 
 
 @custody_app.command("rotate")

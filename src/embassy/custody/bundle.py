@@ -94,7 +94,10 @@ def vault_access(target: Target, embassy: str) -> VaultAccess:
     """The embassy's vault with its read-only identity, as the target reaches it (its credentials and CA read where
     the target says: a file or the environment)."""
     access = target.vault(embassy)
-    keys = vaultaccess.read(access.identity("reader").as_spec(), f"vault of {embassy}, identity reader")
+    role = target.vault_role(embassy)
+    # AWS: no key exists to seal; the bundle names the restore role a controller with only the sheets assumes.
+    keys = ({"access_key_id": "", "secret_access_key": ""} if role else
+            vaultaccess.read(access.identity("reader").as_spec(), f"vault of {embassy}, identity reader"))
     try:
         ca_pem = Path(access.ca_file).read_text() if access.ca_file != vaultaccess.SYSTEM_CA else ""
     except OSError as exc:
@@ -103,7 +106,8 @@ def vault_access(target: Target, embassy: str) -> VaultAccess:
                                      "inventory") from None
     return VaultAccess(embassy=embassy, endpoint=access.endpoint, dns_name=urlsplit(access.endpoint).hostname or "",
                        bucket=access.bucket, region=access.region, ca_pem=ca_pem,
-                       access_key_id=keys["access_key_id"], secret_access_key=keys["secret_access_key"])
+                       access_key_id=keys["access_key_id"], secret_access_key=keys["secret_access_key"],
+                       restore_role_arn=role)
 
 
 def sealed_round(folder: Path, embassy: str) -> int | None:

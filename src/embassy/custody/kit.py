@@ -43,7 +43,6 @@ from embassy.errors import (
     VaultRefusedWrite,
     VaultUnreachable,
 )
-from embassy.hostroles import Role
 from embassy.replication import verify as vault_verify
 from embassy.replication.manifest import load_public_key
 from embassy.targets import Target
@@ -167,11 +166,12 @@ def bundle_locks(target: Target, dep: model.Deployment, embassy: str) -> list[Bu
 def home_signer(target: Target, public_pem: str) -> seal.Signer:
     """Sign with home's manifest key, on home (it never leaves it; reached through the target): the bytes go in and
     the signature comes back as base64, checked against the public key the bundles carry."""
-    home = next((h for h in target.hosts if h.role is Role.HOME), None)
-    if home is None:  # AWS's hosts, or a site inventory without home: nothing here holds home's key
+    home = target.home_host()
+    if home is None:  # a site inventory without home, AWS without EMBASSY_HOME_HOST: nothing here holds home's key
         raise HostUnknown(f"target {target.kind} of stack '{target.stack}' has no home host: the custody headers are "
-                          "signed on home", "issue the kit through a target that names home (--target lab, or "
-                          "--target site with home in the inventory)")
+                          "signed on home", "issue the kit through a target that names home (--target lab, "
+                          "--target site with home in the inventory, or --target aws with EMBASSY_HOME_HOST set to "
+                          "home's SSH address)")
     code = ("import base64,sys\nfrom cryptography.hazmat.primitives import serialization as s\n"
             f"k=s.load_pem_private_key(open({HOME_KEY_FILE!r},'rb').read(),None)\n"
             "sys.stdout.write(base64.b64encode(k.sign(base64.b64decode(sys.stdin.read()))).decode())")

@@ -55,7 +55,12 @@ def put(spec: dict[str, Any], body: bytes) -> dict[str, Any]:
     # The bucket's default retention (COMPLIANCE, the embassy's days) locks it, as it locks the manifests:
     # the agent identity may write, never set or change a lock. The lock is read back and checked by the caller.
     s3.put_object(Bucket=spec["bucket"], Key=spec["key"], Body=body, ContentType="application/json")
-    head = s3.head_object(Bucket=spec["bucket"], Key=spec["key"])
+    # Read back whole (an envelope is small), not a HEAD: the stored bytes are compared with what was sealed, the
+    # lock headers come with them (the same s3:GetObject grant), and moto answers a GET to a role's session where it
+    # refuses a HEAD (tests/unit/test_aws_assurance.py).
+    head = s3.get_object(Bucket=spec["bucket"], Key=spec["key"])
+    if head["Body"].read(MAX_ENVELOPE_BYTES + 1) != body:
+        return {"ok": False, "error": f"{spec['key']}: the vault serves other bytes than were just stored"}
     return {"ok": True, "key": spec["key"], "lock_mode": head.get("ObjectLockMode"),
             "retain_until": _when(head.get("ObjectLockRetainUntilDate")), "last_modified": _when(head.get("LastModified"))}
 
