@@ -21,6 +21,11 @@ the remote command is shlex-joined from an argv, the instance id and the region 
 outputs model. Credentials for pgBackRest and restic on the host (`run_with_credentials`) travel on the
 session's standard input as `export` lines read by `sh -s`: never in an argv (readable by every local user in
 /proc, on the controller and on the host), never in an inventory, never on the host's disk.
+
+Home. It is on premises, not in the stack: `custody init` signs the bundles' headers there, at EMBASSY_HOME_HOST (as
+inventories/aws.py takes it for the deploys), over the operator's ssh with home's host key already known
+(StrictHostKeyChecking=yes, never learnt here). A custody bundle of an AWS embassy records the restore role's ARN
+(`vault_role`), never a key.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ the rehearsal stack's plan applied (tests/unit/aws_moto.py; the same World as te
 The host is not an instance here: `ssh` on the PATH is a stand-in that records what the controller hands it (the
 SSM argv, the restore role's session on its input) and then runs the embassy host's own restore-test code
 (embassy.replication.restoretest: read_chain, result, record) with that session for reading the vault, as the real
-host does after `sudo sh -s`. Only the scratch restore itself (PostgreSQL, restic) is not run: its registers are
-reported with the digests of the signed point. The record goes where the lab's goes (restore-tests/<time>.json,
+host does after `sudo sh -s` (a handed session wins over the deploy's reader file, which does not exist here).
+Only the scratch restore itself (PostgreSQL, restic) is not run: its registers are reported with the digests of
+the signed point. The record goes where the lab's goes (restore-tests/<time>.json,
 the bucket's default COMPLIANCE lock), and `status --target aws` reads it back with the restore role.
 
 Adversaries: the host nation holding the vault (it rewrites a record, or plants one signed by its own key, or forges
@@ -51,11 +52,7 @@ for line in script.splitlines():
         name, _, value = shlex.split(line[len("export "):])[0].partition("=")
         env[name] = value
 config = json.loads(Path(os.environ["FAKE_HOST_CONFIG"]).read_text())
-reader = Path(config["vault"]["reader_credentials"])  # the session handed over on the input: the host reads with it
-reader.write_text(json.dumps({{"access_key_id": env["AWS_ACCESS_KEY_ID"],
-                               "secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-                               "session_token": env["AWS_SESSION_TOKEN"]}}))
-reader.chmod(0o600)
+os.environ.update(env)  # what `sh -s` exports before the command; the deploy's reader file does not exist here
 from embassy.replication import restoretest
 restoretest.STATE_DIR = config["state_dir"]
 started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
@@ -450,3 +447,17 @@ def test_a_bundle_the_vault_serves_back_otherwise_is_not_taken_as_stored(monkeyp
     got = vaultio.put({"bucket": "b", "key": "custody/rehearsal/bundle-v0001.json"}, b'{"sealed": 1}')
     assert got["ok"] is False and "custody/rehearsal/bundle-v0001.json" in got["error"]
     assert "other bytes" in got["error"]
+
+
+def test_the_host_reads_with_a_handed_session_only_when_it_is_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the host, a whole session on the input (key, secret and token: a role's) is what the restore test reads the
+    vault with; static keys in the environment without a token (anyone's) never replace the deploy's file."""
+    for name in restoretest.SESSION_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert restoretest.handed_session() is None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASTATICSTATIC0000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "static")
+    assert restoretest.handed_session() is None
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
+    assert restoretest.handed_session() == {"access_key_id": "AKIASTATICSTATIC0000", "secret_access_key": "static",
+                                            "session_token": "token"}

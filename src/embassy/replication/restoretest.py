@@ -183,11 +183,21 @@ def psql(db: str, sql: str, user: str = "postgres") -> str:
               f"-c {shlex.quote(sql)}", f"psql {db} on port {PORT}", timeout=120).strip()
 
 
-def s3(vault: dict[str, Any], credentials_file: str) -> Any:
+SESSION_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def handed_session() -> dict[str, str] | None:
+    """A role's session handed over on this shell's input (`embassy restore-test --target aws`: the restore role's,
+    exported before this runs), or None: then the deploy's file is read, as embassy-restic does."""
+    got = [os.environ.get(name, "") for name in SESSION_ENV]
+    return dict(zip(("access_key_id", "secret_access_key", "session_token"), got, strict=True)) if all(got) else None
+
+
+def s3(vault: dict[str, Any], credentials_file: str, session: dict[str, str] | None = None) -> Any:
     import boto3  # Debian's python3-boto3
     from botocore.config import Config
 
-    creds = json.loads(Path(credentials_file).read_text())
+    creds = session or json.loads(Path(credentials_file).read_text())
     return boto3.session.Session().client(
         "s3", endpoint_url=vault["endpoint"], verify=vault["ca_file"], region_name=vault.get("region", "us-east-1"),
         aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
@@ -202,7 +212,7 @@ def read_chain(config: dict[str, Any]) -> list[manifest.Verified]:
     """The vault's manifest chain, verified with home's public key; any failure names its object."""
     vault = config["vault"]
     try:
-        client = s3(vault, vault["reader_credentials"])
+        client = s3(vault, vault["reader_credentials"], handed_session())  # read-only: a handed session wins
         objects: list[tuple[str, bytes]] = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=vault["bucket"], Prefix=manifest.PREFIX):
             for item in page.get("Contents", []) or []:
