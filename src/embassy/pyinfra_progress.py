@@ -11,6 +11,9 @@ every callback swallows its own errors.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -18,6 +21,8 @@ from typing import Any
 from pyinfra.api.state import BaseStateCallback
 
 from embassy.progress import Event, emitter
+
+TIMINGS_ENV = "EMBASSY_PYINFRA_TIMINGS"  # a file: each operation's and fact's seconds (profiling), see TimingCallback
 
 
 class ProgressCallback(BaseStateCallback):
@@ -67,6 +72,61 @@ def _op_name(state: Any, op_hash: str) -> str:
     return ", ".join(sorted(state.get_op_meta(op_hash).names)) or "operation"
 
 
+class TimingCallback(BaseStateCallback):
+    """Where a deploy's seconds go (EMBASSY_PYINFRA_TIMINGS names a file): each operation on each host, and
+    each fact pyinfra gathers (host, fact, seconds), as JSON lines. For profiling; off by default."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.started: dict[tuple[str, str], float] = {}
+        self.write({"kind": "prepare", "at": time.time()})
+
+    def write(self, record: dict[str, Any]) -> None:
+        with suppress(Exception), open(self.path, "a") as fh:
+            fh.write(json.dumps({"pid": os.getpid(), **record}, default=str) + "\n")
+
+    def operation_start(self, state: Any, op_hash: Any) -> None:  # type: ignore[override]
+        self.write({"kind": "op_start", "op": _op_name(state, op_hash), "at": time.time()})
+
+    def operation_host_start(self, state: Any, host: Any, op_hash: Any) -> None:  # type: ignore[override]
+        self.started[(host.name, op_hash)] = time.time()
+
+    def operation_host_success(self, state: Any, host: Any, op_hash: Any, retry_count: int = 0) -> None:  # type: ignore[override]
+        self._host_end(state, host, op_hash)
+
+    def operation_host_error(self, state: Any, host: Any, op_hash: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        self._host_end(state, host, op_hash)
+
+    def _host_end(self, state: Any, host: Any, op_hash: str) -> None:
+        with suppress(Exception):
+            start = self.started.pop((host.name, op_hash))
+            meta = state.ops[host][op_hash].operation_meta
+            self.write({"kind": "op", "host": host.name, "op": _op_name(state, op_hash), "start": start,
+                        "seconds": round(time.time() - start, 3), "changed": bool(meta.did_change())})
+
+    def fact(self, host: str, name: str, start: float) -> None:
+        self.write({"kind": "fact", "host": host, "fact": name, "start": start, "seconds": round(time.time() - start, 3)})
+
+
+def _time_facts(timing: TimingCallback) -> None:
+    """Wrap pyinfra's one fact-gathering function (every fact of every host goes through it)."""
+    from pyinfra.api import facts
+
+    original = facts._get_fact
+    if getattr(original, "embassy_timed", False):
+        return
+
+    def timed(state: Any, host: Any, cls: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.time()
+        try:
+            return original(state, host, cls, *args, **kwargs)
+        finally:
+            timing.fact(host.name, f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}", start)
+
+    timed.embassy_timed = True  # type: ignore[attr-defined]
+    facts._get_fact = timed
+
+
 def install() -> None:
     """Add the handler to the state of the pyinfra run executing this file, once (it runs for each host)."""
     try:
@@ -74,6 +134,11 @@ def install() -> None:
 
         if not any(isinstance(h, ProgressCallback) for h in state.callback_handlers):
             state.add_callback_handler(ProgressCallback(emitter()))
+            path = os.environ.get(TIMINGS_ENV)
+            if path:
+                timing = TimingCallback(path)
+                state.add_callback_handler(timing)
+                _time_facts(timing)
     except Exception:  # no pyinfra run (imported, not executed as a deploy): nothing to do
         pass
 

@@ -55,6 +55,7 @@ def kit(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
                        timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
+    print(f"kit's deploy: {json.loads(done.stdout)['seconds']} s")
     replicate_once(lab)
     out = tmp_path_factory.mktemp("custody") / "v1"
     # A lab reused from an earlier session keeps its kits (Object Lock): then this module's first kit is a rotation.
@@ -230,7 +231,7 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
                               timeout=1800)
     finally:
         ssh(lab, "enclave-ie", "sudo chmod 1777 /tmp")
-    print(f"custody rotate with re-key: {time.monotonic() - start:.1f} s")
+    print(f"custody rotate with re-key: {time.monotonic() - start:.1f} s\n{rotated.stdout}\n{rotated.stderr[-6000:]}")
     assert rotated.returncode == 0, rotated.stderr[-3000:] + rotated.stdout[-3000:]
     version = kit["version"] + 1
     assert f"bundle version {version}" in rotated.stdout

@@ -48,6 +48,8 @@ def deployed(lab: LabState) -> tuple[dict[str, Any], dict[str, Any]]:
         # No silent minutes (issue 26): into a pipe, a line at least every 30 s, whatever pyinfra is doing.
         assert silence <= MAX_SILENCE_SECONDS, f"deploy's output was silent for {silence:.0f} s:\n{done.stderr[-3000:]}"
         runs.append({**json.loads(done.stdout), "stderr": done.stderr})
+        print(f"deploy run {len(runs)}: {runs[-1]['seconds']} s, changed "
+              f"{ {h['name']: h['changed'] for h in runs[-1]['hosts']} }")
     record_deploy(json.loads(done.stdout))  # later modules share it (conftest.KEEPS_DEPLOY)
     return runs[0], runs[1]
 
