@@ -35,6 +35,9 @@ DEPLOYS = ("deploys/home_state.py", "deploys/agent.py", "deploys/standby.py")
 # Profiling (a file): each phase's wall and CPU seconds here, each operation's and fact's in pyinfra_progress.py.
 TIMINGS_ENV = "EMBASSY_PYINFRA_TIMINGS"
 PHASES: tuple[tuple[str, ...], ...] = (DEPLOYS[:2], DEPLOYS[2:])
+# What a re-key changes (custody rotate): home's agent (pgBackRest repos, restic repositories, the rounds' config)
+# and the embassies' config. The home state (PostgreSQL, seeded registers, state service) holds no key.
+AGENTS = DEPLOYS[1:]
 
 
 @dataclass
@@ -168,13 +171,20 @@ def _run_phase(target: Target, root: Path, deploys: Sequence[str], size_mb: floa
     return result
 
 
+def phases_of(deploys: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The pyinfra runs for `deploys`, in PHASES' order (home before the embassies); deploys of no phase last."""
+    known = [tuple(d for d in deploys if d in phase) for phase in PHASES]
+    rest = tuple(d for d in deploys if not any(d in phase for phase in PHASES))
+    return tuple(p for p in (*known, rest) if p)
+
+
 def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
         say: Callable[[str], None] = lambda _: None, console: Console | None = None) -> DeployResult:
     """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words.
 
     Progress: a live display on `console` when it is a terminal, else lines through `say` with a heartbeat
     at least every 30 s."""
-    phases = PHASES if tuple(deploys) == DEPLOYS else (tuple(deploys),)
+    phases = phases_of(deploys)
     start = time.monotonic()
     with progress.reporter(say, console) as shown:
         results = [_run_phase(target, root, phase, size_mb, shown) for phase in phases]

@@ -137,3 +137,13 @@ def test_home_is_deployed_before_the_embassies_and_results_add_up() -> None:
     assert [(h.name, h.changed, h.unchanged, h.errors) for h in merged.hosts] == [
         ("enclave-de", 20, 1, ["x"]), ("home", 80, 3, [])]
     assert merged.failed_hosts == ["enclave-de"]
+
+
+def test_a_subset_of_the_deploys_keeps_home_before_the_embassies() -> None:
+    # The re-key deploys only the agents, still in two runs: home's new stanzas before the embassies read them.
+    assert deploy.phases_of(deploy.DEPLOYS) == deploy.PHASES
+    assert deploy.phases_of(deploy.AGENTS) == (("deploys/agent.py",), ("deploys/standby.py",))
+    assert deploy.phases_of(("deploys/standby.py", "deploys/agent.py")) == (("deploys/agent.py",), ("deploys/standby.py",))
+    assert deploy.phases_of(("deploys/home_state.py",)) == (("deploys/home_state.py",),)
+    assert deploy.phases_of(("x.py", "deploys/standby.py")) == (("deploys/standby.py",), ("x.py",))
+    assert "deploys/home_state.py" not in deploy.AGENTS  # the home state holds no key: a re-key leaves it alone
