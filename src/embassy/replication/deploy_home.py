@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Generator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import deploy, operation
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -127,6 +128,33 @@ def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str,
             "embassies": embassies, "registers": registers}
 
 
+# Each fact below asks the vaults (pgBackRest's `info` reads every repo; restic lists a repository's snapshots) and
+# pyinfra 3 caches no fact: one operation per question, never one per repo asking the same question again.
+@operation()
+def first_full_backups(repos: list[int], paths: tuple[str, ...] = ()) -> Generator[str, None, None]:
+    """A full backup in each repo that holds none (after the stanza; one `info` over every repo)."""
+    got = host.get_fact(facts.PgBackRestRepos, stanza=dataplane.STANZA, paths=paths)
+    missing = [n for n in repos if got.get(n, {}).get("backups", 0) == 0]
+    if not missing:
+        host.noop(f"repos {repos} hold a backup")
+        return
+    for n in missing:
+        yield as_user("postgres", f"{PGBR} --repo={n} --type=full backup")
+
+
+@operation()
+def restic_repository_with_snapshot(embassy: str, register: str, path: str,
+                                    folder: str = "restic") -> Generator[str, None, None]:
+    """The register's restic repository at the embassy, with a first snapshot (one listing of its snapshots)."""
+    snapshots = host.get_fact(facts.ResticSnapshots, embassy=embassy, register=register, folder=folder)
+    if snapshots:
+        host.noop(f"{folder}/{register} at {embassy} holds a snapshot")
+        return
+    if snapshots is None:
+        yield f"embassy-restic {embassy} {register} init --repository-version 2"
+    yield f"embassy-restic {embassy} {register} backup --compression auto --host home --tag embassy {path}"
+
+
 @deploy("Replication agent on home")
 def home_agent() -> None:
     dep = context.deployment(host.data.stack)
@@ -168,9 +196,8 @@ def home_agent() -> None:
                                      paths=paths)
     ensure(name="pgBackRest: check archiving into every repo", check="false",
            command=as_user("postgres", f"{PGBR} check"), _if=any_changed(conf, archive, ca, stanza))
-    for repo in repos:
-        facts.pgbackrest_first_full(name=f"pgBackRest: first full backup in repo{repo.index} ({repo.vault.embassy})",
-                                    repo=repo.index, paths=paths)
+    first_full_backups(name="pgBackRest: a first full backup in every embassy's repo", repos=[r.index for r in repos],
+                       paths=paths)
 
     files.put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
               dest="/usr/local/sbin/embassy-pgbackrest-backup", user="root", group="root", mode="755")
@@ -205,11 +232,9 @@ def home_agent() -> None:
         secret_file(name=f"restic: vault of embassy {vault.embassy}", content=dataplane.restic_env(vault, generation),
                     dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.env", user="root", group="root", mode="600")
         for register in held:
-            facts.restic_repository(name=f"restic: repository {register} at {vault.embassy}", embassy=vault.embassy,
-                                    register=register, folder=folder)
-            facts.restic_first_snapshot(name=f"restic: first snapshot of {register} at {vault.embassy}",
-                                        embassy=vault.embassy, register=register,
-                                        path=f"{dataplane.REGISTERS_ROOT}/{register}", folder=folder)
+            restic_repository_with_snapshot(name=f"restic: repository {register} at {vault.embassy}, a first snapshot",
+                                            embassy=vault.embassy, register=register,
+                                            path=f"{dataplane.REGISTERS_ROOT}/{register}", folder=folder)
 
     # ---------------------------------------------------------------- manifests: key, config, rounds
     modules = upload_modules()
