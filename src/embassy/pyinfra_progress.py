@@ -98,11 +98,10 @@ class TimingCallback(BaseStateCallback):
         self._host_end(state, host, op_hash)
 
     def _host_end(self, state: Any, host: Any, op_hash: str) -> None:
-        with suppress(Exception):
+        with suppress(Exception):  # called before pyinfra marks the operation complete: whether it changed is not known
             start = self.started.pop((host.name, op_hash))
-            meta = state.ops[host][op_hash].operation_meta
             self.write({"kind": "op", "host": host.name, "op": _op_name(state, op_hash), "start": start,
-                        "seconds": round(time.time() - start, 3), "changed": bool(meta.did_change())})
+                        "seconds": round(time.time() - start, 3)})
 
     def fact(self, host: str, name: str, start: float) -> None:
         self.write({"kind": "fact", "host": host, "fact": name, "start": start, "seconds": round(time.time() - start, 3)})
