@@ -21,7 +21,7 @@ from embassy import model
 from embassy.home import context, schema
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane
-from embassy.replication.deploy_home import host_postgres
+from embassy.replication.deploy_home import agent_packages, host_postgres
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 SEED_DIR = "/var/lib/embassy/seed"
@@ -36,9 +36,11 @@ if host.data.get("role") == "home":
     warm = [h.data.get("private_address") or h.data.ssh_hostname for h in inventory.get_group("warm", [])]
     pg = host_postgres()  # the major the host's Debian release carries
 
+    # The agent's packages too (deploys/agent.py runs next on this host): one apt transaction, not two.
     apt.packages(
         name=f"Install PostgreSQL {pg.major}, the agents' tools and the state service's driver",
-        packages=[*pg.packages, "pgbackrest", "restic", "python3-psycopg", "gzip", "tar"],
+        packages=list(dict.fromkeys([*pg.packages, "pgbackrest", "restic", "python3-psycopg", "gzip", "tar",
+                                     *agent_packages(pg)])),
         update=True, cache_time=86400, no_recommends=True,
     )
 
