@@ -45,6 +45,12 @@ def host_postgres() -> pgmajor.Postgres:
     return pgmajor.for_release(major)
 
 
+def put(**kwargs: Any) -> Any:
+    """files.put into a folder that is there: the system's, or one an earlier operation of the deploy made. Else
+    pyinfra asks the host for the parent folder on every run (one more SSH round trip per file)."""
+    return files.put(create_remote_dir=False, **kwargs)
+
+
 def agent_packages(pg: pgmajor.Postgres) -> list[str]:
     """What home's agent needs installed (the home state's deploy installs them in its own apt run: one apt
     transaction on a fresh home, measured 33 s + 19 s as two)."""
@@ -98,7 +104,7 @@ def round_interval(dep: model.Deployment) -> int:
 def upload_modules() -> list[Any]:
     """This package's host-side modules, as the package `replication` under /opt/embassy."""
     files.directory(name="Replication modules folder", path=MODULES_DIR, user="root", group="root", mode="755")
-    return [files.put(name=f"Replication module {name}",
+    return [put(name=f"Replication module {name}",
                       src=str(resources.files("embassy.replication").joinpath(name)),
                       dest=f"{MODULES_DIR}/{name}", user="root", group="root", mode="644")
             for name in dataplane.host_module_files()]
@@ -177,7 +183,7 @@ def home_agent() -> None:
     # ---------------------------------------------------------------- pgBackRest
     files.directory(name="pgBackRest config folder", path=dataplane.PGBACKREST_DIR, user="postgres", group="postgres",
                     mode="750")
-    ca = files.put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
+    ca = put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
                    user="postgres", group="postgres", mode="644")
     conf = secret_file(name="pgBackRest: one encrypted repo per embassy",
                        content=dataplane.pgbackrest_conf(repos, archive_async=True, pg_data=pg.data),
@@ -186,7 +192,7 @@ def home_agent() -> None:
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
 
     # Archiving starts with a restart; the stanza is created right after it, before WAL piles up in back-off.
-    archive = files.put(name="PostgreSQL: archive every WAL segment to every embassy",
+    archive = put(name="PostgreSQL: archive every WAL segment to every embassy",
                         src=io.StringIO(dataplane.archive_conf(context.archive_timeout(dep))),
                         dest=f"{pg.conf_d}/20-embassy-archive.conf", user="postgres", group="postgres",
                         mode="644")
@@ -204,9 +210,9 @@ def home_agent() -> None:
     first_full_backups(name="pgBackRest: a first full backup in every embassy's repo", repos=[r.index for r in repos],
                        paths=paths)
 
-    files.put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
+    put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
               dest="/usr/local/sbin/embassy-pgbackrest-backup", user="root", group="root", mode="755")
-    units = [files.put(
+    units = [put(
         name="pgBackRest: backup unit",
         src=io.StringIO(dataplane.unit("embassy: pgBackRest %i backup into every embassy's repo",
                                        "/usr/local/sbin/embassy-pgbackrest-backup %i", user="postgres",
@@ -214,7 +220,7 @@ def home_agent() -> None:
         dest="/etc/systemd/system/embassy-pgbackrest-backup@.service", user="root", group="root", mode="644")]
     timers = dataplane.backup_timers(dep)
     for name, (kind, calendar) in timers.items():
-        units.append(files.put(
+        units.append(put(
             name=f"pgBackRest: {kind} backup timer",
             src=io.StringIO(dataplane.timer(f"embassy: pgBackRest {kind} backup", f"embassy-pgbackrest-backup@{kind}.service",
                                             calendar=calendar)),
@@ -223,9 +229,9 @@ def home_agent() -> None:
     # ---------------------------------------------------------------- restic
     files.directory(name="restic config folder", path=dataplane.RESTIC_DIR, user="root", group="root", mode="700")
     files.directory(name="restic cache", path="/var/cache/restic", user="root", group="root", mode="700")
-    files.put(name="restic: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt",
+    put(name="restic: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt",
               user="root", group="root", mode="644")
-    files.put(name="restic: wrapper", src=io.StringIO(dataplane.script("embassy-restic")),
+    put(name="restic: wrapper", src=io.StringIO(dataplane.script("embassy-restic")),
               dest="/usr/local/sbin/embassy-restic", user="root", group="root", mode="755")
     for vault in vaults:
         held = [r.name for r in file_registers if context.holds(dep, r, vault.embassy)]
@@ -251,14 +257,14 @@ def home_agent() -> None:
     if record:
         facts.record_public_key(name="Manifest public key recorded on the controller", path_on_host=PUB_FILE,
                                 dest=record)
-    files.put(name="Replication: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{CONFIG_DIR}/vault-ca.crt",
+    put(name="Replication: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{CONFIG_DIR}/vault-ca.crt",
               user="root", group="root", mode="644")
     by_name = {v.embassy: v for v in vaults}
     for vault in vaults:
         secret_file(name=f"Replication: manifest writer of {vault.embassy} (agent identity)",
                     content=json.dumps({"access_key_id": vault.access_key, "secret_access_key": vault.secret_key}) + "\n",
                     dest=f"{CONFIG_DIR}/{vault.embassy}.s3.json", user="root", group="root", mode="600")
-    config = files.put(name="Replication: rounds config",
+    config = put(name="Replication: rounds config",
                        src=io.StringIO(json.dumps(round_config(dep, by_name, {r.vault.embassy: r for r in repos},
                                                                {v.embassy: context.generation(host.data, v.embassy)
                                                                 for v in vaults}),
@@ -268,23 +274,23 @@ def home_agent() -> None:
                                                                   "'embassy_monitor'\" | grep -qx 1"),
            command=as_user("postgres", "createdb embassy_monitor"))
     py = "/usr/bin/env PYTHONPATH=/opt/embassy /usr/bin/python3 -m"
-    units.append(files.put(
+    units.append(put(
         name="Heartbeat unit", dest="/etc/systemd/system/embassy-heartbeat.service", user="root", group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: heartbeat row every second (lag and RPO)", f"{py} replication.heartbeat",
                                        user="postgres", oneshot=False, after=f"{pg.service}.service",
                                        extra=["Restart=always", "RestartSec=2"]))))
-    units.append(files.put(
+    units.append(put(
         name="Replication round unit", dest="/etc/systemd/system/embassy-replication-round.service", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: one replication round (restic snapshots, signed manifests)",
                                        f"{py} replication.round run", after=f"{pg.service}.service",
                                        extra=["TimeoutStartSec=3600"]))))
-    units.append(files.put(
+    units.append(put(
         name="Replication round timer", dest="/etc/systemd/system/embassy-replication-round.timer", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.timer("embassy: replication rounds", "embassy-replication-round.service",
                                         every_seconds=round_interval(dep)))))
-    units.append(files.put(
+    units.append(put(
         name="Replication metrics unit", dest="/etc/systemd/system/embassy-replication-monitor.service", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: Prometheus metrics of replication lag",
