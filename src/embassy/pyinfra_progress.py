@@ -28,6 +28,8 @@ TIMINGS_ENV = "EMBASSY_PYINFRA_TIMINGS"  # a file: each operation's and fact's s
 class ProgressCallback(BaseStateCallback):
     """Connections, each operation's start (with the planned totals), and each host's result."""
 
+    embassy_progress = True  # the mark install() looks for
+
     def __init__(self, emit: Callable[[Event], None]) -> None:
         self.emit = emit
         self.totals_sent = False
@@ -131,7 +133,9 @@ def install() -> None:
     try:
         from pyinfra import state
 
-        if not any(isinstance(h, ProgressCallback) for h in state.callback_handlers):
+        # pyinfra executes this file once per host, each time defining the classes anew: isinstance would not
+        # recognise the handler an earlier host's run added (measured: every event sent once per host).
+        if not any(getattr(h, "embassy_progress", False) for h in state.callback_handlers):
             state.add_callback_handler(ProgressCallback(emitter()))
             path = os.environ.get(TIMINGS_ENV)
             if path:
