@@ -21,7 +21,7 @@ from embassy import model
 from embassy.home import context, schema
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane
-from embassy.replication.deploy_home import host_postgres
+from embassy.replication.deploy_home import agent_packages, host_postgres, put
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 
 SEED_DIR = "/var/lib/embassy/seed"
@@ -36,9 +36,11 @@ if host.data.get("role") == "home":
     warm = [h.data.get("private_address") or h.data.ssh_hostname for h in inventory.get_group("warm", [])]
     pg = host_postgres()  # the major the host's Debian release carries
 
+    # The agent's packages too (deploys/agent.py runs next on this host): one apt transaction, not two.
     apt.packages(
         name=f"Install PostgreSQL {pg.major}, the agents' tools and the state service's driver",
-        packages=[*pg.packages, "pgbackrest", "restic", "python3-psycopg", "gzip", "tar"],
+        packages=list(dict.fromkeys([*pg.packages, "pgbackrest", "restic", "python3-psycopg", "gzip", "tar",
+                                     *agent_packages(pg)])),
         update=True, cache_time=86400, no_recommends=True,
     )
 
@@ -55,12 +57,12 @@ if host.data.get("role") == "home":
                        f"echo 'HINT: deploy with the seed and size it was built with, or drop {db} at home' >&2; exit 2")
 
     # ---------------------------------------------------------------- the cluster
-    conf = files.put(
+    conf = put(
         name="PostgreSQL: listen on home's address, WAL for standbys",
         src=io.StringIO(dataplane.home_postgresql_conf(address)),
         dest=f"{pg.conf_d}/10-embassy-home.conf", user="postgres", group="postgres", mode="644",
     )
-    hba = files.put(
+    hba = put(
         name="PostgreSQL: pg_hba (replication only from the warm embassies)",
         src=io.StringIO(dataplane.home_pg_hba(warm)),
         dest=pg.hba,
@@ -94,7 +96,7 @@ if host.data.get("role") == "home":
         files.directory(name=f"{reg.name}: seed folder", path=f"{SEED_DIR}/{reg.name}", user="postgres", group="postgres",
                         mode="750")
         for name in sorted(manifest["registers"][reg.name]["files"]):
-            files.put(name=f"{reg.name}: upload {name}", src=str(folder / reg.name / name),
+            put(name=f"{reg.name}: upload {name}", src=str(folder / reg.name / name),
                       dest=f"{SEED_DIR}/{reg.name}/{name}", user="postgres", group="postgres", mode="640")
         ensure(name=f"{reg.name}: database {db}",
                check=as_user("postgres", f"psql -Atc \"SELECT 1 FROM pg_database WHERE datname = '{db}'\" | grep -qx 1"),
@@ -111,7 +113,7 @@ if host.data.get("role") == "home":
     for reg in file_registers:
         tar = f"{reg.name}.tar.gz"
         digest = manifest["registers"][reg.name]["files"][tar]
-        files.put(name=f"{reg.name}: upload the document tree", src=str(folder / tar), dest=f"{SEED_DIR}/{tar}",
+        put(name=f"{reg.name}: upload the document tree", src=str(folder / tar), dest=f"{SEED_DIR}/{tar}",
                   user="root", group="root", mode="640")
         marker = f"{dataplane.REGISTERS_ROOT}/{reg.name}/.embassy-seed"
         ensure(name=f"{reg.name}: documents in {dataplane.REGISTERS_ROOT}/{reg.name}",
@@ -130,7 +132,7 @@ if host.data.get("role") == "home":
                                            f"GRANT USAGE ON SCHEMA public TO {SERVICE_USER}; GRANT SELECT ON ALL TABLES "
                                            f"IN SCHEMA public TO {SERVICE_USER}\""))
     files.directory(name="State service code folder", path="/opt/embassy", user="root", group="root", mode="755")
-    code = files.put(name="State service code", src=str(resources.files("embassy.home").joinpath("service.py")),
+    code = put(name="State service code", src=str(resources.files("embassy.home").joinpath("service.py")),
                      dest="/opt/embassy/state_service.py", user="root", group="root", mode="644")
     files.directory(name="Embassy config folder", path="/etc/embassy", user="root", group="root", mode="755")
     config = {
@@ -138,9 +140,9 @@ if host.data.get("role") == "home":
         "databases": {r.name: schema.database_name(r.name) for r in pg_registers},
         "files": {r.name: f"{dataplane.REGISTERS_ROOT}/{r.name}" for r in file_registers},
     }
-    cfg = files.put(name="State service config", src=io.StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+    cfg = put(name="State service config", src=io.StringIO(json.dumps(config, indent=2, sort_keys=True) + "\n"),
                     dest="/etc/embassy/state-service.json", user="root", group=SERVICE_USER, mode="640")
-    unit = files.put(
+    unit = put(
         name="State service unit",
         src=io.StringIO(dataplane.unit(
             "embassy: read-only state service (register queries, JSON)",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,12 @@ DEPLOYS = ("deploys/home_state.py", "deploys/agent.py", "deploys/standby.py")
 # Two pyinfra runs, one after the other: pyinfra orders the operations of one run across hosts by its own
 # rules, and a standby started before home's agent made the stanza in its vault logs `ERROR: [103]` for
 # every WAL it asks for. Home first (state and agents), then the embassies.
+# Profiling (a file): each phase's wall and CPU seconds here, each operation's and fact's in pyinfra_progress.py.
+TIMINGS_ENV = "EMBASSY_PYINFRA_TIMINGS"
 PHASES: tuple[tuple[str, ...], ...] = (DEPLOYS[:2], DEPLOYS[2:])
+# What a re-key changes (custody rotate): home's agent (pgBackRest repos, restic repositories, the rounds' config)
+# and the embassies' config. The home state (PostgreSQL, seeded registers, state service) holds no key.
+AGENTS = DEPLOYS[1:]
 
 
 @dataclass
@@ -119,13 +126,30 @@ def _pyinfra(argv: list[str], root: Path, env: dict[str, str], shown: progress.P
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's ended children: pyinfra's own Python on the controller."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _record_phase(env: dict[str, str], deploys: Sequence[str], seconds: float, cpu: float) -> None:
+    """With EMBASSY_PYINFRA_TIMINGS (profiling): the phase's wall and controller CPU seconds, beside its operations'."""
+    path = env.get(TIMINGS_ENV)
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"kind": "phase", "deploys": list(deploys), "at": time.time(),
+                                 "seconds": round(seconds, 2), "cpu": round(cpu, 2)}) + "\n")
+
+
 def _run_phase(target: Target, root: Path, deploys: Sequence[str], size_mb: float | None,
                shown: progress.Progress) -> DeployResult:
     argv, env = command(target, deploys)
     if size_mb is not None:
         env["EMBASSY_HOME_SIZE_MB"] = f"{size_mb:g}"
     shown.say(f"pyinfra {' '.join(argv[argv.index('-y'):])}")
+    start, cpu = time.monotonic(), _children_cpu()
     done = _pyinfra(argv, root, env, shown, "deploy: " + " ".join(Path(d).stem for d in deploys))
+    _record_phase(env, deploys, time.monotonic() - start, _children_cpu() - cpu)
     try:
         payload = json.loads(done.stdout)
     except ValueError:
@@ -147,15 +171,20 @@ def _run_phase(target: Target, root: Path, deploys: Sequence[str], size_mb: floa
     return result
 
 
+def phases_of(deploys: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The pyinfra runs for `deploys`, in PHASES' order (home before the embassies); deploys of no phase last."""
+    known = [tuple(d for d in deploys if d in phase) for phase in PHASES]
+    rest = tuple(d for d in deploys if not any(d in phase for phase in PHASES))
+    return tuple(p for p in (*known, rest) if p)
+
+
 def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb: float | None = None,
         say: Callable[[str], None] = lambda _: None, console: Console | None = None) -> DeployResult:
     """Run the deploys; raise UserError (exit 1) when a host failed, with pyinfra's own words.
 
     Progress: a live display on `console` when it is a terminal, else lines through `say` with a heartbeat
     at least every 30 s."""
-    import time
-
-    phases = PHASES if tuple(deploys) == DEPLOYS else (tuple(deploys),)
+    phases = phases_of(deploys)
     start = time.monotonic()
     with progress.reporter(say, console) as shown:
         results = [_run_phase(target, root, phase, size_mb, shown) for phase in phases]

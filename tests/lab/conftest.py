@@ -125,9 +125,10 @@ def in_controller_python(lab: LabState, code: str, *args: str, timeout: float = 
 # A deploy that changes nothing still costs 30 to 45 s (pyinfra on 4 hosts). A module that only needs a
 # deployed lab takes the session's last deploy when every module since it left the hosts as a deploy leaves
 # them (KEEPS_DEPLOY), and no test failed meanwhile (a failure may have left a case half undone); else it
-# deploys. A module not listed (custody's rotation, replication's cut-offs and killed agents, restores,
+# deploys. A module not listed (replication's cut-offs and killed agents, restores,
 # the drill) is taken to have changed the hosts: the next module that needs a deploy deploys again.
 KEEPS_DEPLOY = frozenset({
+    "test_custody",  # its re-key deploys, its restores write the bundle's (the deploy's) files: a deploy after it changed 0
     "test_deploy",  # ends with its own deploys (a refused one in between changes nothing)
     "test_digest_points",  # its scratch cluster is removed; a round signs home's last state
     "test_drill_watch",  # the watch's counters removed, the receivers started again

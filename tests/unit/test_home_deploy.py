@@ -137,3 +137,62 @@ def test_home_is_deployed_before_the_embassies_and_results_add_up() -> None:
     assert [(h.name, h.changed, h.unchanged, h.errors) for h in merged.hosts] == [
         ("enclave-de", 20, 1, ["x"]), ("home", 80, 3, [])]
     assert merged.failed_hosts == ["enclave-de"]
+
+
+def test_a_subset_of_the_deploys_keeps_home_before_the_embassies() -> None:
+    # The re-key deploys only the agents, still in two runs: home's new stanzas before the embassies read them.
+    assert deploy.phases_of(deploy.DEPLOYS) == deploy.PHASES
+    assert deploy.phases_of(deploy.AGENTS) == (("deploys/agent.py",), ("deploys/standby.py",))
+    assert deploy.phases_of(("deploys/standby.py", "deploys/agent.py")) == (("deploys/agent.py",), ("deploys/standby.py",))
+    assert deploy.phases_of(("deploys/home_state.py",)) == (("deploys/home_state.py",),)
+    assert deploy.phases_of(("x.py", "deploys/standby.py")) == (("deploys/standby.py",), ("x.py",))
+    assert "deploys/home_state.py" not in deploy.AGENTS  # the home state holds no key: a re-key leaves it alone
+
+
+class _FakeHost:
+    """The pyinfra host an operation's generator sees: facts answered from a table, counted; noops recorded."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        self.answers, self.asked, self.noops = answers, [], []  # type: ignore[var-annotated]
+
+    def get_fact(self, cls: type, **kwargs: object) -> object:
+        self.asked.append(cls.__name__)
+        return self.answers[cls.__name__]
+
+    def noop(self, text: str) -> None:
+        self.noops.append(text)
+
+
+def _commands(monkeypatch: pytest.MonkeyPatch, op: object, answers: dict[str, object],
+              **kwargs: object) -> tuple[list[str], _FakeHost]:
+    from embassy.replication import deploy_home
+
+    fake = _FakeHost(answers)
+    monkeypatch.setattr(deploy_home, "host", fake)
+    return [str(c) for c in op.__wrapped__(**kwargs)], fake  # type: ignore[attr-defined]
+
+
+def test_first_full_backups_ask_the_vaults_once_and_back_up_only_the_repos_without_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.replication import deploy_home
+
+    repos = {1: {"status": 0, "backups": 2}, 2: {"status": 2, "backups": 0}, 3: {"status": 2, "backups": 0}}
+    done, fake = _commands(monkeypatch, deploy_home.first_full_backups, {"PgBackRestRepos": repos}, repos=[1, 2, 3])
+    assert fake.asked == ["PgBackRestRepos"]  # one `info` over every repo, not one per repo
+    assert [c.split("pgbackrest ", 1)[1] for c in done] == ["--stanza=home --repo=2 --type=full backup'",
+                                                           "--stanza=home --repo=3 --type=full backup'"]
+    done, fake = _commands(monkeypatch, deploy_home.first_full_backups,
+                           {"PgBackRestRepos": {n: {"status": 0, "backups": 1} for n in (1, 2, 3)}}, repos=[1, 2, 3])
+    assert done == [] and fake.noops  # a second run changes nothing
+
+
+def test_a_restic_repository_is_made_once_with_one_first_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embassy.replication import deploy_home
+
+    args = {"embassy": "de", "register": "court-files", "path": "/srv/registers/court-files", "folder": "restic-g2"}
+    for snapshots, wanted in ((None, ["init", "backup"]), ([], ["backup"]), ([{"id": "x"}], [])):
+        done, fake = _commands(monkeypatch, deploy_home.restic_repository_with_snapshot,
+                               {"ResticSnapshots": snapshots}, **args)
+        assert fake.asked == ["ResticSnapshots"]
+        assert [c.split()[3] for c in done] == wanted, (snapshots, done)
+        assert all(c.startswith("embassy-restic de court-files ") for c in done)

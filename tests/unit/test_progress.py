@@ -278,3 +278,20 @@ def test_deploy_run_shows_pyinfras_progress_and_ends_each_phase(tmp_path: Path) 
     assert lines[0].startswith("pyinfra -y --json @local ") and lines[0].endswith("pyinfra_progress.py d.py")
     assert lines[-1].startswith("deploy: d: done in ") and lines[-1].endswith(
         ", 1 operation; per host: @local 1/1 (1 changed)"), lines
+
+
+def test_the_progress_handler_is_installed_once_though_pyinfra_runs_the_file_per_host(tmp_path: Path) -> None:
+    """pyinfra execs a deploy file once per host, with fresh globals (new classes each time): one handler only,
+    else every event is sent once per host."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_state
+
+    from embassy import pyinfra_progress
+
+    source = Path(pyinfra_progress.__file__)
+    code = compile(source.read_text(), str(source), "exec")
+    state = State(Inventory((["a", "b", "c"], {})), Config())
+    with ctx_state.use(state):
+        for _host in range(3):
+            exec(code, {"__file__": str(source), "__name__": "pyinfra_deploy"})
+    assert sum(getattr(h, "embassy_progress", False) for h in state.callback_handlers) == 1

@@ -8,8 +8,9 @@ with new secrets; the older generation stays readable with its own until its bac
    every embassy's repo (a point-in-time restore to before the rotation finds its WAL there) and a
    manifest names that generation's newest backup;
 2. each embassy's next generation is recorded on the controller (its secrets made first);
-3. the deploys run as ever: home's pgBackRest config names the new paths (stanza-create there, a full
-   backup), new restic repositories with a first snapshot; the embassies' config for the new generation;
+3. the agents' deploys (deploy.AGENTS; the home state holds no key, it is not re-deployed): home's pgBackRest
+   config names the new paths (stanza-create there, a full backup), new restic repositories with a first
+   snapshot; the embassies' config for the new generation;
 4. a round in the new generation: every manifest names the new repositories.
 The caller then issues the bundle, whose history holds every generation's secrets. A rotation that
 stopped after step 2 is recorded as pending and resumed by the next `rotate` (never re-keyed twice).
@@ -105,7 +106,7 @@ def rekey(dep: model.Deployment, target: Target, folder: Path, root: Path, *, sa
               "resumes this re-key, it does not start another)")
     say("deploying the new key generation: home's pgBackRest repos and restic repositories, the embassies' config")
     try:
-        (deploy or (lambda: deploy_lib.run(target, root, say=lambda m: say(f"  {m}"))))()
+        (deploy or (lambda: deploy_lib.run(target, root, deploys=deploy_lib.AGENTS, say=lambda m: say(f"  {m}"))))()
     except UserError as exc:
         raise UserError(f"the re-key stopped at the deploy: {exc.message}", resume, exc.code) from None
     say("a replication round in the new key generation")

@@ -23,7 +23,7 @@ from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
 from embassy.replication import dataplane, digest, standby
-from embassy.replication.deploy_home import ca_bundle, host_postgres, upload_modules
+from embassy.replication.deploy_home import ca_bundle, host_postgres, put, upload_modules
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 from embassy.replication.secrets import secrets_dir
 
@@ -46,7 +46,7 @@ def embassy_host() -> None:
     # ---------------------------------------------------------------- this embassy's vault only, read-only
     files.directory(name="pgBackRest config folder", path=dataplane.PGBACKREST_DIR, user="postgres", group="postgres",
                     mode="750")
-    files.put(name="pgBackRest: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])), dest=dataplane.PGBACKREST_CA,
+    put(name="pgBackRest: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])), dest=dataplane.PGBACKREST_CA,
               user="postgres", group="postgres", mode="644")
     secret_file(name=f"pgBackRest: the vault of {embassy} (its own repo and passphrase only; read-only identity)",
                 content=dataplane.pgbackrest_conf([repo], archive_async=False, pg_data=pg.data),
@@ -55,19 +55,19 @@ def embassy_host() -> None:
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
     files.directory(name="restic config folder", path=dataplane.RESTIC_DIR, user="root", group="root", mode="700")
     files.directory(name="restic cache", path="/var/cache/restic", user="root", group="root", mode="700")
-    files.put(name="restic: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])),
+    put(name="restic: the vault's CA", src=io.StringIO(ca_bundle([repo.vault])),
               dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt", user="root", group="root", mode="644")
     secret_file(name=f"restic: key of embassy {embassy}", content=context.restic_password(host.data, embassy) + "\n",
                 dest=f"{dataplane.RESTIC_DIR}/{embassy}.pass", user="root", group="root", mode="600")
     restic_env = dataplane.restic_env(repo.vault, context.generation(host.data, embassy))  # its key generation's
     secret_file(name=f"restic: vault of embassy {embassy}", content=restic_env,
                 dest=f"{dataplane.RESTIC_DIR}/{embassy}.env", user="root", group="root", mode="600")
-    files.put(name=f"restic: registers held by {embassy}", src=io.StringIO("".join(f"{r}\n" for r in held_files)),
+    put(name=f"restic: registers held by {embassy}", src=io.StringIO("".join(f"{r}\n" for r in held_files)),
               dest=f"{dataplane.RESTIC_DIR}/{embassy}.registers", user="root", group="root", mode="600")
 
     # ---------------------------------------------------------------- restore and verification tooling
     for tool in ("embassy-restic", "embassy-restore-files", "embassy-restore-postgres"):
-        files.put(name=f"Tool {tool}", src=io.StringIO(dataplane.script(tool)), dest=f"/usr/local/sbin/{tool}",
+        put(name=f"Tool {tool}", src=io.StringIO(dataplane.script(tool)), dest=f"/usr/local/sbin/{tool}",
                   user="root", group="root", mode="755")
     upload_modules()  # the digests a restore recomputes are the ones home computed
     # A restore digests as this OS user: peer authentication maps it to the read-only role that the
@@ -87,15 +87,15 @@ def embassy_host() -> None:
         secret_file(name="Standby: replication password", dest="/var/lib/postgresql/.pgpass",
                     content=f"{primary}:5432:replication:{dataplane.REPLICATION_USER}:{password}\n",
                     user="postgres", group="postgres", mode="600")
-        files.put(name=f"Tool {standby.FETCH_TOOL}", src=io.StringIO(standby.fetch_script(pg)),
+        put(name=f"Tool {standby.FETCH_TOOL}", src=io.StringIO(standby.fetch_script(pg)),
                   dest=f"/usr/local/sbin/{standby.FETCH_TOOL}", user="root", group="root", mode="755")
         files.directory(name="Standby: the received WAL's folder", path=standby.receive_dir(pg), user="postgres",
                         group="postgres", mode="700")
-        conf = files.put(name="Standby: held at a signed point; WAL from the receiver, then this embassy's vault",
+        conf = put(name="Standby: held at a signed point; WAL from the receiver, then this embassy's vault",
                          src=io.StringIO(standby.standby_conf(pg)),
                          dest=f"{pg.conf_d}/30-embassy-standby.conf", user="postgres", group="postgres",
                          mode="644")
-        receiver = files.put(name="Standby: WAL receiver unit (pg_receivewal)", src=io.StringIO(
+        receiver = put(name="Standby: WAL receiver unit (pg_receivewal)", src=io.StringIO(
                              standby.receiver_unit(pg, primary, embassy)),
                              dest=f"/etc/systemd/system/{standby.RECEIVER_UNIT}.service", user="root", group="root",
                              mode="644")
@@ -181,21 +181,21 @@ def restore_tests(dep: model.Deployment, embassy: str, repo: Any) -> None:
         secret_file(name=f"Restore test: {name} identity of the vault of {embassy}",
                     content=json.dumps({"access_key_id": vault.access_key, "secret_access_key": vault.secret_key}) + "\n",
                     dest=f"{RT_DIR}/{name}.json", user="root", group="root", mode="600")
-    files.put(name="Restore test: config", dest="/etc/embassy/restore-test.json", user="root", group="root", mode="600",
+    put(name="Restore test: config", dest="/etc/embassy/restore-test.json", user="root", group="root", mode="600",
               src=io.StringIO(json.dumps(restore_test_config(dep, embassy, repo.vault, public), indent=2,
                                          sort_keys=True) + "\n"))
     py = "/usr/bin/env PYTHONPATH=/opt/embassy /usr/bin/python3 -m"
     address = host.data.get("service_address") or host.data.ssh_hostname
     units = [
-        files.put(name="Restore test: unit", dest=f"/etc/systemd/system/{RT_UNIT}.service", user="root", group="root",
+        put(name="Restore test: unit", dest=f"/etc/systemd/system/{RT_UNIT}.service", user="root", group="root",
                   mode="644", src=io.StringIO(dataplane.unit(
                       "embassy: restore a signed point into scratch space, record the signed result in the vault",
                       f"{py} replication.restoretest run --trigger timer", extra=["TimeoutStartSec=7200", "Nice=10"]))),
-        files.put(name="Restore test: timer (data-embassy:restore_tests.schedule)",
+        put(name="Restore test: timer (data-embassy:restore_tests.schedule)",
                   dest=f"/etc/systemd/system/{RT_UNIT}.timer", user="root", group="root", mode="644",
                   src=io.StringIO(dataplane.timer("embassy: restore tests", f"{RT_UNIT}.service",
                                                   calendar=dep.restore_tests.schedule))),
-        files.put(name="Restore test: metrics unit", dest=f"/etc/systemd/system/{RT_METRICS_UNIT}.service", user="root",
+        put(name="Restore test: metrics unit", dest=f"/etc/systemd/system/{RT_METRICS_UNIT}.service", user="root",
                   group="root", mode="644", src=io.StringIO(dataplane.unit(
                       "embassy: Prometheus metrics of the restore tests",
                       f"{py} replication.restoretest metrics --bind {address} --port {RT_METRICS_PORT}", oneshot=False,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Generator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import deploy, operation
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -42,6 +43,19 @@ def host_postgres() -> pgmajor.Postgres:
     if name != "Debian" or not isinstance(major, int):
         raise pgmajor.UnknownMajor(f"{host.name}: not a Debian host the deploys know (os-release: {name!r} {major!r})")
     return pgmajor.for_release(major)
+
+
+def put(**kwargs: Any) -> Any:
+    """files.put into a folder that is there: the system's, or one an earlier operation of the deploy made. Else
+    pyinfra asks the host for the parent folder on every run (one more SSH round trip per file)."""
+    return files.put(create_remote_dir=False, **kwargs)
+
+
+def agent_packages(pg: pgmajor.Postgres) -> list[str]:
+    """What home's agent needs installed (the home state's deploy installs them in its own apt run: one apt
+    transaction on a fresh home, measured 33 s + 19 s as two)."""
+    return ["pgbackrest", "restic", pg.packages[0], "python3-psycopg", "python3-cryptography", "python3-boto3",
+            "python3-prometheus-client"]
 
 
 def ca_bundle(vaults: list[Any]) -> str:
@@ -90,7 +104,7 @@ def round_interval(dep: model.Deployment) -> int:
 def upload_modules() -> list[Any]:
     """This package's host-side modules, as the package `replication` under /opt/embassy."""
     files.directory(name="Replication modules folder", path=MODULES_DIR, user="root", group="root", mode="755")
-    return [files.put(name=f"Replication module {name}",
+    return [put(name=f"Replication module {name}",
                       src=str(resources.files("embassy.replication").joinpath(name)),
                       dest=f"{MODULES_DIR}/{name}", user="root", group="root", mode="644")
             for name in dataplane.host_module_files()]
@@ -127,6 +141,33 @@ def round_config(dep: model.Deployment, vaults: dict[str, Any], repos: dict[str,
             "embassies": embassies, "registers": registers}
 
 
+# Each fact below asks the vaults (pgBackRest's `info` reads every repo; restic lists a repository's snapshots) and
+# pyinfra 3 caches no fact: one operation per question, never one per repo asking the same question again.
+@operation()
+def first_full_backups(repos: list[int], paths: tuple[str, ...] = ()) -> Generator[str, None, None]:
+    """A full backup in each repo that holds none (after the stanza; one `info` over every repo)."""
+    got = host.get_fact(facts.PgBackRestRepos, stanza=dataplane.STANZA, paths=paths)
+    missing = [n for n in repos if got.get(n, {}).get("backups", 0) == 0]
+    if not missing:
+        host.noop(f"repos {repos} hold a backup")
+        return
+    for n in missing:
+        yield as_user("postgres", f"{PGBR} --repo={n} --type=full backup")
+
+
+@operation()
+def restic_repository_with_snapshot(embassy: str, register: str, path: str,
+                                    folder: str = "restic") -> Generator[str, None, None]:
+    """The register's restic repository at the embassy, with a first snapshot (one listing of its snapshots)."""
+    snapshots = host.get_fact(facts.ResticSnapshots, embassy=embassy, register=register, folder=folder)
+    if snapshots:
+        host.noop(f"{folder}/{register} at {embassy} holds a snapshot")
+        return
+    if snapshots is None:
+        yield f"embassy-restic {embassy} {register} init --repository-version 2"
+    yield f"embassy-restic {embassy} {register} backup --compression auto --host home --tag embassy {path}"
+
+
 @deploy("Replication agent on home")
 def home_agent() -> None:
     dep = context.deployment(host.data.stack)
@@ -136,15 +177,13 @@ def home_agent() -> None:
     address = host.data.get("service_address") or host.data.ssh_hostname
     pg = host_postgres()
 
-    apt.packages(name="Install pgBackRest, restic and the agent's Python libraries",
-                 packages=["pgbackrest", "restic", pg.packages[0], "python3-psycopg", "python3-cryptography",
-                           "python3-boto3", "python3-prometheus-client"],
+    apt.packages(name="Install pgBackRest, restic and the agent's Python libraries", packages=agent_packages(pg),
                  update=True, cache_time=86400, no_recommends=True)
 
     # ---------------------------------------------------------------- pgBackRest
     files.directory(name="pgBackRest config folder", path=dataplane.PGBACKREST_DIR, user="postgres", group="postgres",
                     mode="750")
-    ca = files.put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
+    ca = put(name="pgBackRest: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=dataplane.PGBACKREST_CA,
                    user="postgres", group="postgres", mode="644")
     conf = secret_file(name="pgBackRest: one encrypted repo per embassy",
                        content=dataplane.pgbackrest_conf(repos, archive_async=True, pg_data=pg.data),
@@ -153,7 +192,7 @@ def home_agent() -> None:
         files.directory(name=f"pgBackRest folder {folder}", path=folder, user="postgres", group="postgres", mode="750")
 
     # Archiving starts with a restart; the stanza is created right after it, before WAL piles up in back-off.
-    archive = files.put(name="PostgreSQL: archive every WAL segment to every embassy",
+    archive = put(name="PostgreSQL: archive every WAL segment to every embassy",
                         src=io.StringIO(dataplane.archive_conf(context.archive_timeout(dep))),
                         dest=f"{pg.conf_d}/20-embassy-archive.conf", user="postgres", group="postgres",
                         mode="644")
@@ -168,13 +207,12 @@ def home_agent() -> None:
                                      paths=paths)
     ensure(name="pgBackRest: check archiving into every repo", check="false",
            command=as_user("postgres", f"{PGBR} check"), _if=any_changed(conf, archive, ca, stanza))
-    for repo in repos:
-        facts.pgbackrest_first_full(name=f"pgBackRest: first full backup in repo{repo.index} ({repo.vault.embassy})",
-                                    repo=repo.index, paths=paths)
+    first_full_backups(name="pgBackRest: a first full backup in every embassy's repo", repos=[r.index for r in repos],
+                       paths=paths)
 
-    files.put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
+    put(name="pgBackRest: backup wrapper", src=io.StringIO(dataplane.script("embassy-pgbackrest-backup")),
               dest="/usr/local/sbin/embassy-pgbackrest-backup", user="root", group="root", mode="755")
-    units = [files.put(
+    units = [put(
         name="pgBackRest: backup unit",
         src=io.StringIO(dataplane.unit("embassy: pgBackRest %i backup into every embassy's repo",
                                        "/usr/local/sbin/embassy-pgbackrest-backup %i", user="postgres",
@@ -182,7 +220,7 @@ def home_agent() -> None:
         dest="/etc/systemd/system/embassy-pgbackrest-backup@.service", user="root", group="root", mode="644")]
     timers = dataplane.backup_timers(dep)
     for name, (kind, calendar) in timers.items():
-        units.append(files.put(
+        units.append(put(
             name=f"pgBackRest: {kind} backup timer",
             src=io.StringIO(dataplane.timer(f"embassy: pgBackRest {kind} backup", f"embassy-pgbackrest-backup@{kind}.service",
                                             calendar=calendar)),
@@ -191,9 +229,9 @@ def home_agent() -> None:
     # ---------------------------------------------------------------- restic
     files.directory(name="restic config folder", path=dataplane.RESTIC_DIR, user="root", group="root", mode="700")
     files.directory(name="restic cache", path="/var/cache/restic", user="root", group="root", mode="700")
-    files.put(name="restic: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt",
+    put(name="restic: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{dataplane.RESTIC_DIR}/vault-ca.crt",
               user="root", group="root", mode="644")
-    files.put(name="restic: wrapper", src=io.StringIO(dataplane.script("embassy-restic")),
+    put(name="restic: wrapper", src=io.StringIO(dataplane.script("embassy-restic")),
               dest="/usr/local/sbin/embassy-restic", user="root", group="root", mode="755")
     for vault in vaults:
         held = [r.name for r in file_registers if context.holds(dep, r, vault.embassy)]
@@ -205,11 +243,9 @@ def home_agent() -> None:
         secret_file(name=f"restic: vault of embassy {vault.embassy}", content=dataplane.restic_env(vault, generation),
                     dest=f"{dataplane.RESTIC_DIR}/{vault.embassy}.env", user="root", group="root", mode="600")
         for register in held:
-            facts.restic_repository(name=f"restic: repository {register} at {vault.embassy}", embassy=vault.embassy,
-                                    register=register, folder=folder)
-            facts.restic_first_snapshot(name=f"restic: first snapshot of {register} at {vault.embassy}",
-                                        embassy=vault.embassy, register=register,
-                                        path=f"{dataplane.REGISTERS_ROOT}/{register}", folder=folder)
+            restic_repository_with_snapshot(name=f"restic: repository {register} at {vault.embassy}, a first snapshot",
+                                            embassy=vault.embassy, register=register,
+                                            path=f"{dataplane.REGISTERS_ROOT}/{register}", folder=folder)
 
     # ---------------------------------------------------------------- manifests: key, config, rounds
     modules = upload_modules()
@@ -221,14 +257,14 @@ def home_agent() -> None:
     if record:
         facts.record_public_key(name="Manifest public key recorded on the controller", path_on_host=PUB_FILE,
                                 dest=record)
-    files.put(name="Replication: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{CONFIG_DIR}/vault-ca.crt",
+    put(name="Replication: the vaults' CA", src=io.StringIO(ca_bundle(vaults)), dest=f"{CONFIG_DIR}/vault-ca.crt",
               user="root", group="root", mode="644")
     by_name = {v.embassy: v for v in vaults}
     for vault in vaults:
         secret_file(name=f"Replication: manifest writer of {vault.embassy} (agent identity)",
                     content=json.dumps({"access_key_id": vault.access_key, "secret_access_key": vault.secret_key}) + "\n",
                     dest=f"{CONFIG_DIR}/{vault.embassy}.s3.json", user="root", group="root", mode="600")
-    config = files.put(name="Replication: rounds config",
+    config = put(name="Replication: rounds config",
                        src=io.StringIO(json.dumps(round_config(dep, by_name, {r.vault.embassy: r for r in repos},
                                                                {v.embassy: context.generation(host.data, v.embassy)
                                                                 for v in vaults}),
@@ -238,23 +274,23 @@ def home_agent() -> None:
                                                                   "'embassy_monitor'\" | grep -qx 1"),
            command=as_user("postgres", "createdb embassy_monitor"))
     py = "/usr/bin/env PYTHONPATH=/opt/embassy /usr/bin/python3 -m"
-    units.append(files.put(
+    units.append(put(
         name="Heartbeat unit", dest="/etc/systemd/system/embassy-heartbeat.service", user="root", group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: heartbeat row every second (lag and RPO)", f"{py} replication.heartbeat",
                                        user="postgres", oneshot=False, after=f"{pg.service}.service",
                                        extra=["Restart=always", "RestartSec=2"]))))
-    units.append(files.put(
+    units.append(put(
         name="Replication round unit", dest="/etc/systemd/system/embassy-replication-round.service", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: one replication round (restic snapshots, signed manifests)",
                                        f"{py} replication.round run", after=f"{pg.service}.service",
                                        extra=["TimeoutStartSec=3600"]))))
-    units.append(files.put(
+    units.append(put(
         name="Replication round timer", dest="/etc/systemd/system/embassy-replication-round.timer", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.timer("embassy: replication rounds", "embassy-replication-round.service",
                                         every_seconds=round_interval(dep)))))
-    units.append(files.put(
+    units.append(put(
         name="Replication metrics unit", dest="/etc/systemd/system/embassy-replication-monitor.service", user="root",
         group="root", mode="644",
         src=io.StringIO(dataplane.unit("embassy: Prometheus metrics of replication lag",
