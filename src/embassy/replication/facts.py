@@ -84,31 +84,6 @@ def pgbackrest_stanza(repos: list[int], paths: tuple[str, ...] = (), stanza: str
 
 
 @operation()
-def pgbackrest_first_full(repo: int, paths: tuple[str, ...] = (), stanza: str = "home") -> Generator[str, None, None]:
-    got = host.get_fact(PgBackRestRepos, stanza=stanza, paths=paths)
-    if got.get(repo, {}).get("backups", 0) > 0:
-        host.noop(f"repo{repo} holds a backup")
-        return
-    yield as_user("postgres", f"pgbackrest --stanza={stanza} --repo={repo} --type=full backup")
-
-
-@operation()
-def restic_repository(embassy: str, register: str, folder: str = "restic") -> Generator[str, None, None]:
-    if host.get_fact(ResticSnapshots, embassy=embassy, register=register, folder=folder) is not None:
-        host.noop(f"restic repository {folder}/{register} at {embassy} exists")
-        return
-    yield f"embassy-restic {embassy} {register} init --repository-version 2"
-
-
-@operation()
-def restic_first_snapshot(embassy: str, register: str, path: str, folder: str = "restic") -> Generator[str, None, None]:
-    if host.get_fact(ResticSnapshots, embassy=embassy, register=register, folder=folder):
-        host.noop(f"{register} has a snapshot at {embassy}")
-        return
-    yield f"embassy-restic {embassy} {register} backup --compression auto --host home --tag embassy {path}"
-
-
-@operation()
 def record_public_key(path_on_host: str, dest: str) -> Generator[str, None, None]:
     """Copy the manifest public key from home to the controller's record (the lab state): never the private key."""
     pem = host.get_fact(Command, f"cat {path_on_host}")
