@@ -91,11 +91,14 @@ def advance(dep: model.Deployment, target: Target, embassy: str) -> Moved:
 
 
 def advance_all(dep: model.Deployment, target: Target, say: Say = lambda _m: None) -> list[Moved]:
-    done = []
-    for emb in dep.embassies:
-        if emb.mode is model.Mode.WARM and target.embassy_hosts(emb.name):
-            moved = advance(dep, target, emb.name)
-            say(f"{emb.name}: standby " + (f"held at {moved.lsn} (round {moved.round})" if moved.moved
-                                           else f"hold unchanged: {moved.reason}"))
-            done.append(moved)
+    """Every warm embassy's hold moved (`advance`), the embassies at once: each has its own vault and host, and
+    each move waits on them (the chain read, SSH, a standby restart) for seconds. Results in the stack's order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    warm = [emb.name for emb in dep.embassies if emb.mode is model.Mode.WARM and target.embassy_hosts(emb.name)]
+    with ThreadPoolExecutor(max_workers=max(1, len(warm))) as pool:
+        done = list(pool.map(lambda name: advance(dep, target, name), warm))
+    for moved in done:
+        say(f"{moved.embassy}: standby " + (f"held at {moved.lsn} (round {moved.round})" if moved.moved
+                                            else f"hold unchanged: {moved.reason}"))
     return done

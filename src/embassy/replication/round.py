@@ -87,7 +87,19 @@ def vault_answers(vault: dict[str, Any], timeout: float = VAULT_PROBE_SECONDS) -
     return True
 
 
+class VaultSilent(Exception):
+    """The vault's endpoint accepted no TCP connection within the probe's timeout."""
+
+
+def answering(vault: dict[str, Any]) -> None:
+    """VaultSilent unless the vault accepts a connection now: a dead vault costs the probe's 5 s, where boto's
+    own attempt costs its connect timeout per attempt and read (about 13 s per upload, measured)."""
+    if not vault_answers(vault):
+        raise VaultSilent(f"{vault['endpoint']} accepts no connection within {VAULT_PROBE_SECONDS:g} s")
+
+
 def upload(vault: dict[str, Any], ca_file: str, key: str, data: bytes) -> None:
+    answering(vault)
     s3 = s3_client(vault, ca_file)
     if _exists(s3, vault["bucket"], key):
         # A round key already written (the state is behind this vault): never a second history under one name.
@@ -113,6 +125,7 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
 
 def read_manifests(vault: dict[str, Any], ca_file: str) -> list[tuple[str, bytes]]:
     """Every object under manifests/ in a vault, each bounded in size (a larger one is kept as a stub: junk)."""
+    answering(vault)
     s3 = s3_client(vault, ca_file)
     out = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=vault["bucket"], Prefix=manifest.PREFIX):
@@ -287,7 +300,10 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
         errors[name].append("no manifest this round: its chain head is unknown (vault unreachable or holding no "
                             "manifest of home's); the next round reads it again")
 
+    clock = time.monotonic()
     digests, info, segment = postgres_part(cfg, float(cfg.get("archive_wait_seconds", 30)))
+    if say:
+        say(f"digests and WAL segment {segment or '-'} archived (or waited for): {time.monotonic() - clock:.1f} s")
     archive = hostcmd.repo_archive(info)
     statuses = hostcmd.repo_status(info)
     notes: dict[str, list[str]] = {e["name"]: list(recovery.notes.get(e["name"], [])) for e in cfg["embassies"]}
@@ -321,9 +337,12 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
             file_digest = digest.files(frozen)  # of what every snapshot below holds, byte for byte
             for e in holders:
                 try:
+                    clock = time.monotonic()
                     snap = {**snapshot_files(e["name"], reg["name"], reg["path"], frozen, frozen_at),
                             "repository": f"{e.get('restic_base') or 'restic'}/{reg['name']}"}
                     shipped[f"{e['name']}/{reg['name']}"] = {**snap, "digest": file_digest}
+                    if say:
+                        say(f"{e['name']}: snapshot of {reg['name']}: {time.monotonic() - clock:.1f} s")
                 except RuntimeError as exc:
                     errors[e["name"]].append(str(exc))
         except RuntimeError as exc:
@@ -360,6 +379,7 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
         key = manifest.object_key(number)
         entry: dict[str, Any] = {"name": name, "mode": e["mode"], "errors": errors[name], "notes": notes[name],
                                  "registers": registers}
+        clock = time.monotonic()
         try:
             if name in recovery.unknown:
                 raise LookupError("chain head unknown")
@@ -380,7 +400,7 @@ def run_round(cfg: dict[str, Any], *, say: Any = None, new_chain: bool = False) 
                                         "files": files_state}
             entry["manifest"] = {"key": key, "sha256": sha, "round": number}
         if say:
-            say(f"{name}: {'manifest ' + key if entry['manifest'] else 'no manifest'}"
+            say(f"{name}: {'manifest ' + key if entry['manifest'] else 'no manifest'} ({time.monotonic() - clock:.1f} s)"
                 f"{' (' + '; '.join(entry['errors']) + ')' if entry['errors'] else ''}")
         results.append(entry)
     state["round"] = number

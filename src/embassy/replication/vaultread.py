@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import socket
 import sys
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -136,11 +139,33 @@ def read_heads(spec: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "objects": list(pool.map(head, dict.fromkeys(keys)))}
 
 
+PROBE_SECONDS = 5.0  # as boto's connect timeout: a vault that accepts no connection within it is unreachable
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+class Silent(Exception):
+    """The vault's endpoint accepted no TCP connection within PROBE_SECONDS."""
+
+
+def probe(endpoint: str, timeout: float = PROBE_SECONDS) -> None:
+    """Silent unless the endpoint accepts a TCP connection: a cut-off vault costs this one attempt (about 3 s until
+    "no route to host"), where boto's retried connects and reads cost several. Through a proxy boto alone decides."""
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        raise Silent(f"{url.hostname}:{url.port or 443} accepts no connection within {timeout:g} s "
+                     f"({type(exc).__name__}: {exc})") from None
+
+
 def main(argv: list[str]) -> int:
     try:
         spec = json.loads(argv[0])
+        probe(spec["endpoint"])
         result = read_heads(spec) if "heads" in spec else read_manifests(spec)
-    except (BotoCoreError, ClientError, OSError, ValueError, KeyError, Bounded, UserError) as exc:
+    except (BotoCoreError, ClientError, OSError, ValueError, KeyError, Bounded, Silent, UserError) as exc:
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result))
     return 0
