@@ -80,21 +80,35 @@ def test_a_promoted_standby_or_a_manifest_without_points_goes_to_the_vault() -> 
     assert not restore._standby_caught_up(typing.cast(restore.Session, host), body, _postgres()[:1])
 
 
+def _held(conf: str, state: str) -> str:
+    """What the host answers to the restore's one read of the hold file and the replay state."""
+    return f"{conf}{restore.HOLD_MARK}\n{state}\n"
+
+
 def test_a_standby_that_pauses_past_the_point_it_was_told_is_refused() -> None:
-    host = Host([(f"cat {standby.hold_file(PG)}", standby.hold_conf("0/5000CE8")),
-                 ("pg_get_wal_replay_pause_state", "paused|0/5000D90\n")])
+    host = Host([(f"cat {standby.hold_file(PG)}", _held(standby.hold_conf("0/5000CE8"), "paused|0/5000D90"))])
     with pytest.raises(RestoreFailed, match="past the signed point 0/5000CE8"):
         restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
     assert not any("systemctl restart" in c for c in host.sent)  # already held there: no restart
 
 
 def test_a_hold_elsewhere_is_moved_with_a_restart() -> None:
-    host = Host([(f"cat {standby.hold_file(PG)}", standby.hold_conf("0/4000000")),
+    host = Host([(f"cat {standby.hold_file(PG)}", _held(standby.hold_conf("0/4000000"), "paused|0/4000000")),
                  ("pg_get_wal_replay_pause_state", "paused|0/5000CE8\n")])
     restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
     moved = [c for c in host.sent if "systemctl restart" in c]
     assert moved and "0/5000CE8" in moved[0] and standby.hold_file(PG) in moved[0]
     assert "/var/lib/postgresql/17/main/embassy-hold.conf" in moved[0] and "systemctl restart postgresql@17-main" in moved[0]
+    polled = host.sent[host.sent.index(moved[0]) + 1:]
+    assert len(polled) == 1 and "sleep 0.1" in polled[0]  # the wait polled on the host: one round trip
+
+
+def test_a_standby_that_never_pauses_is_refused_naming_it() -> None:
+    # The host nation withholds the WAL up to the signed point: the standby never pauses there; refused, bounded.
+    host = Host([(f"cat {standby.hold_file(PG)}", _held(standby.hold_conf("0/4000000"), "paused|0/4000000")),
+                 ("pg_get_wal_replay_pause_state", "not paused|0/4800000\n")])
+    with pytest.raises(RestoreFailed, match="did not reach the signed point 0/5000CE8"):
+        restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
 
 
 def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> None:
