@@ -93,7 +93,7 @@ def test_an_older_pgbackrest_is_detected_by_trying_and_the_whole_repo_is_verifie
     assert "grep -Fq 'ERROR: [031]:'" in command and command.count("verify 2>&1") == 1
     host = Host(WHOLE)  # what the shell prints then: no marker
     result = check(monkeypatch, host)
-    assert result.intact and [c["object"] for c in result.checked][0] == "pgbackrest:repo"
+    assert result.intact and result.checked[0]["object"] == "pgbackrest:repo"
 
 
 def test_the_scheduled_check_verifies_the_whole_repo(monkeypatch: pytest.MonkeyPatch) -> None:
