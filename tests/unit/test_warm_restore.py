@@ -5,6 +5,7 @@ side of this is tests/unit/test_standby_hold.py; the whole path runs in tests/la
 
 from __future__ import annotations
 
+import json
 import subprocess
 import typing
 from contextlib import nullcontext
@@ -124,3 +125,39 @@ def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> Non
 def test_wal_segments_are_named_as_postgresql_names_them() -> None:
     assert restore.segment_name(1, standby.lsn_int("0/5000CE8")) == "000000010000000000000005"
     assert restore.segment_name(2, standby.lsn_int("1/FF000000")) == "0000000200000001000000FF"
+
+
+def test_the_service_starts_in_one_round_trip_with_its_config_intact() -> None:
+    # One command: the user, the code (stdin), the config (carried in the command, decoded on the host), the files'
+    # group, the unit. The config must arrive byte for byte: it names what the service serves.
+    import base64
+    import re
+
+    config = {"bind": "10.0.0.20", "port": 8088, "conninfo": "host=/var/run/postgresql port=5432",
+              "databases": {"population": "population"}, "files": {"court-files": "/srv/embassy-restore/x"}}
+    command = restore.service_command(config)
+    carried = re.search(r"echo ([A-Za-z0-9+/=]+) \| base64 -d", command)
+    assert carried and json.loads(base64.b64decode(carried.group(1))) == config
+    for part in ("useradd --system", "install -m 644 /dev/stdin /opt/embassy/state_service.py",
+                 f"chgrp -R {restore.SERVICE_USER} {restore.FILES_ROOT}", f"systemd-run --unit {restore.SERVICE_UNIT}"):
+        assert part in command
+    assert "chgrp" not in restore.service_command({**config, "files": {}})
+    assert subprocess.run(["sh", "-n", "-c", command], check=False).returncode == 0  # parses as one shell command
+
+
+def test_the_smoke_queries_read_their_keys_on_the_host_in_the_same_round_trip() -> None:
+    host = Host([])
+    host.outcome.port = 5432
+    config = {"bind": "10.0.0.20", "databases": {"population": "population", "land-register": "land_register"},
+              "files": {"court-files": "/srv/embassy-restore/srv/registers/court-files"}}
+    paths = restore.smoke_paths(typing.cast(restore.Session, host), config)
+    assert host.sent == []  # nothing asked before the smoke command itself
+    assert paths[0] == "/health" and "/registers/population/persons/37605030299" in paths
+    assert any("SELECT isikukood FROM persons ORDER BY id LIMIT 1" in p and p.startswith('"/registers/population/')
+               for p in paths)
+    assert any("-d land_register" in p and "</dev/null" in p for p in paths)  # never reads the smoke program's stdin
+    # The words, expanded by a shell with stand-ins for psql and the court file, give the paths the checks expect.
+    words = " ".join(paths).replace("sudo runuser -u postgres -- psql", "echo").replace("sudo find", "echo 1 || find")
+    shown = subprocess.run(["sh", "-c", f"for w in {words}; do echo \"$w\"; done"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert shown[0] == "/health" and shown[1].startswith("/registers/population/persons/-X -A -t -q -p 5432")
