@@ -712,18 +712,20 @@ def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifes
 
 def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head: manifest.Verified, result: Result,
                          *, full: bool, pgbackrest_scope: str) -> None:
-    """The key generation, pgBackRest, restic (on the host) and the locks (from the controller), run at once: each is
-    independent of the others' outcome. Merged in that order, up to the first failure: a host reading another key
-    generation's repositories fails as that, whatever the other checks (of those repositories) found."""
-    jobs: list[Callable[[Result], None]] = [
-        lambda r: check_generation(where, embassy, head, r),
-        lambda r: check_pgbackrest(where, embassy, head, r, scope=pgbackrest_scope),
-        lambda r: check_restic(where, embassy, head, r, full),
-        lambda r: check_locks(dep, where, embassy, head, r)]
-    parts = [Result(embassy) for _ in jobs]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        list(pool.map(lambda job, part: job(part), jobs, parts))
-    for part in parts:
+    """The key generation the host reads first (the checks after it would prove other repositories), then pgBackRest
+    and restic on the host at once; the locks (from the controller) all along. Merged in that order up to the first
+    failure, so the failure named is the one a check-by-check run names."""
+    parts = {name: Result(embassy) for name in ("generation", "pgbackrest", "restic", "locks")}
+    with ThreadPoolExecutor(3) as pool:
+        locks = pool.submit(check_locks, dep, where, embassy, head, parts["locks"])
+        check_generation(where, embassy, head, parts["generation"])
+        if parts["generation"].intact:
+            on_host = [pool.submit(check_pgbackrest, where, embassy, head, parts["pgbackrest"], scope=pgbackrest_scope),
+                       pool.submit(check_restic, where, embassy, head, parts["restic"], full)]
+            for job in on_host:
+                job.result()
+        locks.result()
+    for part in parts.values():
         result.checked += part.checked
         if part.first_failure is not None:
             result.first_failure, result.failure_kind = part.first_failure, part.failure_kind
@@ -784,7 +786,7 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
         return result
     if before_host is not None:
         before_host()
-    say("at once: the key generation the head names, pgBackRest verify of "
+    say("the key generation the head names, then at once pgBackRest verify of "
         + ("the backup set the head names and its WAL" if pgbackrest_scope == "set" else "every WAL segment and backup file")
         + f", restic check of {'all data' if full else 'a rotating fifth of the data'}, the locks of every object a "
           "restore from the head relies on")
