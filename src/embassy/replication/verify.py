@@ -317,8 +317,10 @@ def header_read_segment(repo_ls_json: str) -> str | None:
     return next(iter(firsts.values())) if len(firsts) == 1 else None
 
 
-# `verify --set` (pgBackRest 2.55 on; Debian 13): what a restore from one backup set reads. An older pgBackRest
-# refuses the option (OptionInvalidError, [031]) while it parses its options, before it reads the repo.
+# `verify --set` (Debian 13's pgBackRest 2.55): what a restore from one backup set reads. Debian 12's 2.45 parses the
+# option (an internal one there: `help verify set` answers) but does not list it among verify's options, and its
+# verify does not select by it; the host's pgBackRest is asked which it is (`help verify` lists `--set`, or not).
+SET_LISTED = "pgbackrest help verify 2>/dev/null | grep -Eq '^ +--set +'"
 SET_MARK = "embassy: verify --set"
 WAL_RANGE = re.compile(r"archiveId: (?P<id>[^,\s]+), wal start: (?P<start>[0-9A-F]{24}), wal stop: (?P<stop>[0-9A-F]{24})")
 BACKUP_LINE = re.compile(r"backup: (?P<label>[0-9A-Z_-]+), status: (?P<status>[a-z -]+), total files checked: "
@@ -326,15 +328,14 @@ BACKUP_LINE = re.compile(r"backup: (?P<label>[0-9A-Z_-]+), status: (?P<status>[a
 
 
 def verify_command(label: str | None) -> str:
-    """Shell: `pgbackrest verify` of the backup set `label` where the host's pgBackRest has `--set` (its detail
-    output names the WAL ranges it checked), else of the whole repo (detected by trying: the option is refused
-    before anything is read); then `pgbackrest info` (JSON), in one SSH round trip."""
+    """Shell, one SSH round trip: `pgbackrest verify` of the backup set `label` where the host's pgBackRest lists
+    `--set` among verify's options (its detail output names the WAL ranges it checked), else of the whole repo;
+    then `pgbackrest info` (JSON)."""
     whole = f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1"
     if not label:
         return f"{whole}; echo; {PGBR} --output=json info"
     one = f"{PGBR} --log-level-console=detail --output=text --verbose verify --set={shlex.quote(label)} 2>&1"
-    return (f"out=$({one}); if printf '%s' \"$out\" | grep -Fq 'ERROR: [031]:'; then {whole}; "
-            f"else echo '{SET_MARK}'; printf '%s\\n' \"$out\"; fi; echo; {PGBR} --output=json info")
+    return f"if {SET_LISTED}; then echo '{SET_MARK}'; {one}; else {whole}; fi; echo; {PGBR} --output=json info"
 
 
 def _segment_no(name: str) -> int:
