@@ -353,7 +353,7 @@ def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None
     with s.step(f"key generation {keys.generation}: its secrets to {s.host.name}, verify its repositories"):
         hostsecrets.write(s.target, s.host, keys)
         result = vault_verify.Result(s.outcome.embassy)
-        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result, scope="set")
+        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result)  # a point in time: the whole repo
         if result.intact:
             vault_verify.check_restic(s.target, s.outcome.embassy, chosen, result, full=False)
         if s.outcome.verification:
