@@ -9,6 +9,7 @@ import json
 import subprocess
 import typing
 from contextlib import nullcontext
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -145,7 +146,7 @@ def test_the_service_starts_in_one_round_trip_with_its_config_intact() -> None:
     assert subprocess.run(["sh", "-n", "-c", command], check=False).returncode == 0  # parses as one shell command
 
 
-def test_the_smoke_queries_read_their_keys_on_the_host_in_the_same_round_trip() -> None:
+def test_the_smoke_queries_read_their_keys_on_the_host_in_the_same_round_trip(tmp_path: Path) -> None:
     host = Host([])
     host.outcome.port = 5432
     config = {"bind": "10.0.0.20", "databases": {"population": "population", "land-register": "land_register"},
@@ -156,8 +157,15 @@ def test_the_smoke_queries_read_their_keys_on_the_host_in_the_same_round_trip() 
     assert any("SELECT isikukood FROM persons ORDER BY id LIMIT 1" in p and p.startswith('"/registers/population/')
                for p in paths)
     assert any("-d land_register" in p and "</dev/null" in p for p in paths)  # never reads the smoke program's stdin
-    # The words, expanded by a shell with stand-ins for psql and the court file, give the paths the checks expect.
-    words = " ".join(paths).replace("sudo runuser -u postgres -- psql", "echo").replace("sudo find", "echo 1 || find")
-    shown = subprocess.run(["sh", "-c", f"for w in {words}; do echo \"$w\"; done"], capture_output=True, text=True,
-                           check=True).stdout.splitlines()
+    # The words, expanded by a real shell on real case files (psql stood in for, sudo dropped), give the paths the
+    # checks expect; the smoke program's stdin is left to it. (A redirect on the pipeline's reader once cut the pipe.)
+    folder = tmp_path / "court-files"
+    for number, name in (("2-24-1002", "b"), ("2-24-1001", "a")):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "case.json").write_text(json.dumps({"number": number}))
+    words = " ".join(paths).replace("sudo runuser -u postgres -- psql", "echo").replace("sudo ", "") \
+        .replace("/srv/embassy-restore/srv/registers/court-files", str(folder))
+    shown = subprocess.run(["sh", "-c", f"for w in {words}; do echo \"$w\"; done; cat"], input="the smoke program",
+                           capture_output=True, text=True, check=True).stdout.splitlines()
     assert shown[0] == "/health" and shown[1].startswith("/registers/population/persons/-X -A -t -q -p 5432")
+    assert shown[-2:] == ["/registers/court-files/files/2-24-1001", "the smoke program"]

@@ -851,8 +851,9 @@ def smoke_paths(s: Session, config: dict[str, Any]) -> list[str]:
         paths.append(f"\"/registers/land-register/parcels/{parcel}\"")
     folder = config["files"].get("court-files")
     if folder:
-        case = (f"$(sudo find {folder} -name case.json | sort | head -1 | xargs sudo python3 -c "
-                "'import json, sys; print(json.load(open(sys.argv[1]))[\"number\"])' </dev/null)")
+        # The first case file's number; its name is an argument (a redirect on a pipeline's reader would cut the pipe).
+        case = (f"$(sudo python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"number\"])' "
+                f"\"$(sudo find {folder} -name case.json | sort | head -1)\" </dev/null)")
         paths.append(f"\"/registers/court-files/files/{case}\"")
     return paths
 
