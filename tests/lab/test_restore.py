@@ -34,6 +34,7 @@ from tests.lab.test_replication import (
     named_object,
     replicate_once,
     rounds_held,
+    wal_key,
 )
 from tests.lab.vault_storage import Filer, flip_middle_byte
 
@@ -249,18 +250,6 @@ def assert_proven_at_the_signed_point(out: dict[str, Any], source: str) -> None:
             assert beyond["read"] and "pg_waldump" in beyond["read"], reg
 
 
-def needed_wal_key(lab: LabState, embassy: str, f: Filer, pg: str) -> str:
-    """A WAL segment a restore of the head's backup set reads: the first one after the set's start (its middle is
-    checked by pgBackRest verify's per-file job, with or without --set; not the archive's first, whose header its
-    main process reads), else the start itself."""
-    done = ssh(lab, f"enclave-{embassy}", "sudo runuser -u postgres -- pgbackrest --stanza=home --output=json info")
-    start = json.loads(done.stdout)[0]["backup"][-1]["archive"]["start"]
-    folder = f"{pg}/archive/home/{f.archive_id}/{start[:16]}"
-    names = sorted(e["FullPath"].rsplit("/", 1)[1] for e in f.entries(folder) if e["FullPath"].endswith(".zst.versions"))
-    name = next((n for n in names if n[:24] > start), next(n for n in names if n[:24] == start))
-    return f"{folder}/{name.removesuffix('.versions')}"
-
-
 def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted(
         lab: LabState, deployed: dict[str, Any], cleanup: list[str]) -> None:
     # A warm restore reads the standby, not the repo, yet the repo is proven first: a bad segment in de's
@@ -269,7 +258,7 @@ def test_a_bad_wal_segment_refuses_a_warm_restore_before_the_standby_is_promoted
     f = Filer(lab, "de")
     generation = controller_secrets.generation(Path(lab.dir) / "secrets", "de")
     pg, rs = dataplane.pgbackrest_path(generation).lstrip("/"), dataplane.restic_base(generation)
-    key = needed_wal_key(lab, "de", f, pg)
+    key = wal_key(f, pg, rs, index=1)  # not the archive's first: its middle is checked by verify's per-file job
     out = refused_with_a_byte_flipped(lab, "de", f, key)
     segment = key.rsplit("/", 1)[1].split("-")[0]
     assert segment in out["error"]["message"], out["error"]

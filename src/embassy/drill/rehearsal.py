@@ -369,10 +369,6 @@ def checked_what(obj: str) -> str:
         return "the embassy host reads the repositories of the key generation the manifest names"
     if obj == "pgbackrest:repo":
         return "`pgbackrest verify`: the checksum of every WAL segment and backup file in the repository"
-    if obj.startswith("pgbackrest:set/"):
-        return ("`pgbackrest verify --set`: the checksum of every file of the backup set the manifest names (and of the "
-                "backups it references) and of every WAL segment from its start to the last one the manifest names, "
-                "one contiguous range: what a restore reads")
     if obj.startswith("pgbackrest:backup/"):
         return "the base backup the manifest names is in the repository"
     if obj.startswith("pgbackrest:archive/"):

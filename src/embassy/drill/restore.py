@@ -304,27 +304,13 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
             hostsecrets.write(s.target, s.host, keyring(newest))
 
 
-def pgbackrest_scope(target_time: dt.datetime | None) -> str:
-    """What `pgbackrest verify` checks before a restore: the backup set the head names and its WAL ("set", where the
-    host's pgBackRest has `verify --set`), which is what a restore of the head reads; a point in time lets
-    pgBackRest choose an older set, so there the whole repository is checked, as the scheduled checks do."""
-    return "set" if target_time is None else "repo"
-
-
-def verified_set(out: Outcome) -> str | None:
-    """The backup set the restore's vault check verified alone (`pgbackrest:set/<label>`), if it was set-scoped."""
-    checked = out.verification.checked if out.verification else []
-    return next((c["object"].removeprefix("pgbackrest:set/") for c in checked
-                 if c["ok"] and c["object"].startswith("pgbackrest:set/")), None)
-
-
 def _verify_vault(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
                   vault_first: bool) -> None:
     out = s.outcome
     with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
         result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
                                      bundle_round=out.bundle_round, before_host=(lambda: _reach(s)) if vault_first
-                                     else None, pgbackrest_scope=pgbackrest_scope(target_time))
+                                     else None)
         out.verification = result
         if not result.intact:
             raise result.error("nothing was restored; restore from another embassy and investigate this vault")
@@ -353,7 +339,7 @@ def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None
     with s.step(f"key generation {keys.generation}: its secrets to {s.host.name}, verify its repositories"):
         hostsecrets.write(s.target, s.host, keys)
         result = vault_verify.Result(s.outcome.embassy)
-        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result)  # a point in time: the whole repo
+        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result)
         if result.intact:
             vault_verify.check_restic(s.target, s.outcome.embassy, chosen, result, full=False)
         if s.outcome.verification:
@@ -691,22 +677,6 @@ def _backup_set_before(s: Session, lsn: int) -> str:
     return f" --set={shlex.quote(before[-1])}" if before and before[-1] != sets[-1]["label"] else ""
 
 
-def _verify_other_set(s: Session, pick: str) -> None:
-    """The restore's vault check verified one backup set (the head's); a restore that takes an older one (a backup that
-    ended after the signed point) has that set and its WAL verified first, else it is refused naming the object."""
-    verified, chosen = verified_set(s.outcome), pick.partition("--set=")[2].strip("' ")
-    if not verified or not chosen or chosen == verified or s.outcome.manifest is None:
-        return
-    result = vault_verify.Result(s.outcome.embassy)
-    vault_verify.check_pgbackrest(s.target, s.outcome.embassy, s.outcome.manifest, result, scope="set", label=chosen)
-    if s.outcome.verification:
-        s.outcome.verification.checked += result.checked
-    if not result.intact:
-        failure = result.first_failure or {}
-        raise ManifestInvalid(f"{failure.get('object')}: {failure.get('reason')}",
-                              "nothing was restored; restore from another embassy and investigate this vault")
-
-
 def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any],
                        target_time: dt.datetime | None) -> None:
     """pgBackRest restore, paused at each register's digest LSN to compare, then on to the end (or T)."""
@@ -717,7 +687,6 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
         # most); the recovery targets are ours (embassy-target.conf).
         pick = f" --type=time --target={shlex.quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3] + '+00')}" if utc else \
             _backup_set_before(s, min(_lsn((body[r.name].get("digest") or {}).get("lsn") or "0/0") for r in postgres))
-        _verify_other_set(s, pick)
         s.must(f"sudo rm -rf {s.scratch} && sudo /usr/local/sbin/embassy-restore-postgres {s.scratch} "
                f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600)
         s.must(f"sudo sed -i '/^recovery_target/d' {s.scratch}/postgresql.auto.conf", "clear pgBackRest's targets")

@@ -35,7 +35,6 @@ import binascii
 import datetime as dt
 import json
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -317,109 +316,17 @@ def header_read_segment(repo_ls_json: str) -> str | None:
     return next(iter(firsts.values())) if len(firsts) == 1 else None
 
 
-# `verify --set` (Debian 13's pgBackRest 2.55): what a restore from one backup set reads. Debian 12's 2.45 parses the
-# option (an internal one there: `help verify set` answers) but does not list it among verify's options, and its
-# verify does not select by it; the host's pgBackRest is asked which it is (`help verify` lists `--set`, or not).
-SET_LISTED = "pgbackrest help verify 2>/dev/null | grep -Eq '^ +--set +'"
-SET_MARK = "embassy: verify --set"
-WAL_RANGE = re.compile(r"archiveId: (?P<id>[^,\s]+), wal start: (?P<start>[0-9A-F]{24}), wal stop: (?P<stop>[0-9A-F]{24})")
-BACKUP_LINE = re.compile(r"backup: (?P<label>[0-9A-Z_-]+), status: (?P<status>[a-z -]+), total files checked: "
-                         r"(?P<checked>\d+), total valid files: (?P<valid>\d+)")
-
-
-def verify_command(label: str | None) -> str:
-    """Shell, one SSH round trip: `pgbackrest verify` of the backup set `label` where the host's pgBackRest lists
-    `--set` among verify's options (its detail output names the WAL ranges it checked), else of the whole repo;
-    then `pgbackrest info` (JSON)."""
-    whole = f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1"
-    if not label:
-        return f"{whole}; echo; {PGBR} --output=json info"
-    one = f"{PGBR} --log-level-console=detail --output=text --verbose verify --set={shlex.quote(label)} 2>&1"
-    return f"if {SET_LISTED}; then echo '{SET_MARK}'; {one}; else {whole}; fi; echo; {PGBR} --output=json info"
-
-
-def _segment_no(name: str) -> int:
-    """A segment's position in its timeline's sequence (its log and segment numbers; 16 MB segments)."""
-    return int(name[8:16], 16) * 0x100 + int(name[16:24], 16)
-
-
-def set_coverage(text: str, label: str, chain: list[str], need: tuple[str, str]) -> str | None:
-    """Why `verify --set`'s output does not prove what a restore from `label` reads, or None when it does: every
-    backup of its chain (`chain`: the set and those it references) verified, each file valid, and one contiguous
-    range of verified WAL from the set's first segment to the last the manifest names (`need`)."""
-    backups = {m.group("label"): m for m in BACKUP_LINE.finditer(text)}
-    for name in chain:
-        got = backups.get(name)
-        if got is None:
-            return f"backup {name} is not among those it verified"
-        if got.group("status") != "valid" or got.group("checked") != got.group("valid") or got.group("checked") == "0":
-            return f"backup {name}: status {got.group('status')}, {got.group('valid')} of {got.group('checked')} files valid"
-    first, last = need
-    for m in WAL_RANGE.finditer(text):
-        start, stop = m.group("start"), m.group("stop")
-        if start[:8] == first[:8] == last[:8] and _segment_no(start) <= _segment_no(first) \
-                and _segment_no(last) <= _segment_no(stop):
-            return None
-    return f"no contiguous range of verified WAL from {first} to {last}"
-
-
-def backup_chain(info: dict[str, Any], label: str) -> tuple[list[str], str | None]:
-    """The backups a restore of `label` reads (it and the priors it references) and its first WAL segment."""
-    by_label = {b.get("label"): b for b in info.get("backup", []) if isinstance(b, dict)}
-    chain, at = [], by_label.get(label)
-    while at is not None and at.get("label") not in chain:
-        chain.append(str(at.get("label")))
-        at = by_label.get(at.get("prior")) if at.get("prior") else None
-    start = (by_label.get(label) or {}).get("archive", {}).get("start")
-    return chain, str(start) if start else None
-
-
-def _pgbackrest_verdict(where: Where, embassy: str, text: str, obj: str, result: Result) -> bool:
-    """pgBackRest verify's own verdict on what it checked: the failure names the bad file, else the repo."""
+def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
+    done = ssh(where, embassy, f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
+                             f"{PGBR} --output=json info")
+    text, _, info_json = done.stdout.rpartition("\n[")
     status = re.search(r"status:\s*(\w+)", text)
     invalid = re.search(r"(missing|checksum invalid|size invalid|other): [1-9]", text)
     if status is None or status.group(1) != "ok" or invalid or "error" in text.lower():
-        obj_, reason = _pgbackrest_failure(where, embassy, text)
-        result.check(obj_, False, reason)
-        return False
-    return True
-
-
-def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result: Result, *,
-                     scope: str = "repo", label: str | None = None) -> None:
-    """`pgbackrest verify` and the backup and WAL `head` names. scope "repo": every file of the repository (the
-    scheduled checks); "set" (a restore): the backup set the manifest names and its WAL up to the manifest's last
-    segment, where the host's pgBackRest has `verify --set` and its output proves exactly that; else the whole repo.
-    label: the set to verify when it is not the one `head` names (a restore that takes an older one)."""
-    regs = [r for r in head.body["registers"] if r["kind"] == "postgres"]
-    labels = {str(r["backup_label"]) for r in regs if r.get("backup_label")}
-    lasts = sorted({str((r.get("wal") or {}).get("last")) for r in regs if (r.get("wal") or {}).get("last")})
-    # One cluster in one repo names one set and one last segment; anything else: the whole repo.
-    label = None if scope != "set" or len(labels) + len(lasts) != 2 else label or labels.pop()
-    last = lasts[-1] if lasts else None
-    done = ssh(where, embassy, verify_command(label))
-    text, _, info_json = done.stdout.rpartition("\n[")
-    try:
-        info = json.loads("[" + info_json)[0]
-    except (ValueError, IndexError):
-        info = None
-    obj, detail = "pgbackrest:repo", ""
-    if label and text.lstrip().startswith(SET_MARK):
-        chain, start = backup_chain(info or {}, label)
-        why = set_coverage(text, label, chain, (start, last)) if start and last and chain else \
-            "pgbackrest info names no first WAL segment for it"
-        if why is None:
-            obj, detail = f"pgbackrest:set/{label}", f"backups {', '.join(chain)} and WAL {start} to {last}"
-        elif _pgbackrest_verdict(where, embassy, text, obj, result):
-            # What it checked is sound but is not all a restore reads: the whole repo, as the scheduled checks do.
-            done = ssh(where, embassy, verify_command(None))
-            text, _, info_json = done.stdout.rpartition("\n[")
-            detail = f"verify --set={label} proves less than a restore reads ({why}): the whole repository"
-        else:
-            return
-    if not _pgbackrest_verdict(where, embassy, text, obj, result):
+        obj, reason = _pgbackrest_failure(where, embassy, text)
+        result.check(obj, False, reason)
         return
-    result.check(obj, True, detail=detail)
+    result.check("pgbackrest:repo", True)
     try:
         info = json.loads("[" + info_json)[0]
     except (ValueError, IndexError):
@@ -427,7 +334,9 @@ def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result
         return
     labels = {b.get("label") for b in info.get("backup", [])}
     archive_max = max((a.get("max") or "" for a in info.get("archive", [])), default="")
-    for reg in regs:
+    for reg in head.body["registers"]:
+        if reg["kind"] != "postgres":
+            continue
         if reg.get("backup_label"):
             result.check(f"pgbackrest:backup/{reg['backup_label']}", reg["backup_label"] in labels,
                          f"backup {reg['backup_label']} named by {head.key} is not in the repo")
@@ -712,7 +621,7 @@ def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifes
 
 
 def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head: manifest.Verified, result: Result,
-                         *, full: bool, pgbackrest_scope: str) -> None:
+                         *, full: bool) -> None:
     """The key generation the host reads first (the checks after it would prove other repositories), then pgBackRest
     and restic on the host at once; the locks (from the controller) all along. Merged in that order up to the first
     failure, so the failure named is the one a check-by-check run names."""
@@ -721,7 +630,7 @@ def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head
         locks = pool.submit(check_locks, dep, where, embassy, head, parts["locks"])
         check_generation(where, embassy, head, parts["generation"])
         if parts["generation"].intact:
-            on_host = [pool.submit(check_pgbackrest, where, embassy, head, parts["pgbackrest"], scope=pgbackrest_scope),
+            on_host = [pool.submit(check_pgbackrest, where, embassy, head, parts["pgbackrest"]),
                        pool.submit(check_restic, where, embassy, head, parts["restic"], full)]
             for job in on_host:
                 job.result()
@@ -735,16 +644,13 @@ def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head
 
 def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = False,
            accept_unanchored: bool = False, bundle_round: int | None = None,
-           say: Callable[[str], None] = lambda _m: None, before_host: Callable[[], None] | None = None,
-           pgbackrest_scope: str = "repo") -> Result:
+           say: Callable[[str], None] = lambda _m: None, before_host: Callable[[], None] | None = None) -> Result:
     """Check the embassy's vault (module docstring); the Result names the first failure and keeps the chain.
 
     bundle_round: the custody bundle's round at sealing, when a bundle is at hand (an anchor of freshness).
     accept_unanchored: take a chain whose freshness nothing anchors (recorded in the Result's freshness).
     before_host: called once the vault's own checks passed, before the first check on the host (a restore on AWS
-    reaches its host there, so that a forged chain is refused without a session to the host).
-    pgbackrest_scope: "repo" (every file: the scheduled checks) or "set" (a restore: the backup set the head names and
-    its WAL, where the host's pgBackRest has `verify --set`; check_pgbackrest)."""
+    reaches its host there, so that a forged chain is refused without a session to the host)."""
     if embassy not in {e.name for e in dep.embassies}:
         raise UserError(f"no embassy '{embassy}' in stack '{dep.stack}'",
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
@@ -787,11 +693,10 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
         return result
     if before_host is not None:
         before_host()
-    say("the key generation the head names, then at once pgBackRest verify of "
-        + ("the backup set the head names and its WAL" if pgbackrest_scope == "set" else "every WAL segment and backup file")
-        + f", restic check of {'all data' if full else 'a rotating fifth of the data'}, the locks of every object a "
-          "restore from the head relies on")
-    host_and_lock_checks(dep, where, embassy, head, result, full=full, pgbackrest_scope=pgbackrest_scope)
+    say("the key generation the head names, then at once pgBackRest verify of every WAL segment and backup file, "
+        f"restic check of {'all data' if full else 'a rotating fifth of the data'}; the locks of every object a "
+        "restore from the head relies on all along")
+    host_and_lock_checks(dep, where, embassy, head, result, full=full)
     if result.intact:
         result.chain = chain
         freshness.raise_mark(controller_folder(dep, where), embassy, head)
