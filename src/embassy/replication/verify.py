@@ -447,12 +447,12 @@ def controller_folder(dep: model.Deployment, where: Where) -> Path:
     return secrets_dir(SimpleNamespace(lab_dir=where.dir, stack=dep.stack))
 
 
-def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: Any, fresh: freshness.Freshness,
-                   say: Callable[[str], None]) -> None:
-    """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
-    whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass)."""
-    folder = controller_folder(dep, where)
-    others = [e for e in dep.embassies if e.name != embassy]
+Served = dict[str, list[Stored] | Exception]
+
+
+def read_others(dep: model.Deployment, where: Where, embassy: str) -> Served:
+    """The manifests of every other embassy's vault, read at once; what cannot be read is its exception."""
+    others = [e.name for e in dep.embassies if e.name != embassy]
 
     def read(name: str) -> list[Stored] | Exception:
         try:
@@ -463,7 +463,18 @@ def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: An
             return VaultUnreachable(name, f"not reachable through target {getattr(where, 'kind', 'lab')}: {exc.message}")
 
     with ThreadPoolExecutor(max(1, len(others))) as pool:  # an unreachable vault costs its timeout once, not in turn
-        served = dict(zip([o.name for o in others], pool.map(read, [o.name for o in others]), strict=True))
+        return dict(zip(others, pool.map(read, others), strict=True))
+
+
+def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: Any, fresh: freshness.Freshness,
+                   say: Callable[[str], None], served: Served | None = None) -> None:
+    """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
+    whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass).
+    served: those vaults' manifests when they were already read (verify reads them beside this vault's own)."""
+    folder = controller_folder(dep, where)
+    others = [e for e in dep.embassies if e.name != embassy]
+    if served is None:
+        served = read_others(dep, where, embassy)
     for other in others:
         try:
             got = served[other.name]
@@ -491,7 +502,7 @@ def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: An
 
 def check_freshness(dep: model.Deployment, where: Where, embassy: str, chain: list[manifest.Verified], public: Any,
                     result: Result, say: Callable[[str], None], *, bundle_round: int | None = None,
-                    accept_unanchored: bool = False) -> None:
+                    accept_unanchored: bool = False, others: Callable[[], Served] | None = None) -> None:
     """The head against every anchor (freshness.py): stale, a second history, or not established, each a failure."""
     head = chain[-1]
     fresh = freshness.Freshness(accepted_unanchored=False)
@@ -506,7 +517,7 @@ def check_freshness(dep: model.Deployment, where: Where, embassy: str, chain: li
             return
     if bundle_round is not None:
         fresh.anchors.append(freshness.Anchor(freshness.BUNDLE, bundle_round))
-    gather_anchors(dep, where, embassy, public, fresh, say)
+    gather_anchors(dep, where, embassy, public, fresh, say, others() if others is not None else None)
     stale = freshness.judge(head, fresh, _bound(dep, embassy))
     if stale:
         result.check(f"vault:{embassy}/{head.key}", False, stale, kind="stale")
@@ -656,15 +667,27 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
     public = manifest.load_public_key(public_key_pem(dep, where))
     result = Result(embassy)
-    say(f"reading the manifests of {embassy} (read-only identity)")
-    try:
-        objects = fetch_manifests(where, embassy)
-    except VaultUnreachable as exc:
-        result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
-        return result
-    except VaultGarbled as exc:
-        result.check(exc.object, False, exc.reason, kind="data")
-        return result
+    say(f"reading the manifests of {embassy} (read-only identity), and the other embassies' for freshness")
+    with ThreadPoolExecutor(1) as pool:  # each read starts a reader process: the others' beside this one's
+        others = pool.submit(read_others, dep, where, embassy)
+        try:
+            objects = fetch_manifests(where, embassy)
+        except VaultUnreachable as exc:
+            result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
+            return result
+        except VaultGarbled as exc:
+            result.check(exc.object, False, exc.reason, kind="data")
+            return result
+        return _verify_read(dep, where, embassy, public, result, objects, others.result, full=full,
+                            accept_unanchored=accept_unanchored, bundle_round=bundle_round, say=say,
+                            before_host=before_host)
+
+
+def _verify_read(dep: model.Deployment, where: Where, embassy: str, public: Any, result: Result,
+                 objects: list[Stored], others: Callable[[], Served], *, full: bool, accept_unanchored: bool,
+                 bundle_round: int | None, say: Callable[[str], None],
+                 before_host: Callable[[], None] | None) -> Result:
+    """verify() once the vault's manifests are read: the chain, its locks, freshness, then the host's checks."""
     say(f"checking {len(objects)} manifests: signatures and links")
     chain, failure = walk(objects, public, stack=dep.stack, embassy=embassy)
     result.manifests = len(objects)
@@ -688,7 +711,7 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
         return result
     say("freshness: the high-water mark, the custody bundle, the other embassies")
     check_freshness(dep, where, embassy, chain, public, result, say, bundle_round=bundle_round,
-                    accept_unanchored=accept_unanchored)
+                    accept_unanchored=accept_unanchored, others=others)
     if not result.intact:
         return result
     if before_host is not None:
