@@ -632,20 +632,29 @@ def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifes
 
 
 def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head: manifest.Verified, result: Result,
-                         *, full: bool) -> None:
+                         *, full: bool, say: Callable[[str], None] = lambda _m: None) -> None:
     """The key generation the host reads first (the checks after it would prove other repositories), then pgBackRest
     and restic on the host at once; the locks (from the controller) all along. Merged in that order up to the first
     failure, so the failure named is the one a check-by-check run names."""
     parts = {name: Result(embassy) for name in ("generation", "pgbackrest", "restic", "locks")}
+    took: dict[str, float] = {}
+
+    def timed(name: str, check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        start = time.monotonic()
+        check(*args, parts[name], **kwargs)
+        took[name] = time.monotonic() - start
+
     with ThreadPoolExecutor(3) as pool:
-        locks = pool.submit(check_locks, dep, where, embassy, head, parts["locks"])
-        check_generation(where, embassy, head, parts["generation"])
+        locks = pool.submit(timed, "locks", check_locks, dep, where, embassy, head)
+        timed("generation", check_generation, where, embassy, head)
         if parts["generation"].intact:
-            on_host = [pool.submit(check_pgbackrest, where, embassy, head, parts["pgbackrest"]),
-                       pool.submit(check_restic, where, embassy, head, parts["restic"], full)]
+            on_host = [pool.submit(timed, "pgbackrest", check_pgbackrest, where, embassy, head),
+                       pool.submit(timed, "restic", lambda w, e, h, r: check_restic(w, e, h, r, full), where, embassy,
+                                   head)]
             for job in on_host:
                 job.result()
         locks.result()
+    say("timing: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in took.items()))
     for part in parts.values():
         result.checked += part.checked
         if part.first_failure is not None:
@@ -668,6 +677,7 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
     public = manifest.load_public_key(public_key_pem(dep, where))
     result = Result(embassy)
     say(f"reading the manifests of {embassy} (read-only identity), and the other embassies' for freshness")
+    started = time.monotonic()
     with ThreadPoolExecutor(1) as pool:  # each read starts a reader process: the others' beside this one's
         others = pool.submit(read_others, dep, where, embassy)
         try:
@@ -678,6 +688,7 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
         except VaultGarbled as exc:
             result.check(exc.object, False, exc.reason, kind="data")
             return result
+        say(f"timing: this vault's manifests read in {time.monotonic() - started:.1f} s")
         return _verify_read(dep, where, embassy, public, result, objects, others.result, full=full,
                             accept_unanchored=accept_unanchored, bundle_round=bundle_round, say=say,
                             before_host=before_host)
@@ -710,8 +721,10 @@ def _verify_read(dep: model.Deployment, where: Where, embassy: str, public: Any,
     if not result.intact:
         return result
     say("freshness: the high-water mark, the custody bundle, the other embassies")
+    started = time.monotonic()
     check_freshness(dep, where, embassy, chain, public, result, say, bundle_round=bundle_round,
                     accept_unanchored=accept_unanchored, others=others)
+    say(f"timing: freshness (the other vaults' reads awaited) {time.monotonic() - started:.1f} s")
     if not result.intact:
         return result
     if before_host is not None:
@@ -719,7 +732,7 @@ def _verify_read(dep: model.Deployment, where: Where, embassy: str, public: Any,
     say("the key generation the head names, then at once pgBackRest verify of every WAL segment and backup file, "
         f"restic check of {'all data' if full else 'a rotating fifth of the data'}; the locks of every object a "
         "restore from the head relies on all along")
-    host_and_lock_checks(dep, where, embassy, head, result, full=full)
+    host_and_lock_checks(dep, where, embassy, head, result, full=full, say=say)
     if result.intact:
         result.chain = chain
         freshness.raise_mark(controller_folder(dep, where), embassy, head)
