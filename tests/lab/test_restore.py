@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 
 from embassy.drill.restore import SCRATCH_PORT, SERVICE_UNIT, stop_restored
-from embassy.home.generator import Spec
 from embassy.lab.state import LabState
 from embassy.model import load_stack
 from embassy.replication import dataplane
 from embassy.replication import secrets as controller_secrets
 from embassy.targets import LabTarget
-from tests.lab.conftest import ROOT, STACK, in_controller_python, ssh
+from tests.lab.conftest import ROOT, STACK, deploy_once, in_controller_python, ssh
 from tests.lab.test_deploy import SERVICE_QUERY
 from tests.lab.test_replication import (
     embassy_cli,
@@ -44,9 +43,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def deployed(lab: LabState) -> dict[str, Any]:
-    done = embassy_cli(lab, "deploy", "--target", "lab", "--stack", STACK, "--json", "--size-mb", f"{Spec.size_mb:g}",
-                       timeout=1800)
-    assert done.returncode == 0, done.stderr[-4000:]
+    deploy_once(lab)  # the session's last deploy when the modules since left it intact (conftest.KEEPS_DEPLOY)
     return replicate_once(lab)
 
 

@@ -5,9 +5,11 @@ side of this is tests/unit/test_standby_hold.py; the whole path runs in tests/la
 
 from __future__ import annotations
 
+import json
 import subprocess
 import typing
 from contextlib import nullcontext
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -80,21 +82,35 @@ def test_a_promoted_standby_or_a_manifest_without_points_goes_to_the_vault() -> 
     assert not restore._standby_caught_up(typing.cast(restore.Session, host), body, _postgres()[:1])
 
 
+def _held(conf: str, state: str) -> str:
+    """What the host answers to the restore's one read of the hold file and the replay state."""
+    return f"{conf}{restore.HOLD_MARK}\n{state}\n"
+
+
 def test_a_standby_that_pauses_past_the_point_it_was_told_is_refused() -> None:
-    host = Host([(f"cat {standby.hold_file(PG)}", standby.hold_conf("0/5000CE8")),
-                 ("pg_get_wal_replay_pause_state", "paused|0/5000D90\n")])
+    host = Host([(f"cat {standby.hold_file(PG)}", _held(standby.hold_conf("0/5000CE8"), "paused|0/5000D90"))])
     with pytest.raises(RestoreFailed, match="past the signed point 0/5000CE8"):
         restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
     assert not any("systemctl restart" in c for c in host.sent)  # already held there: no restart
 
 
 def test_a_hold_elsewhere_is_moved_with_a_restart() -> None:
-    host = Host([(f"cat {standby.hold_file(PG)}", standby.hold_conf("0/4000000")),
+    host = Host([(f"cat {standby.hold_file(PG)}", _held(standby.hold_conf("0/4000000"), "paused|0/4000000")),
                  ("pg_get_wal_replay_pause_state", "paused|0/5000CE8\n")])
     restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
     moved = [c for c in host.sent if "systemctl restart" in c]
     assert moved and "0/5000CE8" in moved[0] and standby.hold_file(PG) in moved[0]
     assert "/var/lib/postgresql/17/main/embassy-hold.conf" in moved[0] and "systemctl restart postgresql@17-main" in moved[0]
+    polled = host.sent[host.sent.index(moved[0]) + 1:]
+    assert len(polled) == 1 and "sleep 0.1" in polled[0]  # the wait polled on the host: one round trip
+
+
+def test_a_standby_that_never_pauses_is_refused_naming_it() -> None:
+    # The host nation withholds the WAL up to the signed point: the standby never pauses there; refused, bounded.
+    host = Host([(f"cat {standby.hold_file(PG)}", _held(standby.hold_conf("0/4000000"), "paused|0/4000000")),
+                 ("pg_get_wal_replay_pause_state", "not paused|0/4800000\n")])
+    with pytest.raises(RestoreFailed, match="did not reach the signed point 0/5000CE8"):
+        restore.hold_standby_at(typing.cast(restore.Session, host), "0/5000CE8", "round 7", timeout=1)
 
 
 def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> None:
@@ -110,3 +126,46 @@ def test_registers_from_the_vault_or_restic_say_what_their_proof_covers() -> Non
 def test_wal_segments_are_named_as_postgresql_names_them() -> None:
     assert restore.segment_name(1, standby.lsn_int("0/5000CE8")) == "000000010000000000000005"
     assert restore.segment_name(2, standby.lsn_int("1/FF000000")) == "0000000200000001000000FF"
+
+
+def test_the_service_starts_in_one_round_trip_with_its_config_intact() -> None:
+    # One command: the user, the code (stdin), the config (carried in the command, decoded on the host), the files'
+    # group, the unit. The config must arrive byte for byte: it names what the service serves.
+    import base64
+    import re
+
+    config = {"bind": "10.0.0.20", "port": 8088, "conninfo": "host=/var/run/postgresql port=5432",
+              "databases": {"population": "population"}, "files": {"court-files": "/srv/embassy-restore/x"}}
+    command = restore.service_command(config)
+    carried = re.search(r"echo ([A-Za-z0-9+/=]+) \| base64 -d", command)
+    assert carried and json.loads(base64.b64decode(carried.group(1))) == config
+    for part in ("useradd --system", "install -m 644 /dev/stdin /opt/embassy/state_service.py",
+                 f"chgrp -R {restore.SERVICE_USER} {restore.FILES_ROOT}", f"systemd-run --unit {restore.SERVICE_UNIT}"):
+        assert part in command
+    assert "chgrp" not in restore.service_command({**config, "files": {}})
+    assert subprocess.run(["sh", "-n", "-c", command], check=False).returncode == 0  # parses as one shell command
+
+
+def test_the_smoke_queries_read_their_keys_on_the_host_in_the_same_round_trip(tmp_path: Path) -> None:
+    host = Host([])
+    host.outcome.port = 5432
+    config = {"bind": "10.0.0.20", "databases": {"population": "population", "land-register": "land_register"},
+              "files": {"court-files": "/srv/embassy-restore/srv/registers/court-files"}}
+    paths = restore.smoke_paths(typing.cast(restore.Session, host), config)
+    assert host.sent == []  # nothing asked before the smoke command itself
+    assert paths[0] == "/health" and "/registers/population/persons/37605030299" in paths
+    assert any("SELECT isikukood FROM persons ORDER BY id LIMIT 1" in p and p.startswith('"/registers/population/')
+               for p in paths)
+    assert any("-d land_register" in p and "</dev/null" in p for p in paths)  # never reads the smoke program's stdin
+    # The words, expanded by a real shell on real case files (psql stood in for, sudo dropped), give the paths the
+    # checks expect; the smoke program's stdin is left to it. (A redirect on the pipeline's reader once cut the pipe.)
+    folder = tmp_path / "court-files"
+    for number, name in (("2-24-1002", "b"), ("2-24-1001", "a")):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "case.json").write_text(json.dumps({"number": number}))
+    words = " ".join(paths).replace("sudo runuser -u postgres -- psql", "echo").replace("sudo ", "") \
+        .replace("/srv/embassy-restore/srv/registers/court-files", str(folder))
+    shown = subprocess.run(["sh", "-c", f"for w in {words}; do echo \"$w\"; done; cat"], input="the smoke program",
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert shown[0] == "/health" and shown[1].startswith("/registers/population/persons/-X -A -t -q -p 5432")
+    assert shown[-2:] == ["/registers/court-files/files/2-24-1001", "the smoke program"]

@@ -39,6 +39,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -221,9 +222,9 @@ def incident(lab: LabState, dep: model.Deployment, watch: Watch | None = None) -
 def detach_standbys(lab: LabState, dep: model.Deployment) -> None:
     """Tell every warm embassy that home is gone: its WAL receiver is stopped (bounded), as a real one would
     otherwise keep calling a dead primary; what it received stays on its disk for the restore."""
-    for emb in dep.embassies:
-        if emb.mode is model.Mode.WARM:
-            _ssh(lab, lab.host(emb.name).name, f"sudo systemctl stop {RECEIVER_UNIT}", timeout=30)
+    warm = [lab.host(e.name).name for e in dep.embassies if e.mode is model.Mode.WARM]
+    with ThreadPoolExecutor(max(1, len(warm))) as pool:  # one embassy's host does not wait for another's
+        list(pool.map(lambda host: _ssh(lab, host, f"sudo systemctl stop {RECEIVER_UNIT}", timeout=30), warm))
 
 
 def peers_of(lab: LabState, address: str) -> dict[str, list[str]]:

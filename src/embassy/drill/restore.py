@@ -19,12 +19,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import shlex
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -273,21 +275,16 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
     out = s.outcome
     # On AWS the vault is read from the controller with the restore role before any host is reached: a forged or
     # stale chain is refused without an SSM session (and without the SSM tools on this machine).
-    vault_first = getattr(s.target, "kind", None) == "aws"
+    vault_first = s.target.kind == "aws"
     if not vault_first:
         _reach(s)
-    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
-        result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
-                                     bundle_round=out.bundle_round, before_host=(lambda: _reach(s)) if vault_first
-                                     else None)
-        out.verification = result
-        if not result.intact:
-            raise result.error("nothing was restored; restore from another embassy and investigate this vault")
-        # Exactly the chain that verified, kept in memory: a second read would let the host serve the whole
-        # chain while it is verified and another one now (vault_verify.same_chain compares any later read).
-        out.chain_head = result.chain[-1]
-        out.manifest = choose_manifest(result.chain, target_time)
-        out.manifest_bytes = out.manifest.data or None
+    # The host's PostgreSQL major (a read-only query every path depends on), asked while the vault is verified.
+    # A failure there is not cached: asked again where it is first needed, its error is raised there.
+    with ThreadPoolExecutor(1) as pool:
+        if not vault_first:
+            pool.submit(lambda: s.pg)
+        _verify_vault(dep, s, emb, target_time, vault_first)
+    assert out.manifest is not None and out.chain_head is not None
     try:
         generation, newest = manifest_generation(out.manifest.body), manifest_generation(out.chain_head.body)
     except ValueError as exc:
@@ -307,9 +304,26 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
             hostsecrets.write(s.target, s.host, keyring(newest))
 
 
+def _verify_vault(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
+                  vault_first: bool) -> None:
+    out = s.outcome
+    with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
+        result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
+                                     bundle_round=out.bundle_round, before_host=(lambda: _reach(s)) if vault_first
+                                     else None)
+        out.verification = result
+        if not result.intact:
+            raise result.error("nothing was restored; restore from another embassy and investigate this vault")
+        # Exactly the chain that verified, kept in memory: a second read would let the host serve the whole
+        # chain while it is verified and another one now (vault_verify.same_chain compares any later read).
+        out.chain_head = result.chain[-1]
+        out.manifest = choose_manifest(result.chain, target_time)
+        out.manifest_bytes = out.manifest.data or None
+
+
 def _reach(s: Session) -> None:
     """The embassy host answers (over SSH, or ssh through SSM on AWS), else HostUnreachable."""
-    timeout = 60 if getattr(s.target, "kind", None) == "aws" else 15  # an SSM session takes a few seconds to open
+    timeout = 60 if s.target.kind == "aws" else 15  # an SSM session takes a few seconds to open
     with s.step(f"reach {s.host.name}"):
         try:
             done = s.target.run_on(s.host, "true", timeout=timeout)
@@ -336,6 +350,18 @@ def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None
                                   "nothing was restored; restore from another embassy and investigate this vault")
 
 
+def _at_once(job: Callable[[Any], None], items: list[Any]) -> None:
+    """`job` for each item in its own thread (each an independent command on the host); the first error is raised
+    once every job ended."""
+    if len(items) <= 1:
+        for item in items:
+            job(item)
+        return
+    with ThreadPoolExecutor(len(items)) as pool:
+        for f in [pool.submit(job, item) for item in items]:
+            f.result()
+
+
 def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
              from_vault: bool) -> None:
     out = s.outcome
@@ -348,6 +374,30 @@ def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time:
     postgres = [r for r in out.registers if r.kind == model.RegisterKind.POSTGRES.value]
     files = [r for r in out.registers if r.kind == model.RegisterKind.FILES.value]
     s.sh(stop_command(), timeout=60)  # a previous restore's scratch cluster and service
+    # The file registers (restic, then their digest) are restored beside the postgres ones: other data, other tools.
+    with ThreadPoolExecutor(1) as pool:  # leaving it waits for the files, whatever the postgres path raised
+        pending = pool.submit(_restore_all_files, s, files, body) if files else None
+        _restore_postgres(s, emb, postgres, target_time, from_vault)
+    if pending is not None:
+        pending.result()
+    for reg in out.registers:
+        if reg.proof is None and reg.verified:
+            reg.proof = signed_proof(reg, body[reg.name], out.manifest.round)
+    if out.port:
+        out.newest_heartbeat = s.psql(out.port, "embassy_monitor", "SELECT max(ts) FROM heartbeat") or None
+    start_service(s, dep)
+
+
+def _restore_all_files(s: Session, files: list[RegisterOutcome], body: dict[str, Any]) -> None:
+    for reg in files:
+        restore_files(s, reg, body[reg.name])
+
+
+def _restore_postgres(s: Session, emb: model.Embassy, postgres: list[RegisterOutcome],
+                      target_time: dt.datetime | None, from_vault: bool) -> None:
+    out = s.outcome
+    assert out.manifest is not None
+    body = {r["name"]: r for r in out.manifest.body["registers"]}
     if postgres:
         use_standby = emb.mode is model.Mode.WARM and not from_vault and target_time is None and \
             _standby_caught_up(s, out.manifest.body, postgres)
@@ -358,14 +408,6 @@ def _restore(dep: model.Deployment, s: Session, emb: model.Embassy, target_time:
             restore_from_vault(s, postgres, body, target_time)
             out.port = SCRATCH_PORT
             count_from_vault(s, postgres, out.manifest.body)
-    for reg in files:
-        restore_files(s, reg, body[reg.name])
-    for reg in out.registers:
-        if reg.proof is None and reg.verified:
-            reg.proof = signed_proof(reg, body[reg.name], out.manifest.round)
-    if out.port:
-        out.newest_heartbeat = s.psql(out.port, "embassy_monitor", "SELECT max(ts) FROM heartbeat") or None
-    start_service(s, dep)
 
 
 VAULT_SOURCE = ("archived WAL replayed from this embassy's vault (each segment checked by pgBackRest) to the end of "
@@ -484,47 +526,62 @@ def _standby_sql(s: Session, sql: str, timeout: float = 30) -> str:
     return s.psql(STANDBY_PORT, "postgres", sql, timeout=timeout)
 
 
+HOLD_MARK = "embassy-restore:state"
+PAUSE_STATE = (f"sudo runuser -u postgres -- psql -X -A -t -q -p {STANDBY_PORT} -d postgres -c "
+               "\"SELECT pg_get_wal_replay_pause_state() || '|' || pg_last_wal_replay_lsn()\"")
+
+
 def hold_standby_at(s: Session, lsn: str, note: str, timeout: float = 300) -> None:
     """Replay to just before `lsn` and pause there (a restart with the hold moved; none if already paused there)."""
-    conf = s.sh(f"sudo cat {standby.hold_file(s.pg)}", timeout=30).stdout
-    state = _standby_sql(s, "SELECT pg_get_wal_replay_pause_state() || '|' || pg_last_wal_replay_lsn()")
+    # The hold file and the replay state in one round trip (the drill's rounds usually left it held right there).
+    done = s.sh(f"sudo cat {standby.hold_file(s.pg)}; echo {HOLD_MARK}; {PAUSE_STATE}", timeout=30)
+    conf, _, state = done.stdout.partition(f"{HOLD_MARK}\n")
+    state = state.strip()
     if standby.held_lsn(conf) != lsn or not state.startswith("paused|"):
         s.must(f"printf %s {shlex.quote(standby.hold_conf(lsn, note))} | sudo install -o postgres -g postgres -m 600 "
                f"/dev/stdin {standby.hold_file(s.pg)} && sudo systemctl restart {s.pg.service}", f"hold the standby at {lsn}",
                timeout=300)
-    deadline = time.monotonic() + timeout
-    while True:
-        done = s.sh(f"sudo runuser -u postgres -- psql -X -A -t -q -p {STANDBY_PORT} -d postgres -c "
-                    "\"SELECT pg_get_wal_replay_pause_state() || '|' || pg_last_wal_replay_lsn()\"", timeout=30)
-        state = done.stdout.strip()
-        if state.startswith("paused|"):
-            break
-        if time.monotonic() > deadline:
-            raise RestoreFailed(f"standby:{s.host.name}: did not reach the signed point {lsn} in {timeout:.0f} s "
-                                f"(last: {state or done.stderr.strip()[-200:]})",
-                                "the WAL up to it is neither in the received WAL nor in the vault; restore from the vault "
-                                "(--from-vault) or another embassy")
-        time.sleep(0.3)
+        # Polled on the host (every 0.1 s, bounded): one round trip, not one per poll.
+        polls = max(1, int(timeout / 0.1))
+        done = s.sh(f"for i in $(seq {polls}); do st=$({PAUSE_STATE}); case \"$st\" in paused\\|*) break;; esac; "
+                    f"sleep 0.1; done; echo \"$st\"", timeout=timeout + 30)
+        state = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if not state.startswith("paused|"):
+        raise RestoreFailed(f"standby:{s.host.name}: did not reach the signed point {lsn} in {timeout:.0f} s "
+                            f"(last: {state or done.stderr.strip()[-200:]})",
+                            "the WAL up to it is neither in the received WAL nor in the vault; restore from the vault "
+                            "(--from-vault) or another embassy")
     replayed = state.split("|", 1)[1]
     if _lsn(replayed) > _lsn(lsn):
         raise RestoreFailed(f"standby:{s.host.name}: paused at {replayed}, past the signed point {lsn}",
                             "restore from the vault (--from-vault) or another embassy")
 
 
+NEWEST_MARK = "embassy-restore:newest="
+
+
 def read_beyond(s: Session, start: str) -> tuple[list[standby.Commit], str]:
     """Stop the receiver (home is gone), make its last partial segment readable, and read the WAL it holds from
     `start` on with pg_waldump: every commit, with the databases it wrote in. Returns (commits, how read)."""
     d = standby.receive_dir(s.pg)
-    s.must(f"sudo systemctl stop {standby.RECEIVER_UNIT} 2>/dev/null; for f in $(sudo ls {d} | grep '\\.partial$'); do "
-           f"sudo mv {d}/$f {d}/${{f%.partial}}; done; true", "stop the WAL receiver")
-    newest = s.sh(f"sudo ls {d} | grep -E '^[0-9A-F]{{24}}$' | sort | tail -1", timeout=30).stdout.strip()
-    if not newest:
+    # One round trip: stop, rename, find the newest segment, read from `start` on its timeline (its first 8 digits).
+    done = s.sh(f"sudo systemctl stop {standby.RECEIVER_UNIT} 2>/dev/null; for f in $(sudo ls {d} | grep '\\.partial$'); "
+                f"do sudo mv {d}/$f {d}/${{f%.partial}}; done; "
+                f"newest=$(sudo ls {d} | grep -E '^[0-9A-F]{{24}}$' | sort | tail -1); echo \"{NEWEST_MARK}$newest\"; "
+                f"[ -z \"$newest\" ] || sudo runuser -u postgres -- {s.pg.bin}/pg_waldump -p {d} "
+                f"-t $(printf %d 0x$(echo $newest | cut -c1-8)) -s {start}", timeout=600)
+    head, _, dump = done.stdout.partition("\n")
+    if not head.startswith(NEWEST_MARK):
+        raise RestoreFailed(f"{s.host.name}: stop the WAL receiver and read its WAL failed: "
+                            f"{(done.stderr or done.stdout).strip()[-600:]}")
+    if not head.removeprefix(NEWEST_MARK).strip():
         return [], "no WAL received"
-    done = s.sh(f"sudo runuser -u postgres -- {s.pg.bin}/pg_waldump -p {d} -t {int(newest[:8], 16)} -s {start}",
-                timeout=600)
-    found = standby.commits(done.stdout)
+    found = standby.commits(dump)
     tail = (done.stderr.strip().splitlines() or [""])[-1]
     return found, f"pg_waldump of the received WAL from {start} ({tail[-160:] or 'to its end'})"
+
+
+HISTORY_MARK = "embassy-restore:history"
 
 
 def promote_standby(s: Session, postgres: list[RegisterOutcome], body: dict[str, Any]) -> None:
@@ -535,20 +592,29 @@ def promote_standby(s: Session, postgres: list[RegisterOutcome], body: dict[str,
     for lsn in sorted(set(points.values()), key=_lsn):
         with s.step(f"standby: replay to the signed point {lsn} of round {m.round}, paused there"):
             hold_standby_at(s, lsn, f"Restore: round {m.round} ({m.key}).")
-        for reg in (r for r in postgres if points[r.name] == lsn):
+        at = [r for r in postgres if points[r.name] == lsn]
+        for reg in at:
             reg.method = "standby"
+
+        def digest(reg: RegisterOutcome, lsn: str = lsn) -> None:
             with s.step(f"{reg.name}: digest of the standby at {lsn} against the manifest"):
                 _compare(s, reg, _pg_digest(s, reg, STANDBY_PORT), f"standby held at {lsn}")
+        _at_once(digest, at)  # each reads its own database of the held standby
     first = min(points.values(), key=_lsn)
     with s.step("read the WAL received beyond the signed point (pg_waldump)"):
         found, how = read_beyond(s, first)
-        names = _standby_sql(s, "SELECT datname || '|' || oid FROM pg_database").splitlines()
-        oids = {name: oid for name, _, oid in (line.partition("|") for line in names)}
     with s.step("release the hold, replay the rest, promote the standby"):
-        s.must(f"printf %s {shlex.quote(standby.released_conf())} | sudo install -o postgres -g postgres -m 600 "
-               f"/dev/stdin {standby.hold_file(s.pg)} && sudo systemctl restart {s.pg.service}", "release the hold", timeout=300)
-        _standby_sql(s, "SELECT pg_promote(true, 120)", timeout=150)
-        history = s.sh(f"sudo sh -c 'cat $(ls {s.pg.data}/pg_wal/*.history | sort | tail -1)'", timeout=30).stdout
+        # One round trip: release, restart, promote (waits for it), then the new timeline's history and the
+        # databases' oids (fixed for a database's life: read after the promotion as well as before).
+        psql = f"sudo runuser -u postgres -- psql -X -A -t -q -p {STANDBY_PORT} -d postgres -c"
+        text = s.must(f"printf %s {shlex.quote(standby.released_conf())} | sudo install -o postgres -g postgres -m 600 "
+                      f"/dev/stdin {standby.hold_file(s.pg)} && sudo systemctl restart {s.pg.service} && "
+                      f"{psql} 'SELECT pg_promote(true, 120)' >/dev/null && "
+                      f"{psql} \"SELECT datname || '|' || oid FROM pg_database\" && echo {HISTORY_MARK} && "
+                      f"sudo sh -c 'cat $(ls {s.pg.data}/pg_wal/*.history | sort | tail -1)'",
+                      "release the hold and promote the standby", timeout=300)
+        names, _, history = text.partition(f"{HISTORY_MARK}\n")
+        oids = {name: oid for name, _, oid in (line.partition("|") for line in names.strip().splitlines())}
     switch = standby.timeline_switch(history)
     read_to = max((c.lsn for c in found), default=None)
     source = standby.SOURCE + (f"; the old timeline ended at {standby.lsn_text(switch)}" if switch is not None else "")
@@ -707,6 +773,23 @@ print(json.dumps(out))
 """
 
 
+def service_command(config: dict[str, Any]) -> str:
+    """Shell, one round trip: the service user, the code (stdin), its config, the restored files readable by its
+    group (restored with home's numeric owners; content unchanged), and the transient unit started."""
+    text = base64.b64encode((json.dumps(config, indent=2, sort_keys=True) + "\n").encode()).decode()
+    steps = [f"(id -u {SERVICE_USER} >/dev/null 2>&1 || sudo useradd --system --no-create-home "
+             f"--shell /usr/sbin/nologin {SERVICE_USER})",
+             "sudo install -d -m 755 /opt/embassy /etc/embassy",
+             "sudo install -m 644 /dev/stdin /opt/embassy/state_service.py",
+             f"echo {text} | base64 -d | sudo install -m 640 -g {SERVICE_USER} /dev/stdin {SERVICE_CONFIG}"]
+    if config["files"]:
+        steps.append(f"sudo chgrp -R {SERVICE_USER} {FILES_ROOT} && sudo chmod -R g+rX,o-rwx {FILES_ROOT}")
+    steps.append(f"(sudo systemctl reset-failed {SERVICE_UNIT} 2>/dev/null; true)")
+    steps.append(f"sudo systemd-run --unit {SERVICE_UNIT} -p User={SERVICE_USER} -p NoNewPrivileges=yes -p PrivateTmp=yes "
+                 f"-p ProtectSystem=strict /usr/bin/python3 /opt/embassy/state_service.py --config {SERVICE_CONFIG}")
+    return " && ".join(steps)
+
+
 def start_service(s: Session, dep: model.Deployment) -> None:
     out = s.outcome
     held = {r.name for r in out.registers}
@@ -715,37 +798,32 @@ def start_service(s: Session, dep: model.Deployment) -> None:
     config["files"] = {k: v for k, v in config["files"].items() if k in held}
     code = resources.files("embassy.home").joinpath("service.py").read_text()
     with s.step("start the state service on the restored registers"):
-        s.must(f"id -u {SERVICE_USER} >/dev/null 2>&1 || sudo useradd --system --no-create-home "
-               f"--shell /usr/sbin/nologin {SERVICE_USER}", "create the service user")
-        s.must("sudo install -d -m 755 /opt/embassy /etc/embassy && "
-               "sudo install -m 644 /dev/stdin /opt/embassy/state_service.py", "upload the service", stdin=code)
-        s.must(f"sudo install -m 640 -g {SERVICE_USER} /dev/stdin {SERVICE_CONFIG}", "write the service config",
-               stdin=json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if config["files"]:
-            # Restored with home's numeric owners: the service's group here reads them (content unchanged).
-            s.must(f"sudo chgrp -R {SERVICE_USER} {FILES_ROOT} && sudo chmod -R g+rX,o-rwx {FILES_ROOT}",
-                   "let the service read the restored files")
-        s.must(f"sudo systemctl reset-failed {SERVICE_UNIT} 2>/dev/null; sudo systemd-run --unit {SERVICE_UNIT} "
-               f"-p User={SERVICE_USER} -p NoNewPrivileges=yes -p PrivateTmp=yes -p ProtectSystem=strict "
-               f"/usr/bin/python3 /opt/embassy/state_service.py --config {SERVICE_CONFIG}", "start the service")
+        s.must(service_command(config), "start the service", stdin=code)
     with s.step("smoke-check the state service"):
         smoke_check(s, config)
 
 
 def smoke_paths(s: Session, config: dict[str, Any]) -> list[str]:
-    """The queries home's tests ask, with keys read from the restored (digest-verified) registers."""
+    """Shell words: the queries home's tests ask, with keys read on the host from the restored (digest-verified)
+    registers as the words are expanded (the smoke program gets them in the same round trip)."""
     paths = ["/health"]
     port = s.outcome.port or STANDBY_PORT
+
+    def sql(db: str, query: str) -> str:
+        return f"$(sudo runuser -u postgres -- psql -X -A -t -q -p {port} -d {db} -c {shlex.quote(query)} </dev/null)"
+
     if "population" in config["databases"]:
-        code = s.psql(port, "population", "SELECT isikukood FROM persons ORDER BY id LIMIT 1")
-        paths += [f"/registers/population/persons/{code}", "/registers/population/persons/37605030299"]
+        code = sql("population", "SELECT isikukood FROM persons ORDER BY id LIMIT 1")
+        paths += [f"\"/registers/population/persons/{code}\"", "/registers/population/persons/37605030299"]
     if "land-register" in config["databases"]:
-        parcel = s.psql(port, "land_register", "SELECT parcel FROM deeds ORDER BY parcel LIMIT 1")
-        paths.append(f"/registers/land-register/parcels/{parcel}")
+        parcel = sql("land_register", "SELECT parcel FROM deeds ORDER BY parcel LIMIT 1")
+        paths.append(f"\"/registers/land-register/parcels/{parcel}\"")
     folder = config["files"].get("court-files")
     if folder:
-        case = s.must(f"sudo find {folder} -name case.json | sort | head -1 | xargs sudo cat", "read a court file")
-        paths.append(f"/registers/court-files/files/{json.loads(case)['number']}")
+        # The first case file's number; its name is an argument (a redirect on a pipeline's reader would cut the pipe).
+        case = (f"$(sudo python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"number\"])' "
+                f"\"$(sudo find {folder} -name case.json | sort | head -1)\" </dev/null)")
+        paths.append(f"\"/registers/court-files/files/{case}\"")
     return paths
 
 
@@ -753,8 +831,8 @@ def smoke_check(s: Session, config: dict[str, Any]) -> None:
     out = s.outcome
     paths = smoke_paths(s, config)
     url = f"http://{config['bind']}:{SERVICE_PORT}"
-    answers = json.loads(s.must(f"python3 - {shlex.quote(url)} {' '.join(shlex.quote(p) for p in paths)}",
-                                "smoke queries", stdin=SMOKE, timeout=120))
+    answers = json.loads(s.must(f"python3 - {shlex.quote(url)} {' '.join(paths)}", "smoke queries", stdin=SMOKE,
+                                timeout=120))
     out.service_url, out.smoke = url, answers
     wrong = []
     for path, (status, body) in answers.items():

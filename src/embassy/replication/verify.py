@@ -382,6 +382,9 @@ def bad_pack(text: str, packs: Callable[[], list[str]] = lambda: []) -> str | No
     return matches[0] if len(matches) == 1 else None
 
 
+RESTIC_MARK = "embassy: restic check exit "
+
+
 def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
     subset = "--read-data" if full else f"--read-data-subset={head.round % 5 + 1}/5"
     for reg in head.body["registers"]:
@@ -389,16 +392,24 @@ def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Re
             continue
         name = reg["name"]
         restic = f"sudo embassy-restic {embassy} {name} --no-lock"
-        done = ssh(where, embassy, f"{restic} check {subset} 2>&1")
-        if done.returncode != 0:
+        # check, then (only if it passed) the snapshot list, in one SSH round trip; the marker line splits them.
+        done = ssh(where, embassy, f"{restic} check {subset} 2>&1; rc=$?; echo '{RESTIC_MARK}'\"$rc\"; "
+                                   f"[ $rc = 0 ] && {restic} snapshots --json")
+        text, mark, after = done.stdout.partition(RESTIC_MARK)
+        code, _, listed = after.partition("\n")
+        if not mark or code.strip() != "0":
+            done = subprocess.CompletedProcess(done.args, done.returncode or 1, text, done.stderr)
             listing = f"{restic} list packs"
             pack = bad_pack(done.stdout, lambda: ssh(where, embassy, listing, timeout=300).stdout.split())  # noqa: B023
             result.check(f"restic:{name}" + (f"/data/{pack[:2]}/{pack}" if pack else ""), False,
                          f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}")
             return
         result.check(f"restic:{name}", True)
-        snaps = ssh(where, embassy, f"{restic} snapshots --json")
-        ids = [s.get("id", "") for s in json.loads(snaps.stdout or "[]")] if snaps.returncode == 0 else []
+        try:
+            ids = [str(s.get("id", "")) for s in json.loads(listed or "[]") if isinstance(s, dict)] \
+                if done.returncode == 0 else []
+        except ValueError:
+            ids = []
         want = reg.get("snapshot_id") or ""
         if not result.check(f"restic:{name}/snapshots/{want[:8]}", bool(want) and any(i.startswith(want) or
                             want.startswith(i) for i in ids), f"snapshot {want[:8]} named by {head.key} is not in the repo"):
@@ -436,12 +447,12 @@ def controller_folder(dep: model.Deployment, where: Where) -> Path:
     return secrets_dir(SimpleNamespace(lab_dir=where.dir, stack=dep.stack))
 
 
-def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: Any, fresh: freshness.Freshness,
-                   say: Callable[[str], None]) -> None:
-    """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
-    whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass)."""
-    folder = controller_folder(dep, where)
-    others = [e for e in dep.embassies if e.name != embassy]
+Served = dict[str, list[Stored] | Exception]
+
+
+def read_others(dep: model.Deployment, where: Where, embassy: str) -> Served:
+    """The manifests of every other embassy's vault, read at once; what cannot be read is its exception."""
+    others = [e.name for e in dep.embassies if e.name != embassy]
 
     def read(name: str) -> list[Stored] | Exception:
         try:
@@ -452,7 +463,18 @@ def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: An
             return VaultUnreachable(name, f"not reachable through target {getattr(where, 'kind', 'lab')}: {exc.message}")
 
     with ThreadPoolExecutor(max(1, len(others))) as pool:  # an unreachable vault costs its timeout once, not in turn
-        served = dict(zip([o.name for o in others], pool.map(read, [o.name for o in others]), strict=True))
+        return dict(zip(others, pool.map(read, others), strict=True))
+
+
+def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: Any, fresh: freshness.Freshness,
+                   say: Callable[[str], None], served: Served | None = None) -> None:
+    """Every other embassy's vault: its newest manifest home signed is evidence; a vault that cannot be read or
+    whose objects are not manifests is "not comparable" (recorded, never a crash, never a pass).
+    served: those vaults' manifests when they were already read (verify reads them beside this vault's own)."""
+    folder = controller_folder(dep, where)
+    others = [e for e in dep.embassies if e.name != embassy]
+    if served is None:
+        served = read_others(dep, where, embassy)
     for other in others:
         try:
             got = served[other.name]
@@ -480,7 +502,7 @@ def gather_anchors(dep: model.Deployment, where: Where, embassy: str, public: An
 
 def check_freshness(dep: model.Deployment, where: Where, embassy: str, chain: list[manifest.Verified], public: Any,
                     result: Result, say: Callable[[str], None], *, bundle_round: int | None = None,
-                    accept_unanchored: bool = False) -> None:
+                    accept_unanchored: bool = False, others: Callable[[], Served] | None = None) -> None:
     """The head against every anchor (freshness.py): stale, a second history, or not established, each a failure."""
     head = chain[-1]
     fresh = freshness.Freshness(accepted_unanchored=False)
@@ -495,7 +517,7 @@ def check_freshness(dep: model.Deployment, where: Where, embassy: str, chain: li
             return
     if bundle_round is not None:
         fresh.anchors.append(freshness.Anchor(freshness.BUNDLE, bundle_round))
-    gather_anchors(dep, where, embassy, public, fresh, say)
+    gather_anchors(dep, where, embassy, public, fresh, say, others() if others is not None else None)
     stale = freshness.judge(head, fresh, _bound(dep, embassy))
     if stale:
         result.check(f"vault:{embassy}/{head.key}", False, stale, kind="stale")
@@ -609,6 +631,37 @@ def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifes
                                                        f"{days} days (HEAD in {time.monotonic() - started:.1f} s)")
 
 
+def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head: manifest.Verified, result: Result,
+                         *, full: bool, say: Callable[[str], None] = lambda _m: None) -> None:
+    """The key generation the host reads first (the checks after it would prove other repositories), then pgBackRest
+    and restic on the host at once; the locks (from the controller) all along. Merged in that order up to the first
+    failure, so the failure named is the one a check-by-check run names."""
+    parts = {name: Result(embassy) for name in ("generation", "pgbackrest", "restic", "locks")}
+    took: dict[str, float] = {}
+
+    def timed(name: str, check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        start = time.monotonic()
+        check(*args, parts[name], **kwargs)
+        took[name] = time.monotonic() - start
+
+    with ThreadPoolExecutor(3) as pool:
+        locks = pool.submit(timed, "locks", check_locks, dep, where, embassy, head)
+        timed("generation", check_generation, where, embassy, head)
+        if parts["generation"].intact:
+            on_host = [pool.submit(timed, "pgbackrest", check_pgbackrest, where, embassy, head),
+                       pool.submit(timed, "restic", lambda w, e, h, r: check_restic(w, e, h, r, full), where, embassy,
+                                   head)]
+            for job in on_host:
+                job.result()
+        locks.result()
+    say("timing: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in took.items()))
+    for part in parts.values():
+        result.checked += part.checked
+        if part.first_failure is not None:
+            result.first_failure, result.failure_kind = part.first_failure, part.failure_kind
+            return
+
+
 def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = False,
            accept_unanchored: bool = False, bundle_round: int | None = None,
            say: Callable[[str], None] = lambda _m: None, before_host: Callable[[], None] | None = None) -> Result:
@@ -623,15 +676,29 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
     public = manifest.load_public_key(public_key_pem(dep, where))
     result = Result(embassy)
-    say(f"reading the manifests of {embassy} (read-only identity)")
-    try:
-        objects = fetch_manifests(where, embassy)
-    except VaultUnreachable as exc:
-        result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
-        return result
-    except VaultGarbled as exc:
-        result.check(exc.object, False, exc.reason, kind="data")
-        return result
+    say(f"reading the manifests of {embassy} (read-only identity), and the other embassies' for freshness")
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:  # each read starts a reader process: the others' beside this one's
+        others = pool.submit(read_others, dep, where, embassy)
+        try:
+            objects = fetch_manifests(where, embassy)
+        except VaultUnreachable as exc:
+            result.check(f"vault:{embassy}", False, f"unreachable: {exc.reason}", kind="unreachable")
+            return result
+        except VaultGarbled as exc:
+            result.check(exc.object, False, exc.reason, kind="data")
+            return result
+        say(f"timing: this vault's manifests read in {time.monotonic() - started:.1f} s")
+        return _verify_read(dep, where, embassy, public, result, objects, others.result, full=full,
+                            accept_unanchored=accept_unanchored, bundle_round=bundle_round, say=say,
+                            before_host=before_host)
+
+
+def _verify_read(dep: model.Deployment, where: Where, embassy: str, public: Any, result: Result,
+                 objects: list[Stored], others: Callable[[], Served], *, full: bool, accept_unanchored: bool,
+                 bundle_round: int | None, say: Callable[[str], None],
+                 before_host: Callable[[], None] | None) -> Result:
+    """verify() once the vault's manifests are read: the chain, its locks, freshness, then the host's checks."""
     say(f"checking {len(objects)} manifests: signatures and links")
     chain, failure = walk(objects, public, stack=dep.stack, embassy=embassy)
     result.manifests = len(objects)
@@ -654,24 +721,18 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
     if not result.intact:
         return result
     say("freshness: the high-water mark, the custody bundle, the other embassies")
+    started = time.monotonic()
     check_freshness(dep, where, embassy, chain, public, result, say, bundle_round=bundle_round,
-                    accept_unanchored=accept_unanchored)
+                    accept_unanchored=accept_unanchored, others=others)
+    say(f"timing: freshness (the other vaults' reads awaited) {time.monotonic() - started:.1f} s")
     if not result.intact:
         return result
     if before_host is not None:
         before_host()
-    say("the host's repositories: the key generation the head manifest names")
-    check_generation(where, embassy, head, result)
-    if not result.intact:
-        return result
-    say("pgBackRest: verify every WAL segment and backup file")
-    check_pgbackrest(where, embassy, head, result)
-    if result.intact:
-        say(f"restic: check {'all data' if full else 'a rotating fifth of the data'}")
-        check_restic(where, embassy, head, result, full)
-    if result.intact:
-        say("locks: every object a restore from the head relies on")
-        check_locks(dep, where, embassy, head, result)
+    say("the key generation the head names, then at once pgBackRest verify of every WAL segment and backup file, "
+        f"restic check of {'all data' if full else 'a rotating fifth of the data'}; the locks of every object a "
+        "restore from the head relies on all along")
+    host_and_lock_checks(dep, where, embassy, head, result, full=full, say=say)
     if result.intact:
         result.chain = chain
         freshness.raise_mark(controller_folder(dep, where), embassy, head)
