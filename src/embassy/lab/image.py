@@ -25,9 +25,13 @@ CACHE_ENV = "EMBASSY_CACHE"
 DEFAULT_CACHE = Path("/var/cache/embassy")
 SUITE = DEBIAN_RELEASES[DEFAULT_DEBIAN_RELEASE]  # the default suite
 SUITE_ENV = "EMBASSY_LAB_DEBIAN"  # a Debian major version (13) or codename (trixie): overrides the stack's choice
-RECIPE_VERSION = 3  # bump when the recipe below changes: the cache key changes with it
+RECIPE_VERSION = 4  # bump when the recipe below changes: the cache key changes with it
 IMAGE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "openssh-server", "python3",
                   "iproute2", "sudo", "procps")
+# The measuring tool, in the image so that `embassy harden` does not install it on every host of every lab
+# (its probe installs it where it is missing, as on AWS: the same package, the same index). Lynis counts
+# nothing for being installed itself.
+LAB_TOOLS = ("lynis",)
 
 Say = Callable[[str], None]
 
@@ -85,7 +89,7 @@ def sources_list(main: str, security: str | None, suite: str = SUITE) -> str:
 
 def image_key(suite: str = SUITE) -> str:
     main, security = debian_mirrors()
-    inputs = {"suite": suite, "main": main, "security": security, "packages": IMAGE_PACKAGES,
+    inputs = {"suite": suite, "main": main, "security": security, "packages": IMAGE_PACKAGES + LAB_TOOLS,
               "recipe": RECIPE_VERSION, "user": SSH_USER}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -125,10 +129,34 @@ def chroot_script(root: Path, script: str, resolv: bool = True) -> None:
     run(["unshare", "--mount", "--propagation", "private", "sh", "-c", wrapper, "sh", script], timeout=1800)
 
 
+# dpkg settings of the LAB IMAGE ONLY, as in Debian's own minimal container images (never in roles/, never on
+# a real enclave): no documentation, manual pages or translations unpacked (nothing on a lab host reads them;
+# AIDE's baseline skips them anyway), and no fsync of every unpacked file (a lab host's disk is an overlay that
+# is thrown away with the lab: a crash loses the lab, not a register). What the hardening roles install
+# (binutils, perl, fail2ban, ...) then unpacks in a fraction of the time. Files kept: the copyright notices
+# and locale.alias.
+DPKG_LAB_SETTINGS = {
+    "90embassy-lab-nodoc": (
+        "# embassy lab image only (src/embassy/lab/image.py): not on real enclaves\n"
+        "path-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n"
+        "path-exclude=/usr/share/man/*\npath-exclude=/usr/share/info/*\n"
+        "path-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n"
+        "path-exclude=/usr/share/lintian/*\npath-exclude=/usr/share/linda/*\n"),
+    "90embassy-lab-unsafe-io": "# embassy lab image only (src/embassy/lab/image.py): not on real enclaves\nforce-unsafe-io\n",
+}
+
 _CONFIGURE = r"""
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
 printf 'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n' > /etc/apt/apt.conf.d/90embassy-lab
+# What debootstrap unpacked before the dpkg settings above were in place (they are written before this runs).
+find /usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
+find /usr/share/doc -mindepth 1 -type d -empty -delete
+rm -rf /usr/share/man/* /usr/share/info/* /usr/share/lintian/* /usr/share/linda/*
+find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {{}} +
+# No man-db index rebuilt after each package (should a package pull man-db in).
+echo 'man-db man-db/auto-update boolean false' | debconf-set-selections
+rm -f /var/lib/man-db/auto-update
 apt-get update -qq
 apt-get install -y -qq {packages} >/dev/null
 apt-get -y -qq upgrade >/dev/null
@@ -145,6 +173,14 @@ printf '127.0.0.1\tlocalhost\n' > /etc/hosts
 apt-get clean
 rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d
 """
+
+
+def write_dpkg_settings(root: Path) -> None:
+    """The lab image's dpkg settings (DPKG_LAB_SETTINGS), before anything else is installed into it."""
+    folder = root / "etc/dpkg/dpkg.cfg.d"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in DPKG_LAB_SETTINGS.items():
+        (folder / name).write_text(text)
 
 
 def ensure_image(say: Say, suite: str = SUITE) -> Path:
@@ -165,8 +201,9 @@ def ensure_image(say: Say, suite: str = SUITE) -> Path:
         say(f"debootstrap {suite} minbase from {main} (once; cached in {final})")
         run(["debootstrap", "--variant=minbase", suite, str(root), main], timeout=1800)
         (root / "etc/apt/sources.list").write_text(sources_list(main, security, suite))
+        write_dpkg_settings(root)
         say("installing systemd, sshd, python3 into the image")
-        chroot_script(root, _CONFIGURE.format(packages=" ".join(IMAGE_PACKAGES), user=SSH_USER))
+        chroot_script(root, _CONFIGURE.format(packages=" ".join(IMAGE_PACKAGES + LAB_TOOLS), user=SSH_USER))
         (root / "etc/resolv.conf").write_text("")
         (root / "etc/apt/sources.list").write_text("")  # each host points at the lab mirror
         if final.exists():
