@@ -33,9 +33,8 @@ from embassy.assurance import records
 from embassy.replication import manifest, restoretest
 from embassy.vaultaccess import s3_client
 
-from .aws_moto import moto_server
 from .manifest_chains import signed_chain
-from .test_aws_moto import HOME_KEY, OTHER_KEY, ROUNDS, STACK, World, _body, _exported, _recorded
+from .test_aws_moto import HOME_KEY, OTHER_KEY, ROUNDS, STACK, World, _body, _exported, _recorded, chained_world
 
 FAKE_HOST = r'''#!{python}
 """ssh standing in for an SSM session to the enclave: records argv and input, then runs the host's restore test."""
@@ -77,23 +76,8 @@ print(json.dumps({{**body, "record": key}}, sort_keys=True))
 
 @pytest.fixture(scope="module")
 def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    folder = tmp_path_factory.mktemp("aws-assurance")
-    with moto_server(folder) as moto, pytest.MonkeyPatch.context() as mp:
-        w = World(moto, rehearsal_plan, folder)
-        for key in [k for k in os.environ if k.startswith(("AWS_", "EMBASSY_AWS_"))]:
-            mp.delenv(key)
-        for key, value in w.env.items():
-            mp.setenv(key, value)
-        at.forget_sessions()
-        target = w.target()
-        for embassy in w.buckets:  # home's agents: the same signed chain in every vault, through the agent role
-            s3 = s3_client(target.vault(embassy).client_spec("agent"))
-            for key, data in signed_chain(ROUNDS, _body, HOME_KEY, embassy):
-                s3.put_object(Bucket=w.buckets[embassy], Key=key, Body=data)
+    with chained_world(rehearsal_plan, tmp_path_factory.mktemp("aws-assurance")) as w:
         yield w
-        at.forget_sessions()
-        for key in [k for k in os.environ if k.startswith("EMBASSY_AWS_")]:
-            del os.environ[key]
 
 
 def _private(path: Path, doc: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ keeps its identities are replaced by a role session, never used).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
@@ -91,9 +92,10 @@ class World:
                               text=True, timeout=120, env={**env, **self.env})
 
 
-@pytest.fixture(scope="module")
-def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    folder = tmp_path_factory.mktemp("aws")
+@contextlib.contextmanager
+def chained_world(rehearsal_plan: dict[str, Any], folder: Path) -> Iterator[World]:
+    """Moto's server with the plan applied, the environment as a controller's, and the same signed chain in every
+    embassy's vault (written as home's agents write it, through each one's agent role)."""
     with moto_server(folder) as moto, pytest.MonkeyPatch.context() as mp:
         w = World(moto, rehearsal_plan, folder)
         for key in [k for k in os.environ if k.startswith(("AWS_", "EMBASSY_AWS_"))]:
@@ -101,7 +103,6 @@ def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
         for key, value in w.env.items():
             mp.setenv(key, value)
         at.forget_sessions()
-        # home's agents write the same signed chain into every embassy's vault, through each one's agent role
         target = w.target()
         for embassy in w.buckets:
             s3 = s3_client(target.vault(embassy).client_spec("agent"))
@@ -111,6 +112,12 @@ def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
         at.forget_sessions()
         for key in [k for k in os.environ if k.startswith("EMBASSY_AWS_")]:  # the sessions the target exported
             del os.environ[key]
+
+
+@pytest.fixture(scope="module")
+def world(rehearsal_plan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with chained_world(rehearsal_plan, tmp_path_factory.mktemp("aws")) as w:
+        yield w
 
 
 def _denied(call: Any) -> str:
