@@ -81,6 +81,13 @@ class Host:
         return "home" if self.role is Role.HOME else (self.mode.value if self.mode else model.Mode.COLD.value)
 
 
+def run_host(argv: Sequence[str], *, stdin: str | None = None,
+             timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
+    """The one way a command reaches a host: `argv` as a target builds it (ssh, ssh through a jump host or SSM), its
+    output captured as text; never raises on the exit code (the caller reads it)."""
+    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 class Target(ABC):
     """Where a stack's hosts are and how the controller reaches them (lab or aws)."""
 
@@ -201,8 +208,7 @@ class Target(ABC):
     def run_on(self, host: Host | str, command: str, *, timeout: float = 120,
                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a shell command on one host (`stdin` its input); never raises on its exit code (the caller reads it)."""
-        return subprocess.run(self.host_argv(host, command), input=stdin, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return run_host(self.host_argv(host, command), stdin=stdin, timeout=timeout)
 
     def _host(self, host: Host | str) -> Host:
         return host if isinstance(host, Host) else self.host(host)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from embassy.errors import CredentialsUnavailable
+from embassy.replication import vaultnet
 
 SYSTEM_CA = "system"  # ca_file: the operating system's trust store, chosen explicitly (never "no verification")
 IDENTITIES = ("reader", "agent", "custody")  # read-only (verify, restore), write (agents), custody bundles
@@ -116,9 +117,6 @@ class VaultAccess:
 
 def s3_client(spec: Mapping[str, Any]) -> Any:
     """A boto3 S3 client from a client spec: TLS verified against the spec's CA (never the environment's bundle)."""
-    import boto3
-    from botocore.config import Config
-
     creds = spec["credentials"]
     if isinstance(creds, str):  # a spec of callers that still name the lab's credentials file directly
         creds = {"file": creds}
@@ -129,9 +127,5 @@ def s3_client(spec: Mapping[str, Any]) -> Any:
     if not ca:
         raise CredentialsUnavailable(f"vault {spec['endpoint']}: no CA to verify it with",
                                      f"set vault.ca_file to the vault's CA (PEM) or to '{SYSTEM_CA}'")
-    return boto3.session.Session().client(
-        "s3", endpoint_url=spec["endpoint"], verify=ca, region_name=spec.get("region") or "us-east-1",
-        aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"],
-        aws_session_token=keys.get("session_token"),
-        config=Config(s3={"addressing_style": spec.get("addressing") or "path"}, retries={"max_attempts": 2},
-                      connect_timeout=5, read_timeout=30))
+    return vaultnet.client(spec["endpoint"], ca, keys, region=spec.get("region") or "us-east-1",
+                           addressing=spec.get("addressing") or "path")

@@ -61,7 +61,7 @@ from embassy.replication import replicate as replication
 from embassy.replication.dataplane import REGISTERS_ROOT
 from embassy.replication.hold import advance_all
 from embassy.replication.standby import RECEIVER_UNIT
-from embassy.targets import LabTarget
+from embassy.targets import LabTarget, run_host
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -110,8 +110,7 @@ class Timeline:
 
 def _ssh(lab: LabState, host: str, command: str, timeout: float = 120, stdin: str | None = None) \
         -> subprocess.CompletedProcess[str]:
-    return subprocess.run(lab.ssh_argv(host, command), input=stdin, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return run_host(lab.ssh_argv(host, command), stdin=stdin, timeout=timeout)
 
 
 def load_config(dep: model.Deployment) -> dict[str, Any]:

@@ -12,19 +12,14 @@ import sys
 import time
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from embassy.replication import vaultnet
 
 
 def client(endpoint: str, ca_file: str, credentials_file: str) -> Any:
     with open(credentials_file) as fh:
-        creds = json.load(fh)
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, verify=ca_file, region_name="us-east-1",
-        aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2},
-                      connect_timeout=5, read_timeout=30))
+        return vaultnet.client(endpoint, ca_file, json.load(fh))
 
 
 def ensure_bucket(s3: Any, bucket: str, retention_days: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from embassy.errors import UserError
 from embassy.lab.state import Proc
+from embassy.replication.privatefile import create_private
 
 EXIT_FAILED = 1
 
@@ -145,10 +146,7 @@ def locked(path: Path) -> Iterator[None]:
 def write_private(path: Path, text: str) -> None:
     """Write a secret readable by its owner only (0600), from the first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
+    create_private(path, text.encode(), how="replace")
 
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")

@@ -213,7 +213,7 @@ def script(name: str) -> str:
 def host_module_files() -> list[str]:
     """The modules of this package that run on the hosts (uploaded to /opt/embassy/replication/)."""
     return ["__init__.py", "manifest.py", "privatefile.py", "digest.py", "hostcmd.py", "round.py", "roundstate.py",
-            "heartbeat.py", "lag.py", "monitor.py", "restoretest.py", "pgmajor.py"]
+            "heartbeat.py", "lag.py", "monitor.py", "restoretest.py", "pgmajor.py", "vaultnet.py"]
 
 
 def backup_timers(dep: model.Deployment) -> dict[str, tuple[str, str]]:

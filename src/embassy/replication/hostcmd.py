@@ -1,16 +1,18 @@
 """Commands the host-side modules run: as postgres (psql, pgBackRest) and restic, with their output.
 
-Runs on the hosts (stdlib only). Everything the agent decides from is read from the tools' JSON.
+Runs on the hosts (stdlib only, and this package's vaultnet). Everything the agent decides from is read from the
+tools' JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from . import vaultnet
 
 STANZA = "home"
 
@@ -30,7 +32,7 @@ def psql(db: str, sql: str, timeout: float = 60) -> str:
 
 
 PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"  # dataplane.PGBACKREST_CONF (this module runs on the hosts)
-PROBE_SECONDS = 5.0  # a vault that does not accept a TCP connection within this is unreachable (round.VAULT_PROBE_SECONDS)
+PROBE_SECONDS = vaultnet.PROBE_SECONDS  # a vault that does not accept a TCP connection within this is unreachable
 
 
 def repo_endpoints(conf: str) -> dict[int, tuple[str, int]]:
@@ -50,13 +52,7 @@ def repo_endpoints(conf: str) -> dict[int, tuple[str, int]]:
 
 def answers(endpoint: tuple[str, int] | None, timeout: float = PROBE_SECONDS) -> bool:
     """Does the endpoint accept a TCP connection within `timeout`? (None: unknown, so let pgBackRest try.)"""
-    if endpoint is None:
-        return True
-    try:
-        socket.create_connection(endpoint, timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return endpoint is None or vaultnet.refusal(endpoint, timeout) is None
 
 
 def _unreachable(repo: int, why: str, refused: bool = False) -> dict[str, Any]:

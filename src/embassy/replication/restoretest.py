@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import manifest, pgmajor
+from . import manifest, pgmajor, privatefile, vaultnet
 from .digest import differences
 
 CONFIG = "/etc/embassy/restore-test.json"
@@ -194,15 +194,8 @@ def handed_session() -> dict[str, str] | None:
 
 
 def s3(vault: dict[str, Any], credentials_file: str, session: dict[str, str] | None = None) -> Any:
-    import boto3  # Debian's python3-boto3
-    from botocore.config import Config
-
-    creds = session or json.loads(Path(credentials_file).read_text())
-    return boto3.session.Session().client(
-        "s3", endpoint_url=vault["endpoint"], verify=vault["ca_file"], region_name=vault.get("region", "us-east-1"),
-        aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
-        aws_session_token=creds.get("session_token"),  # a role's session (AWS), as vaultaccess reads one
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30))
+    creds = session or json.loads(Path(credentials_file).read_text())  # a role's session (AWS), or the deploy's keys
+    return vaultnet.client(vault["endpoint"], vault["ca_file"], creds, region=vault.get("region", "us-east-1"))
 
 
 MAX_MANIFESTS = 200_000
@@ -262,8 +255,7 @@ def stop_scratch() -> None:
 
 
 def _write(path: str, text: str) -> None:
-    Path(path).write_text(text)
-    os.chmod(path, 0o600)
+    privatefile.create_private(path, text.encode(), how="replace")
     sh(f"chown postgres:postgres {shlex.quote(path)}", f"own {path}")
 
 

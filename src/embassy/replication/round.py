@@ -23,14 +23,12 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from . import digest, hostcmd, manifest, privatefile, roundstate
+from . import digest, hostcmd, manifest, privatefile, roundstate, vaultnet
 
 CONFIG = "/etc/embassy/replication.json"
 LOCK = "/run/embassy-replication-round.lock"
@@ -64,27 +62,16 @@ def load_json(path: Path, default: Any) -> Any:
 
 
 def s3_client(vault: dict[str, Any], ca_file: str) -> Any:
-    import boto3  # Debian's python3-boto3
-    from botocore.config import Config
-
     creds = json.loads(Path(vault["credentials_file"]).read_text())
-    return boto3.session.Session().client(
-        "s3", endpoint_url=vault["endpoint"], verify=ca_file, region_name=vault.get("region", "us-east-1"),
-        aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, connect_timeout=5, read_timeout=20))
+    return vaultnet.client(vault["endpoint"], ca_file, creds, region=vault.get("region", "us-east-1"), read_timeout=20)
 
 
-VAULT_PROBE_SECONDS = 5.0
+VAULT_PROBE_SECONDS = vaultnet.PROBE_SECONDS
 
 
 def vault_answers(vault: dict[str, Any], timeout: float = VAULT_PROBE_SECONDS) -> bool:
     """Does the vault's endpoint accept a TCP connection within `timeout`? (A quick probe, not a check of it.)"""
-    url = urllib.parse.urlsplit(vault["endpoint"])
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return vaultnet.refusal(vaultnet.address(vault["endpoint"]), timeout) is None
 
 
 class VaultSilent(Exception):
@@ -128,13 +115,9 @@ def read_manifests(vault: dict[str, Any], ca_file: str) -> list[tuple[str, bytes
     answering(vault)
     s3 = s3_client(vault, ca_file)
     out = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=vault["bucket"], Prefix=manifest.PREFIX):
-        for item in page.get("Contents", []) or []:
-            if int(item.get("Size", 0)) > roundstate.MAX_MANIFEST_BYTES:
-                out.append((item["Key"], b"\0" * (roundstate.MAX_MANIFEST_BYTES + 1)))
-                continue
-            body = s3.get_object(Bucket=vault["bucket"], Key=item["Key"])["Body"]
-            out.append((item["Key"], body.read(roundstate.MAX_MANIFEST_BYTES + 1)))
+    items = vaultnet.listed(s3, vault["bucket"], manifest.PREFIX)
+    for item, _, data in vaultnet.read_bounded(s3, vault["bucket"], items, roundstate.MAX_MANIFEST_BYTES):
+        out.append((item["Key"], b"\0" * (roundstate.MAX_MANIFEST_BYTES + 1) if data is None else data))
     return out
 
 

@@ -89,10 +89,7 @@ def record_generation(folder: Path, embassy: str, number: int, since: str) -> No
         raise UserError(f"embassy {embassy} is at key generation {generation(folder, embassy)}, not {number - 1}",
                         "run `embassy custody rotate` again: it resumes a rotation that stopped half-way")
     path = folder / f"generation-{embassy}"
-    # 0600 like every file of the folder (the lab tests hold the folder to that)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as fh:
-        fh.write(f"{number} {since}\n")
+    create_private(path, f"{number} {since}\n".encode(), how="append")  # 0600 like every file of the folder
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,16 @@ import base64
 import json
 import os
 import re
-import socket
 import sys
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from embassy.errors import UserError
+from embassy.replication import vaultnet
 from embassy.replication.manifest import MAX_BYTES, PREFIX, object_key
+from embassy.replication.vaultnet import Bounded, listed, read_bounded
 from embassy.vaultaccess import s3_client
 
 # A host chooses how many objects it lists and how large each is: the reader stops at these bounds and
@@ -39,10 +39,6 @@ MAX_HEADS = 50_000
 HEAD_THREADS = 8
 
 
-class Bounded(Exception):
-    """The vault lists more than a reader takes."""
-
-
 def _lock(got: dict[str, Any]) -> dict[str, Any]:
     until = got.get("ObjectLockRetainUntilDate")
     modified = got.get("LastModified")
@@ -50,24 +46,16 @@ def _lock(got: dict[str, Any]) -> dict[str, Any]:
             "last_modified": modified.isoformat() if modified else None}
 
 
-def bounded_read(got: dict[str, Any], listed_size: int = 0) -> dict[str, Any]:
+def bounded_read(got: dict[str, Any], listed_size: int = 0, data: bytes | None = None) -> dict[str, Any]:
     """An object's size, lock and bytes, at most MAX_BYTES of them: one byte past the bound is read to see that it
     is over, and then no data is kept (the caller reports the size, never parses a part). The listing's size is the
     host's word too: whichever says more, the listing or the read, is the size."""
-    data = got["Body"].read(MAX_BYTES + 1)
+    if data is None:  # not read yet (vaultnet.read_bounded reads the same MAX_BYTES + 1)
+        data = got["Body"].read(MAX_BYTES + 1)
     out: dict[str, Any] = {"size": max(listed_size, len(data)), **_lock(got)}
     if out["size"] <= MAX_BYTES:
         out["data"] = base64.b64encode(data).decode()
     return out
-
-
-def _listed(s3: Any, bucket: str, prefix: str, limit: int) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        items += page.get("Contents", []) or []
-        if len(items) > limit:
-            raise Bounded(f"more than {limit} objects under {prefix}")
-    return items
 
 
 READABLE = (PREFIX, "restore-tests/")  # spec "prefix": the manifests (default) or the restore-test records
@@ -75,20 +63,18 @@ READABLE = (PREFIX, "restore-tests/")  # spec "prefix": the manifests (default) 
 
 def read_manifests(spec: dict[str, Any]) -> dict[str, Any]:
     s3 = s3_client(spec)
-    objects, total = [], 0
+    objects = []
     prefix = spec.get("prefix", PREFIX)
     if prefix not in READABLE:
         raise ValueError(f"prefix {prefix!r} is not one of {READABLE}")
-    listed = _listed(s3, spec["bucket"], prefix, MAX_OBJECTS)
-    for item in listed:
-        size = int(item.get("Size") or 0)
-        entry: dict[str, Any] = {"key": item["Key"], "size": size}
-        if size <= MAX_BYTES and total + size <= MAX_TOTAL_BYTES:
-            entry.update(bounded_read(s3.get_object(Bucket=spec["bucket"], Key=item["Key"]), size))
-            total += entry["size"]
+    items = listed(s3, spec["bucket"], prefix, MAX_OBJECTS)
+    for item, got, data in read_bounded(s3, spec["bucket"], items, MAX_BYTES, MAX_TOTAL_BYTES):
+        entry: dict[str, Any] = {"key": item["Key"], "size": int(item.get("Size") or 0)}
+        if got is not None:
+            entry.update(bounded_read(got, entry["size"], data))
         objects.append(entry)
     if prefix == PREFIX:
-        hidden = _next_unlisted(s3, spec["bucket"], [i["Key"] for i in listed])
+        hidden = _next_unlisted(s3, spec["bucket"], [i["Key"] for i in items])
         if hidden is not None:
             objects.append(hidden)
     return {"ok": True, "objects": objects}
@@ -114,7 +100,7 @@ def _next_unlisted(s3: Any, bucket: str, keys: list[str]) -> dict[str, Any] | No
         raise
     read = bounded_read(got)
     # Home may have written that round since the listing: listed now, it is only newer than this read, not hidden.
-    if key in {i["Key"] for i in _listed(s3, bucket, PREFIX, MAX_OBJECTS)}:
+    if key in {i["Key"] for i in listed(s3, bucket, PREFIX, MAX_OBJECTS)}:
         return None
     return {"key": key, **read, "unlisted": True}
 
@@ -124,7 +110,7 @@ def read_heads(spec: dict[str, Any]) -> dict[str, Any]:
     s3 = s3_client(spec)
     keys = [str(k) for k in spec["heads"].get("keys", [])]
     for prefix in spec["heads"].get("prefixes", []):
-        keys += [i["Key"] for i in _listed(s3, spec["bucket"], str(prefix), MAX_HEADS)]
+        keys += [i["Key"] for i in listed(s3, spec["bucket"], str(prefix), MAX_HEADS)]
     if len(keys) > MAX_HEADS:
         raise Bounded(f"more than {MAX_HEADS} objects to check")
 
@@ -139,7 +125,7 @@ def read_heads(spec: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "objects": list(pool.map(head, dict.fromkeys(keys)))}
 
 
-PROBE_SECONDS = 5.0  # as boto's connect timeout: a vault that accepts no connection within it is unreachable
+PROBE_SECONDS = vaultnet.PROBE_SECONDS  # as boto's connect timeout
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -152,12 +138,10 @@ def probe(endpoint: str, timeout: float = PROBE_SECONDS) -> None:
     "no route to host"), where boto's retried connects and reads cost several. Through a proxy boto alone decides."""
     if any(os.environ.get(v) for v in PROXY_VARIABLES):
         return
-    url = urllib.parse.urlsplit(endpoint)
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-    except OSError as exc:
-        raise Silent(f"{url.hostname}:{url.port or 443} accepts no connection within {timeout:g} s "
-                     f"({type(exc).__name__}: {exc})") from None
+    host, port = vaultnet.address(endpoint)
+    exc = vaultnet.refusal((host, port), timeout)
+    if exc is not None:
+        raise Silent(f"{host}:{port} accepts no connection within {timeout:g} s ({type(exc).__name__}: {exc})")
 
 
 def main(argv: list[str]) -> int:

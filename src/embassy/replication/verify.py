@@ -49,7 +49,7 @@ from embassy import errors, model, targets
 from embassy.errors import ManifestKeyMissing, UserError
 from embassy.replication import dataplane, freshness, manifest
 from embassy.replication.secrets import secrets_dir
-from embassy.targets import Target
+from embassy.targets import Target, run_host
 from embassy.vaultaccess import VaultAccess
 
 PUBLIC_KEY_FILE = targets.MANIFEST_KEY_FILE  # in the lab's state folder (written by the agent deploy)
@@ -249,8 +249,7 @@ def ssh(where: Where, embassy: str, command: str, timeout: float = 1800) -> subp
     """Run `command` on the embassy's (first) host through the target."""
     if isinstance(where, Target):
         return where.run_on(where.embassy_hosts(embassy)[0], command, timeout=timeout)
-    return subprocess.run(where.ssh_argv(where.host(embassy).name, command), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_host(where.ssh_argv(where.host(embassy).name, command), timeout=timeout)
 
 
 # At log level info, pgBackRest verify names each bad file it checks in a job: "invalid result <archive id>/<dir>/<segment>: …"
