@@ -36,17 +36,21 @@ from embassy.vaultaccess import s3_client
 from .manifest_chains import signed_chain
 from .test_aws_moto import HOME_KEY, OTHER_KEY, ROUNDS, STACK, World, _body, _exported, _recorded, chained_world
 
-FAKE_HOST = r'''#!{python}
-"""ssh standing in for an SSM session to the enclave: records argv and input, then runs the host's restore test."""
-import datetime as dt, json, os, shlex, sys, time
+# The two ssh stand-ins below begin alike: record the argv and the input (in SSH_RECORD, numbered), keep the input.
+SSH_RECORDER = r'''import os, sys
 from pathlib import Path
 record = Path(os.environ["SSH_RECORD"])
 n = len(list(record.glob("*.argv")))
 (record / f"{{n}}.argv").write_bytes(b"".join(a.encode() + b"\0" for a in ["ssh", *sys.argv[1:]]))
-script = sys.stdin.read()
-(record / f"{{n}}.input").write_text(script)
+given = sys.stdin.read()
+(record / f"{{n}}.input").write_text(given)
+'''
+
+FAKE_HOST = r'''#!{python}
+"""ssh standing in for an SSM session to the enclave: records argv and input, then runs the host's restore test."""
+''' + SSH_RECORDER + r'''import datetime as dt, json, shlex, time
 env = {{}}
-for line in script.splitlines():
+for line in given.splitlines():
     if line.startswith("export "):
         name, _, value = shlex.split(line[len("export "):])[0].partition("=")
         env[name] = value
@@ -291,16 +295,10 @@ def test_restore_test_and_status_check_the_aws_options_first(args: tuple[str, ..
 
 FAKE_HOME = r'''#!{python}
 """ssh standing in for home (on premises): records argv and input, signs what it is given with home's manifest key."""
-import base64, os, sys
-from pathlib import Path
+''' + SSH_RECORDER + r'''import base64
 from cryptography.hazmat.primitives import serialization
-record = Path(os.environ["SSH_RECORD"])
-n = len(list(record.glob("*.argv")))
-(record / f"{{n}}.argv").write_bytes(b"".join(a.encode() + b"\0" for a in ["ssh", *sys.argv[1:]]))
-data = sys.stdin.read()
-(record / f"{{n}}.input").write_text(data)
 key = serialization.load_pem_private_key(Path(os.environ["FAKE_HOME_KEY"]).read_bytes(), None)
-sys.stdout.write(base64.b64encode(key.sign(base64.b64decode(data))).decode())
+sys.stdout.write(base64.b64encode(key.sign(base64.b64decode(given))).decode())
 '''
 
 

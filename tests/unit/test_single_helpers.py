@@ -48,7 +48,7 @@ def _private_mode(node: ast.AST) -> bool:
 
 def private_writes(tree: ast.AST) -> list[int]:
     """Lines that open or chmod a file to 0600 themselves."""
-    return [c.lineno for c in _calls(tree) if _name(c.func) in ("os.open", "os.chmod", "os.fchmod")
+    return [c.lineno for c in _calls(tree) if (_name(c.func) == "os.open" or _name(c.func).endswith("chmod"))
             and any(_private_mode(a) for a in c.args)]
 
 
@@ -85,7 +85,7 @@ def offenders(find: Callable[[ast.AST], list[int]], allowed: set[str]) -> list[s
 
 CASES = [
     (private_writes, {"replication/privatefile.py"},
-     "fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)\nos.chmod(p, 0o600)\n"),
+     "fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)\nos.chmod(p, 0o600)\nPath(p).chmod(0o600)\n"),
     (s3_clients, {"replication/vaultnet.py"},
      "import boto3\ns3 = boto3.session.Session().client('s3', endpoint_url=e)\n"),
     (tcp_probes, {"replication/vaultnet.py"}, "import socket\nsocket.create_connection((h, 1), timeout=5).close()\n"),
