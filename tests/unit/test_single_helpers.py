@@ -228,3 +228,25 @@ def test_home_and_the_controller_read_manifests_through_one_bounded_reader(monke
     assert out["manifests/0000000002.json"]["size"] == bound + 1 and "data" not in out["manifests/0000000002.json"]
     assert out["manifests/0000000003.json"]["size"] == bound + 9 and "data" not in out["manifests/0000000003.json"]
     assert home.gets == ctl.gets == ["manifests/0000000001.json", "manifests/0000000002.json"]
+
+
+def test_the_shipped_modules_import_as_the_hosts_import_them(tmp_path: Path) -> None:
+    """As on the hosts: only host_module_files() under /opt/embassy/replication, imported as the package
+    `replication` (PYTHONPATH=/opt/embassy), with nothing of embassy's on the path."""
+    import shutil
+    import subprocess
+    import sys
+
+    package = tmp_path / "replication"
+    package.mkdir()
+    for name in dataplane.host_module_files():
+        shutil.copy(REPLICATION / name, package / name)
+    names = [n.removesuffix(".py") for n in dataplane.host_module_files() if n != "__init__.py"]
+    code = ("import importlib, sys\n"
+            f"for n in {names!r}:\n"
+            "    importlib.import_module('replication.' + n)\n"
+            "print(sorted(m for m in sys.modules if m == 'embassy' or m.startswith('embassy.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
