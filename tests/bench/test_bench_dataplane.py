@@ -96,6 +96,7 @@ RECEIVER_UNIT = "embassy-wal-receiver"  # embassy.replication.standby
 AS_PG = "sudo runuser -u postgres --"
 PAUSED_TIMERS = ("embassy-replication-round.timer", "embassy-pgbackrest-full.timer", "embassy-pgbackrest-diff.timer")
 WARM_TARGET_S = 0.25
+BENCH_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'"
 
 
 def sh(lab: LabState, host: str, script: str, timeout: float = 180) -> str:
@@ -269,6 +270,7 @@ class Run:
     core_share: list[float] = field(default_factory=list)  # of home's core's time, what home's container got
     # per arm, per run: home's CPU ms a transaction by class (homecpu.costs)
     classes: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {a: [] for a in ARMS})
+    wal_bytes: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})  # WAL a transaction
     warm: dict[str, list[list[float]]] = field(default_factory=dict)  # per embassy, per full run
     cold: dict[str, list[list[float]]] = field(default_factory=dict)
 
@@ -352,10 +354,15 @@ def measure_arm(lab: LabState, run: Run, name: str, warm: list[str], cold: list[
         samplers |= {h: start_cold_sampler(lab, h) for h in cold}
         time.sleep(1.0)  # the samplers' ssh sessions are up before the load starts
     q(lab, "CHECKPOINT")  # every run starts from the same state of shared buffers
+    wal0 = q(lab, "SELECT pg_current_wal_lsn()")
     started, (cg0, pr0) = time.time(), home_snapshot(lab)
     tps, transactions = pgbench(lab)
-    ended, (cg1, pr1) = time.time(), home_snapshot(lab)
+    ended = time.time()
+    # pgbench's backends end after it does: counted once the postmaster has reaped them (homecpu.split)
+    wait_for("pgbench's backends to end", lambda: q(lab, BENCH_BACKENDS) == "0", timeout=30, every=0.1)
+    cg1, pr1 = home_snapshot(lab)
     used = homecpu.costs(cg0, cg1, pr0, pr1)
+    run.wal_bytes[name].append(int(q(lab, f"SELECT pg_current_wal_lsn() - '{wal0}'::pg_lsn")) / transactions)
     run.tps[name].append(tps)
     run.cpu_ms[name].append(1000 * used["total"] / transactions)
     run.classes[name].append({k: 1000 * v / transactions for k, v in used.items()})
@@ -371,7 +378,8 @@ def measure_arm(lab: LabState, run: Run, name: str, warm: list[str], cold: list[
         assert len(samples) >= 5, f"{h}: only {len(samples)} vault samples"
         run.cold[h].append(cold_lags(lab, samples))
     top = sorted(((v, k) for k, v in run.classes[name][-1].items() if k != "total"), reverse=True)
-    print(f"{name}: {tps:.1f} tps, home {run.cpu_ms[name][-1]:.3f} CPU ms a transaction "
+    print(f"{name}: {tps:.1f} tps, {run.wal_bytes[name][-1]:.0f} B of WAL and "
+          f"{run.cpu_ms[name][-1]:.3f} CPU ms of home a transaction "
           f"({', '.join(f'{k} {v:.3f}' for v, k in top if v >= 0.005)}), {run.core_share[-1]:.0%} of its cores",
           flush=True)
 
@@ -478,7 +486,8 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
         record(figure(figname, run.cpu_ms[arm], "ms", target=round(cpu["off"] / target, 4), direction="<=",
                       baseline=cpu_base,
                       note=f"CPU time of home's container (cgroup cpu.stat) per committed transaction, {arm} arm; "
-                           f"target: the off arm's / {target} (tps ratio {target} if CPU-bound). By class (ms, "
+                           f"target: the off arm's / {target} (tps ratio {target} if CPU-bound); WAL a transaction "
+                           f"{statistics.median(run.wal_bytes[arm]):.0f} B. By class (ms, "
                            f"median): {class_text(classes[arm])}; off arm: {class_text(classes['off'])}. "
                            f"{load}. {pin}."))
         cpu_ratio = [o / f for o, f in zip(run.cpu_ms["off"], run.cpu_ms[arm], strict=True)]
@@ -487,12 +496,13 @@ def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> Non
     for arm in [a for a in ARMS if a in VARIANTS]:
         cpu_ratio = [o / f for o, f in zip(run.cpu_ms["off"], run.cpu_ms[arm], strict=True)]
         record(figure(f"cpu_ratio_{arm}", cpu_ratio, "x", baseline=cpu_base,
-                      note=f"variant {ARMS[arm]}: {cpu[arm]:.3f} CPU ms a transaction ({class_text(classes[arm])}); "
+                      note=f"variant {ARMS[arm]}: {cpu[arm]:.3f} CPU ms a transaction ({class_text(classes[arm])}), "
+                           f"{statistics.median(run.wal_bytes[arm]):.0f} B of WAL; "
                            f"tps ratio {statistics.median(ratio[arm]):.2f}"))
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    (out / "bench_dataplane_cpu.json").write_text(json.dumps({"tps": run.tps, "cpu_ms": run.cpu_ms,
-                                                              "classes": run.classes}, indent=1) + "\n")
+    runs = {"tps": run.tps, "cpu_ms": run.cpu_ms, "classes": run.classes, "wal_bytes": run.wal_bytes}
+    (out / "bench_dataplane_cpu.json").write_text(json.dumps(runs, indent=1) + "\n")
     warm_runs = pooled(run.warm)  # all warm embassies of a run
     how = ("flush lag of each warm embassy's WAL receiver (pg_stat_replication.flush_lag on home), every 0.2 s "
            "while pgbench runs in the full arm; "
