@@ -1,6 +1,6 @@
 """What replication costs home, and how far behind each embassy is, under pgbench load on the real lab.
 
-One test, three arms alternated in the same run (rotating order, the same number of runs each):
+One test, five arms alternated in the same run (rotating order, the same number of runs each):
 - `off`: archiving and streaming off: `archive_command = ''` (PostgreSQL keeps the WAL and pushes it
   once it is set again: never /bin/true, which would drop it and leave a hole in every vault) and the
   warm standbys stopped;
@@ -9,12 +9,19 @@ One test, three arms alternated in the same run (rotating order, the same number
   sampled here: every 0.2 s for each warm embassy, the flush lag home's walsender measures for its
   pg_receivewal (the standby's replay is held at a signed point since issue 22: replay is no lag),
   every ~0.5 s on the cold enclave (the newest WAL segment its own vault holds, mapped after the run to
-  the newest heartbeat it makes restorable, as replication.lag does).
+  the newest heartbeat it makes restorable, as replication.lag does);
+- `off2`, `full2`: as `off` and `full` with home's container on both cores (what a second core gives).
+EMBASSY_BENCH_VARIANTS adds arms that change one setting (VARIANTS: wal_compression, the archive's
+compression, archive-push's processes) to tell what each saves.
 
-For the whole test, home's container has one core and everything else (the other containers, the
-SeaweedFS vaults, the lab's mirror and syslog, this process and its ssh clients) the other, with cgroup
-v1 cpusets (embassy.lab.cpuset); undone at the end. Afterwards archiving and streaming are restored,
-the WAL held back is pushed, and every repo's archive is checked to have no hole.
+In each run home's CPU is read as well as its tps: its container's CPU time (cgroup cpu.stat) per
+committed transaction, split by process class (tests/bench/homecpu.py). Load from other work on the
+machine changes a run's wall time much more than the CPU a transaction costs.
+
+For the whole test, home's container has one core (two in the *2 arms) and everything else (the other
+containers, the SeaweedFS vaults, the lab's mirror and syslog, this process and its ssh clients) the other,
+with cgroup v1 cpusets (embassy.lab.cpuset); undone at the end. Afterwards archiving and streaming are
+restored, the WAL held back is pushed, and every repo's archive is checked to have no hole.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from embassy.lab.state import LabState, cgroup_name
 from embassy.lab.system import alive
 from embassy.replication import pgmajor
 from embassy.replication.hostcmd import lsn_int, segment_end_lsn
+from tests.bench import homecpu
 from tests.bench.conftest import figure, record
 from tests.lab.conftest import EMBASSY, ROOT, STACK, ssh
 
@@ -48,13 +56,47 @@ CLIENTS, THREADS, SCALE = 4, 2, 10
 # A shorter trial of the whole procedure: EMBASSY_BENCH_ROUNDS=1 EMBASSY_BENCH_SECONDS=10.
 ROUNDS = int(os.environ.get("EMBASSY_BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("EMBASSY_BENCH_SECONDS", "20"))
-ARMS = ("off", "archiving", "full")
-HOME_CPUS, OTHER_CPUS = "1", "0"
+HOME_CPUS, OTHER_CPUS, BOTH_CPUS = "1", "0", "0-1"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: what replicates, home's CPUs, and settings changed for it only (undone after it)."""
+    archiving: bool
+    streaming: bool
+    cpus: str = HOME_CPUS
+    pg: tuple[tuple[str, str], ...] = ()  # ALTER SYSTEM on home's cluster
+    pgbackrest: tuple[tuple[str, str], ...] = ()  # options of home's archive-push ([global:archive-push])
+
+
+# The deployed settings in every arm; `off2`/`full2`: home's container on both cores (the rest on one).
+ARMS: dict[str, Arm] = {"off": Arm(False, False), "archiving": Arm(True, False), "full": Arm(True, True),
+                        "off2": Arm(False, False, BOTH_CPUS), "full2": Arm(True, True, BOTH_CPUS)}
+# Settings tried against the deployed ones (EMBASSY_BENCH_VARIANTS=name,name: extra arms, full replication,
+# home on one core): what each knob of issue 26 saves home a transaction.
+VARIANTS: dict[str, Arm] = {
+    "walc_off": Arm(True, True, pg=(("wal_compression", "off"),)),
+    "walc_lz4": Arm(True, True, pg=(("wal_compression", "lz4"),)),
+    "walc_zstd": Arm(True, True, pg=(("wal_compression", "zstd"),)),
+    "arch_lz4": Arm(True, True, pgbackrest=(("compress-type", "lz4"),)),
+    "arch_zst1": Arm(True, True, pgbackrest=(("compress-type", "zst"), ("compress-level", "1"))),
+    "arch_zst3": Arm(True, True, pgbackrest=(("compress-type", "zst"), ("compress-level", "3"))),
+    "arch_pmax1": Arm(True, True, pgbackrest=(("process-max", "1"),)),
+    "arch_pmax2": Arm(True, True, pgbackrest=(("process-max", "2"),)),
+    "arch_sync": Arm(True, True, pgbackrest=(("archive-async", "n"),)),
+    "archonly_walc_lz4": Arm(True, False, pg=(("wal_compression", "lz4"),)),
+    "archonly_walc_off": Arm(True, False, pg=(("wal_compression", "off"),)),
+    "archonly_arch_lz4": Arm(True, False, pgbackrest=(("compress-type", "lz4"),)),
+    "archonly_arch_zst1": Arm(True, False, pgbackrest=(("compress-type", "zst"), ("compress-level", "1"))),
+}
+for _name in filter(None, os.environ.get("EMBASSY_BENCH_VARIANTS", "").split(",")):
+    ARMS[_name] = VARIANTS[_name]
 PGBENCH = f"$(ls -d {pgmajor.LIB}/*/bin)/pgbench"  # the host's one PostgreSQL major (15 on bookworm, 17 on trixie)
 RECEIVER_UNIT = "embassy-wal-receiver"  # embassy.replication.standby
 AS_PG = "sudo runuser -u postgres --"
 PAUSED_TIMERS = ("embassy-replication-round.timer", "embassy-pgbackrest-full.timer", "embassy-pgbackrest-diff.timer")
 WARM_TARGET_S = 0.25
+BENCH_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'"
 
 
 def sh(lab: LabState, host: str, script: str, timeout: float = 180) -> str:
@@ -108,6 +150,30 @@ def set_streaming(lab: LabState, warm: list[str], on: bool) -> None:
                  timeout=60)
 
 
+def set_pg(lab: LabState, settings: tuple[tuple[str, str], ...], on: bool) -> None:
+    """ALTER SYSTEM for one arm (on), RESET afterwards (back to the deployed conf.d files)."""
+    for name, value in settings:
+        q(lab, f"ALTER SYSTEM SET {name} = '{value}'" if on else f"ALTER SYSTEM RESET {name}")
+    if settings:
+        q(lab, "SELECT pg_reload_conf()")
+        for name, value in settings if on else ():
+            wait_for(f"{name} reloaded", lambda n=name, v=value: q(lab, f"SHOW {n}") == v, timeout=30, every=0.2)
+
+
+def set_pgbackrest(lab: LabState, options: tuple[tuple[str, str], ...], on: bool) -> None:
+    """Options of home's archive-push for one arm, under [global:archive-push] (the deployed file kept
+    beside it and put back afterwards)."""
+    if not options:
+        return
+    conf = "/etc/pgbackrest/pgbackrest.conf"
+    if on:
+        lines = "\\n".join(f"{k}={v}" for k, v in options)
+        ssh(lab, "home", f"sudo cp -p {conf} {conf}.bench && sudo sed -i 's/^\\[global:archive-push\\]$/&\\n{lines}/' "
+                         f"{conf} && sudo grep -q '^{options[0][0]}={options[0][1]}$' {conf}")
+    else:
+        ssh(lab, "home", f"sudo mv {conf}.bench {conf}")
+
+
 # --------------------------------------------------------------------------- load and samplers
 
 
@@ -121,27 +187,17 @@ def pgbench(lab: LabState) -> tuple[float, int]:
     return float(tps.group(1)), int(processed.group(1))
 
 
-def home_process_cpu_seconds(lab: LabState, marker: str) -> float:
-    """CPU time used so far by home's live processes whose command line holds marker (e.g. walsender)."""
-    total = 0
-    for pid in hostlib.cgroup_pids(cgroup_name(lab.lab_id), "home"):
-        try:
-            if marker not in Path(f"/proc/{pid}/cmdline").read_text():
-                continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def home_cpu_seconds(lab: LabState) -> float:
-    """CPU time used so far by every process of home's container (its cgroup v2 folder's cpu.stat)."""
+def home_cgroup(lab: LabState) -> Path:
+    """Home's container's cgroup v2 folder (cpu.stat in every folder of it)."""
     for folder in hostlib.cgroup_dirs(cgroup_name(lab.lab_id), "home"):
-        stat = folder / "cpu.stat"
-        if stat.is_file():
-            return int(stat.read_text().split("usage_usec", 1)[1].split()[0]) / 1e6
+        if (folder / "cpu.stat").is_file():
+            return folder
     raise AssertionError("home's container has no cpu.stat (cgroup v2 folder)")
+
+
+def home_snapshot(lab: LabState) -> tuple[dict[str, float], dict[int, homecpu.Proc]]:
+    pids = hostlib.cgroup_pids(cgroup_name(lab.lab_id), "home")
+    return homecpu.cgroup_snapshot(home_cgroup(lab)), homecpu.process_snapshot(pids)
 
 
 def start_warm_sampler(lab: LabState, host: str) -> subprocess.Popen[str]:
@@ -212,7 +268,9 @@ class Run:
     tps: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})
     cpu_ms: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})  # home CPU ms a transaction
     core_share: list[float] = field(default_factory=list)  # of home's core's time, what home's container got
-    walsender_ms: list[float] = field(default_factory=list)  # home's walsenders' CPU ms a transaction (full arm)
+    # per arm, per run: home's CPU ms a transaction by class (homecpu.costs)
+    classes: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {a: [] for a in ARMS})
+    wal_bytes: dict[str, list[float]] = field(default_factory=lambda: {a: [] for a in ARMS})  # WAL a transaction
     warm: dict[str, list[list[float]]] = field(default_factory=dict)  # per embassy, per full run
     cold: dict[str, list[list[float]]] = field(default_factory=dict)
 
@@ -288,6 +346,44 @@ def assert_no_hole(lab: LabState, repos: list[int]) -> str:
 # --------------------------------------------------------------------------- the benchmark
 
 
+def measure_arm(lab: LabState, run: Run, name: str, warm: list[str], cold: list[str]) -> None:
+    """One pgbench run in the arm set up: tps, home's CPU by class, and the lag samples (full arms on one core)."""
+    samplers = {}
+    if name == "full":
+        samplers = {h: start_warm_sampler(lab, h) for h in warm}
+        samplers |= {h: start_cold_sampler(lab, h) for h in cold}
+        time.sleep(1.0)  # the samplers' ssh sessions are up before the load starts
+    q(lab, "CHECKPOINT")  # every run starts from the same state of shared buffers
+    wal0 = q(lab, "SELECT pg_current_wal_lsn()")
+    started, (cg0, pr0) = time.time(), home_snapshot(lab)
+    tps, transactions = pgbench(lab)
+    ended = time.time()
+    # pgbench's backends end after it does: counted once the postmaster has reaped them (homecpu.split)
+    wait_for("pgbench's backends to end", lambda: q(lab, BENCH_BACKENDS) == "0", timeout=30, every=0.1)
+    cg1, pr1 = home_snapshot(lab)
+    used = homecpu.costs(cg0, cg1, pr0, pr1)
+    run.wal_bytes[name].append(int(q(lab, f"SELECT pg_current_wal_lsn() - '{wal0}'::pg_lsn")) / transactions)
+    run.tps[name].append(tps)
+    run.cpu_ms[name].append(1000 * used["total"] / transactions)
+    run.classes[name].append({k: 1000 * v / transactions for k, v in used.items()})
+    cores = len(cpuset.parse_cpus(ARMS[name].cpus))
+    run.core_share.append(used["total"] / (ended - started) / cores)
+    window = (started + 2.0, ended - 0.5)  # pgbench's ssh and connection set-up excluded
+    for h in warm if samplers else []:
+        lags = warm_lags(collect(samplers[h]), *window)
+        assert len(lags) >= SECONDS, f"{h}: only {len(lags)} lag samples"
+        run.warm[h].append(lags)
+    for h in cold if samplers else []:
+        samples = cold_samples(collect(samplers[h]), *window)
+        assert len(samples) >= 5, f"{h}: only {len(samples)} vault samples"
+        run.cold[h].append(cold_lags(lab, samples))
+    top = sorted(((v, k) for k, v in run.classes[name][-1].items() if k != "total"), reverse=True)
+    print(f"{name}: {tps:.1f} tps, {run.wal_bytes[name][-1]:.0f} B of WAL and "
+          f"{run.cpu_ms[name][-1]:.3f} CPU ms of home a transaction "
+          f"({', '.join(f'{k} {v:.3f}' for v, k in top if v >= 0.005)}), {run.core_share[-1]:.0%} of its cores",
+          flush=True)
+
+
 def test_replication_cost_and_lag_under_pgbench(deployed: LabState, timers_paused: None,
                                                pinned: dict[str, Path]) -> None:
     lab = deployed
@@ -299,43 +395,27 @@ def test_replication_cost_and_lag_under_pgbench(deployed: LabState, timers_pause
     repos = [e["repo"] for e in cfg["embassies"] if e.get("repo")]
     run = Run(warm={h: [] for h in warm}, cold={h: [] for h in cold})
     state = {"archiving": True, "streaming": True}
+    names = list(ARMS)
     try:
         for r in range(ROUNDS):
-            for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
-                want = {"archiving": arm != "off", "streaming": arm == "full"}
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                arm = ARMS[name]
+                want = {"archiving": arm.archiving, "streaming": arm.streaming}
                 # Archiving first: the backlog is pushed before the standbys add their load.
                 if want["archiving"] != state["archiving"]:
                     set_archiving(lab, want["archiving"])
                 if want["streaming"] != state["streaming"]:
                     set_streaming(lab, warm, want["streaming"])
                 state = want
-                samplers = {}
-                if arm == "full":
-                    samplers = {h: start_warm_sampler(lab, h) for h in warm}
-                    samplers |= {h: start_cold_sampler(lab, h) for h in cold}
-                    time.sleep(1.0)  # the samplers' ssh sessions are up before the load starts
-                q(lab, "CHECKPOINT")  # every run starts from the same state of shared buffers
-                started, cpu_before = time.time(), home_cpu_seconds(lab)
-                senders_before = home_process_cpu_seconds(lab, "walsender")
-                tps, transactions = pgbench(lab)
-                ended, cpu_used = time.time(), home_cpu_seconds(lab) - cpu_before
-                if arm == "full":
-                    run.walsender_ms.append(1000 * (home_process_cpu_seconds(lab, "walsender") - senders_before)
-                                            / transactions)
-                run.tps[arm].append(tps)
-                run.cpu_ms[arm].append(1000 * cpu_used / transactions)
-                run.core_share.append(cpu_used / (ended - started))
-                window = (started + 2.0, ended - 0.5)  # pgbench's ssh and connection set-up excluded
-                for h in warm if samplers else []:
-                    lags = warm_lags(collect(samplers[h]), *window)
-                    assert len(lags) >= SECONDS, f"{h}: only {len(lags)} lag samples"
-                    run.warm[h].append(lags)
-                for h in cold if samplers else []:
-                    samples = cold_samples(collect(samplers[h]), *window)
-                    assert len(samples) >= 5, f"{h}: only {len(samples)} vault samples"
-                    run.cold[h].append(cold_lags(lab, samples))
-                print(f"round {r + 1} {arm}: {tps:.1f} tps, home {run.cpu_ms[arm][-1]:.3f} CPU ms a transaction, "
-                      f"{run.core_share[-1]:.0%} of its core")
+                (pinned["home"] / "cpuset.cpus").write_text(arm.cpus)
+                set_pg(lab, arm.pg, True)
+                set_pgbackrest(lab, arm.pgbackrest, True)
+                try:
+                    measure_arm(lab, run, name, warm, cold)
+                finally:
+                    set_pgbackrest(lab, arm.pgbackrest, False)
+                    set_pg(lab, arm.pg, False)
+                    (pinned["home"] / "cpuset.cpus").write_text(HOME_CPUS)
     finally:
         if not state["archiving"]:
             set_archiving(lab, True)
@@ -355,38 +435,74 @@ def pooled(per_host: dict[str, list[list[float]]]) -> list[list[float]]:
     return [[x for samples in runs for x in samples] for runs in zip(*per_host.values(), strict=True)]
 
 
+def by_class(run: Run, arm: str) -> dict[str, float]:
+    """Median CPU ms a transaction per class over an arm's runs."""
+    keys = sorted({k for c in run.classes[arm] for k in c})
+    return {k: statistics.median(c.get(k, 0.0) for c in run.classes[arm]) for k in keys}
+
+
+def class_text(classes: dict[str, float]) -> str:
+    top = sorted(((v, k) for k, v in classes.items() if k != "total" and v >= 0.001), reverse=True)
+    return ", ".join(f"{k} {v:.3f}" for v, k in top)
+
+
 def report(lab: LabState, cfg: dict[str, Any], run: Run, cold: list[str]) -> None:
     off = run.tps["off"]
-    pin = (f"home's container pinned to CPU {HOME_CPUS}, everything else of the lab (standbys, cold enclave, "
-           f"SeaweedFS vaults, mirror, syslog, the benchmark's ssh clients) to CPU {OTHER_CPUS} with cgroup v1 "
-           f"cpusets, in every arm; the machine's {os.cpu_count()} cores, load average {os.getloadavg()[1]:.1f} "
-           "over the last 5 minutes of the runs")
+    pin = (f"home's container pinned to CPU {HOME_CPUS} (arms off2/full2: CPUs {BOTH_CPUS}), everything else of the "
+           f"lab (standbys, cold enclave, SeaweedFS vaults, mirror, syslog, the benchmark's ssh clients) to CPU "
+           f"{OTHER_CPUS} with cgroup v1 cpusets; the machine's {os.cpu_count()} cores, load average "
+           f"{os.getloadavg()[1]:.1f} over the last 5 minutes of the runs")
     load = (f"pgbench -c {CLIENTS} -j {THREADS} -T {SECONDS}, scale {SCALE}, read-write, on home's cluster; "
-            f"{ROUNDS} rounds of the 3 arms alternated (rotating order); replication rounds and base-backup timers "
-            "paused during the runs")
+            f"{ROUNDS} rounds of the {len(ARMS)} arms ({', '.join(ARMS)}) alternated (rotating order); replication "
+            "rounds and base-backup timers paused during the runs")
     base = {"name": "pgbench, archiving (archive_command '') and streaming (standbys stopped) off",
             "value": round(statistics.median(off), 1), "unit": "tps"}
-    full = [f / o for f, o in zip(run.tps["full"], off, strict=True)]
-    arch = [a / o for a, o in zip(run.tps["archiving"], off, strict=True)]
+    ratio = {a: [x / o for x, o in zip(run.tps[a], off, strict=True)] for a in ARMS}
     tps = ", ".join(f"{a} {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})" for a, v in run.tps.items())
     cpu = {a: statistics.median(v) for a, v in run.cpu_ms.items()}
+    classes = {a: by_class(run, a) for a in ARMS}
     share = f"{min(run.core_share):.0%}-{max(run.core_share):.0%}"
-    where = (f"Limited by CPU on home's one core (asynchronous replication: nothing waits): home's container spends "
-             f"{cpu['off']:.3f} CPU ms a transaction with nothing replicated, {cpu['archiving']:.3f} archiving, "
-             f"{cpu['full']:.3f} archiving and streaming (off/full = {cpu['off'] / cpu['full']:.2f}), of which "
-             f"{statistics.median(run.walsender_ms):.3f} ms in home's walsenders (each commit wakes each of them); "
-             "the rest is more work in the backends and the kernel (on the lab's veth network the receiving side's "
-             "packet processing also runs on the sending core) and pgBackRest's archive-push (compression and "
-             "encryption for every repo). Home got "
-             f"{share} of its core (other work on the machine took the rest). What would close it: a home with a "
-             "second core (on AWS, the instance size) for walsenders and archive-push beside the backends, or one "
-             "relay near home streaming to the standbys instead of one walsender each")
-    record(figure("tps_ratio", full, "x", target=0.95, baseline=base,
+    where = (f"home's container spends {cpu['off']:.3f} CPU ms a transaction with nothing replicated, "
+             f"{cpu['archiving']:.3f} archiving, {cpu['full']:.3f} archiving and streaming; home got {share} of its "
+             f"cores (other work on the machine took the rest). TPS median (min-max): {tps}")
+    record(figure("tps_ratio", ratio["full"], "x", target=0.8, baseline=base,
                   note=f"archiving to {len(cfg['embassies'])} vaults + warm standbys streaming; ratio per round to "
-                       f"the off arm of that round; TPS median (min-max): {tps}. {where}. {load}. {pin}."))
-    record(figure("tps_ratio_archiving_only", arch, "x", target=0.95, baseline=base,
-                  note=f"archiving to every vault, standbys stopped. Home CPU ms a transaction: {cpu['archiving']:.3f} "
-                       f"against {cpu['off']:.3f} off (pgBackRest archive-push on the same core). {load}. {pin}."))
+                       f"the off arm of that round; {where}. {load}. {pin}."))
+    record(figure("tps_ratio_archiving_only", ratio["archiving"], "x", target=0.95, baseline=base,
+                  note=f"archiving to every vault, standbys stopped; {load}. {pin}."))
+    two = [f / o for f, o in zip(run.tps["full2"], run.tps["off2"], strict=True)]
+    record(figure("tps_ratio_home_2_cores", two, "x", target=0.8,
+                  baseline={**base, "name": "pgbench, archiving and streaming off, home on 2 cores",
+                            "value": round(statistics.median(run.tps["off2"]), 1)},
+                  note=f"home's container on both cores (the rest of the lab on one of them), full replication "
+                       f"against off, each on 2 cores; full on 2 cores against off on 1 core: "
+                       f"{statistics.median(ratio['full2']):.2f}; home's CPU ms a transaction off2 {cpu['off2']:.3f}, "
+                       f"full2 {cpu['full2']:.3f}. {load}."))
+    # CPU a transaction: what load from other work changes least (a run's CPU, not its wall time).
+    cpu_base = {"name": "home's CPU a transaction, archiving and streaming off", "value": round(cpu["off"], 4),
+                "unit": "ms"}
+    for arm, target, figname in (("full", 0.8, "home_cpu_ms_per_txn"),
+                                 ("archiving", 0.95, "home_cpu_ms_per_txn_archiving_only")):
+        record(figure(figname, run.cpu_ms[arm], "ms", target=round(cpu["off"] / target, 4), direction="<=",
+                      baseline=cpu_base,
+                      note=f"CPU time of home's container (cgroup cpu.stat) per committed transaction, {arm} arm; "
+                           f"target: the off arm's / {target} (tps ratio {target} if CPU-bound); WAL a transaction "
+                           f"{statistics.median(run.wal_bytes[arm]):.0f} B. By class (ms, "
+                           f"median): {class_text(classes[arm])}; off arm: {class_text(classes['off'])}. "
+                           f"{load}. {pin}."))
+        cpu_ratio = [o / f for o, f in zip(run.cpu_ms["off"], run.cpu_ms[arm], strict=True)]
+        record(figure(f"cpu_ratio{'' if arm == 'full' else '_archiving_only'}", cpu_ratio, "x", target=target,
+                      baseline=cpu_base, note=f"home's CPU a transaction, off arm / {arm} arm, per round."))
+    for arm in [a for a in ARMS if a in VARIANTS]:
+        cpu_ratio = [o / f for o, f in zip(run.cpu_ms["off"], run.cpu_ms[arm], strict=True)]
+        record(figure(f"cpu_ratio_{arm}", cpu_ratio, "x", baseline=cpu_base,
+                      note=f"variant {ARMS[arm]}: {cpu[arm]:.3f} CPU ms a transaction ({class_text(classes[arm])}), "
+                           f"{statistics.median(run.wal_bytes[arm]):.0f} B of WAL; "
+                           f"tps ratio {statistics.median(ratio[arm]):.2f}"))
+    out = ROOT / "out"
+    out.mkdir(exist_ok=True)
+    runs = {"tps": run.tps, "cpu_ms": run.cpu_ms, "classes": run.classes, "wal_bytes": run.wal_bytes}
+    (out / "bench_dataplane_cpu.json").write_text(json.dumps(runs, indent=1) + "\n")
     warm_runs = pooled(run.warm)  # all warm embassies of a run
     how = ("flush lag of each warm embassy's WAL receiver (pg_stat_replication.flush_lag on home), every 0.2 s "
            "while pgbench runs in the full arm; "

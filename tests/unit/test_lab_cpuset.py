@@ -62,3 +62,11 @@ def test_pinned_processes_and_their_later_children_keep_to_their_cpu_until_relea
         shell.kill()
         shell.wait()
         cpuset.release(top)
+
+
+def test_cpu_lists_parse_as_the_kernel_writes_them() -> None:
+    assert cpuset.parse_cpus("1") == {1}
+    assert cpuset.parse_cpus("0-1\n") == {0, 1}
+    assert cpuset.parse_cpus("0-2,5,7-8") == {0, 1, 2, 5, 7, 8}
+    with pytest.raises(ValueError):
+        cpuset.parse_cpus("one")

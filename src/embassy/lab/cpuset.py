@@ -101,3 +101,12 @@ def pids_of(folder: Path) -> set[int]:
 
 def cpus_allowed(pid: int) -> set[int]:
     return os.sched_getaffinity(pid)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """The CPUs of a cpuset list, e.g. "0-1,3" -> {0, 1, 3}."""
+    cpus: set[int] = set()
+    for part in filter(None, text.strip().split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
