@@ -37,9 +37,9 @@ MAX_TAG_VALUE = 256
 MAX_RETENTION_DAYS = 36500  # S3 Object Lock's upper bound for a default retention (100 years)
 MAX_HOSTS = 8
 # The Debian release of the hosts (the AMI the stack picks, the lab image): major version -> codename.
-# 12 until the lab proves the roles and deploys on 13 (trixie); see README, "Debian release".
+# 13 (trixie): 12 (bookworm) is oldstable under LTS only since June 2026; a stack may still say 12.
 DEBIAN_RELEASES = {12: "bookworm", 13: "trixie"}
-DEFAULT_DEBIAN_RELEASE = 12
+DEFAULT_DEBIAN_RELEASE = 13
 MIN_VOLUME_GB, MAX_VOLUME_GB = 20, 16384  # the Debian AMI's root needs 20 GiB; gp3 ends at 16 TiB
 # A cold embassy only gets archived WAL (archive_timeout); it cannot meet a tighter RPO. The stack says
 # what its cold embassies promise in `cold_rpo_seconds` (default and minimum: this).

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from embassy.lab import lifecycle, network
+from embassy.lab import image, lifecycle, network
 from embassy.lab.hosts import cgroup_dirs
 from embassy.lab.state import MAX_LAB_ID, LabState, Phase, cgroup_name, lab_dir, lab_range, load_state, netns_prefix
 from embassy.lab.system import alive
@@ -84,6 +84,8 @@ def test_status_json_reports_hosts_and_vaults(lab: LabState) -> None:
         [(v.embassy, v.endpoint, True) for v in lab.vaults]
     assert all(h["rss_kib"] > 1024 for h in status["hosts"])
     assert {h["os"] for h in status["hosts"]} == {pretty_name_of_image(lab)}  # each host's own os-release
+    if not os.environ.get(image.SUITE_ENV):  # the stack's default release: every host runs Debian 13
+        assert {h["os"] for h in status["hosts"]} == {"Debian GNU/Linux 13 (trixie)"}
 
 
 def test_status_of_another_stack_says_down(lab: LabState) -> None:

@@ -11,7 +11,8 @@ import pytest
 from embassy.errors import UserError
 from embassy.lab import lifecycle, mirror
 from embassy.lab.state import Phase, in_controller, lab_id_from_env, lab_state, load_state
-from embassy.model import load_stack
+from embassy.model import DEBIAN_RELEASES, load_stack
+from embassy.replication.pgmajor import pg_major
 from tests.lab.conftest import ROOT, STACK
 
 
@@ -105,6 +106,7 @@ def test_pyinfra_inventory_groups_hosts_from_the_state(lab_root: Path, monkeypat
 
 
 def test_mirror_list_holds_what_the_deploys_install() -> None:
-    names = mirror.packages()
-    assert len(names) == len(set(names))
-    assert {"postgresql-15", "pgbackrest", "restic", "lynis", "nftables", "auditd"} <= set(names)
+    for release, suite in DEBIAN_RELEASES.items():  # each release's own PostgreSQL (15 on bookworm, 17 on trixie)
+        names = mirror.packages(suite)
+        assert len(names) == len(set(names))
+        assert {f"postgresql-{pg_major(release)}", "pgbackrest", "restic", "lynis", "nftables", "auditd"} <= set(names)

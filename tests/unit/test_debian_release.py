@@ -68,11 +68,21 @@ def _with(dep: model.Deployment, **values: Any) -> dict[str, Any]:
     return raw
 
 
-def test_rehearsal_stack_defaults_to_bookworm_and_accepts_13() -> None:
+def test_rehearsal_stack_defaults_to_trixie_and_still_accepts_12() -> None:
     dep = model.load_stack("rehearsal", ROOT)
-    assert dep.debian_release == model.DEFAULT_DEBIAN_RELEASE == 12
-    dep13 = model._from_values("rehearsal", _with(dep, debian_release=13), source="test")
-    assert dep13.debian_release == 13
+    assert dep.debian_release == model.DEFAULT_DEBIAN_RELEASE == 13
+    assert image.SUITE == "trixie"
+    # A stack that still says 12 validates, boots bookworm AMIs and builds a bookworm lab.
+    dep12 = model._from_values("rehearsal", _with(dep, debian_release=12), source="test")
+    assert dep12.debian_release == 12
+    assert image.suite_for(dep12.debian_release) == "bookworm"
+    assert ami_name_filter(dep12.debian_release, "amd64") == "debian-12-amd64-*"
+
+
+def test_no_stack_config_pins_an_older_release() -> None:
+    # The default moved to 13: a stack file that still pins 12 would keep a supported-release stack on LTS.
+    for config in sorted(ROOT.glob("Pulumi.*.yaml")):
+        assert "debian_release: 12" not in config.read_text(), config.name
 
 
 @pytest.mark.parametrize("value", [11, 14, "13", True, 13.0])
@@ -99,20 +109,37 @@ def test_ami_name_filter_is_the_debian_cloud_teams_naming() -> None:
         ami_name_filter(14, "amd64")
 
 
-@pytest.mark.usefixtures("pulumi_mocks")
-@pulumi.runtime.test
-def test_the_hosts_boot_the_ami_of_the_stacks_release() -> pulumi.Output[Any]:
+def _hosts_ami(update: dict[str, Any]) -> tuple[pulumi.Output[str], str, str]:
+    """(the first host's AMI, the trixie AMI's id, the bookworm AMI's id) for the rehearsal stack with `update`."""
     # The mocks answer getAmi with an id derived from the name filter: the instance's AMI tells which was asked.
-    dep = model.load_stack("rehearsal", ROOT).model_copy(update={"debian_release": 13})
+    dep = model.load_stack("rehearsal", ROOT).model_copy(update=update)
     emb = dep.embassy("se")
     built = Embassy("se", EmbassyArgs(deployment=dep, embassy=emb, break_glass_external_id=pulumi.Output.secret("x")))
-    expected = "ami-" + _digest(emb.region, "debian-13-amd64-20260101-0000")[:17]
+    trixie = "ami-" + _digest(emb.region, "debian-13-amd64-20260101-0000")[:17]
     bookworm = "ami-" + _digest(emb.region, "debian-12-amd64-20260101-0000")[:17]
+    return built.enclave.hosts[0].ami, trixie, bookworm
 
-    def check(ami: str) -> None:
-        assert ami == expected and ami != bookworm
 
-    return built.enclave.hosts[0].ami.apply(check)
+@pytest.mark.usefixtures("pulumi_mocks")
+@pulumi.runtime.test
+def test_the_hosts_boot_trixie_by_default() -> pulumi.Output[Any]:
+    ami, trixie, bookworm = _hosts_ami({})
+
+    def check(got: str) -> None:
+        assert got == trixie and got != bookworm
+
+    return ami.apply(check)
+
+
+@pytest.mark.usefixtures("pulumi_mocks")
+@pulumi.runtime.test
+def test_a_stack_that_says_12_boots_bookworm() -> pulumi.Output[Any]:
+    ami, trixie, bookworm = _hosts_ami({"debian_release": 12})
+
+    def check(got: str) -> None:
+        assert got == bookworm and got != trixie
+
+    return ami.apply(check)
 
 
 # --------------------------------------------------------------------------- the lab image's suite

@@ -1,7 +1,7 @@
 """The hosts' read-only root: Debian minbase + systemd + sshd, built once and cached.
 
-The release (suite) is the stack's `debian_release` (bookworm by default), or EMBASSY_LAB_DEBIAN to try
-another one in the lab before the stack moves to it. The image is keyed by a hash of its inputs
+The release (suite) is the stack's `debian_release` (trixie by default), or EMBASSY_LAB_DEBIAN to try
+another one in the lab without changing the stack. The image is keyed by a hash of its inputs
 (suite, mirror, packages, this recipe's version) under /var/cache/embassy/image-<hash>/rootfs, built
 under a lock so two labs never build it at once, and reused by every lab and every host (each host boots an overlay over it).
 """
@@ -58,7 +58,7 @@ def debian_mirrors() -> tuple[str, str | None]:
                 main = uri
     if main is None:
         raise LabError("no Debian archive found in /etc/apt/sources.list{,.d}",
-                       "configure apt with a Debian bookworm mirror (the lab image is bootstrapped from it)")
+                       "configure apt with a Debian mirror (the lab image of bookworm or trixie is bootstrapped from it)")
     return main, security
 
 
