@@ -266,19 +266,6 @@ def test_the_custody_bundles_vault_record_names_the_restore_role(dep: Any, outpu
     assert Bundle.model_validate(old).vault.restore_role_arn is None
 
 
-def test_restore_with_shares_on_aws_is_refused_before_anything(tmp_path: Path, outputs: dict[str, Any]) -> None:
-    """Not built yet: `custody init --target aws` seals bundles into the AWS vaults (test_aws_assurance.py), and
-    opening one there with the shares is tested, but what a bundle writes onto the host is a site's pgBackRest
-    configuration (static keys, path style), not what an AWS enclave reads its vault with. Said with a HINT, exit 2,
-    before any share file is read or any outputs, role or host is reached."""
-    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
-    done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "restore", "--stack", "rehearsal", "--embassy", "de",
-                           "--target", "aws", "--outputs", str(tmp_path / "outputs.json"), "--shares",
-                           str(tmp_path / "no-such-sheet.txt")], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == EXIT_USAGE and "--shares is not built for --target aws" in done.stderr
-    assert "HINT:" in done.stderr and "no-such-sheet" not in done.stderr
-
-
 def test_home_on_aws_is_the_operators_ssh_address_never_an_option(dep: Any, outputs: dict[str, Any],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """custody init on AWS signs the headers on home (on premises) at EMBASSY_HOME_HOST: reached with ssh, its host
