@@ -370,3 +370,80 @@ def test_restore_with_shares_on_aws_hands_the_bundles_keys_over_and_writes_none(
     assert [u["generation"] for u in reads if u["tool"] == "pgbackrest"][-1] == 1
     keyed = _no_secret_leaves_the_environment(calls, [*passes[1].values(), *passes[2].values()])
     assert keyed >= 10
+
+
+def test_the_host_role_writes_a_new_restore_test_record_and_nothing_else(world: World, tmp_path: Path) -> None:
+    """Item 3's decision, against moto: the scheduled restore test's record is written by the host itself (it runs
+    there alone) with the stack's host role, which may create an object under restore-tests/ of its own vault and
+    nothing more. The host's own writer (replication.restoretest.record) sends If-None-Match: a second write of the
+    same record is refused by the emulator (412); a write elsewhere, a delete, a retention change are AccessDenied.
+
+    Not shown here: that AWS refuses a put *without* If-None-Match (the Deny `NeverReplaceARecord`) and every put
+    outside restore-tests/ by the Deny `WriteOnlyRestoreTestRecords` (NotResource): moto takes neither as AWS does,
+    so both are left out of what it gets (below); the plan carries them (test_stack_sites.py), EMB-HST-01 requires
+    the first. Outside the prefix, the put is refused here by the Allow's resource alone (no Allow matches)."""
+    from botocore.exceptions import ClientError
+
+    from embassy.replication import restoretest
+
+    from .aws_moto import ACCOUNT, CONTROLLER_USER, _by, with_moto_names
+
+    plan, moto = world.plan, world.moto
+    iam = moto.client("iam", moto.admin)
+    role = _by(plan, "aws:iam/role:Role", f"{EMBASSY}-host")
+    doc = _by(plan, "aws:iam/rolePolicy:RolePolicy", f"{EMBASSY}-host-vault-read")
+    assert role is not None and doc is not None
+    # The instance profile's trust (ec2.amazonaws.com) is played by the controller user, as the key administrators are.
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
+        "AWS": f"arn:aws:iam::{ACCOUNT}:user/{CONTROLLER_USER}"}}]}
+    iam.create_role(RoleName="ie-host-test", AssumeRolePolicyDocument=json.dumps(trust))
+    # Two Deny statements moto cannot take as AWS does (measured with moto 5.2.6): it does not evaluate conditions (the
+    # Deny of a put without If-None-Match would deny every put), and a Deny with NotResource makes it *allow* the put
+    # outside the Allow's resource (a put under manifests/ passed with it, was AccessDenied without it). Both go to
+    # moto left out; what remains (the Allow on restore-tests/* and the Deny of every other write) is the plan's.
+    policy = json.loads(doc["inputs"]["policy"])
+    left_out = [st["Sid"] for st in policy["Statement"] if "Condition" in st or "NotResource" in st]
+    assert left_out == ["WriteOnlyRestoreTestRecords", "NeverReplaceARecord"]
+    policy["Statement"] = [st for st in policy["Statement"] if st["Sid"] not in left_out]
+    iam.put_role_policy(RoleName="ie-host-test", PolicyName="host-vault-read",
+                        PolicyDocument=with_moto_names(json.dumps(policy)))
+    region = plan["outputs"]["embassies"][EMBASSY]["region"]
+    sts = moto.client("sts", moto.controller, region)
+    got = sts.assume_role(RoleArn=f"arn:aws:iam::{ACCOUNT}:role/ie-host-test", RoleSessionName="host")["Credentials"]
+    host = {"access_key_id": got["AccessKeyId"], "secret_access_key": got["SecretAccessKey"],
+            "session_token": got["SessionToken"]}
+    writer = tmp_path / "writer.json"
+    writer.write_text(json.dumps(host))
+    signing = tmp_path / "signing.pem"
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    signing.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    bucket = world.buckets[EMBASSY]
+    config = {"signing_key": str(signing), "vault": {"endpoint": moto.url, "ca_file": moto.ca_file, "region": region,
+                                                      "bucket": bucket, "writer_credentials": str(writer),
+                                                      "create_only": True}}
+    body = {"time": "2026-12-07T20:00:00.000000Z", "passed": True}
+    key = restoretest.record(config, body)
+    assert key.startswith(restoretest.RECORD_PREFIX)
+    operator = moto.client("s3", moto.admin, region)
+    assert operator.get_object(Bucket=bucket, Key=key)["ObjectLockMode"] == "COMPLIANCE"
+    with pytest.raises(ClientError) as again:  # the same record once more: S3 keeps the first, writes no version
+        restoretest.record(config, {**body, "passed": False})
+    assert again.value.response["Error"]["Code"] in ("PreconditionFailed", "412"), again.value.response
+    assert len(operator.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])) == 1
+    s3 = moto.client("s3", host, region)
+
+    def denied(call: Any) -> str:
+        with pytest.raises(ClientError) as exc:
+            call()
+        return str(exc.value.response["Error"]["Code"])
+
+    assert denied(lambda: s3.put_object(Bucket=bucket, Key="manifests/99999999.json", Body=b"{}")) == "AccessDenied"
+    assert denied(lambda: s3.put_object(Bucket=bucket, Key="custody/rehearsal/bundle-v9999.json", Body=b"{}")) \
+        == "AccessDenied"
+    assert denied(lambda: s3.delete_object(Bucket=bucket, Key=key)) == "AccessDenied"
+    assert denied(lambda: s3.put_object_retention(Bucket=bucket, Key=key, Retention={
+        "Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=1)})) == "AccessDenied"
+    assert s3.get_object(Bucket=bucket, Key=manifest.object_key(1))["Body"].read()  # and it reads its vault
