@@ -364,20 +364,23 @@ class AwsDataTarget(AwsTarget):
                     "--", str(h.address), command]
         return self.host_command_argv(host, ["sh", "-c", command])
 
-    def run_on(self, host: Host | str, command: str, *, timeout: float = 120,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run_on(self, host: Host | str, command: str, *, timeout: float = 120, stdin: str | None = None,
+               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """A data-plane command on an embassy host, with a fresh session of the restore role for pgBackRest and
         restic (on the SSM session's input, never in an argv, never on the host's disk): the host's own instance
-        role is not what verify and restore read the vault with. A command with its own input (secrets written
-        to the host) runs as it is."""
+        role is not what verify and restore read the vault with. `env`: more variables exported the same way (a
+        key generation's restore secrets: custody.hostsecrets.keyed). A command with its own input (a file written
+        to the host) runs as it is, without a session: it never gets one, nor `env`."""
         h = self._host(host)
         if stdin is not None or h.embassy is None:
+            if env:
+                raise ValueError(f"{h.name}: secrets are handed only to an embassy host's command without its own input")
             return super().run_on(h, command, timeout=timeout, stdin=stdin)
         argv = self.host_command_argv(h, ["sudo", "sh", "-s"])  # ToolMissing before any STS call
         # The session must outlast the command (pgBackRest cannot renew shared keys): as long as its timeout.
-        env = host_env(self.session(h.embassy, HOST_IDENTITY, valid_for=timeout), pgbackrest_repos=(EMBASSY_REPO,))
-        return subprocess.run(argv, input=vault_script(env, command), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        handed = host_env(self.session(h.embassy, HOST_IDENTITY, valid_for=timeout), pgbackrest_repos=(EMBASSY_REPO,))
+        return subprocess.run(argv, input=vault_script({**handed, **(env or {})}, command), capture_output=True,
+                              text=True, timeout=timeout, check=False)
 
     def run_with_credentials(self, host: Host | str, argv: Sequence[str], *, embassy: str, identity: str = "reader",
                              pgbackrest_repos: Sequence[int] = (1,), user: str = "postgres",

@@ -207,6 +207,24 @@ def _restic_reads(lab: LabState, password: str, folder: str) -> subprocess.Compl
         ssh(lab, "enclave-ie", f"sudo rm -f {scratch}")
 
 
+# Where a restore could leave a key on the host's disk: configuration, the clusters (the scratch one's
+# postgresql.auto.conf too), logs, temporary and spool folders, caches, the restored files, homes.
+HOST_FOLDERS = "/etc /var/lib/postgresql /var/log /var/tmp /tmp /srv /var/spool /var/cache /var/lib/pgbackrest /root /home"
+
+
+def _secrets_left_on_host(lab: LabState, host: str, values: list[str]) -> tuple[list[str], str]:
+    """The files under HOST_FOLDERS holding any of `values`, and whether the scratch postmaster's environment holds
+    one ("0" no, "1" yes, "" no postmaster); the values go on grep's input (-f /dev/stdin), never in an argv."""
+    lock = f"/var/run/postgresql/.s.PGSQL.{SCRATCH_PORT}.lock"
+    patterns = "\n".join(values) + "\n"
+    files = subprocess.run(lab.ssh_argv(host, f"sudo grep -rlF -f /dev/stdin {HOST_FOLDERS} 2>/dev/null; true"),
+                           input=patterns, capture_output=True, text=True, timeout=300)
+    environ = subprocess.run(lab.ssh_argv(host, f"pid=$(sudo head -1 {lock} 2>/dev/null) && [ -n \"$pid\" ] && "
+                                                f"sudo grep -caF -f /dev/stdin /proc/$pid/environ; true"),
+                             input=patterns, capture_output=True, text=True, timeout=60)
+    return files.stdout.split(), environ.stdout.strip()
+
+
 def _restore_with_shares(lab: LabState, v2: Path, *extra: str) -> tuple[float, dict[str, Any], str]:
     start = time.monotonic()
     done = subprocess.run(
@@ -285,6 +303,11 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     conf = ssh(lab, "enclave-ie", f"sudo cat {PGBACKREST_CONF}").stdout
     assert "cipher-pass" not in conf
 
+    # Before the restore: where the old generation's keys are on the host's disk (nowhere, unless the rotation left
+    # them: then that is printed, and the restore must add none).
+    before, _ = _secrets_left_on_host(lab, "enclave-ie", [old_pass, old_restic])
+    print(f"old generation's keys on enclave-ie's disk before the restore: {before or 'none'}")
+
     # K-1 sheets: refused, naming what is missing; nothing is restored.
     one = embassy_cli(lab, "restore", "--stack", STACK, "--embassy", "ie", "--shares", str(v2 / "official-2.txt"))
     assert one.returncode == 2, one.stderr
@@ -315,6 +338,13 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     assert any(s["step"].startswith(f"key generation {old_generation}:") for s in out["steps"]), out["steps"]
     rows = _psql(lab, "enclave-ie", "SELECT string_agg(id::text, ',' ORDER BY id) FROM custody_probe", port=SCRATCH_PORT)
     assert rows == "1,2,3,4,5"
+    # The old generation's keys reached pgBackRest and restic only in their environment: on no file of the host
+    # (the host nation reads its disks), and no longer in the open cluster's postmaster (restarted without them).
+    left, in_postmaster = _secrets_left_on_host(lab, "enclave-ie", [old_pass, old_restic])
+    assert sorted(set(left) - set(before)) == [], f"the old generation's keys written to enclave-ie's disk: {left}"
+    assert in_postmaster == "0", f"the scratch postmaster's environment: {in_postmaster!r}"
+    assert any(s["step"].startswith("restart the restored cluster without") for s in out["steps"]), out["steps"]
+    assert not any(s["step"].startswith("write key generation") for s in out["steps"]), out["steps"]
     # The controller still holds no restore secret; the host's come from the bundle: the newest generation's again.
     assert not list(folder.glob("pgbackrest-*.pass")) and not list(folder.glob("restic-*.pass"))
     conf = ssh(lab, "enclave-ie", f"sudo cat {PGBACKREST_CONF}").stdout

@@ -266,19 +266,6 @@ def test_the_custody_bundles_vault_record_names_the_restore_role(dep: Any, outpu
     assert Bundle.model_validate(old).vault.restore_role_arn is None
 
 
-def test_restore_with_shares_on_aws_is_refused_before_anything(tmp_path: Path, outputs: dict[str, Any]) -> None:
-    """Not built yet: `custody init --target aws` seals bundles into the AWS vaults (test_aws_assurance.py), and
-    opening one there with the shares is tested, but what a bundle writes onto the host is a site's pgBackRest
-    configuration (static keys, path style), not what an AWS enclave reads its vault with. Said with a HINT, exit 2,
-    before any share file is read or any outputs, role or host is reached."""
-    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
-    done = subprocess.run([str(ROOT / ".venv/bin/embassy"), "restore", "--stack", "rehearsal", "--embassy", "de",
-                           "--target", "aws", "--outputs", str(tmp_path / "outputs.json"), "--shares",
-                           str(tmp_path / "no-such-sheet.txt")], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == EXIT_USAGE and "--shares is not built for --target aws" in done.stderr
-    assert "HINT:" in done.stderr and "no-such-sheet" not in done.stderr
-
-
 def test_home_on_aws_is_the_operators_ssh_address_never_an_option(dep: Any, outputs: dict[str, Any],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """custody init on AWS signs the headers on home (on premises) at EMBASSY_HOME_HOST: reached with ssh, its host
@@ -297,3 +284,68 @@ def test_home_on_aws_is_the_operators_ssh_address_never_an_option(dep: Any, outp
         with pytest.raises(OptionInvalid) as refused:
             target.home_host()
         assert refused.value.code == EXIT_USAGE and "HINT" in refused.value.render()
+
+
+def test_restic_on_the_host_takes_a_handed_password_and_folder_over_its_files(tmp_path: Path) -> None:
+    """A key generation handed over in the environment (custody.hostsecrets.restore_env): the wrapper's password
+    file is dropped (restic reads a password file before RESTIC_PASSWORD) and the folder is the generation's;
+    without them, the env file's as before. restic is a stand-in printing what it was given."""
+    from embassy.replication import dataplane
+
+    (tmp_path / "de.env").write_text(f"RESTIC_BASE=s3:https://vault/b/restic-g2\nRESTIC_PASSWORD_FILE={tmp_path}/de.pass\n"
+                                     "RESTIC_CACERT=/ca\nAWS_ACCESS_KEY_ID=K\nAWS_SECRET_ACCESS_KEY=S\n"
+                                     "AWS_DEFAULT_REGION=eu-central-1\n")
+    wrapper = tmp_path / "embassy-restic"
+    wrapper.write_text(dataplane.script("embassy-restic").replace("/etc/embassy/restic/", f"{tmp_path}/"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "restic").write_text('#!/bin/sh\nprintf "%s|%s|%s" "${RESTIC_PASSWORD_FILE:-nofile}" '
+                                    '"${RESTIC_PASSWORD:-none}" "$2"\n')
+    (bin_dir / "restic").chmod(0o755)
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    plain = subprocess.run(["sh", str(wrapper), "de", "court-files", "snapshots"], capture_output=True, text=True,
+                           timeout=10, env=path)
+    assert plain.stdout == f"{tmp_path}/de.pass|none|s3:https://vault/b/restic-g2/court-files", plain.stderr
+    handed = subprocess.run(["sh", str(wrapper), "de", "court-files", "snapshots"], capture_output=True, text=True,
+                            timeout=10, env={**path, "RESTIC_PASSWORD": "generation-1-password",
+                                             "EMBASSY_RESTIC_FOLDER": "restic"})
+    assert handed.stdout == "nofile|generation-1-password|s3:https://vault/b/restic/court-files", handed.stderr
+
+
+def test_a_keyed_target_hands_the_keys_on_the_input_and_sudo_keeps_them(dep: Any) -> None:
+    """The lab's and a site's way (hostsecrets.keyed over SSH): `sudo sh -s`, the keys exported on its input. Run by a
+    real shell here (the target's run_on is this machine's `sh`, with `sudo` a stand-in that, as the real one, would
+    reset the environment): the command's `sudo …` still sees them (the script's own `sudo` runs it as it is), no
+    argv holds them, a command with its own input gets none."""
+    from types import SimpleNamespace
+
+    from embassy.custody import hostsecrets
+    from embassy.replication.secrets import Vault
+    from embassy.targets import Host, Role
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Local(SimpleNamespace):
+        kind = "site"
+
+        def _host(self, host: Any) -> Any:
+            return host
+
+        def run_on(self, host: Any, command: str, *, timeout: float = 120,
+                   stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            seen.append((command, stdin))
+            argv = ["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", command.replace("sudo ", "", 1)]
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+    vault = Vault(embassy="ie", dns_name="v", port=443, bucket="b", ca_file="", access_key="", secret_key="")
+    keys = hostsecrets.Keys(1, vault, "", "pg-pass-1", "restic-pass-1")
+    target = hostsecrets.keyed(Local(), keys)  # type: ignore[type-var]
+    host = Host("enclave-ie", Role.EMBASSY, "ie")
+    done = target.run_on(host, 'sudo sh -c \'echo "$PGBACKREST_REPO1_PATH|$PGBACKREST_REPO1_CIPHER_PASS|'
+                               '$EMBASSY_RESTIC_FOLDER|$RESTIC_PASSWORD"\'')
+    assert done.stdout.strip() == "/pgbackrest|pg-pass-1|restic|restic-pass-1", done.stderr
+    command, script = seen[-1]
+    assert command == "sudo sh -s" and script is not None and "pg-pass-1" not in command
+    assert "pg-pass-1" not in script.split("\n{\n", 1)[1]  # only on the export lines
+    written = target.run_on(host, "cat", stdin="data")
+    assert written.stdout == "data" and seen[-1] == ("cat", "data")

@@ -161,8 +161,9 @@ class _InfoSession:
     def __init__(self, stdout: str) -> None:
         self.stdout = stdout
 
-    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        assert "pgbackrest" in command and "info" in command
+    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None,
+           keyed: bool = False) -> subprocess.CompletedProcess[str]:
+        assert "pgbackrest" in command and "info" in command and keyed  # a generation handed over reaches it
         return subprocess.CompletedProcess(command, 0, self.stdout, "")
 
 

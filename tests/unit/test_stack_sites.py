@@ -46,19 +46,33 @@ def dep() -> model.Deployment:
     return model.load_stack("rehearsal", ROOT)
 
 
-def test_the_host_role_reads_its_own_vault_and_nothing_more(rehearsal_plan: Plan, dep: model.Deployment) -> None:
+def test_the_host_role_reads_its_own_vault_and_writes_only_new_restore_test_records(rehearsal_plan: Plan,
+                                                                                   dep: model.Deployment) -> None:
+    """The host's one write (item 3 of issue 24's last part): its scheduled restore test's record, a new object under
+    restore-tests/ of its own vault. Every other write, delete and lock change is denied; a put without If-None-Match
+    (a new version of an existing record: a failing record replaced by a passing one) is denied."""
     for emb in dep.embassies:
         out = rehearsal_plan["outputs"]["embassies"][emb.name]
         vault = [out["vault_arn"], f"{out['vault_arn']}/*"]
-        allows = [s for s in policy(rehearsal_plan, f"{emb.name}-host-vault-read")["Statement"] if s["Effect"] == "Allow"]
-        denies = [s for s in policy(rehearsal_plan, f"{emb.name}-host-vault-read")["Statement"] if s["Effect"] == "Deny"]
-        s3 = [s for s in allows if any(a.startswith("s3:") for a in s["Action"])]
-        assert len(s3) == 1 and set(s3[0]["Action"]) == set(READ_ACTIONS) and s3[0]["Resource"] == vault
-        (kms,) = [s for s in allows if s not in s3]
-        assert set(kms["Action"]) == {"kms:Decrypt", "kms:DescribeKey"} and kms["Resource"] == out["key_arn"]
-        assert set(WRITES) <= set(denies[0]["Action"]) == set(HOST_DENIED) and denies[0]["Resource"] == vault
+        records = f"{out['vault_arn']}/restore-tests/*"
+        statements = {s["Sid"]: s for s in policy(rehearsal_plan, f"{emb.name}-host-vault-read")["Statement"]}
+        assert set(statements) == {"ReadOwnVault", "RecordRestoreTests", "DecryptWithEmbassyKey",
+                                   "NeverWriteDeleteOrUnlock", "WriteOnlyRestoreTestRecords", "NeverReplaceARecord"}
+        read, write = statements["ReadOwnVault"], statements["RecordRestoreTests"]
+        assert set(read["Action"]) == set(READ_ACTIONS) and read["Resource"] == vault
+        assert (write["Effect"], write["Action"], write["Resource"]) == ("Allow", ["s3:PutObject"], records)
+        kms = statements["DecryptWithEmbassyKey"]
+        assert set(kms["Action"]) == {"kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"}
+        assert kms["Resource"] == out["key_arn"]
+        deny = statements["NeverWriteDeleteOrUnlock"]
+        assert set(WRITES) - {"s3:PutObject"} <= set(deny["Action"]) == set(HOST_DENIED) and deny["Resource"] == vault
+        elsewhere = statements["WriteOnlyRestoreTestRecords"]
+        assert (elsewhere["Effect"], elsewhere["Action"], elsewhere["NotResource"]) == ("Deny", ["s3:PutObject"], records)
+        replace = statements["NeverReplaceARecord"]
+        assert (replace["Effect"], replace["Action"], replace["Resource"]) == ("Deny", ["s3:PutObject"], records)
+        assert replace["Condition"] == {"Null": {"s3:if-none-match": "true"}}
         grant = of(rehearsal_plan, "aws:kms/grant:Grant", f"{emb.name}-host-decrypt")["inputs"]
-        assert grant["operations"] == ["Decrypt", "DescribeKey"] and grant["keyId"] == out["key_arn"]
+        assert grant["operations"] == ["Decrypt", "DescribeKey", "GenerateDataKey"] and grant["keyId"] == out["key_arn"]
         host_role = of(rehearsal_plan, "aws:iam/role:Role", f"{emb.name}-host")
         assert grant["granteePrincipal"].split("/")[-1].startswith(f"{emb.name}-host-")
         assert host_role["inputs"]["tags"] == {"data-embassy:role": "host"}
@@ -134,6 +148,21 @@ HOST_WIDENED: dict[str, tuple[dict[str, Any], str]] = {
                   "s3:PutObjectRetention"),
     "encrypting with the key": ({"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*"}, "kms:Encrypt"),
     "NotAction": ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}, "NotAction"),
+    # Broader than the one write the control accepts (s3:PutObject on restore-tests/* of its own vault, create only):
+    "a write anywhere in its own vault": ({"Effect": "Allow", "Action": "s3:PutObject", "Resource": "{vault}/*"},
+                                          "s3:PutObject"),
+    "a wider prefix": ({"Effect": "Allow", "Action": "s3:PutObject", "Resource": "{vault}/restore-tests*"},
+                       "s3:PutObject"),
+    "a prefix with a wildcard inside": ({"Effect": "Allow", "Action": "s3:PutObject",
+                                         "Resource": "{vault}/restore-tests/*/../manifests/*"}, "s3:PutObject"),
+    "any put on the records": ({"Effect": "Allow", "Action": "s3:Put*", "Resource": "{vault}/restore-tests/*"},
+                               "s3:Put*"),
+    "deleting a record": ({"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": "{vault}/restore-tests/*"},
+                          "s3:DeleteObject"),
+    "unlocking a record": ({"Effect": "Allow", "Action": "s3:PutObjectRetention", "Resource": "{vault}/restore-tests/*"},
+                           "s3:PutObjectRetention"),
+    "another embassy's records": ({"Effect": "Allow", "Action": "s3:PutObject",
+                                   "Resource": "arn:aws:s3:::se-vault-1/restore-tests/*"}, "its own vault only"),
 }
 
 
@@ -141,7 +170,8 @@ HOST_WIDENED: dict[str, tuple[dict[str, Any], str]] = {
 def test_a_widened_host_role_is_named(rehearsal_plan: Plan, case: str) -> None:
     plan = copy.deepcopy(rehearsal_plan)
     statement, words = HOST_WIDENED[case]
-    _append(plan, "de-host-vault-read", statement)
+    vault = plan["outputs"]["embassies"]["de"]["vault_arn"]
+    _append(plan, "de-host-vault-read", json.loads(json.dumps(statement).replace("{vault}", vault)))
     hits = findings(plan, "EMB-HST-01")
     assert any(words in h and "de-host-vault-read" in h for h in hits), hits
 
@@ -171,3 +201,28 @@ def test_custody_writing_outside_its_prefix_is_named(rehearsal_plan: Plan, state
     _append(plan, "de-custody-vault", statement)
     hits = findings(plan, "EMB-CUS-01")
     assert any("de-custody-vault" in h and "custody/rehearsal/" in h for h in hits), hits
+
+
+def test_a_record_write_that_may_replace_a_record_is_named(rehearsal_plan: Plan) -> None:
+    """The host nation wants to overwrite a failing record with a passing one (a new version of its key: the locks
+    keep the old one, but a reader takes the newest): without the Deny on a put lacking If-None-Match, or with that
+    Deny weakened (another condition, a narrower resource), the control names the record grant."""
+    weakened: dict[str, dict[str, Any] | None] = {
+        "no guard": None,
+        "another header": {"Condition": {"Null": {"s3:if-match": "true"}}},
+        "a second condition": {"Condition": {"Null": {"s3:if-none-match": "true"},
+                                             "Bool": {"aws:SecureTransport": "true"}}},
+        "a narrower resource": {"Resource": "{vault}/restore-tests/2026*"},
+    }
+    for case, change in weakened.items():
+        plan = copy.deepcopy(rehearsal_plan)
+        rec = of(plan, "aws:iam/rolePolicy:RolePolicy", "de-host-vault-read")
+        doc = json.loads(rec["inputs"]["policy"])
+        guard = next(st for st in doc["Statement"] if st["Sid"] == "NeverReplaceARecord")
+        doc["Statement"].remove(guard)
+        if change is not None:
+            vault = plan["outputs"]["embassies"]["de"]["vault_arn"]
+            doc["Statement"].append({**guard, **json.loads(json.dumps(change).replace("{vault}", vault))})
+        rec["inputs"]["policy"] = json.dumps(doc)
+        hits = findings(plan, "EMB-HST-01")
+        assert any("replace a restore-test record" in h and "de-host-vault-read" in h for h in hits), (case, hits)

@@ -69,12 +69,6 @@ def restore(
 
     try:
         when = lib.parse_time(target_time) if target_time else None
-        if shares and target_kind == "aws":
-            # custody init seals bundles on the lab only today, and the host's pgBackRest config that a bundle
-            # writes is a site's (static keys, path style): not what an AWS enclave reads its vault with.
-            raise OptionInvalid("restore --shares is not built for --target aws yet",
-                                "restore without --shares: the enclave host keeps the restore secrets its deploy "
-                                "wrote, and the vault is read with the stack's restore role")
         custody_shares = _shares(dep.stack, shares, share_files or [])  # a mistyped share is named before any lab
         if target_kind not in ("lab", "site", "aws"):
             raise OptionInvalid(f"restore reaches hosts and vaults through --target lab, site or aws, not "

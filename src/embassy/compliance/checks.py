@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
@@ -997,7 +998,13 @@ def protected(res: Resource, ctx: Context) -> Iterator[str]:
 HOST_READ = frozenset(a.lower() for a in ("s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions",
                                           "s3:GetBucketLocation", "s3:GetObjectRetention",
                                           "s3:GetBucketObjectLockConfiguration"))
-HOST_KMS = frozenset({"kms:decrypt", "kms:describekey"})
+# GenerateDataKey: the restore test's record, which the bucket's default SSE-KMS encrypts under the embassy's key.
+HOST_KMS = frozenset({"kms:decrypt", "kms:describekey", "kms:generatedatakey"})
+# The host's one write: its scheduled restore test's record, a new object under restore-tests/ of its own vault
+# (exactly that prefix, nothing under it named otherwise), never replacing one (a Deny without If-None-Match).
+HOST_RECORD = "s3:putobject"
+HOST_RECORDS = re.compile(r"arn:aws[a-z-]*:s3:::(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/restore-tests/\*")
+CREATE_ONLY = "s3:if-none-match"
 HOST_MANAGED = ("AmazonSSMManagedInstanceCore",)  # SSM Session Manager: how hosts are reached without inbound SSH
 S3_WRITES = ("s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:RestoreObject")
 
@@ -1024,6 +1031,22 @@ def _host_buckets(role: Resource, ctx: Context) -> set[str]:
     return found
 
 
+def _create_only(doc: dict[str, Any] | None, resource: str) -> bool:
+    """Whether the policy denies s3:PutObject on `resource` unless the request says If-None-Match (create only)."""
+    for st in statements(doc):
+        if st.get("Effect") != "Deny" or "NotAction" in st or "NotResource" in st:
+            continue
+        if not any(_action_covers(str(a), "s3:PutObject") for a in as_list(st.get("Action"))):
+            continue
+        if not any(fnmatch.fnmatchcase(resource, str(r)) for r in as_list(st.get("Resource"))):
+            continue
+        null = (st.get("Condition") or {}).get("Null") or {}
+        if isinstance(null, dict) and str(next((v for k, v in null.items() if k.lower() == CREATE_ONLY), "")).lower() \
+                == "true" and len(st.get("Condition") or {}) == 1 and len(null) == 1:
+            return True
+    return False
+
+
 @check("EMB-HST-01")
 def host_reads_own_vault_only(res: Resource, ctx: Context) -> Iterator[str]:
     if res.type == ROLE or not _of_role(res, ctx, "host"):
@@ -1034,13 +1057,21 @@ def host_reads_own_vault_only(res: Resource, ctx: Context) -> Iterator[str]:
             yield f"{res.name} attaches {managed or ref(res.inputs, 'policyArn', '?')} to the host role: SSM only"
         return
     reaches_s3 = False
-    for actions, _resources, negated in _allowed(policy_document(res.inputs.get("policy"), "policy")):
+    doc = policy_document(res.inputs.get("policy"), "policy")
+    for actions, resources, negated in _allowed(doc):
         if negated:
             yield f"{res.name} allows the host role everything but {', '.join(actions)} (NotAction)"
             continue
         lowered = [a.lower() for a in actions]
+        records = bool(resources) and all(HOST_RECORDS.fullmatch(r) for r in resources)
         extra = [a for a, low in zip(actions, lowered, strict=True)
-                 if (low.startswith("s3:") or low == "*") and low not in HOST_READ]
+                 if (low.startswith("s3:") or low == "*") and low not in HOST_READ
+                 and not (low == HOST_RECORD and records)]
+        if records and HOST_RECORD in lowered:
+            unguarded = [r for r in resources if not _create_only(doc, r)]
+            if unguarded:
+                yield (f"{res.name} lets the host role replace a restore-test record at {', '.join(unguarded)}: deny "
+                       f"s3:PutObject there unless {CREATE_ONLY} is given (a new object only)")
         extra += [a for a, low in zip(actions, lowered, strict=True) if low.startswith("kms:") and low not in HOST_KMS]
         if extra:
             yield f"{res.name} allows the host role {', '.join(extra)}: it reads its own vault, never more"

@@ -1,18 +1,28 @@
-"""Restore secrets on an embassy host, from an opened bundle or, for a plain restore, the controller's folder.
+"""Restore secrets for an embassy host, from an opened bundle or, for a plain restore, the controller's folder.
 
-What the embassy deploy (replication/deploy_embassy.py) writes there, rendered by the same functions
-from one key generation's values: pgBackRest's config (its vault, read-only identity, repo path,
-cipher passphrase) and restic's password and environment (the generation's repositories). A restore
-writes the generation its manifest names (`keyring`), and the newest one back afterwards. `withdraw`
-removes them from the host and the controller: a drill then proves that a restore needs nothing but
+Two ways they reach the host's tools:
+- `keyed(target, keys)`: in the environment of each pgBackRest or restic command that needs them, and nowhere
+  else. The variables (`restore_env`: PGBACKREST_REPO1_PATH/_CIPHER_TYPE/_CIPHER_PASS, RESTIC_PASSWORD and
+  EMBASSY_RESTIC_FOLDER for the embassy-restic wrapper) travel on the SSH (or SSM) session's standard input as
+  `export` lines read by `sudo sh -s` (aws_target.vault_script), never in an argv, never in a file on the host:
+  pgBackRest and restic take them over their configuration files. A restore to a point of another key
+  generation than the host's files hold uses this on every target; on AWS, a restore with the officials'
+  shares uses it for every generation (the host's disk is the host nation's: no key is written there).
+- `write`/`apply`: files as the deploy makes them (pgBackRest's config, restic's password and environment).
+  Only `--shares` on the lab or a site writes them, the bundle's newest generation, putting the host back
+  as its deploy left it (there the deploy keeps the vault identity and the passphrase on the host's disk anyway).
+`withdraw` removes them from the host and the controller: a drill then proves that a restore needs nothing but
 the officials' shares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from embassy import model, vaultaccess
@@ -38,7 +48,68 @@ class Keys:
     restic: str | None
 
 
-Keyring = Callable[[int], Keys]  # key generation -> its secrets
+@dataclass(frozen=True)
+class Keyring:
+    """Each key generation's restore secrets of one embassy (`keyring(generation)`).
+
+    hand_over: the generation whose secrets every command of the restore gets in its environment, the head's
+    verify included, because the host's files hold none (AWS with the officials' shares: the bundle's newest
+    generation); None where the host's files hold the head's generation (its deploy, or `apply`)."""
+
+    keys: Callable[[int], Keys]
+    hand_over: int | None = None
+
+    def __call__(self, generation: int) -> Keys:
+        return self.keys(generation)
+
+
+def restore_env(keys: Keys, repo: int = 1) -> dict[str, str]:
+    """The environment in which pgBackRest (repo `repo`) and restic read one key generation's repositories with its
+    secrets, over what the host's files say (pgBackRest: environment over its config file; embassy-restic: a
+    handed RESTIC_PASSWORD over its env file's password file, EMBASSY_RESTIC_FOLDER over its repository folder)."""
+    env: dict[str, str] = {}
+    if keys.pgbackrest is not None:
+        env[f"PGBACKREST_REPO{repo}_PATH"] = dataplane.pgbackrest_path(keys.generation)
+        env[f"PGBACKREST_REPO{repo}_CIPHER_TYPE"] = "aes-256-cbc"
+        env[f"PGBACKREST_REPO{repo}_CIPHER_PASS"] = keys.pgbackrest
+    if keys.restic is not None:
+        env["EMBASSY_RESTIC_FOLDER"] = dataplane.restic_base(keys.generation)
+        env["RESTIC_PASSWORD"] = keys.restic
+    return env
+
+
+def run_with_env(target: Target, host: Host, command: str, env: Mapping[str, str], *,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`command` (a fixed string of the suite's) on the host with `env` exported for it: on the session's input as
+    `sudo sh -s` reads it (never an argv, never a file). On AWS, in the same script as the restore role's session."""
+    from embassy.aws_target import AwsDataTarget, vault_script
+
+    if isinstance(target, AwsDataTarget):
+        return target.run_on(host, command, timeout=timeout, env=env)
+    return target.run_on(host, "sudo sh -s", timeout=timeout, stdin=vault_script(env, command))
+
+
+T = TypeVar("T", bound=Target)
+
+
+def keyed(target: T, keys: Keys | None) -> T:
+    """The target whose commands on its hosts run with one key generation's secrets in their environment
+    (`restore_env`); a command with its own input (a file written) runs as it is, without them. Everything else
+    (hosts, vaults, sessions) is the target's own: a shallow copy whose `run_on` is replaced. None: the target."""
+    if keys is None:
+        return target
+    env = restore_env(keys)
+    twin = copy.copy(target)
+
+    def run_on(host: Host | str, command: str, *, timeout: float = 120,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        h = target._host(host)
+        if stdin is not None:
+            return target.run_on(h, command, timeout=timeout, stdin=stdin)
+        return run_with_env(target, h, command, env, timeout=timeout)
+
+    twin.run_on = run_on  # type: ignore[method-assign]
+    return twin
 
 
 def vault_of(bundle: Bundle) -> Vault:
@@ -119,7 +190,12 @@ def _install(target: Target, host: Host, path: str, text: str, owner: str, mode:
 
 
 def write(target: Target, host: Host, keys: Keys) -> None:
-    """Write one key generation's restore secrets where the restore tools read them (files as the deploy makes them)."""
+    """Write one key generation's restore secrets where the restore tools read them (files as the deploy makes them).
+
+    Only for the lab and a site (`apply`): on AWS no key is written to the host's disk (`keyed` instead)."""
+    if target.kind == "aws":
+        raise RestoreFailed(f"{host.name}: restore secrets are never written to an AWS enclave's disk",
+                            "this is a bug of the caller: hand them over with hostsecrets.keyed")
     if keys.pgbackrest is not None:
         _install(target, host, dataplane.PGBACKREST_CA, keys.ca_pem, "postgres", "644")
         repo = Repo(1, keys.vault, keys.pgbackrest, dataplane.pgbackrest_path(keys.generation))

@@ -157,19 +157,31 @@ def scratch_dir(pg: pgmajor.Postgres) -> str:
 
 
 class Session:
-    """The embassy host, reached through the target: shell commands, each a step with its time."""
+    """The embassy host, reached through the target: shell commands, each a step with its time.
+
+    keys: the key generation's restore secrets the restore hands over (None: the host's own files hold the
+    generation restored). Only the commands that run pgBackRest or restic (`keyed=True`) get them, in their
+    environment on the session's input (hostsecrets.keyed): never in an argv, never written to the host's disk."""
 
     def __init__(self, target: Target, host: Host, outcome: Outcome, say: Say) -> None:
         self.target, self.host, self.outcome, self.say = target, host, outcome, say
+        self.keys: hostsecrets.Keys | None = None
 
-    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    @property
+    def keyed_target(self) -> Target:
+        return hostsecrets.keyed(self.target, self.keys)
+
+    def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None,
+           keyed: bool = False) -> subprocess.CompletedProcess[str]:
+        target = self.keyed_target if keyed else self.target
         try:
-            return self.target.run_on(self.host, command, timeout=timeout, stdin=stdin)
+            return target.run_on(self.host, command, timeout=timeout, stdin=stdin)
         except subprocess.TimeoutExpired:
             raise RestoreFailed(f"{self.host.name}: no answer in {timeout:.0f} s to `{command[:120]}`") from None
 
-    def must(self, command: str, what: str, *, timeout: float = 600, stdin: str | None = None) -> str:
-        done = self.sh(command, timeout=timeout, stdin=stdin)
+    def must(self, command: str, what: str, *, timeout: float = 600, stdin: str | None = None,
+             keyed: bool = False) -> str:
+        done = self.sh(command, timeout=timeout, stdin=stdin, keyed=keyed)
         if done.returncode != 0:
             raise RestoreFailed(f"{self.host.name}: {what} failed: {(done.stderr or done.stdout).strip()[-600:]}")
         return done.stdout
@@ -249,7 +261,9 @@ def restore(dep: model.Deployment, target: Target, embassy: str, *, target_time:
 
     keyring: each key generation's restore secrets (the custody bundle's, or the controller's); a manifest
     of an older generation than the head (a point in time before a `custody rotate`) is restored with
-    its generation's secrets, then the head's are written back. Without it, the host's are used as they are.
+    its generation's secrets, handed to pgBackRest and restic in their environment (nothing is written to the
+    host: its files keep the head's generation). With `keyring.hand_over` (AWS with the officials' shares), every
+    generation's secrets are handed over so, the head's verify included. Without a keyring, the host's are used.
     Never raises for what the restore meets (the Outcome's `error` names it); raises only on bad input.
     """
     hosts = target.embassy_hosts(embassy)  # EmbassyUnknown for a name the stack does not declare
@@ -278,6 +292,9 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
     vault_first = s.target.kind == "aws"
     if not vault_first:
         _reach(s)
+    # The host holds no key of its own (AWS with the officials' shares): the head's verify gets the bundle's.
+    hand_over = keyring.hand_over if keyring is not None else None
+    s.keys = keyring(hand_over) if keyring is not None and hand_over is not None else None
     # The host's PostgreSQL major (a read-only query every path depends on), asked while the vault is verified.
     # A failure there is not cached: asked again where it is first needed, its error is raised there.
     with ThreadPoolExecutor(1) as pool:
@@ -289,26 +306,25 @@ def _run(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.
         generation, newest = manifest_generation(out.manifest.body), manifest_generation(out.chain_head.body)
     except ValueError as exc:
         raise ManifestInvalid(f"{out.manifest.key}: {exc}") from None
-    if generation == newest:
+    if generation == newest and hand_over is None:
         _restore(dep, s, emb, target_time, from_vault)
         return
     if keyring is None:
         raise RestoreFailed(f"{out.manifest.key} names key generation {generation}; {s.host.name} holds generation "
                             f"{newest}'s secrets", "restore with the custody bundle (--shares) or with the controller's "
                                                    "secrets (`embassy restore` without --shares)")
-    use_generation(s, keyring(generation), out.manifest)
-    try:
-        _restore(dep, s, emb, target_time, from_vault)
-    finally:
-        with s.step(f"write key generation {newest}'s secrets back (new backups' repositories)"):
-            hostsecrets.write(s.target, s.host, keyring(newest))
+    if generation != (hand_over if hand_over is not None else newest):
+        use_generation(s, keyring(generation), out.manifest)
+    # Every pgBackRest and restic command of the restore gets that generation's secrets in its environment only.
+    s.keys = keyring(generation)
+    _restore(dep, s, emb, target_time, from_vault)
 
 
 def _verify_vault(dep: model.Deployment, s: Session, emb: model.Embassy, target_time: dt.datetime | None,
                   vault_first: bool) -> None:
     out = s.outcome
     with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
-        result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
+        result = vault_verify.verify(dep, s.keyed_target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
                                      bundle_round=out.bundle_round, before_host=(lambda: _reach(s)) if vault_first
                                      else None)
         out.verification = result
@@ -335,13 +351,15 @@ def _reach(s: Session) -> None:
 
 
 def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None:
-    """The host reads the chosen manifest's key generation, whose repositories are verified first."""
-    with s.step(f"key generation {keys.generation}: its secrets to {s.host.name}, verify its repositories"):
-        hostsecrets.write(s.target, s.host, keys)
+    """The chosen manifest's key generation: its repositories verified with its secrets, handed to pgBackRest and
+    restic in their environment (nothing written to the host)."""
+    with s.step(f"key generation {keys.generation}: its secrets handed to {s.host.name}'s pgBackRest and restic "
+                "(environment only), verify its repositories"):
+        keyed = hostsecrets.keyed(s.target, keys)
         result = vault_verify.Result(s.outcome.embassy)
-        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result)
+        vault_verify.check_pgbackrest(keyed, s.outcome.embassy, chosen, result)
         if result.intact:
-            vault_verify.check_restic(s.target, s.outcome.embassy, chosen, result, full=False)
+            vault_verify.check_restic(keyed, s.outcome.embassy, chosen, result, full=False)
         if s.outcome.verification:
             s.outcome.verification.checked += result.checked
         if not result.intact:
@@ -459,7 +477,7 @@ def count_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[str
         scratch = f"{s.scratch}.wal"
         fetch = " && ".join(f"pgbackrest --stanza=home archive-get {seg} {scratch}/{seg}" for seg in segments)
         s.sh(f"sudo rm -rf {scratch} && sudo install -d -o postgres -g postgres -m 700 {scratch} && "
-             f"sudo runuser -u postgres -- sh -c {shlex.quote(fetch)}", timeout=600)
+             f"sudo runuser -u postgres -- sh -c {shlex.quote(fetch)}", timeout=600, keyed=True)
         done = s.sh(f"sudo runuser -u postgres -- {s.pg.bin}/pg_waldump -p {scratch} -t {timeline} "
                     f"-s {standby.lsn_text(first)}; sudo rm -rf {scratch}", timeout=600)
         found = standby.commits(done.stdout)
@@ -645,10 +663,13 @@ def _write(s: Session, path: str, text: str) -> None:
     s.must(f"sudo install -o postgres -g postgres -m 600 /dev/stdin {path}", f"write {path}", stdin=text)
 
 
-def _pg_ctl(s: Session, action: str, timeout: int = 600) -> None:
+def _pg_ctl(s: Session, action: str, timeout: int = 600, *, bare: bool = False) -> None:
+    """pg_ctl on the scratch cluster. Its postmaster runs pgBackRest's archive-get (restore_command) while it
+    recovers, so it starts with the restore's keys in its environment (and, on AWS, the restore role's session);
+    `bare`: with neither (a command with its own, empty, input goes without a session)."""
     log = f"{s.scratch}.log"
     s.must(f"sudo runuser -u postgres -- {s.pg.bin}/pg_ctl -D {s.scratch} -l {log} -w -t {timeout} -m fast {action}",
-           f"pg_ctl {action} (log: {log})", timeout=timeout + 30)
+           f"pg_ctl {action} (log: {log})", timeout=timeout + 30, keyed=not bare, stdin="" if bare else None)
 
 
 def _wait(s: Session, sql: str, want: str, what: str, timeout: float = 600) -> str:
@@ -668,7 +689,7 @@ def _backup_set_before(s: Session, lsn: int) -> str:
     """` --set=LABEL`: the newest backup consistent at or before `lsn`. A backup that ran while a round took
     its digests ends after their LSN, and recovery cannot stop before a backup's end (seen on the lab with a
     5 GB state); pgBackRest would pick it as the newest. Empty (pgBackRest's choice) when none is known."""
-    done = s.sh("sudo runuser -u postgres -- pgbackrest --stanza=home --output=json info", timeout=120)
+    done = s.sh("sudo runuser -u postgres -- pgbackrest --stanza=home --output=json info", timeout=120, keyed=True)
     try:
         sets = json.loads(done.stdout)[0].get("backup", [])
         before = [b["label"] for b in sets if _lsn(b["lsn"]["stop"]) <= lsn]
@@ -688,7 +709,7 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
         pick = f" --type=time --target={shlex.quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3] + '+00')}" if utc else \
             _backup_set_before(s, min(_lsn((body[r.name].get("digest") or {}).get("lsn") or "0/0") for r in postgres))
         s.must(f"sudo rm -rf {s.scratch} && sudo /usr/local/sbin/embassy-restore-postgres {s.scratch} "
-               f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600)
+               f"--archive-mode=off{pick}", "pgbackrest restore", timeout=3600, keyed=True)
         s.must(f"sudo sed -i '/^recovery_target/d' {s.scratch}/postgresql.auto.conf", "clear pgBackRest's targets")
         _write(s, f"{s.scratch}/postgresql.conf", scratch_conf(s.scratch))
         _write(s, f"{s.scratch}/pg_hba.conf", "local all all peer\n")
@@ -715,6 +736,11 @@ def restore_from_vault(s: Session, postgres: list[RegisterOutcome], body: dict[s
                f"recovery_target_time = '{when}'\nrecovery_target_action = 'promote'\n" if when else "")
         _pg_ctl(s, "restart" if running else "start")
         _wait(s, "SELECT pg_is_in_recovery()", "f", f"recovery {final}", timeout=3600)
+    if s.keys is not None or s.target.kind == "aws":
+        # Recovery is over: nothing runs archive-get any more. A restart without them, so that the open cluster's
+        # postmaster (it serves the state from now on) does not keep the keys or a session in its environment.
+        with s.step("restart the restored cluster without the restore's keys in its environment"):
+            _pg_ctl(s, "restart", bare=True)
     for reg in postgres:
         reg.restored = True
         reg.done_at = time.monotonic()
@@ -729,7 +755,7 @@ def restore_files(s: Session, reg: RegisterOutcome, entry: dict[str, Any]) -> No
     with s.step(f"{reg.name}: restic restore of snapshot {snapshot[:8]}"):
         s.must(f"sudo rm -rf {folder} && sudo install -d -m 755 {FILES_ROOT} && "
                f"sudo /usr/local/sbin/embassy-restore-files {reg.name} {FILES_ROOT} {snapshot} >/dev/null",
-               f"restic restore of {reg.name}", timeout=3600)
+               f"restic restore of {reg.name}", timeout=3600, keyed=True)
     with s.step(f"{reg.name}: digest of the restored files against the manifest"):
         got = json.loads(s.must(f"sudo {DIGEST} files {folder}", f"digest of {reg.name}", timeout=3600))
         _compare(s, reg, got, f"snapshot {snapshot[:8]}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from embassy.infra.iam import HOST_DENIED, HOST_READ_ACTIONS
+from embassy.infra.iam import CREATE_ONLY_KEY, HOST_DENIED, HOST_READ_ACTIONS, HOST_RECORD_ACTIONS, RESTORE_TESTS_PREFIX
 from embassy.infra.site import Site, policy_json, role_tag
 from embassy.model import DEBIAN_RELEASES, DEFAULT_DEBIAN_RELEASE
 
@@ -127,17 +127,27 @@ class Enclave(pulumi.ComponentResource):
     @staticmethod
     def _read_own_vault(site: Site, role: aws.iam.Role, vault_arn: pulumi.Input[str], key_arn: pulumi.Input[str],
                         child: pulumi.ResourceOptions) -> None:
-        """Restore on the host and a warm standby's WAL replay read the embassy's own vault; nothing is written.
+        """Restore on the host and a warm standby's WAL replay read the embassy's own vault. One write: the host's
+        scheduled restore test records its result under restore-tests/ (it runs there alone, with no controller),
+        as a new object only: S3 refuses the put unless it carries If-None-Match (never a new version of an
+        existing record), and every other write, delete and lock change is denied.
 
-        The key's use comes by a KMS grant (Decrypt only) rather than the key policy: the key exists before the
-        host role does, and its policy names no principal of the host nation's account beyond the stack's roles."""
+        The key's use comes by a KMS grant (Decrypt, and GenerateDataKey for the record the bucket's default SSE-KMS
+        encrypts) rather than the key policy: the key exists before the host role does, and its policy names no
+        principal of the host nation's account beyond the stack's roles."""
         bucket = pulumi.Output.from_input(vault_arn)
         vault = [bucket, bucket.apply(lambda arn: f"{arn}/*")]
+        records = bucket.apply(lambda arn: f"{arn}/{RESTORE_TESTS_PREFIX}*")
         aws.iam.RolePolicy(site.child("host-vault-read"), role=role.id, opts=child, policy=policy_json({
             "Version": "2012-10-17", "Statement": [
                 {"Sid": "ReadOwnVault", "Effect": "Allow", "Action": list(HOST_READ_ACTIONS), "Resource": vault},
-                {"Sid": "DecryptWithEmbassyKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"],
-                 "Resource": key_arn},
-                {"Sid": "NeverWriteDeleteOrUnlock", "Effect": "Deny", "Action": list(HOST_DENIED), "Resource": vault}]}))
+                {"Sid": "RecordRestoreTests", "Effect": "Allow", "Action": list(HOST_RECORD_ACTIONS), "Resource": records},
+                {"Sid": "DecryptWithEmbassyKey", "Effect": "Allow",
+                 "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"], "Resource": key_arn},
+                {"Sid": "NeverWriteDeleteOrUnlock", "Effect": "Deny", "Action": list(HOST_DENIED), "Resource": vault},
+                {"Sid": "WriteOnlyRestoreTestRecords", "Effect": "Deny", "Action": list(HOST_RECORD_ACTIONS),
+                 "NotResource": records},
+                {"Sid": "NeverReplaceARecord", "Effect": "Deny", "Action": list(HOST_RECORD_ACTIONS), "Resource": records,
+                 "Condition": {"Null": {CREATE_ONLY_KEY: "true"}}}]}))
         aws.kms.Grant(site.child("host-decrypt"), key_id=key_arn, grantee_principal=role.arn,
-                      operations=["Decrypt", "DescribeKey"], opts=child)
+                      operations=["Decrypt", "DescribeKey", "GenerateDataKey"], opts=child)

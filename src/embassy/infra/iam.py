@@ -29,10 +29,15 @@ READ_ACTIONS = ("s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket", "s3:List
                 "s3:GetObjectRetention", "s3:GetBucketObjectLockConfiguration")
 WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts", "s3:ListBucketMultipartUploads")
 KMS_USE = ("kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey")
-# What the enclave host may do to its own vault (restore, and a warm standby's WAL replay): read, nothing more.
+# What the enclave host may do to its own vault (restore, and a warm standby's WAL replay): read; and one write,
+# its scheduled restore test's record under RESTORE_TESTS_PREFIX, created only (never replacing one).
 HOST_READ_ACTIONS = READ_ACTIONS
-# Never to the host: every write, every delete, every lock change.
-HOST_DENIED = (*WRITE_ACTIONS, "s3:DeleteObject", *AGENT_DENIED)
+RESTORE_TESTS_PREFIX = "restore-tests/"  # replication.restoretest.RECORD_PREFIX: where a host's records go
+HOST_RECORD_ACTIONS = ("s3:PutObject",)
+# Never to the host: every other write, every delete, every lock change (s3:PutObject: denied outside the prefix).
+HOST_DENIED = (*WRITE_ACTIONS[1:], "s3:DeleteObject", *AGENT_DENIED)
+# The condition under which S3 writes an object only if its key does not exist (the If-None-Match: * header).
+CREATE_ONLY_KEY = "s3:if-none-match"
 # The custody bundles' place in the embassy's vault (custody/<stack>/, as embassy.custody writes them).
 CUSTODY_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectRetention")
 

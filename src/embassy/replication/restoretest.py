@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import manifest, pgmajor, privatefile, vaultnet
 from .digest import differences
@@ -444,9 +445,23 @@ def record(config: dict[str, Any], body: dict[str, Any]) -> str:
     key = record_key(dt.datetime.fromisoformat(body["time"].replace("Z", "+00:00")))
     vault = config["vault"]
     md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # the vault checks the bytes it stores
-    s3(vault, vault["writer_credentials"]).put_object(Bucket=vault["bucket"], Key=key, Body=data,
-                                                      ContentType="application/json", ContentMD5=md5)
+    client = s3(vault, vault["writer_credentials"])
+    if create_only(vault):
+        # A new object only (S3 answers 412 if the key exists): the AWS host role may write nothing else there.
+        client.meta.events.register("before-sign.s3.PutObject", _if_none_match)
+    client.put_object(Bucket=vault["bucket"], Key=key, Body=data, ContentType="application/json", ContentMD5=md5)
     return key
+
+
+def create_only(vault: dict[str, Any]) -> bool:
+    """Whether the record is written with If-None-Match: * : on AWS S3 (the stack's host role is denied a put without
+    it, infra/enclave.py), or where the host's config asks for it."""
+    host = (urlsplit(str(vault.get("endpoint", ""))).hostname or "").lower()
+    return bool(vault.get("create_only")) or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def _if_none_match(request: Any, **_kw: Any) -> None:
+    request.headers["If-None-Match"] = "*"  # set before signing (any botocore: Debian's has no IfNoneMatch parameter)
 
 
 def exclusive(path: Path) -> Any:

@@ -348,8 +348,10 @@ def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result
 def check_generation(where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
     """The host reads the repositories (key generation) the head names, else its checks would prove another repo."""
     want = dataplane.manifest_generation(head.body)
-    done = ssh(where, embassy, f"sudo sed -n 's/^repo1-path=//p' {dataplane.PGBACKREST_CONF}; "
-                             f"sudo sed -n 's/^RESTIC_BASE=.*\\///p' {dataplane.RESTIC_DIR}/{embassy}.env", timeout=60)
+    # A key generation handed over in the environment (custody.hostsecrets.keyed) is what pgBackRest and restic read.
+    done = ssh(where, embassy, f"echo \"${{PGBACKREST_REPO1_PATH:-$(sudo sed -n 's/^repo1-path=//p' "
+                             f"{dataplane.PGBACKREST_CONF})}}\"; echo \"${{EMBASSY_RESTIC_FOLDER:-$(sudo sed -n "
+                             f"'s/^RESTIC_BASE=.*\\///p' {dataplane.RESTIC_DIR}/{embassy}.env)}}\"", timeout=60)
     if done.returncode == 255:
         result.check(f"host:{embassy}", False, f"ssh: {done.stderr.strip()[-300:]}")
         return
