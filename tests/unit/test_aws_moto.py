@@ -20,7 +20,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,10 @@ class World:
 
 
 @contextlib.contextmanager
-def chained_world(rehearsal_plan: dict[str, Any], folder: Path) -> Iterator[World]:
-    """Moto's server with the plan applied, the environment as a controller's, and the same signed chain in every
-    embassy's vault (written as home's agents write it, through each one's agent role)."""
+def chained_world(rehearsal_plan: dict[str, Any], folder: Path, rounds: int = ROUNDS,
+                  body: Callable[[int, str | None, str], dict[str, Any]] = _body) -> Iterator[World]:
+    """Moto's server with the plan applied, the environment as a controller's, and the same signed chain (`rounds`
+    manifests of `body`) in every embassy's vault (written as home's agents write it, through each one's agent role)."""
     with moto_server(folder) as moto, pytest.MonkeyPatch.context() as mp:
         w = World(moto, rehearsal_plan, folder)
         for key in [k for k in os.environ if k.startswith(("AWS_", "EMBASSY_AWS_"))]:
@@ -106,7 +107,7 @@ def chained_world(rehearsal_plan: dict[str, Any], folder: Path) -> Iterator[Worl
         target = w.target()
         for embassy in w.buckets:
             s3 = s3_client(target.vault(embassy).client_spec("agent"))
-            for key, data in signed_chain(ROUNDS, _body, HOME_KEY, embassy):
+            for key, data in signed_chain(rounds, body, HOME_KEY, embassy):
                 s3.put_object(Bucket=w.buckets[embassy], Key=key, Body=data)
         yield w
         at.forget_sessions()

@@ -31,17 +31,13 @@ from typing import Any
 
 import pytest
 
-from embassy import aws_target as at
 from embassy.custody import kit
 from embassy.custody import restore as custody_restore
 from embassy.drill import restore as lib
 from embassy.replication import dataplane, manifest, secrets
 from embassy.replication import verify as vault_verify
-from embassy.vaultaccess import s3_client
 
-from .aws_moto import moto_server
-from .manifest_chains import signed_chain
-from .test_aws_moto import HOME_KEY, STACK, World
+from .test_aws_moto import HOME_KEY, STACK, World, chained_world
 
 EMBASSY = "ie"  # cold: a restore from its vault (pgBackRest, restic), not a standby's promotion
 ROUNDS = 5
@@ -191,18 +187,8 @@ def rotated_world(rehearsal_plan: dict[str, Any], folder: Path) -> Iterator[Worl
     """moto with the plan applied, the controller's environment, the rotated chain in every vault (through each
     embassy's agent role), the controller's folder with both generations' secrets, and a custody kit sealed into
     the vaults through the custody roles (home's signature by its key, as `custody init` gets it from home)."""
-    with moto_server(folder) as moto, pytest.MonkeyPatch.context() as mp:
-        w = World(moto, rehearsal_plan, folder)
-        for key in [k for k in os.environ if k.startswith(("AWS_", "EMBASSY_AWS_"))]:
-            mp.delenv(key)
-        for key, value in w.env.items():
-            mp.setenv(key, value)
-        at.forget_sessions()
+    with chained_world(rehearsal_plan, folder, ROUNDS, _body) as w:
         target = w.target()
-        for embassy in w.buckets:
-            s3 = s3_client(target.vault(embassy).client_spec("agent"))
-            for key, data in signed_chain(ROUNDS, _body, HOME_KEY, embassy):
-                s3.put_object(Bucket=w.buckets[embassy], Key=key, Body=data)
         controller = target.controller_folder
         controller.mkdir(mode=0o700, parents=True, exist_ok=True)
         for emb in w.dep.embassies:
@@ -214,9 +200,6 @@ def rotated_world(rehearsal_plan: dict[str, Any], folder: Path) -> Iterator[Worl
         kit.issue(w.dep, target, kit.TargetVaults(target, w.dep), controller, folder / "kit", officials=3, threshold=2,
                   rotate=False, signer=HOME_KEY.sign)
         yield w
-        at.forget_sessions()
-        for key in [k for k in os.environ if k.startswith("EMBASSY_AWS_")]:
-            del os.environ[key]
 
 
 @pytest.fixture(scope="module")

@@ -191,23 +191,28 @@ def test_a_data_plane_command_gets_the_session_and_keeps_it_through_sudo(tmp_pat
         at.vault_script({"X=1; id": "x"}, "true")
 
 
-def test_restic_on_the_host_takes_the_session_over_its_files_keys(tmp_path: Path) -> None:
-    """embassy-restic (the host's wrapper) sources static keys from its env file: a session handed over (a session
-    token set) must win, and without one the file's keys are used as before (lab, site). restic is a stand-in
-    printing the credentials it was given: the wrapper's shell is what is tested."""
+def _restic_wrapper(tmp_path: Path, env_file: str, printed: str) -> tuple[Path, dict[str, str]]:
+    """The host's embassy-restic wrapper reading its env file (de.env) from tmp_path, and a PATH whose restic is a
+    stand-in printing `printed` (three shell words, joined by |): the wrapper's shell is what is tested."""
     from embassy.replication import dataplane
 
-    (tmp_path / "de.env").write_text("RESTIC_BASE=s3:https://vault/b/restic\nRESTIC_CACERT=/ca\n"
-                                     "AWS_ACCESS_KEY_ID=FILEKEY\nAWS_SECRET_ACCESS_KEY=FILESECRET\n"
-                                     "AWS_DEFAULT_REGION=eu-central-1\n")
+    (tmp_path / "de.env").write_text(env_file + "AWS_DEFAULT_REGION=eu-central-1\n")
     wrapper = tmp_path / "embassy-restic"
     wrapper.write_text(dataplane.script("embassy-restic").replace("/etc/embassy/restic/", f"{tmp_path}/"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "restic").write_text('#!/bin/sh\nprintf "%s|%s|%s" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" '
-                                    '"${AWS_SESSION_TOKEN:-none}"\n')
+    (bin_dir / "restic").write_text(f'#!/bin/sh\nprintf "%s|%s|%s" {printed}\n')
     (bin_dir / "restic").chmod(0o755)
-    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return wrapper, {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_restic_on_the_host_takes_the_session_over_its_files_keys(tmp_path: Path) -> None:
+    """embassy-restic (the host's wrapper) sources static keys from its env file: a session handed over (a session
+    token set) must win, and without one the file's keys are used as before (lab, site). restic is a stand-in
+    printing the credentials it was given: the wrapper's shell is what is tested."""
+    wrapper, path = _restic_wrapper(tmp_path, "RESTIC_BASE=s3:https://vault/b/restic\nRESTIC_CACERT=/ca\n"
+                                    "AWS_ACCESS_KEY_ID=FILEKEY\nAWS_SECRET_ACCESS_KEY=FILESECRET\n",
+                                    '"$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "${AWS_SESSION_TOKEN:-none}"')
     plain = subprocess.run(["sh", str(wrapper), "de", "population", "snapshots"], capture_output=True, text=True,
                            timeout=10, env=path)
     assert plain.stdout == "FILEKEY|FILESECRET|none", plain.stderr
@@ -290,19 +295,10 @@ def test_restic_on_the_host_takes_a_handed_password_and_folder_over_its_files(tm
     """A key generation handed over in the environment (custody.hostsecrets.restore_env): the wrapper's password
     file is dropped (restic reads a password file before RESTIC_PASSWORD) and the folder is the generation's;
     without them, the env file's as before. restic is a stand-in printing what it was given."""
-    from embassy.replication import dataplane
-
-    (tmp_path / "de.env").write_text(f"RESTIC_BASE=s3:https://vault/b/restic-g2\nRESTIC_PASSWORD_FILE={tmp_path}/de.pass\n"
-                                     "RESTIC_CACERT=/ca\nAWS_ACCESS_KEY_ID=K\nAWS_SECRET_ACCESS_KEY=S\n"
-                                     "AWS_DEFAULT_REGION=eu-central-1\n")
-    wrapper = tmp_path / "embassy-restic"
-    wrapper.write_text(dataplane.script("embassy-restic").replace("/etc/embassy/restic/", f"{tmp_path}/"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "restic").write_text('#!/bin/sh\nprintf "%s|%s|%s" "${RESTIC_PASSWORD_FILE:-nofile}" '
-                                    '"${RESTIC_PASSWORD:-none}" "$2"\n')
-    (bin_dir / "restic").chmod(0o755)
-    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    wrapper, path = _restic_wrapper(tmp_path, f"RESTIC_BASE=s3:https://vault/b/restic-g2\n"
+                                    f"RESTIC_PASSWORD_FILE={tmp_path}/de.pass\nRESTIC_CACERT=/ca\n"
+                                    "AWS_ACCESS_KEY_ID=K\nAWS_SECRET_ACCESS_KEY=S\n",
+                                    '"${RESTIC_PASSWORD_FILE:-nofile}" "${RESTIC_PASSWORD:-none}" "$2"')
     plain = subprocess.run(["sh", str(wrapper), "de", "court-files", "snapshots"], capture_output=True, text=True,
                            timeout=10, env=path)
     assert plain.stdout == f"{tmp_path}/de.pass|none|s3:https://vault/b/restic-g2/court-files", plain.stderr
