@@ -2,7 +2,8 @@
 
 `pyinfra -y --json <the target's inventory> deploys/…`, run as the target runs its clients
 (src/embassy/targets.py): for the lab, inventories/lab.py inside its controller namespace (lab
-addresses exist nowhere else); for AWS, inventories/aws.py (stack outputs, SSM) on this machine.
+addresses exist nowhere else); for a site, inventories/site.py (the site inventory's hosts over SSH); for AWS,
+inventories/aws.py (stack outputs, SSM) on this machine.
 What changed is read from pyinfra's own JSON results: per host, the operations that changed something.
 Progress comes from pyinfra's own state callbacks (src/embassy/pyinfra_progress.py, given to pyinfra as
 a first deploy file that only installs them), sent up a pipe as events (src/embassy/progress.py), never from pyinfra's text.
@@ -184,6 +185,7 @@ def run(target: Target, root: Path, *, deploys: Sequence[str] = DEPLOYS, size_mb
 
     Progress: a live display on `console` when it is a terminal, else lines through `say` with a heartbeat
     at least every 30 s."""
+    target.require_pyinfra()  # bad input fails here, before any host is reached
     phases = phases_of(deploys)
     start = time.monotonic()
     with progress.reporter(say, console) as shown:

@@ -17,6 +17,7 @@ credentials or a query in its URL, leaves TLS unverified, or smuggles ssh option
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -114,6 +115,50 @@ class SiteVault(_Strict):
         return endpoint.rstrip("/")
 
 
+class Network(_Strict):
+    """What the hardening roles must know of the site's network (roles/site.yml): who may reach sshd, where logs
+    go, which apt mirror the hosts use. Without it `harden --target site` refuses: a firewall with no SSH source
+    would lock the operator out."""
+
+    # The address the hosts see the controller at: an SSH source, and the one source of the state service's queries.
+    controller_address: StrictStr | None = Field(default=None, max_length=64)
+    # Who may reach sshd (addresses or CIDRs: the controller, the DC's bastion); default [controller_address].
+    ssh_sources: tuple[StrictStr, ...] | None = Field(default=None, min_length=1, max_length=32)
+    syslog_target: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\[\]-]{1,250}:[0-9]{1,5}$")
+    mirror_url: StrictStr | None = Field(default=None, max_length=512)
+
+    @field_validator("controller_address")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                model.refuse(f"'{value[:64]}' is not an IP address", "the address the hosts see the controller at")
+        return value
+
+    @field_validator("ssh_sources")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for source in value or ():
+            try:
+                net = ipaddress.ip_network(source, strict=True)
+            except ValueError:
+                model.refuse(f"'{source[:64]}' is not an address or a CIDR", "e.g. 10.60.0.5 or 10.60.0.0/28")
+            if net.prefixlen == 0:
+                model.refuse(f"'{source}' opens sshd to every address", "name the controller or the DC's bastion")
+        return value
+
+    @field_validator("mirror_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+                model.refuse(f"'{value[:80]}' is not an apt mirror URL", "http(s)://<host>[:port]/<path>, no credentials")
+        return value
+
+
 class SiteEmbassy(_Strict):
     hosts: tuple[SiteHost, ...] = Field(min_length=1, max_length=model.MAX_HOSTS)
     vault: SiteVault
@@ -129,6 +174,7 @@ class Inventory(_Strict):
     stack: StrictStr = Field(pattern=model.STACK_NAME.pattern)
     lab_id: StrictInt | None = Field(default=None, ge=0, le=99)  # only the lab's own inventory
     netns: StrictStr | None = Field(default=None, pattern=NETNS)  # default for every host and vault
+    network: Network | None = None  # the hardening's facts of the site's network (harden --target site)
     home: SiteHome | None = None
     embassies: dict[StrictStr, SiteEmbassy] = Field(min_length=1)
 

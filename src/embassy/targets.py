@@ -43,6 +43,7 @@ from embassy import model
 from embassy.errors import (
     EmbassyUnknown,
     HostUnknown,
+    InventoryInvalid,
     ManifestKeyMissing,
     RootRequired,
     ToolMissing,
@@ -61,6 +62,7 @@ KINDS = ("lab", "site", "aws")
 MANIFEST_KEY_FILE = "manifest_public_key.pem"  # in a lab's state folder, written by the agent deploy
 AWS_SSH_CONFIG_ENV = "EMBASSY_SSH_CONFIG"  # the ssh_config with the SSM ProxyCommand (inventories/aws.py)
 SSM_BUCKET_ENV = "EMBASSY_SSM_BUCKET"  # Ansible's SSM connection moves files through an S3 bucket
+SITE_INVENTORY_ENV = "EMBASSY_SITE_INVENTORY"  # the site inventory inventories/site.py reads
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,10 @@ class Target(ABC):
     @abstractmethod
     def require_ansible(self) -> None:
         """Raise a UserError if Ansible cannot connect to these hosts from here (a plugin missing)."""
+
+    def require_pyinfra(self) -> None:
+        """Raise a UserError if the deploys cannot run against these hosts (checked before pyinfra starts)."""
+        return None
 
     @abstractmethod
     def ansible_vars(self) -> dict[str, Any]:
@@ -312,6 +318,11 @@ class SiteTarget(Target):
         super().__init__(dep)
         self.site = inventory  # sites.Inventory, already bound to the stack
         self.path = path
+        net = inventory.network
+        if net is not None:  # the roles' facts of the site's network (None where the inventory names none)
+            self.controller_address = net.controller_address
+            self.syslog_target = net.syslog_target
+            self.mirror_url = net.mirror_url
 
     @cached_property
     def hosts(self) -> list[Host]:
@@ -358,7 +369,36 @@ class SiteTarget(Target):
         return ["ip", "netns", "exec", netns, *argv]
 
     def client_argv(self, argv: Sequence[str]) -> list[str]:
+        """One client (ansible-runner, pyinfra) for every host: all of them must be reachable from one place."""
+        apart = sorted({f"{h.name} ({self.site.host_netns(h)})" for h in self._site_hosts()
+                        if self.site.host_netns(h) != self.site.netns})
+        if apart:
+            raise InventoryInvalid(f"the site inventory {self.path or ''} puts hosts in another network namespace than "
+                                   f"its own ({self.site.netns or 'none'}): {', '.join(apart)}",
+                                   "harden and deploy run one client for every host: give the hosts the inventory's "
+                                   "netns (or none)")
         return self._in_netns(self.site.netns, list(argv))
+
+    def client_env(self) -> dict[str, str]:
+        """inventories/site.py reads the inventory this target validated, never the lab's state."""
+        if self.path is None:
+            raise InventoryInvalid("this site target has no inventory file for its clients",
+                                   "run the command with --target site --inventory FILE")
+        return {**super().client_env(), SITE_INVENTORY_ENV: str(self.path.resolve())}
+
+    def _site_hosts(self) -> list[Any]:
+        return [self._site_host(h) for h in self.hosts]
+
+    def require_pyinfra(self) -> None:
+        """inventories/site.py reads this inventory's file, in one place for every host; the agents (pgBackRest,
+        restic) address each vault path-style."""
+        self.client_env()
+        self.client_argv([])
+        for name, site in self.site.embassies.items():
+            if site.vault.addressing != "path":
+                raise InventoryInvalid(f"embassies.{name}.vault: the agents (pgBackRest, restic) address the vault "
+                                       f"path-style; the inventory says {site.vault.addressing}",
+                                       "give a vault endpoint that takes path-style requests, with addressing: path")
 
     def ssh_options(self, host: Host | str) -> list[str]:
         """ssh options for one host: keys pinned in its known_hosts, batch mode, the jump host checked the same way."""
@@ -378,15 +418,25 @@ class SiteTarget(Target):
         return self._in_netns(self.site.host_netns(s), ["ssh", *self.ssh_options(host), "--", s.address, command])
 
     def require_ansible(self) -> None:
-        return None  # SSH: ansible-core's own connection
+        """SSH: ansible-core's own connection. The roles' firewall admits SSH only from the sources the inventory
+        names: without them the hardening would lock the operator out, so it is refused before anything runs."""
+        net = self.site.network
+        if net is None or not (net.ssh_sources or net.controller_address):
+            raise InventoryInvalid(f"the site inventory {self.path or ''} names no SSH source for the hosts' firewall",
+                                   "add network: {ssh_sources: [<the controller's or the bastion's address>]} (or "
+                                   "network.controller_address); see examples/sites/federation.yaml")
 
     def ansible_vars(self) -> dict[str, Any]:
-        return {}
+        net = self.site.network
+        return {"embassy_ssh_sources": list(net.ssh_sources)} if net is not None and net.ssh_sources else {}
 
     def ansible_host_vars(self, host: Host) -> dict[str, Any]:
+        # Every ssh option of host_argv, -F none first: no ssh_config (the user's, the lab's) adds a host, a key or a
+        # jump host the inventory does not name. sshd's port and the admin login are each host's own.
         s = self._site_host(host)
         return {"ansible_host": s.address, "ansible_port": s.port, "ansible_user": s.user,
-                "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options(host)[2:])}
+                "ansible_ssh_common_args": " ".join(shlex.quote(o) for o in self.ssh_options(host)),
+                "embassy_ssh_port": s.port, "embassy_admin_users": [s.user]}
 
     def vault(self, embassy: str) -> VaultAccess:
         self.embassy_hosts(embassy)

@@ -36,18 +36,12 @@ from embassy.replication.dataplane import PGBACKREST_CONF, RESTIC_DIR
 from embassy.replication.verify import PUBLIC_KEY_FILE
 from embassy.targets import LabTarget
 from tests.lab.conftest import EMBASSY, ROOT, SHARED, STACK, deploy_once, record_deploy, ssh
+from tests.lab.lab_site import site_target
 from tests.lab.test_replication import embassy_cli, replicate_once
 from tests.lab.timed_output import MAX_SILENCE_SECONDS, run_timed
 from tests.lab.vault_storage import Filer
 
 pytestmark = pytest.mark.lab
-
-
-def site_inventory_of(lab: LabState) -> str:
-    """The lab's own site inventory, as `embassy lab status --json` names it."""
-    done = embassy_cli(lab, "lab", "status", "--stack", STACK, "--json", timeout=120)
-    inventory: str = json.loads(done.stdout)["site_inventory"]
-    return inventory
 
 
 def deploy_or_share(lab: LabState) -> None:
@@ -76,9 +70,9 @@ def kit(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     # A lab reused from an earlier session keeps its kits (Object Lock): then this module's first kit is a rotation.
     dep = load_stack(STACK, ROOT)
     earlier, _ = custody_kit.current_version(custody_kit.TargetVaults(LabTarget(dep, lab), dep), dep)
-    # A first kit is issued through the lab's own site inventory (the generic path: home signs over the inventory's
-    # SSH, the bundles go through its vault access); rotate re-deploys, which only the lab target does.
-    site = () if earlier else ("--target", "site", "--inventory", site_inventory_of(lab))
+    # Through the lab's own site inventory (the generic path: home signs over the inventory's SSH, the bundles go
+    # through its vault access, a rotation's re-key deploys over it).
+    site = site_target(lab)
     start = time.monotonic()
     done = embassy_cli(lab, "custody", "rotate" if earlier else "init", "--stack", STACK, "--officials", "3",
                        "--threshold", "2", "--out", str(out), *site)
@@ -261,7 +255,7 @@ def test_rotation_then_a_restore_from_shares_alone_to_before_it(lab: LabState, k
     start = time.monotonic()
     try:
         rotated = embassy_cli(lab, "custody", "rotate", "--stack", STACK, "-n", "3", "-k", "2", "--out", str(v2),
-                              timeout=1800)
+                              *site_target(lab), timeout=1800)
     finally:
         ssh(lab, "enclave-ie", "sudo chmod 1777 /tmp")
     print(f"custody rotate with re-key: {time.monotonic() - start:.1f} s\n{rotated.stdout}\n{rotated.stderr[-6000:]}")

@@ -1,4 +1,5 @@
-"""`embassy harden --target lab`: the roles on real hosts, twice; then what they must have done.
+"""`embassy harden`: the roles on real hosts, twice (the second through `--target site` with the lab's own
+inventory); then what they must have done.
 
 One hardening run per module (the first, measured with Lynis after it: the index before it only shows
 the gain and costs a whole audit of every host; `embassy harden` measures both by default), then a second run
@@ -22,6 +23,7 @@ import pytest
 
 from embassy.lab.state import LabState
 from tests.lab.conftest import EMBASSY, ROOT, STACK, in_controller_python, ssh
+from tests.lab.lab_site import site_target
 from tests.lab.timed_output import MAX_SILENCE_SECONDS, run_timed
 
 # The issue's target, measured in this lab (README, "Hardening"): Lynis 3.0.8 in a systemd-nspawn
@@ -35,8 +37,9 @@ PROBE_PORT = 8099
 pytestmark = pytest.mark.lab
 
 
-def harden(lab: LabState, *extra: str) -> dict[str, Any]:
-    res, silence = run_timed([EMBASSY, "harden", "--target", "lab", "--stack", STACK, "--json", *extra], timeout=1800)
+def harden(lab: LabState, *extra: str, site: bool = False) -> dict[str, Any]:
+    where = site_target(lab) if site else ["--target", "lab"]
+    res, silence = run_timed([EMBASSY, "harden", *where, "--stack", STACK, "--json", *extra], timeout=1800)
     assert res.returncode == 0, f"harden exited {res.returncode}:\n{res.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(res.stdout)
     assert [h["name"] for h in result["hosts"]] == [h.name for h in lab.hosts]
@@ -53,7 +56,8 @@ def first_run(lab: LabState) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def second_run(lab: LabState, first_run: dict[str, Any]) -> dict[str, Any]:
-    return harden(lab, "--no-lynis")
+    # Through the lab's own site inventory (the generic SSH path): it must find nothing to change either.
+    return harden(lab, "--no-lynis", site=True)
 
 
 def connects(lab: LabState, source: str, address: str, port: int) -> bool:

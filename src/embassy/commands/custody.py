@@ -40,10 +40,11 @@ def _issue(stack: str, officials: int, threshold: int, out: Path, rotate: bool, 
 
     try:
         shares.check_counts(officials, threshold)
-        # rotate's re-key deploys new repositories on home and the embassies: `deploy` has no site target yet, and
-        # on AWS its re-key is not built. init on AWS: bundles through each vault's custody role, home over ssh.
+        # rotate's re-key deploys new repositories on home and the embassies and runs rounds, all through the
+        # target (a site: its inventory's hosts over SSH); on AWS it is not built. init on AWS: bundles through
+        # each vault's custody role, home over ssh.
         target = data_plane_target(f"custody {'rotate' if rotate else 'init'}", kind, dep, inventory,
-                                   ("lab",) if rotate else ("lab", "site", "aws"), outputs)
+                                   ("lab", "site") if rotate else ("lab", "site", "aws"), outputs)
         folder = target.controller_folder
         store = kit.TargetVaults(target, dep)
         generations = None

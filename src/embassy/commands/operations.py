@@ -12,9 +12,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
+from embassy.commands.replication import InventoryOpt
 from embassy.errors import UserError
 
 __all__ = ["app"]
+
+TARGET_HELP = ("lab (this machine's lab), site (a host nation's data centre: the hosts of --inventory, over SSH) or "
+               "aws (stack outputs, SSM)")
 
 
 # --------------------------------------------------------------------------- harden (issue 5, roles/)
@@ -22,19 +26,21 @@ __all__ = ["app"]
 
 class HardenTarget(StrEnum):
     LAB = "lab"
+    SITE = "site"
     AWS = "aws"
 
 
 @app.command()
 def harden(
     stack: StackOpt,
-    target: Annotated[HardenTarget, typer.Option("--target", "-t", help="lab (local hosts) or aws (stack outputs, SSM)")],
+    target: Annotated[HardenTarget, typer.Option("--target", "-t", help=TARGET_HELP)],
     as_json: Annotated[bool, typer.Option(
         "--json", help='print {"hosts": [{"name", "changed", "lynis_before", "lynis_after"}]}')] = False,
     lynis: Annotated[bool, typer.Option("--lynis/--no-lynis", help="measure the Lynis index before and after")] = True,
     lynis_before: Annotated[bool, typer.Option(
         "--lynis-before/--no-lynis-before", help="also measure the index before the roles run (a whole Lynis audit "
                                                  "of every host; the index after is what the target is judged on)")] = True,
+    inventory: InventoryOpt = None,
 ) -> None:
     """Apply the hardening roles (roles/site.yml, via ansible-runner); Lynis index before and after."""
     from embassy import harden as harden_lib
@@ -48,7 +54,7 @@ def harden(
                       soft_wrap=True)
 
     try:
-        results = harden_lib.harden_target(target_for(target.value, dep), say, measure=lynis,
+        results = harden_lib.harden_target(target_for(target.value, dep, inventory), say, measure=lynis,
                                            before_too=lynis_before, console=console)
     except UserError as exc:
         raise user_error(exc) from None
@@ -71,16 +77,18 @@ def harden(
 
 class DeployTarget(StrEnum):
     LAB = "lab"
+    SITE = "site"
     AWS = "aws"
 
 
 @app.command()
 def deploy(
     stack: StackOpt,
-    target: Annotated[DeployTarget, typer.Option("--target", "-t", help="lab (local hosts) or aws (stack outputs, SSM)")],
+    target: Annotated[DeployTarget, typer.Option("--target", "-t", help=TARGET_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help='print {"hosts": [{"name", "changed"}]}')] = False,
     size_mb: Annotated[float | None, typer.Option(
         "--size-mb", help="size of the home state's seeded registers in MB (default 8; env EMBASSY_HOME_SIZE_MB)")] = None,
+    inventory: InventoryOpt = None,
 ) -> None:
     """Run the pyinfra deploys: home state, replication agents, embassy standbys. Idempotent."""
     from embassy import deploy as deploy_lib
@@ -97,7 +105,7 @@ def deploy(
                       soft_wrap=True)
 
     try:
-        result = deploy_lib.run(target_for(target.value, dep), project_root(), size_mb=size_mb, say=say,
+        result = deploy_lib.run(target_for(target.value, dep, inventory), project_root(), size_mb=size_mb, say=say,
                                 console=console)
     except UserError as exc:
         raise user_error(exc) from None

@@ -153,8 +153,7 @@ def up(dep: Deployment, lab_id: int | None = None, say: Say = _quiet) -> tuple[L
                 raise UserError(f"lab {lab_id} runs stack '{current.stack}', not '{dep.stack}'",
                                 f"run `embassy lab down --stack {current.stack}` first, or use another EMBASSY_LAB_ID")
             if is_up(current):
-                if not site_inventory.inventory_path(current).is_file():  # a lab built before inventories existed
-                    site_inventory.write(current)
+                site_inventory.write(current)  # paths only, cheap: a lab built by an older embassy gets today's
                 return current, False
             raise LabError(f"lab {lab_id} is half-built or broken (a previous `lab up` failed, or a process died)",
                            f"run `embassy lab down --stack {dep.stack}`, then `embassy lab up --stack {dep.stack}`")

@@ -34,6 +34,9 @@ def build(lab: LabState) -> sites.Inventory:
     home = [host(h) for h in lab.hosts if h.role is Role.HOME]
     return sites.Inventory.model_validate({
         "version": sites.VERSION, "stack": lab.stack, "lab_id": lab.lab_id, "netns": lab.controller_netns,
+        # What `harden --target lab` gives the roles: the same hardening through either target.
+        "network": {"controller_address": lab.controller_address, "syslog_target": lab.syslog_target,
+                    "mirror_url": lab.mirror_url},
         **({"home": {"hosts": home}} if home else {}), "embassies": embassies})
 
 

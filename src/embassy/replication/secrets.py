@@ -112,13 +112,23 @@ class Vault:
 
 def vault_from_data(entry: dict[str, Any], identity: str = "agent") -> Vault:
     """A Vault from one item of the inventory's `vaults` list, with the credentials of `identity`
-    (`agent`: read and write; `reader`: read only), read from their file."""
-    creds_path = Path(entry.get(f"{identity}_credentials") or "")
-    try:
-        creds = json.loads(creds_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the {identity} credentials of vault '{entry['embassy']}': {exc}",
-                        "bring the lab up again (`embassy lab up`) or fix the credentials file") from None
+    (`agent`: read and write; `reader`: read only), read from their file; a site's entry names its identities'
+    sources instead (`credentials`: {identity: {"file"} or {"env"}}, inventories/site.py)."""
+    sources = entry.get("credentials")
+    if sources is not None:
+        from embassy.vaultaccess import read
+
+        if identity not in sources:
+            raise UserError(f"vault '{entry['embassy']}': the site inventory names no {identity} identity",
+                            f"add embassies.{entry['embassy']}.credentials.{identity}: {{file: PATH}} or {{env: PREFIX}}")
+        creds: dict[str, str] = read(sources[identity], f"{identity} identity of vault '{entry['embassy']}'")
+    else:
+        creds_path = Path(entry.get(f"{identity}_credentials") or "")
+        try:
+            creds = json.loads(creds_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the {identity} credentials of vault '{entry['embassy']}': {exc}",
+                            "bring the lab up again (`embassy lab up`) or fix the credentials file") from None
     endpoint = str(entry.get("endpoint", ""))
     port = int(endpoint.rsplit(":", 1)[1]) if endpoint.count(":") == 2 else 443
     return Vault(embassy=entry["embassy"], dns_name=entry["dns_name"], port=port, bucket=entry["bucket"],
