@@ -130,7 +130,7 @@ def test_harden_on_a_site_reaches_each_host_as_its_inventory_says_never_through_
         assert args[:2] == ["-F", "none"], args  # no ssh_config at all: not the lab's, not ~/.ssh/config
         assert lab.ssh_config not in own["ansible_ssh_common_args"]
         assert f"UserKnownHostsFile={lab.ssh_known_hosts}" in args and "StrictHostKeyChecking=yes" in args
-        assert ["-i", lab.ssh_key] == args[args.index("-i"):args.index("-i") + 2]
+        assert args[args.index("-i"):args.index("-i") + 2] == ["-i", lab.ssh_key]
         assert not any("Proxy" in a for a in args), args  # the lab's inventory names no jump host
     assert "ansible_ssh_private_key_file" not in play.inventory["all"]["vars"]
 
@@ -148,7 +148,7 @@ def test_a_jump_host_is_used_only_where_the_inventory_names_it_and_its_key_is_pi
     jump = shlex.split(proxy[0])
     # Exactly the inventory's bastion, its user and port, with no ssh_config and its key checked against known_hosts.
     assert jump[-2:] == ["--", "bastion.embassy-ee.dc.example.de"] and jump[:3] == ["ssh", "-F", "none"]
-    assert ["-p", "22", "-l", "ee-operator"] == jump[jump.index("-p"):jump.index("-p") + 4]
+    assert jump[jump.index("-p"):jump.index("-p") + 4] == ["-p", "22", "-l", "ee-operator"]
     assert "StrictHostKeyChecking=yes" in jump and f"UserKnownHostsFile={tmp_path / 'known_hosts/de-sovereign'}" in jump
     assert host_vars(play, "enclave-se")["embassy_ssh_port"] == 2222  # sshd's port is each host's own
     assert play.inventory["all"]["vars"]["embassy_ssh_sources"] == ["10.60.0.5"]
