@@ -75,6 +75,9 @@ if host.data.get("role") == "home":
            check=as_user("postgres", "pg_isready -q"),
            command="for i in $(seq 60); do runuser -u postgres -- pg_isready -q && exit 0; sleep 1; done; exit 1")
 
+    # Before its first file: secret_file's `mkdir -p` would make it with the shell's umask, 027 on a hardened host
+    # (roles/os_hardening), and postgres could not then read the role definition below (psql: Permission denied).
+    files.directory(name="Embassy config folder", path="/etc/embassy", user="root", group="root", mode="755")
     # The password travels in a 0600 file, never on a command line (where `ps` would show it).
     role = dataplane.REPLICATION_USER
     role_sql = secret_file(
@@ -134,7 +137,6 @@ if host.data.get("role") == "home":
     files.directory(name="State service code folder", path="/opt/embassy", user="root", group="root", mode="755")
     code = put(name="State service code", src=str(resources.files("embassy.home").joinpath("service.py")),
                      dest="/opt/embassy/state_service.py", user="root", group="root", mode="644")
-    files.directory(name="Embassy config folder", path="/etc/embassy", user="root", group="root", mode="755")
     config = {
         "bind": address, "port": SERVICE_PORT, "conninfo": "host=/var/run/postgresql",
         "databases": {r.name: schema.database_name(r.name) for r in pg_registers},
