@@ -108,7 +108,8 @@ def host_config(world: World, embassy: str, name: str, writer: dict[str, str] | 
               "state_dir": str(folder / "state"), "rto": {r.name: r.rto_seconds for r in world.dep.registers},
               "vault": {"endpoint": world.moto.url, "bucket": vault.bucket, "region": vault.region,
                         "ca_file": world.moto.ca_file, "reader_credentials": str(folder / "reader.json"),
-                        "writer_credentials": _private(folder / "writer.json", writer)}}
+                        "writer": "file", "writer_credentials": _private(folder / "writer.json", writer),
+                        "create_only": True}}
     path = folder / "restore-test.json"
     path.write_text(json.dumps(config))
     return path
