@@ -396,10 +396,12 @@ def test_custody_init_on_aws_seals_into_each_vault_with_the_custody_role(world: 
     assert denied(lambda: custody.put_object_retention(
         Bucket=bucket, Key=name, Retention={"Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC)})) \
         == "AccessDenied"
-    # A second init is refused: the kit exists (read with the restore role from the vaults).
-    with pytest.raises(errors.UserError, match="already has a custody kit"):
+    # A second init is refused: the kit exists (read with the restore role from the vaults). Its HINT does not send
+    # the operator to `custody rotate`, which AWS refuses.
+    with pytest.raises(errors.UserError, match="already has a custody kit") as again:
         kit.issue(world.dep, target, store, target.controller_folder, tmp_path / "again", officials=3, threshold=2,
                   rotate=False, signer=HOME_KEY.sign)
+    assert again.value.hint is not None and "not built for AWS" in again.value.hint
 
     # The host nation rewrites the bundle (a new version of its key: one byte of the sealed content changed, home's
     # signature kept): no bundle of de opens, and the object is named.
