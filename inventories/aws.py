@@ -65,8 +65,10 @@ cold: list = []
 for _name, _e in _embassies.items():
     _vault = next(v for v in _vaults if v["embassy"] == _name)
     for _i, (_iid, _ip) in enumerate(zip(_e.get("host_instance_ids", []), _e.get("host_private_ips", []), strict=False)):
+        # The restore test's record is written by the host's instance role, create-only (deploy_embassy).
         _entry = (_iid, {**_common, "role": "embassy", "embassy": _name, "mode": _e.get("mode", "warm"),
-                         "vault": _vault, "vault_endpoint": _vault["endpoint"], "private_address": _ip, "index": _i})
+                         "vault": _vault, "vault_endpoint": _vault["endpoint"], "private_address": _ip, "index": _i,
+                         "restore_test_writer": "instance-role"})
         embassies.append(_entry)
         (warm if _e.get("mode", "warm") == "warm" else cold).append(_entry)
 

@@ -18,8 +18,9 @@ Hosts. A command on an enclave host is ssh through an SSM session (`aws ssm star
 AWS-StartSSHSession`), as inventories/aws.py documents for the deploys; the ProxyCommand is given on the
 command line so that no ssh_config has to carry it. `host_command_argv` builds the whole argv from lists:
 the remote command is shlex-joined from an argv, the instance id and the region were validated by the
-outputs model. Credentials for pgBackRest and restic on the host (`run_with_credentials`) travel on the
-session's standard input as `export` lines read by `sh -s`: never in an argv (readable by every local user in
+outputs model. Credentials for pgBackRest and restic on the host (the restore role's session that `run_on`
+hands every command on an embassy host, `run_with_credentials`) travel on the session's standard input as
+`export` lines read by `sh -s` (targets.env_script, the same on every target): never in an argv (readable by every local user in
 /proc, on the controller and on the host), never in an inventory, never on the host's disk.
 
 Home. It is on premises, not in the stack: `custody init` signs the bundles' headers there, at EMBASSY_HOME_HOST (as
@@ -53,7 +54,16 @@ from embassy.errors import (
     RoleNotAssumed,
     ToolMissing,
 )
-from embassy.targets import AWS_SSH_CONFIG_ENV, AwsTarget, Host, Role, aws_hosts, stack_outputs
+from embassy.targets import (
+    AWS_SSH_CONFIG_ENV,
+    HOST_SHELL,
+    AwsTarget,
+    Host,
+    Role,
+    aws_hosts,
+    export_lines,
+    stack_outputs,
+)
 from embassy.vaultaccess import ENV_PARTS, SYSTEM_CA, CredentialSource, VaultAccess
 
 SESSION_SECONDS = 900  # STS's minimum: a leaked session is worth a quarter of an hour
@@ -69,7 +79,6 @@ SSM_TOOLS = ("aws", "session-manager-plugin", "ssh")
 PGBACKREST_PARTS = {"access_key_id": "S3_KEY", "secret_access_key": "S3_KEY_SECRET", "session_token": "S3_TOKEN"}
 AWS_PARTS = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY",
              "session_token": "AWS_SESSION_TOKEN"}
-SAFE_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 HOME_HOST_ENV = "EMBASSY_HOME_HOST"  # home's SSH address (on premises), as inventories/aws.py reads it
 HOME_ADDRESS = re.compile(r"(?:[a-z_][a-z0-9_-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
 
@@ -226,33 +235,11 @@ def ssh_argv(host: Host, remote: Sequence[str], *, known_hosts: Path, ssh_config
 
 def credentials_script(env: Mapping[str, str], argv: Sequence[str]) -> str:
     """What `sh -s` reads on the host: the credentials exported (shell builtins: no argv shows them), then argv."""
-    lines = []
-    for name, value in env.items():
-        if not SAFE_ENV_NAME.match(name):
-            raise ValueError(f"not an environment variable name: {name!r}")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    lines.append("exec " + shlex.join(list(argv)))
-    return "\n".join(lines) + "\n"
+    return "\n".join([*export_lines(env), "exec " + shlex.join(list(argv))]) + "\n"
 
 
 HOST_IDENTITY = "reader"  # what the data plane's commands on an embassy host read the vault with: the restore role
 EMBASSY_REPO = 1  # an embassy host's pgBackRest has one repo, its own vault (deploy_embassy, custody.hostsecrets)
-# `sudo` inside a data-plane command would reset the environment (sudoers' env_reset) and drop the session: the
-# script already runs as root, so `sudo ARGS` runs ARGS as they are (anything with an option goes to the real sudo).
-SUDO_AS_ROOT = 'sudo() { case "$1" in -*) command sudo "$@" ;; *) "$@" ;; esac; }'
-
-
-def vault_script(env: Mapping[str, str], command: str) -> str:
-    """What `sudo sh -s` reads on an embassy host for one data-plane shell command (a fixed string of the suite's):
-    the session exported, `sudo` kept from dropping it, then the command, reading nothing more from the session's
-    input (the rest of this script). runuser (as postgres) keeps the environment; embassy-restic lets a session
-    (AWS_SESSION_TOKEN set) win over the static keys of its env file."""
-    lines = []
-    for name, value in env.items():
-        if not SAFE_ENV_NAME.match(name):
-            raise ValueError(f"not an environment variable name: {name!r}")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    return "\n".join([*lines, SUDO_AS_ROOT, "{", command, "} </dev/null"]) + "\n"
 
 
 class AwsDataTarget(AwsTarget):
@@ -364,23 +351,24 @@ class AwsDataTarget(AwsTarget):
                     "--", str(h.address), command]
         return self.host_command_argv(host, ["sh", "-c", command])
 
-    def run_on(self, host: Host | str, command: str, *, timeout: float = 120, stdin: str | None = None,
-               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """A data-plane command on an embassy host, with a fresh session of the restore role for pgBackRest and
-        restic (on the SSM session's input, never in an argv, never on the host's disk): the host's own instance
-        role is not what verify and restore read the vault with. `env`: more variables exported the same way (a
-        key generation's restore secrets: custody.hostsecrets.keyed). A command with its own input (a file written
-        to the host) runs as it is, without a session: it never gets one, nor `env`."""
-        h = self._host(host)
-        if stdin is not None or h.embassy is None:
-            if env:
-                raise ValueError(f"{h.name}: secrets are handed only to an embassy host's command without its own input")
-            return super().run_on(h, command, timeout=timeout, stdin=stdin)
-        argv = self.host_command_argv(h, ["sudo", "sh", "-s"])  # ToolMissing before any STS call
+    # ---- a data-plane command on a host: Target.run_on, with the restore role's session on an embassy host
+
+    def hands_session(self, host: Host) -> bool:
+        """Every command on an embassy host (without its own input) gets a fresh session of the restore role for
+        pgBackRest and restic: the host's own instance role is not what verify and restore read the vault with.
+        Home (on premises) gets none."""
+        return host.embassy is not None
+
+    def session_env(self, host: Host, valid_for: float) -> dict[str, str]:
+        if host.embassy is None:
+            return {}
         # The session must outlast the command (pgBackRest cannot renew shared keys): as long as its timeout.
-        handed = host_env(self.session(h.embassy, HOST_IDENTITY, valid_for=timeout), pgbackrest_repos=(EMBASSY_REPO,))
-        return subprocess.run(argv, input=vault_script({**handed, **(env or {})}, command), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return host_env(self.session(host.embassy, HOST_IDENTITY, valid_for=valid_for), pgbackrest_repos=(EMBASSY_REPO,))
+
+    def shell_argv(self, host: Host) -> list[str]:
+        if host.role is Role.HOME and host.instance_id is None:
+            return super().shell_argv(host)
+        return self.host_command_argv(host, HOST_SHELL.split())
 
     def run_with_credentials(self, host: Host | str, argv: Sequence[str], *, embassy: str, identity: str = "reader",
                              pgbackrest_repos: Sequence[int] = (1,), user: str = "postgres",

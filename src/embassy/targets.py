@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -81,6 +82,31 @@ class Host:
     def group(self) -> str:
         """home, warm or cold: the inventories' groups."""
         return "home" if self.role is Role.HOME else (self.mode.value if self.mode else model.Mode.COLD.value)
+
+
+# The root shell on a host that reads a data-plane command's script on its input (`env_script`).
+HOST_SHELL = "sudo sh -s"
+SAFE_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# `sudo` inside a data-plane command would reset the environment (sudoers' env_reset) and drop what was handed over:
+# the script already runs as root, so `sudo ARGS` runs ARGS as they are (anything with an option goes to the real sudo).
+SUDO_AS_ROOT = 'sudo() { case "$1" in -*) command sudo "$@" ;; *) "$@" ;; esac; }'
+
+
+def export_lines(env: Mapping[str, str]) -> list[str]:
+    """`export NAME=VALUE` lines, each value shell-quoted (quotes, `$`, backquotes and newlines stay data)."""
+    lines = []
+    for name, value in env.items():
+        if not SAFE_ENV_NAME.match(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return lines
+
+
+def env_script(env: Mapping[str, str], command: str) -> str:
+    """What HOST_SHELL reads for one data-plane shell command (a fixed string of the suite's): `env` exported (shell
+    builtins: no argv shows the values, no file holds them), `sudo` kept from dropping them, then the command, reading
+    nothing more from the session's input (the rest of this script). runuser (as postgres) keeps the environment."""
+    return "\n".join([*export_lines(env), SUDO_AS_ROOT, "{", command, "} </dev/null"]) + "\n"
 
 
 def run_host(argv: Sequence[str], *, stdin: str | None = None,
@@ -211,10 +237,36 @@ class Target(ABC):
         return subprocess.run(self.client_argv(argv), capture_output=True, text=True, timeout=timeout, check=False,
                               cwd=cwd or model.project_root(), env={**os.environ, **self.client_env(), **(env or {})})
 
-    def run_on(self, host: Host | str, command: str, *, timeout: float = 120,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on one host (`stdin` its input); never raises on its exit code (the caller reads it)."""
-        return run_host(self.host_argv(host, command), stdin=stdin, timeout=timeout)
+    def run_on(self, host: Host | str, command: str, *, timeout: float = 120, stdin: str | None = None,
+               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on one host; never raises on its exit code (the caller reads it).
+
+        stdin: the command's input (a file written to the host). env: variables for the command only (restore
+        secrets): the same on every target, exported on the session's input that HOST_SHELL reads (`env_script`),
+        never in an argv (every local user reads argvs in /proc, on the controller and on the host), never in a file,
+        never in the command's text. A command with its own input cannot have them (its input carries them)."""
+        h = self._host(host)
+        if stdin is not None:
+            if env:
+                raise ValueError(f"{h.name}: a command with its own input cannot be handed variables on it")
+            return run_host(self.host_argv(h, command), stdin=stdin, timeout=timeout)
+        if not env and not self.hands_session(h):
+            return run_host(self.host_argv(h, command), timeout=timeout)
+        argv = self.shell_argv(h)  # a tool missing here stops the command before any session is made
+        handed = {**self.session_env(h, timeout), **(env or {})}
+        return run_host(argv, stdin=env_script(handed, command), timeout=timeout)
+
+    def shell_argv(self, host: Host) -> list[str]:
+        """The argv of HOST_SHELL on the host: a root shell that reads its script on its input."""
+        return self.host_argv(host, HOST_SHELL)
+
+    def hands_session(self, host: Host) -> bool:
+        """Whether every command on the host (without its own input) gets a vault session (`session_env`): AWS's."""
+        return False
+
+    def session_env(self, host: Host, valid_for: float) -> dict[str, str]:
+        """The vault session a command on the host gets beside its `env`, lasting `valid_for` seconds: none here."""
+        return {}
 
     def _host(self, host: Host | str) -> Host:
         return host if isinstance(host, Host) else self.host(host)

@@ -108,7 +108,8 @@ def host_config(world: World, embassy: str, name: str, writer: dict[str, str] | 
               "state_dir": str(folder / "state"), "rto": {r.name: r.rto_seconds for r in world.dep.registers},
               "vault": {"endpoint": world.moto.url, "bucket": vault.bucket, "region": vault.region,
                         "ca_file": world.moto.ca_file, "reader_credentials": str(folder / "reader.json"),
-                        "writer_credentials": _private(folder / "writer.json", writer)}}
+                        "writer": "file", "writer_credentials": _private(folder / "writer.json", writer),
+                        "create_only": True}}
     path = folder / "restore-test.json"
     path.write_text(json.dumps(config))
     return path
@@ -395,10 +396,12 @@ def test_custody_init_on_aws_seals_into_each_vault_with_the_custody_role(world: 
     assert denied(lambda: custody.put_object_retention(
         Bucket=bucket, Key=name, Retention={"Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC)})) \
         == "AccessDenied"
-    # A second init is refused: the kit exists (read with the restore role from the vaults).
-    with pytest.raises(errors.UserError, match="already has a custody kit"):
+    # A second init is refused: the kit exists (read with the restore role from the vaults). Its HINT does not send
+    # the operator to `custody rotate`, which AWS refuses.
+    with pytest.raises(errors.UserError, match="already has a custody kit") as again:
         kit.issue(world.dep, target, store, target.controller_folder, tmp_path / "again", officials=3, threshold=2,
                   rotate=False, signer=HOME_KEY.sign)
+    assert again.value.hint is not None and "not built for AWS" in again.value.hint
 
     # The host nation rewrites the bundle (a new version of its key: one byte of the sealed content changed, home's
     # signature kept): no bundle of de opens, and the object is named.

@@ -395,8 +395,6 @@ def test_the_host_role_writes_a_new_restore_test_record_and_nothing_else(world: 
     got = sts.assume_role(RoleArn=f"arn:aws:iam::{ACCOUNT}:role/ie-host-test", RoleSessionName="host")["Credentials"]
     host = {"access_key_id": got["AccessKeyId"], "secret_access_key": got["SecretAccessKey"],
             "session_token": got["SessionToken"]}
-    writer = tmp_path / "writer.json"
-    writer.write_text(json.dumps(host))
     signing = tmp_path / "signing.pem"
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -404,18 +402,34 @@ def test_the_host_role_writes_a_new_restore_test_record_and_nothing_else(world: 
     signing.write_bytes(Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     bucket = world.buckets[EMBASSY]
-    config = {"signing_key": str(signing), "vault": {"endpoint": moto.url, "ca_file": moto.ca_file, "region": region,
-                                                      "bucket": bucket, "writer_credentials": str(writer),
-                                                      "create_only": True}}
+    # As the AWS deploy writes it (deploy_embassy.restore_test_config with the inventory's instance-role writer).
+    config = {"embassy": EMBASSY, "signing_key": str(signing),
+              "vault": {"endpoint": moto.url, "ca_file": moto.ca_file, "region": region, "bucket": bucket,
+                        "writer": restoretest.INSTANCE_ROLE, "create_only": True}}
     body = {"time": "2026-12-07T20:00:00.000000Z", "passed": True}
-    key = restoretest.record(config, body)
+    # `restore-test --target aws` hands the restore role's session to the host's process: the writer must not take it
+    # (that role cannot write), only the instance role the metadata service serves.
+    restore = world.target().session(EMBASSY, "reader").parts()
+    with instance_metadata(host) as imds, pytest.MonkeyPatch.context() as mp:
+        mp.setenv(restoretest.METADATA_ENDPOINT_ENV, imds)
+        for name, part in (("AWS_ACCESS_KEY_ID", "access_key_id"), ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+                           ("AWS_SESSION_TOKEN", "session_token")):
+            mp.setenv(name, restore[part])
+        key = restoretest.record(config, body)
+        with pytest.raises(ClientError) as again:  # the same record once more: S3 keeps the first, writes no version
+            restoretest.record(config, {**body, "passed": False})
+        # The setting, not the endpoint, decides: off, the writer sends no If-None-Match (moto then keeps a second
+        # version of the same key; AWS's NeverReplaceARecord, left out of moto above, would refuse the put).
+        off = {**config, "vault": {**config["vault"], "create_only": False}}
+        other = {**body, "time": "2026-12-07T21:00:00.000000Z"}
+        replaced = [restoretest.record(off, other), restoretest.record(off, {**other, "passed": False})]
     assert key.startswith(restoretest.RECORD_PREFIX)
     operator = moto.client("s3", moto.admin, region)
     assert operator.get_object(Bucket=bucket, Key=key)["ObjectLockMode"] == "COMPLIANCE"
-    with pytest.raises(ClientError) as again:  # the same record once more: S3 keeps the first, writes no version
-        restoretest.record(config, {**body, "passed": False})
     assert again.value.response["Error"]["Code"] in ("PreconditionFailed", "412"), again.value.response
     assert len(operator.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])) == 1
+    assert replaced[0] == replaced[1] != key
+    assert len(operator.list_object_versions(Bucket=bucket, Prefix=replaced[0]).get("Versions", [])) == 2
     s3 = moto.client("s3", host, region)
 
     def denied(call: Any) -> str:
@@ -430,3 +444,47 @@ def test_the_host_role_writes_a_new_restore_test_record_and_nothing_else(world: 
     assert denied(lambda: s3.put_object_retention(Bucket=bucket, Key=key, Retention={
         "Mode": "GOVERNANCE", "RetainUntilDate": dt.datetime.now(dt.UTC) + dt.timedelta(days=1)})) == "AccessDenied"
     assert s3.get_object(Bucket=bucket, Key=manifest.object_key(1))["Body"].read()  # and it reads its vault
+    assert denied(lambda: moto.client("s3", restore, region).put_object(  # what the writer was handed: refused
+        Bucket=bucket, Key="restore-tests/handed.json", Body=b"{}", IfNoneMatch="*")) == "AccessDenied"
+
+
+@contextlib.contextmanager
+def instance_metadata(session: dict[str, str]) -> Iterator[str]:
+    """A stand-in of EC2's instance metadata service (IMDSv2: a token, then the role's name and its credentials) on
+    127.0.0.1, serving the host role's session as an instance profile would; its URL."""
+    import http.server
+    import threading
+
+    role = "ie-host-test"
+    body = json.dumps({"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": session["access_key_id"],
+                       "SecretAccessKey": session["secret_access_key"], "Token": session["session_token"],
+                       "Expiration": (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    answers = {"/latest/meta-data/iam/security-credentials/": role,
+               f"/latest/meta-data/iam/security-credentials/{role}": body}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self._answer("token-1" if self.path == "/latest/api/token" else None)
+
+        def do_GET(self) -> None:
+            ok = self.headers.get("X-aws-ec2-metadata-token") == "token-1"
+            self._answer(answers.get(self.path) if ok else None)
+
+        def _answer(self, text: str | None) -> None:
+            data = (text or "").encode()
+            self.send_response(200 if text is not None else 404)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

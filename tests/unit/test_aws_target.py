@@ -23,6 +23,7 @@ from embassy.choosetarget import target_for
 from embassy.errors import EXIT_USAGE, OptionInvalid, OutputsInvalid, ToolMissing
 from embassy.hostroles import Role
 from embassy.model import load_stack
+from embassy.targets import env_script
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = ["; rm -rf /", "$(touch /tmp/pwned)", "`id`", "a b", "it's", '"q"', "\\", "*", "~root", "-oProxyCommand=x",
@@ -182,13 +183,13 @@ def test_a_data_plane_command_gets_the_session_and_keeps_it_through_sudo(tmp_pat
     env = at.host_env(session, pgbackrest_repos=[at.EMBASSY_REPO])
     command = ("sudo sh -c 'printf \"%s|%s|\" \"$PGBACKREST_REPO1_S3_KEY_SECRET\" \"$AWS_SESSION_TOKEN\"'; "
                "cat; echo done-$?")
-    script = at.vault_script(env, command)
+    script = env_script(env, command)
     done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=10,
                           env={"PATH": os.environ["PATH"]})
     assert done.stdout == f"{session.secret_access_key}|{session.session_token}|done-0\n", done.stderr
     assert session.secret_access_key not in command and "export PGBACKREST_REPO1_S3_KEY_TYPE=shared" in script
     with pytest.raises(ValueError):
-        at.vault_script({"X=1; id": "x"}, "true")
+        env_script({"X=1; id": "x"}, "true")
 
 
 def _restic_wrapper(tmp_path: Path, env_file: str, printed: str) -> tuple[Path, dict[str, str]]:
@@ -306,42 +307,3 @@ def test_restic_on_the_host_takes_a_handed_password_and_folder_over_its_files(tm
                             timeout=10, env={**path, "RESTIC_PASSWORD": "generation-1-password",
                                              "EMBASSY_RESTIC_FOLDER": "restic"})
     assert handed.stdout == "nofile|generation-1-password|s3:https://vault/b/restic/court-files", handed.stderr
-
-
-def test_a_keyed_target_hands_the_keys_on_the_input_and_sudo_keeps_them(dep: Any) -> None:
-    """The lab's and a site's way (hostsecrets.keyed over SSH): `sudo sh -s`, the keys exported on its input. Run by a
-    real shell here (the target's run_on is this machine's `sh`, with `sudo` a stand-in that, as the real one, would
-    reset the environment): the command's `sudo …` still sees them (the script's own `sudo` runs it as it is), no
-    argv holds them, a command with its own input gets none."""
-    from types import SimpleNamespace
-
-    from embassy.custody import hostsecrets
-    from embassy.replication.secrets import Vault
-    from embassy.targets import Host, Role
-
-    seen: list[tuple[str, str | None]] = []
-
-    class Local(SimpleNamespace):
-        kind = "site"
-
-        def _host(self, host: Any) -> Any:
-            return host
-
-        def run_on(self, host: Any, command: str, *, timeout: float = 120,
-                   stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-            seen.append((command, stdin))
-            argv = ["env", "-i", "PATH=/usr/bin:/bin", "sh", "-c", command.replace("sudo ", "", 1)]
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
-
-    vault = Vault(embassy="ie", dns_name="v", port=443, bucket="b", ca_file="", access_key="", secret_key="")
-    keys = hostsecrets.Keys(1, vault, "", "pg-pass-1", "restic-pass-1")
-    target = hostsecrets.keyed(Local(), keys)  # type: ignore[type-var]
-    host = Host("enclave-ie", Role.EMBASSY, "ie")
-    done = target.run_on(host, 'sudo sh -c \'echo "$PGBACKREST_REPO1_PATH|$PGBACKREST_REPO1_CIPHER_PASS|'
-                               '$EMBASSY_RESTIC_FOLDER|$RESTIC_PASSWORD"\'')
-    assert done.stdout.strip() == "/pgbackrest|pg-pass-1|restic|restic-pass-1", done.stderr
-    command, script = seen[-1]
-    assert command == "sudo sh -s" and script is not None and "pg-pass-1" not in command
-    assert "pg-pass-1" not in script.split("\n{\n", 1)[1]  # only on the export lines
-    written = target.run_on(host, "cat", stdin="data")
-    assert written.stdout == "data" and seen[-1] == ("cat", "data")

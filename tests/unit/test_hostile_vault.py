@@ -484,7 +484,8 @@ def test_verify_full_restores_into_a_fresh_private_folder_per_run(monkeypatch: p
     # then restores into. Each run makes its own folder (mktemp -d: 0700, unpredictable) and removes it.
     commands: list[str] = []
 
-    def ssh(_lab: Any, _embassy: str, command: str, timeout: float = 0) -> subprocess.CompletedProcess[str]:
+    def ssh(_lab: Any, _embassy: str, command: str, timeout: float = 0,
+            env: Any = None) -> subprocess.CompletedProcess[str]:
         commands.append(command)
         out = f"no errors were found\n{v.RESTIC_MARK}0\n" + json.dumps([{"id": "ab" * 32}]) \
             if "snapshots --json" in command else "{}"

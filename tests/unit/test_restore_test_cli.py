@@ -113,6 +113,55 @@ def test_the_host_config_holds_the_embassys_registers_and_no_secret() -> None:
     assert config["vault"]["writer_credentials"].startswith("/etc/embassy/restore-test/")
 
 
+def test_the_deploy_says_who_writes_the_record_and_whether_only_new_keys() -> None:
+    """The lab and a site: the agent's keys in a file, plain puts (what their vaults take). AWS: the host's instance
+    role, create-only (If-None-Match: *, which the stack's host role requires), no writer file named. Both are the
+    deploy's explicit settings; a writer it does not know is refused."""
+    lab = restore_test_config(DEP, "ie", _Vault(), "PEM")["vault"]
+    assert (lab["writer"], lab["create_only"]) == (host.WRITER_FILE, False) and "writer_credentials" in lab
+    aws = restore_test_config(DEP, "ie", _Vault(), "PEM", host.INSTANCE_ROLE)["vault"]
+    assert (aws["writer"], aws["create_only"]) == (host.INSTANCE_ROLE, True) and "writer_credentials" not in aws
+    with pytest.raises(ValueError):
+        restore_test_config(DEP, "ie", _Vault(), "PEM", "agent-keys")
+
+
+def test_the_aws_inventory_has_the_instance_role_write_the_records(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """inventories/aws.py, read with a stand-in pulumi: every enclave host's data names the instance role as the
+    restore test's writer (the embassy deploy then writes create-only and no writer keys); home's names none."""
+    import runpy
+
+    outputs = {"embassies": {e.name: {"region": e.region, "mode": e.mode.value, "vault_bucket": f"{e.name}-vault",
+                                      "host_instance_ids": [f"i-0{e.name}"], "host_private_ips": ["10.64.1.10"]}
+                             for e in DEP.embassies}}
+    (tmp_path / "outputs.json").write_text(json.dumps(outputs))
+    (tmp_path / "pulumi").write_text(f"#!/bin/sh\ncat {tmp_path}/outputs.json\n")
+    (tmp_path / "pulumi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setenv("EMBASSY_STACK", DEP.stack)
+    monkeypatch.setenv("EMBASSY_HOME_HOST", "admin@home.example.ee")
+    inventory = runpy.run_path(str(ROOT / "inventories" / "aws.py"))
+    writers = {data["embassy"]: data.get("restore_test_writer") for _iid, data in inventory["embassies"]}
+    assert writers == {e.name: host.INSTANCE_ROLE for e in DEP.embassies}
+    assert [data.get("restore_test_writer") for _h, data in inventory["home"]] == [None]
+
+
+@pytest.mark.parametrize("endpoint", ["https://s3.eu-central-1.amazonaws.com", "https://vault-ie.lab:8443",
+                                      "https://s3.eu-central-1.amazonaws.com.attacker.example",
+                                      "https://notamazonaws.com", "https://s3.cn-north-1.amazonaws.com.cn"])
+def test_create_only_is_the_configs_setting_whatever_the_endpoint_looks_like(endpoint: str) -> None:
+    """The adversary: whoever picks the vault's endpoint name (a site's DNS, an emulator, a look-alike of AWS's) and
+    would switch If-None-Match off where the host role needs it, or on where a vault refuses it. The endpoint's name
+    decides nothing; a config without the setting writes no record at all."""
+    for setting in (True, False):
+        assert host.create_only({"embassy": "ie", "vault": {"endpoint": endpoint, "create_only": setting}}) is setting
+    for missing in ({"endpoint": endpoint}, {"endpoint": endpoint, "create_only": "yes"}):
+        with pytest.raises(host.Failed, match="create_only"):
+            host.create_only({"embassy": "ie", "vault": missing})
+    with pytest.raises(host.Failed, match="writer"):
+        host.writer_keys({"embassy": "ie", "vault": {"endpoint": endpoint, "writer": "anyone"}})
+
+
 def test_the_timer_runs_the_stack_schedule_and_the_scratch_cluster_is_apart() -> None:
     timer = dataplane.timer("t", "embassy-restore-test.service", calendar=DEP.restore_tests.schedule)
     assert "OnCalendar=weekly" in timer and "Persistent=true" in timer

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from embassy.commands.common import StackOpt, app, console, load, user_error
 from embassy.commands.replication import InventoryOpt, OutputsOpt, data_plane_target
-from embassy.errors import UserError
+from embassy.errors import OptionInvalid, UserError
 
 __all__ = ["custody_app"]
 
@@ -83,6 +83,13 @@ def rotate(stack: StackOpt, officials: OfficialsOpt, threshold: ThresholdOpt, ou
            inventory: InventoryOpt = None) -> None:
     """Re-key (new passphrases and repositories for new backups), then issue the next bundle version with a fresh
     key and new sheets; earlier sheets stop opening it. Exit 0; 2 bad input or a step that failed (it says what to run)."""
+    if target == "aws":  # refused before anything is read or reached (README: what `custody rotate` on AWS needs)
+        raise user_error(OptionInvalid(
+            "custody rotate --target aws is not built: its re-key runs replication rounds on home (on premises) and "
+            "re-deploys home's agent and the enclaves into new repositories, and home does not write to AWS vaults "
+            "with the stack's agent role yet (`replicate` has no --target aws)",
+            "nothing was changed: the kit in the vaults and its sheets stay valid (`embassy restore --target aws "
+            "--shares` opens them); the README's \"What this does not do yet\" lists what a rotation on AWS needs"))
     _issue(stack, officials, threshold, out, rotate=True, kind=target, inventory=inventory)
 
 

@@ -1,13 +1,14 @@
 """Restore secrets for an embassy host, from an opened bundle or, for a plain restore, the controller's folder.
 
 Two ways they reach the host's tools:
-- `keyed(target, keys)`: in the environment of each pgBackRest or restic command that needs them, and nowhere
-  else. The variables (`restore_env`: PGBACKREST_REPO1_PATH/_CIPHER_TYPE/_CIPHER_PASS, RESTIC_PASSWORD and
-  EMBASSY_RESTIC_FOLDER for the embassy-restic wrapper) travel on the SSH (or SSM) session's standard input as
-  `export` lines read by `sudo sh -s` (aws_target.vault_script), never in an argv, never in a file on the host:
-  pgBackRest and restic take them over their configuration files. A restore to a point of another key
-  generation than the host's files hold uses this on every target; on AWS, a restore with the officials'
-  shares uses it for every generation (the host's disk is the host nation's: no key is written there).
+- `restore_env(keys)`: in the environment of each pgBackRest or restic command that needs them, and nowhere
+  else. The caller hands the variables (PGBACKREST_REPO1_PATH/_CIPHER_TYPE/_CIPHER_PASS, RESTIC_PASSWORD and
+  EMBASSY_RESTIC_FOLDER for the embassy-restic wrapper) to `target.run_on(host, command, env=…)`, which every target
+  sends on the SSH (or SSM) session's standard input as `export` lines read by `sudo sh -s` (targets.env_script),
+  never in an argv, never in a file on the host: pgBackRest and restic take them over their configuration files.
+  A restore to a point of another key generation than the host's files hold uses this on every target; on AWS, a
+  restore with the officials' shares uses it for every generation (the host's disk is the host nation's: no key
+  is written there).
 - `write`/`apply`: files as the deploy makes them (pgBackRest's config, restic's password and environment).
   Only `--shares` on the lab or a site writes them, the bundle's newest generation, putting the host back
   as its deploy left it (there the deploy keeps the vault identity and the passphrase on the host's disk anyway).
@@ -17,12 +18,9 @@ the officials' shares.
 
 from __future__ import annotations
 
-import copy
-import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 from embassy import model, vaultaccess
@@ -76,40 +74,6 @@ def restore_env(keys: Keys, repo: int = 1) -> dict[str, str]:
         env["EMBASSY_RESTIC_FOLDER"] = dataplane.restic_base(keys.generation)
         env["RESTIC_PASSWORD"] = keys.restic
     return env
-
-
-def run_with_env(target: Target, host: Host, command: str, env: Mapping[str, str], *,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`command` (a fixed string of the suite's) on the host with `env` exported for it: on the session's input as
-    `sudo sh -s` reads it (never an argv, never a file). On AWS, in the same script as the restore role's session."""
-    from embassy.aws_target import AwsDataTarget, vault_script
-
-    if isinstance(target, AwsDataTarget):
-        return target.run_on(host, command, timeout=timeout, env=env)
-    return target.run_on(host, "sudo sh -s", timeout=timeout, stdin=vault_script(env, command))
-
-
-T = TypeVar("T", bound=Target)
-
-
-def keyed(target: T, keys: Keys | None) -> T:
-    """The target whose commands on its hosts run with one key generation's secrets in their environment
-    (`restore_env`); a command with its own input (a file written) runs as it is, without them. Everything else
-    (hosts, vaults, sessions) is the target's own: a shallow copy whose `run_on` is replaced. None: the target."""
-    if keys is None:
-        return target
-    env = restore_env(keys)
-    twin = copy.copy(target)
-
-    def run_on(host: Host | str, command: str, *, timeout: float = 120,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        h = target._host(host)
-        if stdin is not None:
-            return target.run_on(h, command, timeout=timeout, stdin=stdin)
-        return run_with_env(target, h, command, env, timeout=timeout)
-
-    twin.run_on = run_on  # type: ignore[method-assign]
-    return twin
 
 
 def vault_of(bundle: Bundle) -> Vault:
@@ -192,10 +156,11 @@ def _install(target: Target, host: Host, path: str, text: str, owner: str, mode:
 def write(target: Target, host: Host, keys: Keys) -> None:
     """Write one key generation's restore secrets where the restore tools read them (files as the deploy makes them).
 
-    Only for the lab and a site (`apply`): on AWS no key is written to the host's disk (`keyed` instead)."""
+    Only for the lab and a site (`apply`): on AWS no key is written to the host's disk (`restore_env` in run_on's
+    env instead)."""
     if target.kind == "aws":
         raise RestoreFailed(f"{host.name}: restore secrets are never written to an AWS enclave's disk",
-                            "this is a bug of the caller: hand them over with hostsecrets.keyed")
+                            "this is a bug of the caller: hand them over in run_on's env (restore_env)")
     if keys.pgbackrest is not None:
         _install(target, host, dataplane.PGBACKREST_CA, keys.ca_pem, "postgres", "644")
         repo = Repo(1, keys.vault, keys.pgbackrest, dataplane.pgbackrest_path(keys.generation))

@@ -267,6 +267,8 @@ def issue(dep: model.Deployment, target: Target, store: Store, secrets_folder: P
         rotate = newest > 0
     if newest and not rotate:
         raise UserError(f"stack '{dep.stack}' already has a custody kit (bundle version {newest} in the vaults)",
+                        "its sheets stay valid; `embassy custody rotate` (lab only: not built for AWS) issues version "
+                        f"{newest + 1} and new sheets" if target.kind == "aws" else
                         f"run `embassy custody rotate --stack {dep.stack}` to issue version {newest + 1} and new sheets")
     if rotate and not newest:
         raise UserError(f"stack '{dep.stack}' has no custody kit to rotate", f"run `embassy custody init --stack {dep.stack}`")

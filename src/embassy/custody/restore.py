@@ -4,8 +4,8 @@ Nothing comes from home or from the controller's secrets folder: the bundle is r
 own vault with its read-only identity and opened with the officials' shares. On the lab and a site its
 newest key generation is written onto the embassy host as the deploy writes it (the host is put back as
 deployed). On AWS nothing is written to the host's disk: every generation's secrets, the newest included,
-are handed to pgBackRest and restic in their environment only (hostsecrets.keyed), on the SSM session's
-input beside the restore role's session. Outside the lab the stack config's manifest key is the only
+are handed to pgBackRest and restic in their environment only (hostsecrets.restore_env, in run_on's env), on the
+SSM session's input beside the restore role's session. Outside the lab the stack config's manifest key is the only
 trust anchor; on the lab, without one, the bundle's.
 """
 

@@ -161,21 +161,22 @@ class Session:
 
     keys: the key generation's restore secrets the restore hands over (None: the host's own files hold the
     generation restored). Only the commands that run pgBackRest or restic (`keyed=True`) get them, in their
-    environment on the session's input (hostsecrets.keyed): never in an argv, never written to the host's disk."""
+    environment (`run_on`'s env: exported on the session's input): never in an argv, never written to the host's disk."""
 
     def __init__(self, target: Target, host: Host, outcome: Outcome, say: Say) -> None:
         self.target, self.host, self.outcome, self.say = target, host, outcome, say
         self.keys: hostsecrets.Keys | None = None
 
     @property
-    def keyed_target(self) -> Target:
-        return hostsecrets.keyed(self.target, self.keys)
+    def env(self) -> dict[str, str] | None:
+        """What a keyed command gets in its environment: the handed generation's restore secrets, if any."""
+        return hostsecrets.restore_env(self.keys) if self.keys is not None else None
 
     def sh(self, command: str, *, timeout: float = 600, stdin: str | None = None,
            keyed: bool = False) -> subprocess.CompletedProcess[str]:
-        target = self.keyed_target if keyed else self.target
         try:
-            return target.run_on(self.host, command, timeout=timeout, stdin=stdin)
+            return self.target.run_on(self.host, command, timeout=timeout, stdin=stdin,
+                                      env=self.env if keyed else None)
         except subprocess.TimeoutExpired:
             raise RestoreFailed(f"{self.host.name}: no answer in {timeout:.0f} s to `{command[:120]}`") from None
 
@@ -324,9 +325,9 @@ def _verify_vault(dep: model.Deployment, s: Session, emb: model.Embassy, target_
                   vault_first: bool) -> None:
     out = s.outcome
     with s.step(f"verify the vault of {emb.name}: manifest chain, signatures, freshness, backups, locks"):
-        result = vault_verify.verify(dep, s.keyed_target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
+        result = vault_verify.verify(dep, s.target, emb.name, say=s.say, accept_unanchored=out.accept_unanchored,
                                      bundle_round=out.bundle_round, before_host=(lambda: _reach(s)) if vault_first
-                                     else None)
+                                     else None, env=s.env)
         out.verification = result
         if not result.intact:
             raise result.error("nothing was restored; restore from another embassy and investigate this vault")
@@ -355,11 +356,11 @@ def use_generation(s: Session, keys: hostsecrets.Keys, chosen: Verified) -> None
     restic in their environment (nothing written to the host)."""
     with s.step(f"key generation {keys.generation}: its secrets handed to {s.host.name}'s pgBackRest and restic "
                 "(environment only), verify its repositories"):
-        keyed = hostsecrets.keyed(s.target, keys)
+        env = hostsecrets.restore_env(keys)
         result = vault_verify.Result(s.outcome.embassy)
-        vault_verify.check_pgbackrest(keyed, s.outcome.embassy, chosen, result)
+        vault_verify.check_pgbackrest(s.target, s.outcome.embassy, chosen, result, env=env)
         if result.intact:
-            vault_verify.check_restic(keyed, s.outcome.embassy, chosen, result, full=False)
+            vault_verify.check_restic(s.target, s.outcome.embassy, chosen, result, full=False, env=env)
         if s.outcome.verification:
             s.outcome.verification.checked += result.checked
         if not result.intact:

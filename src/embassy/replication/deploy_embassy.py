@@ -22,7 +22,7 @@ from pyinfra.operations.util import any_changed
 from embassy import model
 from embassy.home import context
 from embassy.home.ops import as_user, ensure
-from embassy.replication import dataplane, digest, standby
+from embassy.replication import dataplane, digest, restoretest, standby
 from embassy.replication.deploy_home import ca_bundle, host_postgres, put, upload_modules
 from embassy.replication.secretfile import secret_file  # secrets never pass through /tmp
 from embassy.replication.secrets import secrets_dir
@@ -131,8 +131,21 @@ RT_METRICS_UNIT = "embassy-restore-test-metrics"
 RT_METRICS_PORT = 9751
 
 
-def restore_test_config(dep: model.Deployment, embassy: str, vault: Any, public_key: str) -> dict[str, Any]:
-    """/etc/embassy/restore-test.json: what replication.restoretest needs, with no controller and no home."""
+# Who writes the restore test's record, as the inventory says (host data `restore_test_writer`): the agent identity's
+# keys in a file (the lab, a site), or on AWS the host's own instance role, create-only (inventories/aws.py).
+WRITERS = (restoretest.WRITER_FILE, restoretest.INSTANCE_ROLE)
+
+
+def restore_test_config(dep: model.Deployment, embassy: str, vault: Any, public_key: str,
+                        writer: str = restoretest.WRITER_FILE) -> dict[str, Any]:
+    """/etc/embassy/restore-test.json: what replication.restoretest needs, with no controller and no home.
+
+    writer: the record's writer identity. The instance role writes create-only (If-None-Match: *, which the stack's
+    host role requires) and has no file; the file's keys write as the lab's and a site's vaults take them. Both are
+    explicit settings here, never guessed on the host from the endpoint's name."""
+    if writer not in WRITERS:
+        raise ValueError(f"restore_test_writer {writer!r} is not one of {', '.join(WRITERS)}")
+    own_role = writer == restoretest.INSTANCE_ROLE
     from embassy.home import schema
 
     held = [r for r in dep.registers_in_restore_order() if context.holds(dep, r, embassy)]
@@ -142,7 +155,8 @@ def restore_test_config(dep: model.Deployment, embassy: str, vault: Any, public_
             "signing_key": f"{RT_DIR}/signing.pem",
             "vault": {"endpoint": vault.url, "bucket": vault.bucket, "region": vault.region,
                       "ca_file": f"{dataplane.RESTIC_DIR}/vault-ca.crt",
-                      "reader_credentials": f"{RT_DIR}/reader.json", "writer_credentials": f"{RT_DIR}/writer.json"},
+                      "reader_credentials": f"{RT_DIR}/reader.json", "writer": writer, "create_only": own_role,
+                      **({} if own_role else {"writer_credentials": f"{RT_DIR}/writer.json"})},
             "registers": [{"name": r.name, "kind": r.kind.value, "priority": r.priority, "rto_seconds": r.rto_seconds,
                            **({"database": schema.database_name(r.name)} if r.kind is model.RegisterKind.POSTGRES
                               else {})} for r in held]}
@@ -169,7 +183,10 @@ def restore_tests(dep: model.Deployment, embassy: str, repo: Any) -> None:
         raise SystemExit("error: the embassy's restore test needs home's manifest public key\n"
                          "HINT: deploy home first (deploys/home_state.py, deploys/agent.py record it), or set "
                          "data-embassy:manifest_public_key")
-    writer = next(v for v in context.vaults(host.data, "agent") if v.embassy == embassy)
+    writer_kind = str(host.data.get("restore_test_writer") or restoretest.WRITER_FILE)
+    if writer_kind not in WRITERS:
+        raise SystemExit(f"error: host data restore_test_writer={writer_kind!r} is not one of {', '.join(WRITERS)}\n"
+                         "HINT: inventories/aws.py sets instance-role; the lab's and a site's leave it out")
     folder = secrets_dir(host.data)
     files.directory(name="Restore test: config folder", path=RT_DIR, user="root", group="root", mode="700")
     files.directory(name="Restore test: state folder", path="/var/lib/embassy/restore-test", user="root",
@@ -177,12 +194,18 @@ def restore_tests(dep: model.Deployment, embassy: str, repo: Any) -> None:
     secret_file(name=f"Restore test: signing key of embassy {embassy} (its records)",
                 content=records.private_pem(folder, embassy), dest=f"{RT_DIR}/signing.pem", user="root", group="root",
                 mode="600")
-    for name, vault in (("reader", repo.vault), ("writer", writer)):
+    identities = [("reader", repo.vault)]
+    if writer_kind == restoretest.WRITER_FILE:
+        identities.append(("writer", next(v for v in context.vaults(host.data, "agent") if v.embassy == embassy)))
+    else:  # the instance role writes: no key of the agent's on the host nation's disk
+        files.file(name=f"Restore test: no writer keys of {embassy} (the instance role writes)",
+                   path=f"{RT_DIR}/writer.json", present=False)
+    for name, vault in identities:
         secret_file(name=f"Restore test: {name} identity of the vault of {embassy}",
                     content=json.dumps({"access_key_id": vault.access_key, "secret_access_key": vault.secret_key}) + "\n",
                     dest=f"{RT_DIR}/{name}.json", user="root", group="root", mode="600")
     put(name="Restore test: config", dest="/etc/embassy/restore-test.json", user="root", group="root", mode="600",
-              src=io.StringIO(json.dumps(restore_test_config(dep, embassy, repo.vault, public), indent=2,
+              src=io.StringIO(json.dumps(restore_test_config(dep, embassy, repo.vault, public, writer_kind), indent=2,
                                          sort_keys=True) + "\n"))
     py = "/usr/bin/env PYTHONPATH=/opt/embassy /usr/bin/python3 -m"
     address = host.data.get("service_address") or host.data.ssh_hostname

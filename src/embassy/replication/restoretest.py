@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import manifest, pgmajor, privatefile, vaultnet
 from .digest import differences
@@ -445,19 +444,63 @@ def record(config: dict[str, Any], body: dict[str, Any]) -> str:
     key = record_key(dt.datetime.fromisoformat(body["time"].replace("Z", "+00:00")))
     vault = config["vault"]
     md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # the vault checks the bytes it stores
-    client = s3(vault, vault["writer_credentials"])
-    if create_only(vault):
+    only_new = create_only(config)  # a config without the setting writes nothing
+    client = vaultnet.client(vault["endpoint"], vault["ca_file"], writer_keys(config),
+                             region=vault.get("region", "us-east-1"))
+    if only_new:
         # A new object only (S3 answers 412 if the key exists): the AWS host role may write nothing else there.
         client.meta.events.register("before-sign.s3.PutObject", _if_none_match)
     client.put_object(Bucket=vault["bucket"], Key=key, Body=data, ContentType="application/json", ContentMD5=md5)
     return key
 
 
-def create_only(vault: dict[str, Any]) -> bool:
-    """Whether the record is written with If-None-Match: * : on AWS S3 (the stack's host role is denied a put without
-    it, infra/enclave.py), or where the host's config asks for it."""
-    host = (urlsplit(str(vault.get("endpoint", ""))).hostname or "").lower()
-    return bool(vault.get("create_only")) or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+INSTANCE_ROLE = "instance-role"  # vault.writer: the host's own instance role (AWS), read from the metadata service
+WRITER_FILE = "file"  # vault.writer: the deploy's writer_credentials file (the lab, a site)
+# Where the instance role's credentials are served (the AWS SDKs' own setting names another, e.g. for IPv6).
+METADATA_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+
+
+def create_only(config: dict[str, Any]) -> bool:
+    """Whether the record is written with If-None-Match: * (S3 then writes only a key that does not exist): the
+    deploy's explicit setting `vault.create_only`, true on AWS (the stack's host role is denied a put without it,
+    infra/enclave.py), false on the lab and a site. Never guessed from the endpoint: a look-alike name can neither
+    switch it on nor off. A config without it (not written by this deploy) writes nothing."""
+    value = config["vault"].get("create_only")
+    if not isinstance(value, bool):
+        raise Failed(f"vault:{config.get('embassy')}/{RECORD_PREFIX}",
+                     f"{CONFIG} sets no vault.create_only (true or false): run `embassy deploy` for this host again")
+    return value
+
+
+def writer_keys(config: dict[str, Any]) -> dict[str, str]:
+    """The identity that writes the record: the deploy's writer file (the lab, a site), or on AWS the host's instance
+    role from the instance metadata service, never a session handed to this process (`restore-test --target aws`
+    hands the restore role's, which may not write) nor a static key."""
+    vault = config["vault"]
+    writer = vault.get("writer")
+    if writer == WRITER_FILE:
+        return dict(json.loads(Path(vault["writer_credentials"]).read_text()))
+    if writer == INSTANCE_ROLE:
+        return instance_role_keys(config)
+    raise Failed(f"vault:{config.get('embassy')}/{RECORD_PREFIX}",
+                 f"{CONFIG} names no writer ({WRITER_FILE} or {INSTANCE_ROLE}): run `embassy deploy` for this host again")
+
+
+def instance_role_keys(config: dict[str, Any]) -> dict[str, str]:
+    """The instance role's current session, from the instance metadata service (IMDSv2) only."""
+    from botocore.credentials import InstanceMetadataProvider
+    from botocore.utils import METADATA_BASE_URL, InstanceMetadataFetcher
+
+    fetcher = InstanceMetadataFetcher(timeout=5, num_attempts=3,
+                                      base_url=os.environ.get(METADATA_ENDPOINT_ENV) or METADATA_BASE_URL)
+    creds = InstanceMetadataProvider(iam_role_fetcher=fetcher).load()
+    if creds is None:
+        raise Failed(f"vault:{config.get('embassy')}/{RECORD_PREFIX}",
+                     "the instance metadata service gave no instance role credentials: is the stack's host role "
+                     "attached to this instance (its instance profile)?")
+    frozen = creds.get_frozen_credentials()
+    return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key,
+            **({"session_token": frozen.token} if frozen.token else {})}
 
 
 def _if_none_match(request: Any, **_kw: Any) -> None:

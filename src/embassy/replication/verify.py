@@ -38,7 +38,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,9 @@ from embassy.vaultaccess import VaultAccess
 PUBLIC_KEY_FILE = targets.MANIFEST_KEY_FILE  # in the lab's state folder (written by the agent deploy)
 # Where verify reaches hosts and vaults: a Target, or (callers not yet moved to one) the lab's state.
 Where = Any
+# Variables handed to every check on the embassy's host (a key generation's restore secrets,
+# custody.hostsecrets.restore_env), as Target.run_on hands them: None where the host's own files hold them.
+HostEnv = Mapping[str, str] | None
 READ_TIMEOUT = 90  # seconds for one vault's manifests; a host that serves slower is unreachable
 LOCK_SLACK = dt.timedelta(minutes=10)  # home's clock and the vault's differ by less than this
 
@@ -245,10 +248,13 @@ def _time(text: str) -> dt.datetime:
     return manifest.parse_time(text)
 
 
-def ssh(where: Where, embassy: str, command: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """Run `command` on the embassy's (first) host through the target."""
+def ssh(where: Where, embassy: str, command: str, timeout: float = 1800,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `command` on the embassy's (first) host through the target; `env` handed to it as Target.run_on does."""
     if isinstance(where, Target):
-        return where.run_on(where.embassy_hosts(embassy)[0], command, timeout=timeout)
+        return where.run_on(where.embassy_hosts(embassy)[0], command, timeout=timeout, env=env)
+    if env:
+        raise ValueError("variables are handed to a host's command only through a Target")
     return run_host(where.ssh_argv(where.host(embassy).name, command), timeout=timeout)
 
 
@@ -269,7 +275,7 @@ def bad_file(text: str) -> str | None:
     return bad.group("file") if bad else None
 
 
-def _pgbackrest_failure(where: Where, embassy: str, text: str) -> tuple[str, str]:
+def _pgbackrest_failure(where: Where, embassy: str, text: str, env: HostEnv = None) -> tuple[str, str]:
     """The object and reason of a failed `pgbackrest verify`: the file it names, else the one it aborted on."""
     summary = f"pgbackrest verify: {' '.join(text.split())[:400]}"
     named = bad_file(text)
@@ -278,7 +284,8 @@ def _pgbackrest_failure(where: Where, embassy: str, text: str) -> tuple[str, str
     abort = VERIFY_ABORT.search(text)
     if abort and "Results:" not in text and abort.group("code") in CONTENT_ERRORS:
         # Aborted on a file's content before any result: the one file its main process reads is that first segment.
-        listing = ssh(where, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home")
+        listing = ssh(where, embassy, "sudo runuser -u postgres -- pgbackrest --output=json --recurse repo-ls archive/home",
+                      env=env)
         first = header_read_segment(listing.stdout)
         if first:
             return (f"pgbackrest:{first}",
@@ -315,14 +322,14 @@ def header_read_segment(repo_ls_json: str) -> str | None:
     return next(iter(firsts.values())) if len(firsts) == 1 else None
 
 
-def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
+def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result: Result, env: HostEnv = None) -> None:
     done = ssh(where, embassy, f"{PGBR} --log-level-console=info --output=text --verbose verify 2>&1; echo; "
-                             f"{PGBR} --output=json info")
+                             f"{PGBR} --output=json info", env=env)
     text, _, info_json = done.stdout.rpartition("\n[")
     status = re.search(r"status:\s*(\w+)", text)
     invalid = re.search(r"(missing|checksum invalid|size invalid|other): [1-9]", text)
     if status is None or status.group(1) != "ok" or invalid or "error" in text.lower():
-        obj, reason = _pgbackrest_failure(where, embassy, text)
+        obj, reason = _pgbackrest_failure(where, embassy, text, env)
         result.check(obj, False, reason)
         return
     result.check("pgbackrest:repo", True)
@@ -345,13 +352,13 @@ def check_pgbackrest(where: Where, embassy: str, head: manifest.Verified, result
                          f"WAL up to {last} named by {head.key}, the repo holds only up to {archive_max or 'nothing'}")
 
 
-def check_generation(where: Where, embassy: str, head: manifest.Verified, result: Result) -> None:
+def check_generation(where: Where, embassy: str, head: manifest.Verified, result: Result, env: HostEnv = None) -> None:
     """The host reads the repositories (key generation) the head names, else its checks would prove another repo."""
     want = dataplane.manifest_generation(head.body)
-    # A key generation handed over in the environment (custody.hostsecrets.keyed) is what pgBackRest and restic read.
+    # A key generation handed over in the environment (`env`: hostsecrets.restore_env) is what pgBackRest and restic read.
     done = ssh(where, embassy, f"echo \"${{PGBACKREST_REPO1_PATH:-$(sudo sed -n 's/^repo1-path=//p' "
                              f"{dataplane.PGBACKREST_CONF})}}\"; echo \"${{EMBASSY_RESTIC_FOLDER:-$(sudo sed -n "
-                             f"'s/^RESTIC_BASE=.*\\///p' {dataplane.RESTIC_DIR}/{embassy}.env)}}\"", timeout=60)
+                             f"'s/^RESTIC_BASE=.*\\///p' {dataplane.RESTIC_DIR}/{embassy}.env)}}\"", timeout=60, env=env)
     if done.returncode == 255:
         result.check(f"host:{embassy}", False, f"ssh: {done.stderr.strip()[-300:]}")
         return
@@ -386,7 +393,8 @@ def bad_pack(text: str, packs: Callable[[], list[str]] = lambda: []) -> str | No
 RESTIC_MARK = "embassy: restic check exit "
 
 
-def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Result, full: bool) -> None:
+def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Result, full: bool,
+                 env: HostEnv = None) -> None:
     subset = "--read-data" if full else f"--read-data-subset={head.round % 5 + 1}/5"
     for reg in head.body["registers"]:
         if reg["kind"] != "files":
@@ -395,13 +403,14 @@ def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Re
         restic = f"sudo embassy-restic {embassy} {name} --no-lock"
         # check, then (only if it passed) the snapshot list, in one SSH round trip; the marker line splits them.
         done = ssh(where, embassy, f"{restic} check {subset} 2>&1; rc=$?; echo '{RESTIC_MARK}'\"$rc\"; "
-                                   f"[ $rc = 0 ] && {restic} snapshots --json")
+                                   f"[ $rc = 0 ] && {restic} snapshots --json", env=env)
         text, mark, after = done.stdout.partition(RESTIC_MARK)
         code, _, listed = after.partition("\n")
         if not mark or code.strip() != "0":
             done = subprocess.CompletedProcess(done.args, done.returncode or 1, text, done.stderr)
             listing = f"{restic} list packs"
-            pack = bad_pack(done.stdout, lambda: ssh(where, embassy, listing, timeout=300).stdout.split())  # noqa: B023
+            pack = bad_pack(done.stdout, lambda: ssh(where, embassy, listing, timeout=300,  # noqa: B023
+                                                     env=env).stdout.split())
             result.check(f"restic:{name}" + (f"/data/{pack[:2]}/{pack}" if pack else ""), False,
                          f"restic check {subset}: {' '.join(done.stdout.split())[-400:]}")
             return
@@ -421,7 +430,7 @@ def check_restic(where: Where, embassy: str, head: manifest.Verified, result: Re
                                     f"{restic} restore {want} --target \"$scratch\" >/dev/null && "
                                     f"sudo env PYTHONPATH=/opt/embassy python3 -m replication.digest files "
                                     f"\"$scratch\"/srv/registers/{name}; rc=$?; "
-                                    f"[ -n \"$scratch\" ] && sudo rm -rf \"$scratch\"; exit $rc")
+                                    f"[ -n \"$scratch\" ] && sudo rm -rf \"$scratch\"; exit $rc", env=env)
             try:
                 actual = json.loads(got.stdout)
             except ValueError:
@@ -633,7 +642,7 @@ def check_locks(dep: model.Deployment, where: Where, embassy: str, head: manifes
 
 
 def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head: manifest.Verified, result: Result,
-                         *, full: bool, say: Callable[[str], None] = lambda _m: None) -> None:
+                         *, full: bool, say: Callable[[str], None] = lambda _m: None, env: HostEnv = None) -> None:
     """The key generation the host reads first (the checks after it would prove other repositories), then pgBackRest
     and restic on the host at once; the locks (from the controller) all along. Merged in that order up to the first
     failure, so the failure named is the one a check-by-check run names."""
@@ -647,11 +656,10 @@ def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head
 
     with ThreadPoolExecutor(3) as pool:
         locks = pool.submit(timed, "locks", check_locks, dep, where, embassy, head)
-        timed("generation", check_generation, where, embassy, head)
+        timed("generation", check_generation, where, embassy, head, env=env)
         if parts["generation"].intact:
-            on_host = [pool.submit(timed, "pgbackrest", check_pgbackrest, where, embassy, head),
-                       pool.submit(timed, "restic", lambda w, e, h, r: check_restic(w, e, h, r, full), where, embassy,
-                                   head)]
+            on_host = [pool.submit(timed, "pgbackrest", check_pgbackrest, where, embassy, head, env=env),
+                       pool.submit(timed, "restic", check_restic, where, embassy, head, full=full, env=env)]
             for job in on_host:
                 job.result()
         locks.result()
@@ -665,13 +673,15 @@ def host_and_lock_checks(dep: model.Deployment, where: Where, embassy: str, head
 
 def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = False,
            accept_unanchored: bool = False, bundle_round: int | None = None,
-           say: Callable[[str], None] = lambda _m: None, before_host: Callable[[], None] | None = None) -> Result:
+           say: Callable[[str], None] = lambda _m: None, before_host: Callable[[], None] | None = None,
+           env: HostEnv = None) -> Result:
     """Check the embassy's vault (module docstring); the Result names the first failure and keeps the chain.
 
     bundle_round: the custody bundle's round at sealing, when a bundle is at hand (an anchor of freshness).
     accept_unanchored: take a chain whose freshness nothing anchors (recorded in the Result's freshness).
     before_host: called once the vault's own checks passed, before the first check on the host (a restore on AWS
-    reaches its host there, so that a forged chain is refused without a session to the host)."""
+    reaches its host there, so that a forged chain is refused without a session to the host).
+    env: handed to every check on the host (a restore's key generation: custody.hostsecrets.restore_env)."""
     if embassy not in {e.name for e in dep.embassies}:
         raise UserError(f"no embassy '{embassy}' in stack '{dep.stack}'",
                         f"use one of: {', '.join(e.name for e in dep.embassies)}")
@@ -692,13 +702,13 @@ def verify(dep: model.Deployment, where: Where, embassy: str, *, full: bool = Fa
         say(f"timing: this vault's manifests read in {time.monotonic() - started:.1f} s")
         return _verify_read(dep, where, embassy, public, result, objects, others.result, full=full,
                             accept_unanchored=accept_unanchored, bundle_round=bundle_round, say=say,
-                            before_host=before_host)
+                            before_host=before_host, env=env)
 
 
 def _verify_read(dep: model.Deployment, where: Where, embassy: str, public: Any, result: Result,
                  objects: list[Stored], others: Callable[[], Served], *, full: bool, accept_unanchored: bool,
                  bundle_round: int | None, say: Callable[[str], None],
-                 before_host: Callable[[], None] | None) -> Result:
+                 before_host: Callable[[], None] | None, env: HostEnv = None) -> Result:
     """verify() once the vault's manifests are read: the chain, its locks, freshness, then the host's checks."""
     say(f"checking {len(objects)} manifests: signatures and links")
     chain, failure = walk(objects, public, stack=dep.stack, embassy=embassy)
@@ -733,7 +743,7 @@ def _verify_read(dep: model.Deployment, where: Where, embassy: str, public: Any,
     say("the key generation the head names, then at once pgBackRest verify of every WAL segment and backup file, "
         f"restic check of {'all data' if full else 'a rotating fifth of the data'}; the locks of every object a "
         "restore from the head relies on all along")
-    host_and_lock_checks(dep, where, embassy, head, result, full=full, say=say)
+    host_and_lock_checks(dep, where, embassy, head, result, full=full, say=say, env=env)
     if result.intact:
         result.chain = chain
         freshness.raise_mark(controller_folder(dep, where), embassy, head)
