@@ -28,8 +28,48 @@ from embassy.model import load_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "rehearsal"
-TEST_LAB_ID = int(os.environ.get("EMBASSY_TEST_LAB_ID", "5"))
+
+
+def _worker_number() -> int:
+    """0, or pytest-xdist's worker number (PYTEST_XDIST_WORKER gw0, gw1): `make test` runs two workers."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+# Each worker of a parallel run has a lab of its own: the next id after the base's for each worker.
+TEST_LAB_ID = int(os.environ.get("EMBASSY_TEST_LAB_ID", "5")) + _worker_number()
 EMBASSY = str(Path(sys.executable).parent / "embassy")
+
+
+# `make test` runs the lab modules on two labs at once (pytest-xdist `-n 2 --dist loadgroup`): each group goes to
+# one worker, which runs its modules in file order on its own lab, brought up once for them. The hardening, the
+# hostile vaults, replication and the drill share one lab, so that replication and the drill run on hosts the
+# roles hardened (as a real embassy's are); the drill destroys home and is last in its group. The other group
+# takes the custody kit, the deploys, the restores, the restore tests and the lab's own checks. The two groups
+# are about as long as each other (the README's test timings). A run without xdist runs every module in file
+# order on one lab, as before. A new module must be placed here, or collection stops and says so.
+LAB_GROUPS: dict[str, tuple[str, ...]] = {
+    "hardened": ("test_harden", "test_hostile_vault", "test_replication", "test_zz_drill"),
+    "deployed": ("test_custody", "test_deploy", "test_digest_points", "test_drill_watch", "test_lab_hosts",
+                 "test_lab_lifecycle", "test_lab_sockets", "test_lab_state", "test_lab_vaults", "test_restore",
+                 "test_restore_test"),
+}
+LAB_DIR = Path(__file__).resolve().parent
+
+
+def lab_group_of(module: str) -> str | None:
+    return next((group for group, modules in LAB_GROUPS.items() if module in modules), None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path))
+        if path.parent != LAB_DIR:
+            continue
+        group = lab_group_of(path.stem)
+        if group is None:
+            raise pytest.UsageError(f"{path.name} is in no lab group: add it to LAB_GROUPS in tests/lab/conftest.py")
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def skip_unless_lab_possible() -> None:
