@@ -36,7 +36,7 @@ LAB_WORKERS ?= 2
 test: setup lab-deps
 	@mkdir -p out; \
 	nice -n 10 $(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/unit > out/test-unit.log 2>&1 & unit=$$!; \
-	$(BIN)/pytest -q -n $(LAB_WORKERS) --dist loadgroup --durations=25 tests/lab; lab=$$?; \
+	$(BIN)/pytest -q -n $(LAB_WORKERS) --durations=25 tests/lab; lab=$$?; \
 	wait $$unit; unit=$$?; \
 	echo "--- the unit tests, run beside the lab tests (out/test-unit.log):"; \
 	if [ $$unit = 0 ]; then tail -n 14 out/test-unit.log; else cat out/test-unit.log; fi; \

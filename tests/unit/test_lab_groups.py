@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab.conftest import LAB_DIR, LAB_GROUPS, lab_group_of, pytest_collection_modifyitems
+from tests.lab.conftest import LAB_DIR, LAB_GROUPS, lab_group_of, pytest_collection_modifyitems, pytest_xdist_make_scheduler
 
 
 def lab_modules() -> list[str]:
@@ -34,3 +34,12 @@ def test_a_module_in_no_group_stops_collection() -> None:
 
     with pytest.raises(pytest.UsageError, match=r"test_new_thing\.py is in no lab group"):
         pytest_collection_modifyitems(None, [Item()])  # type: ignore[arg-type, list-item]
+
+
+def test_the_scheduler_keeps_each_group_whole(pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """xdist's unit of work is the group: every test of a group goes to the same worker (and lab)."""
+    monkeypatch.setattr(pytestconfig.option, "tx", ["2*popen"])  # as `-n 2` sets it
+    scheduler = pytest_xdist_make_scheduler(pytestconfig, None)
+    scopes = {module: scheduler._split_scope(f"tests/lab/{module}.py::test_x[a::b]") for module in lab_modules()}
+    assert scopes == {module: lab_group_of(module) for module in lab_modules()}
+    assert set(scopes.values()) == set(LAB_GROUPS)
