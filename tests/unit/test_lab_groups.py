@@ -24,8 +24,9 @@ def test_every_lab_module_is_in_exactly_one_group() -> None:
 def test_replication_and_the_drill_run_after_the_hardening_on_its_lab() -> None:
     hardened = LAB_GROUPS[lab_group_of("test_harden") or ""]
     assert {"test_hostile_vault", "test_replication", "test_zz_drill"} <= set(hardened)
-    # a worker runs its group's modules in file order: the hardening first, the drill (which destroys home) last
-    assert sorted(hardened)[0] == "test_harden" and sorted(hardened)[-1] == "test_zz_drill"
+    # a worker runs its group's modules in file order: a deploy, then the roles on deployed hosts, the drill (which
+    # destroys home) last
+    assert sorted(hardened)[:2] == ["test_deploy", "test_harden"] and sorted(hardened)[-1] == "test_zz_drill"
 
 
 def test_a_module_in_no_group_stops_collection() -> None:
