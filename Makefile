@@ -28,12 +28,15 @@ lab-deps:
 	if [ -n "$$missing" ]; then echo "lab-deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
-# The unit tests run beside the lab tests (they wait on the lab's hosts much of the time): the run takes
-# as long as the lab tests alone. The unit tests' output follows the lab tests' (all of it if they failed).
+# The lab tests run on two labs at once (two pytest-xdist workers, each a group of modules on a lab of its own:
+# tests/lab/conftest.py LAB_GROUPS). The unit tests run beside them at a lower CPU priority (the labs' hosts
+# set the pace): the run takes as long as the longer lab group. The unit tests' output follows the lab tests'
+# (all of it if they failed). LAB_WORKERS=0 runs every lab module in turn on one lab.
+LAB_WORKERS ?= 2
 test: setup lab-deps
 	@mkdir -p out; \
-	$(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/unit > out/test-unit.log 2>&1 & unit=$$!; \
-	$(BIN)/pytest -q --durations=25 tests/lab; lab=$$?; \
+	nice -n 10 $(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/unit > out/test-unit.log 2>&1 & unit=$$!; \
+	$(BIN)/pytest -q -n $(LAB_WORKERS) --durations=25 tests/lab; lab=$$?; \
 	wait $$unit; unit=$$?; \
 	echo "--- the unit tests, run beside the lab tests (out/test-unit.log):"; \
 	if [ $$unit = 0 ]; then tail -n 14 out/test-unit.log; else cat out/test-unit.log; fi; \

@@ -28,8 +28,62 @@ from embassy.model import load_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "rehearsal"
-TEST_LAB_ID = int(os.environ.get("EMBASSY_TEST_LAB_ID", "5"))
+
+
+def _worker_number() -> int:
+    """0, or pytest-xdist's worker number (PYTEST_XDIST_WORKER gw0, gw1): `make test` runs two workers."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+# Each worker of a parallel run has a lab of its own: the next id after the base's for each worker.
+TEST_LAB_ID = int(os.environ.get("EMBASSY_TEST_LAB_ID", "5")) + _worker_number()
 EMBASSY = str(Path(sys.executable).parent / "embassy")
+
+
+# `make test` runs the lab modules on two labs at once (two pytest-xdist workers): each group goes to one worker,
+# which runs its modules in file order on its own lab, brought up once for them. One lab is deployed, hardened
+# (the roles on deployed hosts, as the whole suite in one lab did), then put through the hostile vaults,
+# replication and the drill, so that replication and the drill run on hardened hosts as a real embassy's are;
+# the drill destroys home and is last in its group. The other takes the custody kit, the digest points, the
+# restores, the restore tests and the lab's own checks. The two groups are about as long as each other (the
+# README's test timings). A run without xdist runs every module in file order on one lab, as before. A new
+# module must be placed here, or collection stops and says so.
+LAB_GROUPS: dict[str, tuple[str, ...]] = {
+    "hardened": ("test_deploy", "test_harden", "test_hostile_vault", "test_replication", "test_zz_drill"),
+    "deployed": ("test_custody", "test_digest_points", "test_drill_watch", "test_lab_hosts", "test_lab_lifecycle",
+                 "test_lab_sockets", "test_lab_state", "test_lab_vaults", "test_restore", "test_restore_test"),
+}
+LAB_DIR = Path(__file__).resolve().parent
+
+
+def lab_group_of(module: str) -> str | None:
+    return next((group for group, modules in LAB_GROUPS.items() if module in modules), None)
+
+
+def module_of(nodeid: str) -> str:
+    """test_harden for tests/lab/test_harden.py::test_x[param]."""
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path))
+        if path.parent == LAB_DIR and lab_group_of(path.stem) is None:
+            raise pytest.UsageError(f"{path.name} is in no lab group: add it to LAB_GROUPS in tests/lab/conftest.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scheduler, its unit of work a lab group. (xdist's own `--dist loadgroup` reads groups off node ids,
+    which pytest 9 no longer lets a plugin rewrite: it spread one group's tests over both workers and labs.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lab_group_of(module_of(nodeid)) or nodeid.split("::", 1)[0]
+
+    return LabGroupScheduling(config, log)
 
 
 def skip_unless_lab_possible() -> None:
@@ -155,7 +209,7 @@ def record_deploy(result: dict[str, Any]) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    module = module_of(item.nodeid)
     if SHARED.module is not None and module != SHARED.module and SHARED.module not in KEEPS_DEPLOY:
         SHARED.intact = False
     SHARED.module = module
