@@ -93,6 +93,9 @@ if host.data.get("role") == "home":
                  _if=lambda: role_sql.did_change() and not created.did_change())
 
     # ---------------------------------------------------------------- seeded registers
+    # Its parent first, for the same reason: made by the seed folder's `mkdir -p` under a hardened umask (027) it is
+    # 0750 root:root, and postgres cannot reach the seed below it (psql: load.sql: Permission denied).
+    files.directory(name="Embassy state folder", path="/var/lib/embassy", user="root", group="root", mode="755")
     files.directory(name="Seed folder", path=SEED_DIR, user="postgres", group="postgres", mode="750")
     for reg in pg_registers:
         db = schema.database_name(reg.name)
