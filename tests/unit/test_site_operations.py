@@ -281,7 +281,8 @@ def test_target_options_are_checked_before_anything_is_reached(command: str, tmp
     base = [*command.split(), "--stack", "production", *kit]
     for extra, says in ((["--target", "site"], "needs --inventory"),
                         (["--target", "lab", "--inventory", str(EXAMPLE)], "for --target site"),
-                        (["--target", "aws", "--inventory", str(EXAMPLE)], "--target aws is not built" if kit else "for --target site"),
+                        (["--target", "aws", "--inventory", str(EXAMPLE)],
+                         "--target aws is not built" if kit else "for --target site"),
                         (["--target", "site", "--inventory", str(tmp_path / "missing.yaml")], "cannot read it")):
         code, out = run(*base, *extra)
         assert code == 2 and says in out and "HINT:" in out and "Traceback" not in out, (extra, out)
