@@ -62,6 +62,7 @@ from embassy.targets import (
     Role,
     aws_hosts,
     export_lines,
+    run_host,
     stack_outputs,
 )
 from embassy.vaultaccess import ENV_PARTS, SYSTEM_CA, CredentialSource, VaultAccess
@@ -377,8 +378,7 @@ class AwsDataTarget(AwsTarget):
         session = self.session(embassy, identity, valid_for=timeout)
         script = credentials_script(host_env(session, pgbackrest_repos=pgbackrest_repos), argv)
         remote = ["sudo", "runuser", "-u", user, "--", "sh", "-s"]
-        return subprocess.run(self.host_command_argv(host, remote), input=script, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return run_host(self.host_command_argv(host, remote), stdin=script, timeout=timeout)
 
 
 def bundle_vault_record(target: AwsDataTarget, embassy: str) -> Any:
