@@ -297,8 +297,8 @@ def down(lab_id: int | None = None, say: Say = _quiet) -> list[str]:
         lab = load_state(lab_id)
         group = cgroup_name(lab_id)
         if lab is not None:
-            # Containers first: SIGTERM powers a container off cleanly (~0.2 s). Signal all, then wait.
-            # Containers and vaults: signal all first, then wait for each (they stop in parallel).
+            # Containers and vaults: one SIGTERM each, all first, then wait for each (they stop in parallel). SIGTERM
+            # powers a container off cleanly; a second one would make systemd-nspawn kill it instead.
             running = [(f"container {h.name}", h.nspawn, 15.0) for h in lab.hosts if alive(h.nspawn)]
             running += [(f"vault {v.embassy}", v.weed, WEED_GRACE) for v in lab.vaults if alive(v.weed)]
             for _, proc, _ in running:
@@ -307,7 +307,7 @@ def down(lab_id: int | None = None, say: Say = _quiet) -> list[str]:
                     os.kill(proc.pid, signal.SIGTERM)
             for what, proc, grace in running:
                 assert proc is not None
-                stop(proc, grace=grace)
+                stop(proc, grace=grace, signalled=True)
                 removed.append(f"{what} (pid {proc.pid})")
             if alive(lab.mirror):
                 stop(lab.mirror, grace=5)

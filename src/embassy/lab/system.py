@@ -102,13 +102,16 @@ def alive(proc: Proc | None) -> bool:
         return False
 
 
-def stop(proc: Proc | None, grace: float = 10.0) -> None:
-    """SIGTERM the recorded process, wait up to `grace` seconds, then SIGKILL. Never another PID."""
+def stop(proc: Proc | None, grace: float = 10.0, *, signalled: bool = False) -> None:
+    """SIGTERM the recorded process (unless the caller already did: `signalled`), wait up to `grace` seconds, then
+    SIGKILL. Never another PID. A second SIGTERM is not harmless: systemd-nspawn takes it as "terminate now" and
+    kills its container's processes instead of letting the container power off."""
     if not alive(proc):
         return
     assert proc is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
+    if not signalled:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         _reap(proc.pid)
