@@ -19,13 +19,15 @@ from embassy.replication import restoretest as host
 from embassy.replication.deploy_embassy import restore_test_config
 from embassy.replication.pgmajor import Postgres
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
 EMBASSY = str(Path(sys.executable).parent / "embassy")
 DEP = model.load_stack("rehearsal", ROOT)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EMBASSY, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    return embassy(*args)
 
 
 @pytest.mark.parametrize("args", [("--point", "sometimes"), ("--window-days", "0"), ("--window-days", "99999")])
