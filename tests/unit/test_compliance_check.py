@@ -5,14 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from .incli import embassy
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:

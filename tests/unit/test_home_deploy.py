@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +18,6 @@ from embassy.replication.pgmajor import Postgres
 from .incli import embassy
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 
 
 def _data(tmp_path: Path, stack: str = "rehearsal") -> SimpleNamespace:

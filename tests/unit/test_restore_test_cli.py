@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from embassy.replication.pgmajor import Postgres
 from .incli import embassy
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 DEP = model.load_stack("rehearsal", ROOT)
 
 

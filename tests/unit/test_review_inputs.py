@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from .incli import embassy
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "pulumi"
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 Plan = dict[str, Any]
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"shared Pulumi fixtures not found at {FIXTURES}")
 
