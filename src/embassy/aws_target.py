@@ -54,6 +54,7 @@ from embassy.errors import (
     RoleNotAssumed,
     ToolMissing,
 )
+from embassy.replication import vaultnet
 from embassy.targets import (
     AWS_SSH_CONFIG_ENV,
     HOST_SHELL,
@@ -143,7 +144,6 @@ def duration_for(valid_for: float) -> int:
 def assume(role_arn: str, region: str, session_name: str, *, valid_for: float = 0) -> Session:
     """Short-lived credentials of `role_arn`, valid for `valid_for` more seconds (within MAX_SESSION_SECONDS) and at
     least RENEW_BEFORE: a cached session is reused while it lasts that long. RoleNotAssumed if refused."""
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     key = (role_arn, endpoint("sts", region))
@@ -155,7 +155,7 @@ def assume(role_arn: str, region: str, session_name: str, *, valid_for: float = 
         if got is not None and got.expires - dt.datetime.now(dt.UTC) > needed:
             return got
         try:
-            sts = boto3.session.Session().client("sts", region_name=region, endpoint_url=endpoint("sts", region),
+            sts = vaultnet.session().client("sts", region_name=region, endpoint_url=endpoint("sts", region),
                                                  verify=_verify_path(ca_file()))
             creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name,
                                     DurationSeconds=duration)["Credentials"]

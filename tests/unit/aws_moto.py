@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config
+
+from embassy.replication import vaultnet
 
 ACCOUNT = "123456789012"  # moto's default account; the plan's mocks use the same
 CONTROLLER_USER = "embassy-controller"  # stands in for the key administrators' role of the trust policies
@@ -48,7 +49,7 @@ class Moto:
     folder: Path
 
     def client(self, service: str, keys: dict[str, str], region: str = "us-east-1") -> Any:
-        return boto3.session.Session().client(
+        return vaultnet.session().client(  # the product's sessions: one parse of botocore's models per process
             service, endpoint_url=self.url, region_name=region, verify=self.ca_file,
             aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"],
             aws_session_token=keys.get("session_token"),

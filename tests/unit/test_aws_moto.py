@@ -40,6 +40,7 @@ from embassy.replication import verify as v
 from embassy.vaultaccess import s3_client
 
 from .aws_moto import Moto, apply_roles, apply_vault, moto_server
+from .incli import embassy
 from .manifest_chains import signed_chain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,9 +88,13 @@ class World:
         return at.aws_target(self.dep, self.outputs)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: val for k, val in os.environ.items() if not k.startswith(("AWS_", "EMBASSY_AWS_"))}
-        return subprocess.run([str(ROOT / ".venv/bin/embassy"), *args], cwd=self.project, capture_output=True,
-                              text=True, timeout=120, env={**env, **self.env})
+        """`embassy ARGS` in this process as a fresh controller would run it: in the project, with only this world's
+        AWS environment and no role session cached (incli restores the environment it exported)."""
+        at.forget_sessions()
+        try:
+            return embassy(*args, cwd=self.project, env=self.env, drop=("AWS_", "EMBASSY_AWS_"))
+        finally:
+            at.forget_sessions()
 
 
 @contextlib.contextmanager

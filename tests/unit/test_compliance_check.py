@@ -5,16 +5,16 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EMBASSY, "check", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=300)
+    return embassy("check", *args)
 
 
 def test_shipped_plan_passes(tmp_path: Path, rehearsal_plan: dict[str, Any]) -> None:

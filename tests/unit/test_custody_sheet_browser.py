@@ -21,8 +21,12 @@ def test_the_sheet_renders_and_its_qr_code_decodes_to_the_share(tmp_path: Path) 
                             for i, w in enumerate(words)], tmp_path / "kit")
     page = tmp_path / "kit" / "official-2.html"
     assert page in written
-    dom = browse(page.as_uri(), "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "custody-sheet.png"
+    shot.unlink(missing_ok=True)
+    # One load gives the DOM (stdout), the screenshot and the console: chromium does both on the same page.
+    dom = browse(page.as_uri(), "--dump-dom", f"--screenshot={shot}", "--hide-scrollbars")
+    assert dom.returncode == 0 and shot.is_file(), dom.stderr[-2000:]
     assert not console_messages(dom.stderr), console_messages(dom.stderr)
     # What the page shows: the share's facts and all 33 words, in order.
     assert f'<td id="fingerprint">{shares.fingerprint(words[1])}</td>' in dom.stdout
@@ -30,11 +34,6 @@ def test_the_sheet_renders_and_its_qr_code_decodes_to_the_share(tmp_path: Path) 
     shown = [line.split("</span>")[1].split("<")[0] for line in dom.stdout.splitlines() if '<span class="n">' in line]
     assert shown == words[1].split()
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "custody-sheet.png"
-    shot.unlink(missing_ok=True)
-    done = browse(page.as_uri(), f"--screenshot={shot}", "--hide-scrollbars")
-    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     found = zxingcpp.read_barcodes(Image.open(shot).convert("L"))
     qr = [b for b in found if b.format == zxingcpp.BarcodeFormat.QRCode]
     assert len(qr) == 1, f"{len(found)} codes found in {shot}"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,8 +15,9 @@ from embassy.home import context
 from embassy.replication import dataplane, secrets
 from embassy.replication.pgmajor import Postgres
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 
 
 def _data(tmp_path: Path, stack: str = "rehearsal") -> SimpleNamespace:
@@ -98,23 +97,18 @@ def test_parse_pyinfra_results() -> None:
 
 
 def test_aws_without_pulumi_is_a_clear_error(tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": str(tmp_path)}  # no pulumi anywhere on PATH
-    done = subprocess.run([EMBASSY, "deploy", "--target", "aws", "--stack", "rehearsal"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = embassy("deploy", "--target", "aws", "--stack", "rehearsal", env={"PATH": str(tmp_path)})  # no pulumi
     assert done.returncode == 2
     assert "error: the pulumi CLI is not installed" in done.stderr and "HINT:" in done.stderr
 
 
 def test_bad_input_is_refused(tmp_path: Path) -> None:
-    bad_target = subprocess.run([EMBASSY, "deploy", "--target", "moon", "--stack", "rehearsal"], cwd=ROOT,
-                                capture_output=True, text=True)
+    bad_target = embassy("deploy", "--target", "moon", "--stack", "rehearsal")
     assert bad_target.returncode == 2
-    bad_size = subprocess.run([EMBASSY, "deploy", "--target", "lab", "--stack", "rehearsal", "--size-mb", "0"], cwd=ROOT,
-                              capture_output=True, text=True)
+    bad_size = embassy("deploy", "--target", "lab", "--stack", "rehearsal", "--size-mb", "0")
     assert bad_size.returncode == 2 and "--size-mb" in bad_size.stderr and "HINT:" in bad_size.stderr
-    env = {**os.environ, "EMBASSY_LAB_ID": "97", "EMBASSY_LAB_ROOT": str(tmp_path)}
-    no_lab = subprocess.run([EMBASSY, "deploy", "--target", "lab", "--stack", "rehearsal"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    no_lab = embassy("deploy", "--target", "lab", "--stack", "rehearsal",
+                     env={"EMBASSY_LAB_ID": "97", "EMBASSY_LAB_ROOT": str(tmp_path)})
     assert no_lab.returncode == 2 and "lab 97 is not up" in no_lab.stderr
 
 

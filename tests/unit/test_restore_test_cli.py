@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,14 @@ from embassy.replication import restoretest as host
 from embassy.replication.deploy_embassy import restore_test_config
 from embassy.replication.pgmajor import Postgres
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 DEP = model.load_stack("rehearsal", ROOT)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EMBASSY, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    return embassy(*args)
 
 
 @pytest.mark.parametrize("args", [("--point", "sometimes"), ("--window-days", "0"), ("--window-days", "99999")])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .incli import embassy
+
 # Planning a git ref runs the ref's code in the review's sandbox, which only root can make (CI runs as root);
 # elsewhere the review refuses refs (tests/unit/test_review_sandbox.py::test_refuses_without_root_or_says_why).
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="planning a git ref needs the sandbox: root only (CI is root)")
@@ -70,6 +72,6 @@ def test_same_ref_twice_says_no_changes(clone: Path) -> None:
 
 
 def test_bad_ref_exits_2(clone: Path) -> None:
-    proc = review(clone, "HEAD~1", "no-such-branch")
+    proc = embassy("review", "HEAD~1", "no-such-branch", cwd=clone)  # refused before any plan: in this process
     assert proc.returncode == 2
     assert "error: no-such-branch: no such file or git ref" in proc.stderr and "HINT:" in proc.stderr

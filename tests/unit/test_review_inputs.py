@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,16 @@ import pytest
 from embassy.review import read, render, review
 from embassy.review.sources import stack_of_urn
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "pulumi"
-EMBASSY = str(Path(sys.executable).parent / "embassy")
 Plan = dict[str, Any]
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"shared Pulumi fixtures not found at {FIXTURES}")
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EMBASSY, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=300)
+    return embassy(*args, cwd=cwd)
 
 
 def write(path: Path, doc: Any) -> Path:

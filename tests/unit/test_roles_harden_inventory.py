@@ -12,6 +12,8 @@ import pytest
 from embassy import harden, model
 from embassy.errors import UserError
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
 EMBASSY = str(Path(sys.executable).parent / "embassy")
 
@@ -67,8 +69,7 @@ def test_harden_aws_without_the_collection_is_a_clear_error(tmp_path: Path) -> N
 
 
 def test_harden_refuses_an_unknown_target() -> None:
-    res = subprocess.run([EMBASSY, "harden", "--target", "gcp", "--stack", "rehearsal"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    res = embassy("harden", "--target", "gcp", "--stack", "rehearsal")
     assert res.returncode == 2
     assert "gcp" in res.stderr
 

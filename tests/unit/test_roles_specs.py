@@ -141,12 +141,13 @@ def test_site_playbook_parses_with_every_role(tmp_path: Path) -> None:
         assert f"{role} : Validating arguments against arg spec 'main'" in listed.stdout, f"{role} has no argument check"
 
 
-def render_firewall(tmp_path: Path, host: str) -> str:
-    """The nftables.conf the play would write for `host` (rendered locally, nothing applied)."""
-    out = tmp_path / f"nftables-{host}.conf"
+def render_firewall(tmp_path: Path, *hosts: str) -> dict[str, str]:
+    """The nftables.conf the play would write for each of `hosts` (rendered locally, nothing applied), by host: one
+    play over them all, each host with its own groups and variables, as the site play runs."""
+    out = tmp_path / "nftables-{{ inventory_hostname }}.conf"
     play = tmp_path / "render.yml"
     play.write_text(yaml.safe_dump([{
-        "hosts": host, "gather_facts": False, "connection": "local",
+        "hosts": ",".join(hosts), "gather_facts": False, "connection": "local",
         "vars": {
             **load(ROLES / "firewall" / "defaults" / "main.yml"),
             "ansible_python_interpreter": sys.executable,
@@ -163,16 +164,17 @@ def render_firewall(tmp_path: Path, host: str) -> str:
     res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(play)],
                          capture_output=True, text=True, env=ansible_env(tmp_path), timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    return out.read_text()
+    return {host: (tmp_path / f"nftables-{host}.conf").read_text() for host in hosts}
 
 
 def test_firewall_opens_postgres_on_home_to_warm_embassies_only(tmp_path: Path) -> None:
-    home = render_firewall(tmp_path, "home")
+    rendered = render_firewall(tmp_path, "home", "enclave-de", "enclave-ie")
+    home = rendered["home"]
     assert "policy drop;" in home
     assert re.search(r"ip saddr \{ 10\.87\.9\.2 \} tcp dport 22 accept", home)
     assert re.search(r"ip saddr \{ 10\.87\.9\.20, 10\.87\.9\.21 \} tcp dport 5432 accept", home)
     for embassy in ("enclave-de", "enclave-ie"):
-        text = render_firewall(tmp_path, embassy)
+        text = rendered[embassy]
         assert "policy drop;" in text
         assert "dport 5432" not in text, f"{embassy} must not take PostgreSQL connections"
         assert re.search(r"ip saddr \{ 10\.87\.9\.2 \} tcp dport 22 accept", text)

@@ -31,6 +31,8 @@ from embassy.lab import lifecycle, site_inventory
 from embassy.lab.state import LAB_ROOT_ENV
 from embassy.replication import verify
 
+from .incli import embassy
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sites" / "federation.yaml"
 LAB_ID = 87
@@ -382,8 +384,7 @@ def test_the_data_plane_brings_no_lab_module_in_when_imported() -> None:
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "embassy"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return embassy(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize("command", ["verify", "restore"])

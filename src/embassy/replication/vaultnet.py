@@ -8,6 +8,7 @@ the controller (vaultaccess, the lab's bucket setup, vaultread inside the namesp
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -32,14 +33,37 @@ def refusal(where: tuple[str, int], timeout: float = PROBE_SECONDS) -> OSError |
     return None
 
 
+_loader: Any = None
+_loader_lock = threading.Lock()
+
+
+def session() -> Any:
+    """A new boto3 session (its own credentials, config and handlers) on this process's one botocore data loader: the
+    service models and endpoint rules (megabytes of JSON) are parsed once per process, not once per client (about
+    0.1 s of CPU each, measured; a restore or a verify makes dozens of clients)."""
+    import boto3
+    import botocore.session
+
+    global _loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _loader)
+        made = boto3.session.Session(botocore_session=core)
+        # boto3 adds its own data folder to the loader's search path for each session: once is enough.
+        _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+    return made
+
+
 def client(endpoint: str, ca_file: str, keys: Mapping[str, Any], *, region: str = "us-east-1",
            addressing: str = "path", read_timeout: float = 30) -> Any:
     """A boto3 S3 client: TLS verified against `ca_file` (never the environment's AWS_CA_BUNDLE), the keys given
     (a role's session token too, when there is one), two attempts, a 5 s connect timeout."""
-    import boto3
     from botocore.config import Config
 
-    return boto3.session.Session().client(
+    return session().client(
         "s3", endpoint_url=endpoint, verify=ca_file, region_name=region,
         aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"],
         aws_session_token=keys.get("session_token"),
