@@ -27,6 +27,7 @@ from embassy.replication import dataplane
 from embassy.replication import secrets as controller_secrets
 from embassy.targets import LabTarget
 from tests.lab.conftest import ROOT, STACK, deploy_once, in_controller_python, ssh
+from tests.lab.lab_site import site_target
 from tests.lab.test_deploy import SERVICE_QUERY
 from tests.lab.test_replication import (
     embassy_cli,
@@ -90,14 +91,6 @@ def assert_restored_like_home(lab: LabState, out: dict[str, Any]) -> None:
     assert sum(1 for status, _ in at_embassy.values() if status == 200) >= 3
 
 
-def site_inventory(lab: LabState) -> tuple[str, ...]:
-    """`--target site --inventory <the lab's own>` (named by `embassy lab status --json`)."""
-    done = embassy_cli(lab, "lab", "status", "--stack", STACK, "--json", timeout=120)
-    inventory = json.loads(done.stdout)["site_inventory"]
-    assert Path(inventory).is_file(), done.stdout[-2000:]
-    return ("--target", "site", "--inventory", inventory)
-
-
 def proof_of(out: dict[str, Any]) -> dict[str, Any]:
     """What a restore proved: the manifest, each register's method, digests and signed point, the objects verified.
     (Not what it serves beyond the signed point: home's monitor writes on between two restores.)"""
@@ -120,7 +113,7 @@ def test_cold_embassy_restores_every_register_from_its_vault(lab: LabState, depl
         assert out["port"] == SCRATCH_PORT and {r["method"] for r in out["registers"]} == {"vault", "restic"}
         assert_proven_at_the_signed_point(out, "archived WAL replayed from this embassy's vault")
         assert seconds < tightest_rto(), seconds  # the stack's promise; how fast it is, the bench measures
-        code, by_site, _ = restore(lab, "ie", *site_inventory(lab))
+        code, by_site, _ = restore(lab, "ie", *site_target(lab))
     assert code == 0, by_site
     assert_restored_like_home(lab, by_site)
     assert_proven_at_the_signed_point(by_site, "archived WAL replayed from this embassy's vault")
@@ -133,7 +126,7 @@ def test_a_forged_head_refuses_the_restore_through_either_target(lab: LabState, 
     restore is refused through --target lab and through the lab's site inventory alike, naming it; nothing runs."""
     cleanup.append("ie")
     with rounds_held(lab), forged_next_round(lab, "ie") as forged_key:
-        refused = [restore(lab, "ie", timeout=300), restore(lab, "ie", *site_inventory(lab), timeout=300)]
+        refused = [restore(lab, "ie", timeout=300), restore(lab, "ie", *site_target(lab), timeout=300)]
     for code, out, _ in refused:
         assert code == 1 and out["error"]["error"] == "ManifestInvalid", out["error"]
         assert forged_key in out["error"]["message"] and "signed by another key" in out["error"]["message"]
@@ -148,8 +141,9 @@ def _psql(lab: LabState, host: str, sql: str, port: int = 5432) -> str:
 def test_point_in_time_restore_brings_back_exactly_the_rows_before_it(lab: LabState, deployed: dict[str, Any],
                                                                        cleanup: list[str]) -> None:
     cleanup.append("ie")
+    # The manifest the restore verifies against is the newest before the moment: the module's round (or a later
+    # one), from before any probe row; no round of this test's own is needed before the rows.
     _psql(lab, "home", "DROP TABLE IF EXISTS pit_probe; CREATE TABLE pit_probe (id int PRIMARY KEY)")
-    replicate_once(lab)  # the manifest the restore verifies against: before any probe row
     time.sleep(1)
     for i in range(1, 6):  # five transactions before T
         _psql(lab, "home", f"INSERT INTO pit_probe VALUES ({i})")

@@ -22,10 +22,11 @@ import shlex
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 
@@ -49,6 +50,8 @@ from embassy.targets import Target
 
 Say = Callable[[str], None]
 Stored = dict[str, Any] | str  # a parsed envelope, or why the stored bytes are not one
+T = TypeVar("T")
+R = TypeVar("R")
 HOME_KEY_FILE = "/etc/embassy/manifest.key"  # replication.deploy_home.KEY_FILE: home's private key never leaves home
 
 
@@ -163,6 +166,27 @@ def bundle_locks(target: Target, dep: model.Deployment, embassy: str) -> list[Bu
     return TargetVaults(target, dep).locks(embassy, dep.stack)
 
 
+def at_once(work: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
+    """work(item) for each item at once (each embassy's vault and home's SSH answer on their own), each result or
+    the exception it raised, in the items' order: the caller decides in that order, as it did one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: T) -> R | Exception:
+        try:
+            return work(item)
+        except Exception as exc:  # handed back to the caller, which raises or names it in order
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(one, items))
+
+
+def _result(got: R | Exception) -> R:
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
 def home_signer(target: Target, public_pem: str) -> seal.Signer:
     """Sign with home's manifest key, on home (it never leaves it; reached through the target): the bytes go in and
     the signature comes back as base64, checked against the public key the bundles carry."""
@@ -207,13 +231,14 @@ def authentic_headers(store: Store, dep: model.Deployment, public_pem: str,
     """Per embassy, the headers home signed; every other object is named in `ignored` (and a vault that cannot be
     read within bounds too): none of them decides anything."""
     found: dict[str, list[seal.Header]] = {}
-    for emb in dep.embassies:
+    every = at_once(lambda emb: store.envelopes(emb.name, dep.stack), dep.embassies)
+    for emb, listed in zip(dep.embassies, every, strict=True):
         found[emb.name] = []
-        try:
-            listed = store.envelopes(emb.name, dep.stack)
-        except BundleInvalid as exc:
-            ignored.append(exc.message)
+        if isinstance(listed, BundleInvalid):
+            ignored.append(listed.message)
             continue
+        if isinstance(listed, BaseException):
+            raise listed  # an unreachable vault: as before, the first in the stack's order
         for key, stored in listed:
             name = f"vault:{emb.name}/{key}"
             if version_of(key, dep.stack) is None:
@@ -286,18 +311,20 @@ def issue(dep: model.Deployment, target: Target, store: Store, secrets_folder: P
     for name, b in bundles.items():
         say(f"bundle of {name}: sealed at round {b.sealed_round}" if b.sealed_round else
             f"bundle of {name}: no verified round on this controller (run `embassy verify` first): anchors nothing")
-    envelopes = {name: seal.seal(b, key, identifier=identifier, threshold=threshold, officials=officials, sign=sign)
-                 for name, b in bundles.items()}
+    sealed = at_once(partial(seal.seal, key=key, identifier=identifier, threshold=threshold, officials=officials,
+                             sign=sign), list(bundles.values()))
+    envelopes = dict(zip(bundles, map(_result, sealed), strict=True))
     del key  # from here on only the officials' shares hold it
     say(f"writing {officials} sheets to {out}")
     written = sheets.write([sheets.Sheet(i + 1, officials, threshold, dep.stack, version, list(bundles), now.date(), w)
                             for i, w in enumerate(words)], out)
     stored = []
     retention = {e.name: e.retention_days for e in dep.embassies}
-    for name, env in envelopes.items():
-        say(f"storing bundle version {version} in the vault of {name} (Object Lock COMPLIANCE)")
-        key_name = object_key(dep.stack, version)
-        got = store.put(name, key_name, env)
+    key_name = object_key(dep.stack, version)
+    say(f"storing bundle version {version} in the vaults of {', '.join(envelopes)} (Object Lock COMPLIANCE)")
+    puts = at_once(lambda item: store.put(item[0], key_name, item[1]), list(envelopes.items()))
+    for name, put in zip(envelopes, puts, strict=True):  # each vault's answer in the stack's order, checked
+        got = _result(put)
         check_lock(got, f"vault:{name}/{key_name}", retention[name])
         stored.append({"embassy": name, "key": got.get("key"), "lock_mode": got.get("lock_mode"),
                        "retain_until": got.get("retain_until")})
