@@ -44,15 +44,16 @@ EMBASSY = str(Path(sys.executable).parent / "embassy")
 # `make test` runs the lab modules on two labs at once (two pytest-xdist workers): each group goes to one worker,
 # which runs its modules in file order on its own lab, brought up once for them. One lab is deployed, hardened
 # (the roles on deployed hosts, as the whole suite in one lab did), then put through the hostile vaults,
-# replication and the drill, so that replication and the drill run on hardened hosts as a real embassy's are;
-# the drill destroys home and is last in its group. The other takes the custody kit, the digest points, the
-# restores, the restore tests and the lab's own checks. The two groups are about as long as each other (the
-# README's test timings). A run without xdist runs every module in file order on one lab, as before. A new
-# module must be placed here, or collection stops and says so.
+# replication, the restore tests and the drill, so that these run on hardened hosts as a real embassy's do; the
+# drill destroys home and is last in its group. The other takes the custody kit, the digest points, the restores
+# and the lab's own checks. The two groups are about as long as each other (the README's test timings). A run
+# without xdist runs every module in file order on one lab, as before. A new module must be placed here, or
+# collection stops and says so.
 LAB_GROUPS: dict[str, tuple[str, ...]] = {
-    "hardened": ("test_deploy", "test_harden", "test_hostile_vault", "test_replication", "test_zz_drill"),
+    "hardened": ("test_deploy", "test_harden", "test_hostile_vault", "test_replication", "test_restore_test",
+                 "test_zz_drill"),
     "deployed": ("test_custody", "test_digest_points", "test_drill_watch", "test_lab_hosts", "test_lab_lifecycle",
-                 "test_lab_sockets", "test_lab_state", "test_lab_vaults", "test_restore", "test_restore_test"),
+                 "test_lab_sockets", "test_lab_state", "test_lab_vaults", "test_restore"),
 }
 LAB_DIR = Path(__file__).resolve().parent
 
